@@ -1,0 +1,1026 @@
+//! Configuration: the TOML file's raw serde shape (unknown keys rejected) and
+//! its validation into a [`Config`] the rest of the daemon can trust.
+//!
+//! [`parse_config`] is pure apart from resolving client secrets (file,
+//! environment, systemd credential), so tests build configurations from
+//! strings. Validation collects every problem, each with the line and key it
+//! concerns, instead of stopping at the first.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+use url::Url;
+
+use crate::token::{RefreshTiming, ResponseFields, Secret};
+
+/// A validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The `[daemon]` table.
+    pub daemon: DaemonConfig,
+    /// Providers by name.
+    pub providers: BTreeMap<String, Arc<ProviderConfig>>,
+}
+
+/// Daemon-wide settings.
+#[derive(Debug, Clone)]
+pub struct DaemonConfig {
+    /// Socket path; `None` means the default for this environment.
+    pub socket: Option<PathBuf>,
+    /// Database path; `None` means the default for this environment.
+    pub database: Option<PathBuf>,
+    /// When to refresh relative to a token's lifetime.
+    pub timing: RefreshTiming,
+    /// Most refresh requests in flight at once, over all providers.
+    pub max_concurrent_refreshes: usize,
+    /// First retry delay after a transient failure.
+    pub retry_initial: Duration,
+    /// Longest retry delay.
+    pub retry_max: Duration,
+    /// How long shutdown waits for in-flight refreshes to finish.
+    pub shutdown_timeout: Duration,
+}
+
+/// One token endpoint, described declaratively.
+#[derive(Debug, Clone)]
+pub struct ProviderConfig {
+    /// The provider's name (its table key).
+    pub name: String,
+    /// The token endpoint.
+    pub token_url: Url,
+    /// OAuth client id, if the provider uses one.
+    pub client_id: Option<String>,
+    /// OAuth client secret (password), resolved from wherever it was given.
+    pub client_secret: Option<Secret>,
+    /// How the client authenticates to the token endpoint.
+    pub client_auth: ClientAuth,
+    /// Scope to request on refresh, if any (`{scope}` in templates).
+    pub scope: Option<String>,
+    /// The refresh request.
+    pub refresh: RequestTemplate,
+    /// The authorization-code exchange request.
+    pub exchange: RequestTemplate,
+    /// Names of the response fields.
+    pub response: ResponseFields,
+    /// OAuth `error` codes meaning the grant is dead and a human must log in again.
+    pub reauth_errors: Vec<String>,
+    /// Lifetime assumed when a response states none and the token is no JWT.
+    pub default_lifetime: Duration,
+    /// Timeout for one token request, connect to last byte.
+    pub request_timeout: Duration,
+    /// Largest response body accepted.
+    pub max_response_bytes: usize,
+}
+
+/// Client authentication at the token endpoint (RFC 6749 §2.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientAuth {
+    /// `Authorization: Basic base64(id:secret)` (seeds 000/001).
+    Basic,
+    /// As `Basic`, but id and secret are form-urlencoded first, as RFC 6749
+    /// §2.3.1 strictly requires.
+    BasicUrlencoded,
+    /// `client_id` and `client_secret` in the request body (seed 003).
+    Body,
+    /// No client authentication; `client_id` is sent in the body if
+    /// configured (public clients, RFC 6749 §3.2.1).
+    None,
+    /// digiRunner: `Basic Base64(id ":" Base64(secret))`, or `Basic Base64(id ":")`
+    /// for a public PKCE client without a secret (seed 004).
+    DigiRunner,
+}
+
+/// Body encoding of a token request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Encoding {
+    /// `application/x-www-form-urlencoded` (RFC 6749).
+    Form,
+    /// `application/json`, every field a string.
+    Json,
+}
+
+/// The values a template may name as `{name}`.
+pub const PLACEHOLDERS: [&str; 7] = [
+    "refresh_token",
+    "client_id",
+    "client_secret",
+    "scope",
+    "code",
+    "redirect_uri",
+    "code_verifier",
+];
+
+/// A request description: encoding, body fields and extra headers, each value
+/// a template. A field or header whose template names a value that is not
+/// available (no scope configured, no PKCE verifier given) is left out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestTemplate {
+    /// Body encoding.
+    pub encoding: Encoding,
+    /// Body fields in order.
+    pub fields: Vec<(String, String)>,
+    /// Extra headers in order.
+    pub headers: Vec<(String, String)>,
+}
+
+impl RequestTemplate {
+    fn default_refresh() -> Self {
+        RequestTemplate {
+            encoding: Encoding::Form,
+            fields: pairs(&[
+                ("grant_type", "refresh_token"),
+                ("refresh_token", "{refresh_token}"),
+                ("scope", "{scope}"),
+            ]),
+            headers: Vec::new(),
+        }
+    }
+
+    fn default_exchange() -> Self {
+        RequestTemplate {
+            encoding: Encoding::Form,
+            fields: pairs(&[
+                ("code", "{code}"),
+                ("grant_type", "authorization_code"),
+                ("redirect_uri", "{redirect_uri}"),
+                ("code_verifier", "{code_verifier}"),
+            ]),
+            headers: Vec::new(),
+        }
+    }
+
+    /// Whether any field or header names `{placeholder}`.
+    pub fn mentions(&self, placeholder: &str) -> bool {
+        let needle = format!("{{{placeholder}}}");
+        self.fields
+            .iter()
+            .chain(&self.headers)
+            .any(|(_, v)| v.contains(&needle))
+    }
+}
+
+fn pairs(items: &[(&str, &str)]) -> Vec<(String, String)> {
+    items
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+/// Substitutes `{name}` placeholders. Returns `None` if a named value is not
+/// available, so the caller leaves that field out.
+pub fn render(template: &str, lookup: impl Fn(&str) -> Option<String>) -> Option<String> {
+    let mut out = String::with_capacity(template.len());
+    let mut rest = template;
+    while let Some(start) = rest.find('{') {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 1..];
+        match after.find('}') {
+            Some(end) if PLACEHOLDERS.contains(&&after[..end]) => {
+                out.push_str(&lookup(&after[..end])?);
+                rest = &after[end + 1..];
+            }
+            _ => {
+                out.push('{');
+                rest = after;
+            }
+        }
+    }
+    out.push_str(rest);
+    Some(out)
+}
+
+/// Every problem found in a configuration file.
+#[derive(Debug)]
+pub struct ConfigErrors {
+    /// The file, if the configuration came from one.
+    pub file: Option<PathBuf>,
+    /// The problems, in file order.
+    pub problems: Vec<Problem>,
+}
+
+/// One configuration problem and where it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// 1-based line of the table or value concerned, when known.
+    pub line: Option<usize>,
+    /// Dotted key path, e.g. `providers.didit.client_auth`.
+    pub key: String,
+    /// What is wrong and how to fix it.
+    pub message: String,
+}
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let file = self
+            .file
+            .as_deref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| "config".into());
+        for (i, p) in self.problems.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            match p.line {
+                Some(line) => write!(f, "{file}:{line}: {}: {}", p.key, p.message)?,
+                None => write!(f, "{file}: {}: {}", p.key, p.message)?,
+            }
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+/// Errors loading a configuration file.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read configuration file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file was read but is invalid.
+    #[error("{0}")]
+    Invalid(#[from] ConfigErrors),
+}
+
+/// Reads and validates a configuration file.
+pub fn load_config(path: &Path) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    parse_config(&text).map_err(|mut e| {
+        e.file = Some(path.to_path_buf());
+        ConfigError::Invalid(e)
+    })
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        parse_config("").expect("the empty configuration is valid")
+    }
+}
+
+// ---- raw shape -------------------------------------------------------------
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTop {
+    daemon: Option<Spanned<toml::Value>>,
+    #[serde(default)]
+    providers: BTreeMap<String, Spanned<toml::Value>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawDaemon {
+    socket: Option<PathBuf>,
+    database: Option<PathBuf>,
+    refresh_remaining: Option<f64>,
+    refresh_jitter: Option<f64>,
+    min_refresh_interval: Option<RawDuration>,
+    max_refresh_margin: Option<RawDuration>,
+    max_concurrent_refreshes: Option<usize>,
+    retry_initial: Option<RawDuration>,
+    retry_max: Option<RawDuration>,
+    shutdown_timeout: Option<RawDuration>,
+    default_lifetime: Option<RawDuration>,
+    request_timeout: Option<RawDuration>,
+    max_response_bytes: Option<usize>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProvider {
+    token_url: String,
+    client_id: Option<String>,
+    client_secret: Option<String>,
+    client_secret_file: Option<PathBuf>,
+    client_secret_env: Option<String>,
+    client_secret_credential: Option<String>,
+    client_auth: Option<String>,
+    scope: Option<String>,
+    refresh: Option<RawRequest>,
+    exchange: Option<RawRequest>,
+    response: Option<RawResponse>,
+    reauth_errors: Option<Vec<String>>,
+    default_lifetime: Option<RawDuration>,
+    request_timeout: Option<RawDuration>,
+    max_response_bytes: Option<usize>,
+    allow_insecure_http: Option<bool>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRequest {
+    encoding: Option<String>,
+    fields: Option<toml::Table>,
+    headers: Option<toml::Table>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawResponse {
+    access_token: Option<String>,
+    refresh_token: Option<String>,
+    expires_in: Option<String>,
+    token_type: Option<String>,
+    scope: Option<String>,
+}
+
+/// A duration as whole seconds or a human string ("90s", "5m", "1h 30m").
+#[derive(Deserialize, Clone)]
+#[serde(untagged)]
+enum RawDuration {
+    Seconds(u64),
+    Text(String),
+}
+
+// ---- validation ------------------------------------------------------------
+
+struct Collector<'a> {
+    text: &'a str,
+    problems: Vec<Problem>,
+}
+
+impl Collector<'_> {
+    fn line_of(&self, offset: usize) -> usize {
+        self.text[..offset.min(self.text.len())].matches('\n').count() + 1
+    }
+
+    fn push(&mut self, line: Option<usize>, key: impl Into<String>, message: impl Into<String>) {
+        self.problems.push(Problem {
+            line,
+            key: key.into(),
+            message: message.into(),
+        });
+    }
+
+    fn duration(
+        &mut self,
+        line: usize,
+        key: &str,
+        raw: Option<&RawDuration>,
+        default: Duration,
+    ) -> Duration {
+        match raw {
+            None => default,
+            Some(RawDuration::Seconds(s)) => Duration::from_secs(*s),
+            Some(RawDuration::Text(t)) => match humantime::parse_duration(t) {
+                Ok(d) => d,
+                Err(e) => {
+                    self.push(
+                        Some(line),
+                        key,
+                        format!("`{t}` is not a duration ({e}); write e.g. 30, \"90s\" or \"5m\""),
+                    );
+                    default
+                }
+            },
+        }
+    }
+}
+
+/// Parses and validates configuration text. Client secrets given by file,
+/// environment variable or systemd credential are read here.
+pub fn parse_config(text: &str) -> Result<Config, ConfigErrors> {
+    let mut c = Collector {
+        text,
+        problems: Vec::new(),
+    };
+    let top: RawTop = match toml::from_str(text) {
+        Ok(top) => top,
+        Err(e) => {
+            let line = e.span().map(|s| c.line_of(s.start));
+            c.push(line, "(file)", e.message().to_string());
+            return Err(ConfigErrors {
+                file: None,
+                problems: c.problems,
+            });
+        }
+    };
+    let (daemon, defaults) = validate_daemon(&mut c, top.daemon);
+    let mut providers = BTreeMap::new();
+    for (name, value) in top.providers {
+        let line = c.line_of(value.span().start);
+        let key = format!("providers.{name}");
+        match value.into_inner().try_into::<RawProvider>() {
+            Ok(raw) => {
+                if let Some(p) = validate_provider(&mut c, &name, line, raw, &defaults) {
+                    providers.insert(name, Arc::new(p));
+                }
+            }
+            Err(e) => c.push(Some(line), key, e.message().trim().to_string()),
+        }
+    }
+    if c.problems.is_empty() {
+        Ok(Config { daemon, providers })
+    } else {
+        c.problems.sort_by_key(|p| p.line);
+        Err(ConfigErrors {
+            file: None,
+            problems: c.problems,
+        })
+    }
+}
+
+/// Provider settings whose defaults the `[daemon]` table sets.
+struct ProviderDefaults {
+    default_lifetime: Duration,
+    request_timeout: Duration,
+    max_response_bytes: usize,
+}
+
+fn validate_daemon(
+    c: &mut Collector<'_>,
+    raw: Option<Spanned<toml::Value>>,
+) -> (DaemonConfig, ProviderDefaults) {
+    let (line, raw) = match raw {
+        None => (1, RawDaemon::default()),
+        Some(v) => {
+            let line = c.line_of(v.span().start);
+            match v.into_inner().try_into::<RawDaemon>() {
+                Ok(raw) => (line, raw),
+                Err(e) => {
+                    c.push(Some(line), "daemon", e.message().trim().to_string());
+                    (line, RawDaemon::default())
+                }
+            }
+        }
+    };
+    let base = RefreshTiming::default();
+    let remaining = raw.refresh_remaining.unwrap_or(base.remaining_fraction);
+    if !(0.05..=0.9).contains(&remaining) {
+        c.push(
+            Some(line),
+            "daemon.refresh_remaining",
+            "must be between 0.05 and 0.9 (the fraction of a token's lifetime left when it is refreshed)",
+        );
+    }
+    let jitter = raw.refresh_jitter.unwrap_or(base.jitter_fraction);
+    if !(0.0..=0.5).contains(&jitter) || remaining + jitter > 0.95 {
+        c.push(
+            Some(line),
+            "daemon.refresh_jitter",
+            "must be between 0 and 0.5, and refresh_remaining + refresh_jitter at most 0.95",
+        );
+    }
+    let timing = RefreshTiming {
+        remaining_fraction: remaining,
+        jitter_fraction: jitter,
+        min_interval: c.duration(
+            line,
+            "daemon.min_refresh_interval",
+            raw.min_refresh_interval.as_ref(),
+            base.min_interval,
+        ),
+        max_margin: c.duration(
+            line,
+            "daemon.max_refresh_margin",
+            raw.max_refresh_margin.as_ref(),
+            base.max_margin,
+        ),
+    };
+    let max_concurrent_refreshes = raw.max_concurrent_refreshes.unwrap_or(16);
+    if max_concurrent_refreshes == 0 {
+        c.push(
+            Some(line),
+            "daemon.max_concurrent_refreshes",
+            "must be at least 1",
+        );
+    }
+    let retry_initial = c.duration(
+        line,
+        "daemon.retry_initial",
+        raw.retry_initial.as_ref(),
+        Duration::from_secs(1),
+    );
+    let retry_max = c.duration(
+        line,
+        "daemon.retry_max",
+        raw.retry_max.as_ref(),
+        Duration::from_secs(300),
+    );
+    if retry_initial.is_zero() || retry_max < retry_initial {
+        c.push(
+            Some(line),
+            "daemon.retry_initial",
+            "must be above zero and not above retry_max",
+        );
+    }
+    let daemon = DaemonConfig {
+        socket: raw.socket,
+        database: raw.database,
+        timing,
+        max_concurrent_refreshes: max_concurrent_refreshes.max(1),
+        retry_initial,
+        retry_max,
+        shutdown_timeout: c.duration(
+            line,
+            "daemon.shutdown_timeout",
+            raw.shutdown_timeout.as_ref(),
+            Duration::from_secs(10),
+        ),
+    };
+    let defaults = ProviderDefaults {
+        default_lifetime: c.duration(
+            line,
+            "daemon.default_lifetime",
+            raw.default_lifetime.as_ref(),
+            Duration::from_secs(3600),
+        ),
+        request_timeout: c.duration(
+            line,
+            "daemon.request_timeout",
+            raw.request_timeout.as_ref(),
+            Duration::from_secs(30),
+        ),
+        max_response_bytes: raw.max_response_bytes.unwrap_or(1 << 20),
+    };
+    (daemon, defaults)
+}
+
+fn validate_provider(
+    c: &mut Collector<'_>,
+    name: &str,
+    line: usize,
+    raw: RawProvider,
+    defaults: &ProviderDefaults,
+) -> Option<ProviderConfig> {
+    let key = |k: &str| format!("providers.{name}.{k}");
+    let before = c.problems.len();
+    if name.is_empty() || !name.chars().all(|ch| ch.is_ascii_alphanumeric() || "-_.".contains(ch))
+    {
+        c.push(
+            Some(line),
+            format!("providers.{name}"),
+            "provider names may only contain letters, digits, '-', '_' and '.'",
+        );
+    }
+    let token_url = check_url(c, line, &key("token_url"), &raw.token_url, raw.allow_insecure_http);
+    let client_secret = resolve_secret(c, line, name, &raw);
+    let client_auth = match raw.client_auth.as_deref().unwrap_or("basic") {
+        "basic" | "client_secret_basic" => ClientAuth::Basic,
+        "basic_urlencoded" => ClientAuth::BasicUrlencoded,
+        "body" | "client_secret_post" => ClientAuth::Body,
+        "none" => ClientAuth::None,
+        "digirunner" => ClientAuth::DigiRunner,
+        other => {
+            c.push(
+                Some(line),
+                key("client_auth"),
+                format!("unknown value `{other}`; use basic, basic_urlencoded, body, none or digirunner"),
+            );
+            ClientAuth::Basic
+        }
+    };
+    check_auth_inputs(c, line, name, client_auth, &raw.client_id, &client_secret);
+    let refresh = request_template(
+        c,
+        line,
+        &key("refresh"),
+        raw.refresh,
+        RequestTemplate::default_refresh(),
+        "refresh_token",
+    );
+    let exchange = request_template(
+        c,
+        line,
+        &key("exchange"),
+        raw.exchange,
+        RequestTemplate::default_exchange(),
+        "code",
+    );
+    let response = raw.response.map_or_else(ResponseFields::default, |r| {
+        let d = ResponseFields::default();
+        ResponseFields {
+            access_token: r.access_token.unwrap_or(d.access_token),
+            refresh_token: r.refresh_token.unwrap_or(d.refresh_token),
+            expires_in: r.expires_in.unwrap_or(d.expires_in),
+            token_type: r.token_type.unwrap_or(d.token_type),
+            scope: r.scope.unwrap_or(d.scope),
+        }
+    });
+    let default_lifetime = c.duration(
+        line,
+        &key("default_lifetime"),
+        raw.default_lifetime.as_ref(),
+        defaults.default_lifetime,
+    );
+    let request_timeout = c.duration(
+        line,
+        &key("request_timeout"),
+        raw.request_timeout.as_ref(),
+        defaults.request_timeout,
+    );
+    if default_lifetime.is_zero() || request_timeout.is_zero() {
+        c.push(
+            Some(line),
+            key("default_lifetime"),
+            "default_lifetime and request_timeout must be above zero",
+        );
+    }
+    if c.problems.len() > before {
+        return None;
+    }
+    Some(ProviderConfig {
+        name: name.to_string(),
+        token_url: token_url?,
+        client_id: raw.client_id,
+        client_secret,
+        client_auth,
+        scope: raw.scope,
+        refresh,
+        exchange,
+        response,
+        reauth_errors: raw
+            .reauth_errors
+            .unwrap_or_else(|| vec!["invalid_grant".into(), "invalid_token".into()]),
+        default_lifetime,
+        request_timeout,
+        max_response_bytes: raw.max_response_bytes.unwrap_or(defaults.max_response_bytes),
+    })
+}
+
+fn check_url(
+    c: &mut Collector<'_>,
+    line: usize,
+    key: &str,
+    raw: &str,
+    allow_insecure_http: Option<bool>,
+) -> Option<Url> {
+    let url = match Url::parse(raw) {
+        Ok(url) => url,
+        Err(e) => {
+            c.push(Some(line), key, format!("`{raw}` is not a URL ({e})"));
+            return None;
+        }
+    };
+    let loopback = match url.host() {
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        Some(url::Host::Domain(d)) => d == "localhost",
+        None => false,
+    };
+    match url.scheme() {
+        "https" => Some(url),
+        "http" if loopback || allow_insecure_http == Some(true) => Some(url),
+        "http" => {
+            c.push(
+                Some(line),
+                key,
+                "plain http would send client secrets and tokens in clear text; use https, or set allow_insecure_http = true if you really mean it",
+            );
+            None
+        }
+        other => {
+            c.push(Some(line), key, format!("unsupported scheme `{other}`; use https"));
+            None
+        }
+    }
+}
+
+fn resolve_secret(
+    c: &mut Collector<'_>,
+    line: usize,
+    name: &str,
+    raw: &RawProvider,
+) -> Option<Secret> {
+    let key = |k: &str| format!("providers.{name}.{k}");
+    let given = [
+        raw.client_secret.is_some(),
+        raw.client_secret_file.is_some(),
+        raw.client_secret_env.is_some(),
+        raw.client_secret_credential.is_some(),
+    ];
+    if given.iter().filter(|g| **g).count() > 1 {
+        c.push(
+            Some(line),
+            key("client_secret"),
+            "give the client secret one way only: client_secret, client_secret_file, client_secret_env or client_secret_credential",
+        );
+        return None;
+    }
+    if let Some(s) = &raw.client_secret {
+        return Some(Secret::new(s.clone()));
+    }
+    if let Some(path) = &raw.client_secret_file {
+        return read_secret_file(c, line, &key("client_secret_file"), path);
+    }
+    if let Some(var) = &raw.client_secret_env {
+        return match std::env::var(var) {
+            Ok(v) if !v.is_empty() => Some(Secret::new(v)),
+            _ => {
+                c.push(
+                    Some(line),
+                    key("client_secret_env"),
+                    format!("environment variable {var} is not set or empty"),
+                );
+                None
+            }
+        };
+    }
+    if let Some(cred) = &raw.client_secret_credential {
+        return match std::env::var_os("CREDENTIALS_DIRECTORY") {
+            Some(dir) => read_secret_file(
+                c,
+                line,
+                &key("client_secret_credential"),
+                &Path::new(&dir).join(cred),
+            ),
+            None => {
+                c.push(
+                    Some(line),
+                    key("client_secret_credential"),
+                    "$CREDENTIALS_DIRECTORY is not set: run under systemd with LoadCredential=, or use client_secret_file",
+                );
+                None
+            }
+        };
+    }
+    None
+}
+
+fn read_secret_file(c: &mut Collector<'_>, line: usize, key: &str, path: &Path) -> Option<Secret> {
+    match std::fs::read_to_string(path) {
+        Ok(s) => {
+            let s = s.trim_end_matches(['\n', '\r']);
+            if s.is_empty() {
+                c.push(Some(line), key, format!("{} is empty", path.display()));
+                None
+            } else {
+                Some(Secret::new(s))
+            }
+        }
+        Err(e) => {
+            c.push(
+                Some(line),
+                key,
+                format!("cannot read {}: {e}", path.display()),
+            );
+            None
+        }
+    }
+}
+
+fn check_auth_inputs(
+    c: &mut Collector<'_>,
+    line: usize,
+    name: &str,
+    auth: ClientAuth,
+    client_id: &Option<String>,
+    secret: &Option<Secret>,
+) {
+    let key = format!("providers.{name}.client_auth");
+    let needs_secret = matches!(
+        auth,
+        ClientAuth::Basic | ClientAuth::BasicUrlencoded | ClientAuth::Body
+    );
+    let needs_id = needs_secret || auth == ClientAuth::DigiRunner;
+    if needs_id && client_id.is_none() {
+        c.push(Some(line), key.clone(), "this client_auth needs client_id");
+    }
+    if needs_secret && secret.is_none() && !c.problems.iter().any(|p| p.key.contains("secret")) {
+        c.push(
+            Some(line),
+            key,
+            "this client_auth needs a client secret (client_secret, client_secret_file, client_secret_env or client_secret_credential); for a public client use client_auth = \"none\"",
+        );
+    }
+}
+
+fn request_template(
+    c: &mut Collector<'_>,
+    line: usize,
+    key: &str,
+    raw: Option<RawRequest>,
+    default: RequestTemplate,
+    required: &str,
+) -> RequestTemplate {
+    let Some(raw) = raw else { return default };
+    let encoding = match raw.encoding.as_deref() {
+        None | Some("form") => Encoding::Form,
+        Some("json") => Encoding::Json,
+        Some(other) => {
+            c.push(
+                Some(line),
+                format!("{key}.encoding"),
+                format!("unknown encoding `{other}`; use form or json"),
+            );
+            Encoding::Form
+        }
+    };
+    let mut table = |name: &str, t: Option<toml::Table>| -> Option<Vec<(String, String)>> {
+        let t = t?;
+        let mut out = Vec::new();
+        for (k, v) in t {
+            match v {
+                toml::Value::String(s) => {
+                    check_placeholders(c, line, &format!("{key}.{name}.{k}"), &s);
+                    out.push((k, s));
+                }
+                toml::Value::Integer(i) => out.push((k, i.to_string())),
+                _ => c.push(
+                    Some(line),
+                    format!("{key}.{name}.{k}"),
+                    "must be a string",
+                ),
+            }
+        }
+        Some(out)
+    };
+    let template = RequestTemplate {
+        encoding,
+        fields: table("fields", raw.fields).unwrap_or(default.fields),
+        headers: table("headers", raw.headers).unwrap_or(default.headers),
+    };
+    if !template.mentions(required) {
+        c.push(
+            Some(line),
+            key,
+            format!("no field or header sends {{{required}}}; add e.g. {required} = \"{{{required}}}\" to fields"),
+        );
+    }
+    template
+}
+
+fn check_placeholders(c: &mut Collector<'_>, line: usize, key: &str, value: &str) {
+    let mut rest = value;
+    while let Some(start) = rest.find('{') {
+        let after = &rest[start + 1..];
+        let Some(end) = after.find('}') else { break };
+        let name = &after[..end];
+        if !name.is_empty()
+            && name.chars().all(|ch| ch.is_ascii_lowercase() || ch == '_')
+            && !PLACEHOLDERS.contains(&name)
+        {
+            c.push(
+                Some(line),
+                key,
+                format!(
+                    "unknown placeholder {{{name}}}; known: {}",
+                    PLACEHOLDERS.join(", ")
+                ),
+            );
+        }
+        rest = &after[end + 1..];
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn problems(text: &str) -> Vec<Problem> {
+        parse_config(text).unwrap_err().problems
+    }
+
+    #[test]
+    fn empty_config_is_valid_with_defaults() {
+        let cfg = parse_config("").unwrap();
+        assert!(cfg.providers.is_empty());
+        assert_eq!(cfg.daemon.max_concurrent_refreshes, 16);
+        assert_eq!(cfg.daemon.retry_max, Duration::from_secs(300));
+    }
+
+    #[test]
+    fn seed_000_basic_auth_form_defaults() {
+        let cfg = parse_config(
+            r#"
+            [providers.didit]
+            token_url = "https://apx.didit.me/auth/v2/token"
+            client_id = "id"
+            client_secret = "secret"
+            "#,
+        )
+        .unwrap();
+        let p = &cfg.providers["didit"];
+        assert_eq!(p.client_auth, ClientAuth::Basic);
+        assert_eq!(p.refresh, RequestTemplate::default_refresh());
+        assert_eq!(p.reauth_errors, ["invalid_grant", "invalid_token"]);
+    }
+
+    #[test]
+    fn seed_002_json_body_and_headers() {
+        let cfg = parse_config(
+            r#"
+            [providers.partner]
+            token_url = "https://partner.example/v1/auth/token"
+            client_auth = "none"
+            [providers.partner.refresh]
+            encoding = "json"
+            fields = { refreshToken = "{refresh_token}" }
+            headers = { partnerId = 42, grantType = "refresh_token" }
+            "#,
+        )
+        .unwrap();
+        let p = &cfg.providers["partner"];
+        assert_eq!(p.refresh.encoding, Encoding::Json);
+        assert_eq!(p.refresh.fields, pairs(&[("refreshToken", "{refresh_token}")]));
+        assert_eq!(
+            p.refresh.headers,
+            pairs(&[("grantType", "refresh_token"), ("partnerId", "42")])
+        );
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_line() {
+        let text = r#"
+[daemon]
+refresh_remaining = 2.0
+
+[providers.a]
+token_url = "http://example.com/token"
+client_id = "x"
+client_auth = "magic"
+
+[providers.b]
+token_url = "https://b.example/token"
+client_scret = "typo"
+"#;
+        let p = problems(text);
+        let keys: Vec<_> = p.iter().map(|p| (p.line, p.key.as_str())).collect();
+        assert!(keys.contains(&(Some(2), "daemon.refresh_remaining")), "{p:?}");
+        assert!(keys.contains(&(Some(5), "providers.a.token_url")), "{p:?}");
+        assert!(keys.contains(&(Some(5), "providers.a.client_auth")), "{p:?}");
+        let b = p.iter().find(|p| p.key == "providers.b").expect("b reported");
+        assert_eq!(b.line, Some(10));
+        assert!(b.message.contains("unknown field `client_scret`"), "{}", b.message);
+    }
+
+    #[test]
+    fn unknown_top_level_key_and_syntax_errors_have_lines() {
+        let p = problems("[daemon]\nsocket = \"/x\"\n[deamon]\n");
+        assert_eq!(p[0].line, Some(3));
+        let p = problems("[daemon\n");
+        assert_eq!(p[0].line, Some(1));
+    }
+
+    #[test]
+    fn basic_auth_without_secret_and_unknown_placeholder() {
+        let p = problems(
+            r#"
+            [providers.a]
+            token_url = "https://a.example/token"
+            client_id = "x"
+            [providers.a.refresh]
+            fields = { rt = "{refresh_tokn}" }
+            "#,
+        );
+        let msgs: Vec<_> = p.iter().map(|p| p.message.as_str()).collect();
+        assert!(msgs.iter().any(|m| m.contains("needs a client secret")), "{msgs:?}");
+        assert!(msgs.iter().any(|m| m.contains("unknown placeholder {refresh_tokn}")), "{msgs:?}");
+        assert!(msgs.iter().any(|m| m.contains("no field or header sends {refresh_token}")), "{msgs:?}");
+    }
+
+    #[test]
+    fn secret_sources_are_exclusive_and_resolved() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("secret");
+        std::fs::write(&file, "from-file\n").unwrap();
+        let cfg = parse_config(&format!(
+            "[providers.a]\ntoken_url = \"https://a.example/t\"\nclient_id = \"x\"\nclient_secret_file = {:?}\n",
+            file
+        ))
+        .unwrap();
+        assert_eq!(
+            cfg.providers["a"].client_secret.as_ref().unwrap().expose(),
+            "from-file"
+        );
+        let p = problems(
+            "[providers.a]\ntoken_url = \"https://a.example/t\"\nclient_id = \"x\"\nclient_secret = \"a\"\nclient_secret_env = \"B\"\n",
+        );
+        assert!(p[0].message.contains("one way only"));
+        let p = problems(
+            "[providers.a]\ntoken_url = \"https://a.example/t\"\nclient_id = \"x\"\nclient_secret_env = \"TOKEND_TEST_SURELY_UNSET\"\n",
+        );
+        assert!(p[0].message.contains("TOKEND_TEST_SURELY_UNSET is not set"));
+    }
+
+    #[test]
+    fn render_substitutes_and_omits_missing_values() {
+        let lookup = |k: &str| (k == "refresh_token").then(|| "RT".to_string());
+        assert_eq!(render("{refresh_token}", lookup).as_deref(), Some("RT"));
+        assert_eq!(render("Bearer {refresh_token}!", lookup).as_deref(), Some("Bearer RT!"));
+        assert_eq!(render("{scope}", lookup), None);
+        assert_eq!(render("{literal} {", lookup).as_deref(), Some("{literal} {"));
+    }
+
+    #[test]
+    fn durations_accept_seconds_and_text() {
+        let cfg = parse_config("[daemon]\nretry_initial = 2\nretry_max = \"10m\"\n").unwrap();
+        assert_eq!(cfg.daemon.retry_initial, Duration::from_secs(2));
+        assert_eq!(cfg.daemon.retry_max, Duration::from_secs(600));
+        let p = problems("[daemon]\nretry_max = \"soon\"\n");
+        assert_eq!(p[0].key, "daemon.retry_max");
+    }
+}

@@ -1,0 +1,470 @@
+//! Pure domain types for tokens: the redacting [`Secret`] wrapper, fingerprints
+//! for logs, the parsed token-endpoint response, and the expiry and refresh-time
+//! arithmetic. Nothing here does I/O, so all of it is unit-tested in place.
+
+use std::fmt;
+use std::time::Duration;
+
+use base64::Engine;
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+
+/// A string that must never reach a log: its `Debug` and `Display` print a
+/// fingerprint instead of the value.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret value.
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+
+    /// The secret itself, for the few places that must send or store it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// A short, stable, non-reversible identifier safe to log.
+    pub fn fingerprint(&self) -> String {
+        fingerprint(&self.0)
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Secret({})", self.fingerprint())
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.fingerprint())
+    }
+}
+
+/// First 8 hex digits of SHA-256: enough to tell tokens apart in a log, far too
+/// little to recover or guess one.
+pub fn fingerprint(value: &str) -> String {
+    let digest = Sha256::digest(value.as_bytes());
+    let hex: String = digest[..4].iter().map(|b| format!("{b:02x}")).collect();
+    format!("sha256:{hex}")
+}
+
+/// Replaces every occurrence of any of `secrets` in `text` with its fingerprint.
+/// Providers echo tokens back in error descriptions (digiRunner does), so any
+/// provider-supplied text passes through here before it is logged or stored.
+pub fn scrub(text: &str, secrets: &[&str]) -> String {
+    let mut out = text.to_string();
+    for secret in secrets.iter().filter(|s| s.len() >= 4) {
+        if out.contains(*secret) {
+            out = out.replace(*secret, &format!("<redacted {}>", fingerprint(secret)));
+        }
+    }
+    out
+}
+
+/// Wall-clock time as Unix milliseconds.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Where a token's lifetime came from: shown in status so an operator can tell
+/// a guessed expiry from a stated one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LifetimeSource {
+    /// The response's `expires_in`.
+    ExpiresIn,
+    /// The access token is a JWT and carries `exp`.
+    JwtExp,
+    /// Neither: the provider's configured default lifetime.
+    Default,
+}
+
+/// A successful token-endpoint response, validated and normalised.
+#[derive(Debug, Clone)]
+pub struct TokenSet {
+    /// The new access token.
+    pub access_token: Secret,
+    /// The rotated refresh token, if the provider sent one.
+    pub refresh_token: Option<Secret>,
+    /// `Bearer` for any capitalisation of bearer, otherwise as sent.
+    pub token_type: String,
+    /// Granted scope, if stated.
+    pub scope: Option<String>,
+    /// Lifetime in seconds as stated by `expires_in`, if it was.
+    pub expires_in: Option<u64>,
+    /// Refresh-token lifetime in seconds, if the provider states one.
+    pub refresh_expires_in: Option<u64>,
+    /// Every other field of the response (id_token, jti, ...).
+    pub extra: Map<String, Value>,
+}
+
+/// Why a 2xx body could not be taken as a token response.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ParseError {
+    /// The body is not JSON at all (an HTML error page, say).
+    #[error("token endpoint returned a body that is not JSON ({content_type}, {len} bytes)")]
+    NotJson {
+        /// The Content-Type header, or "no content type".
+        content_type: String,
+        /// Body length in bytes.
+        len: usize,
+    },
+    /// JSON, but not an object.
+    #[error("token endpoint returned JSON that is not an object")]
+    NotObject,
+    /// An object without a usable `access_token`.
+    #[error("token endpoint response has no access_token")]
+    MissingAccessToken,
+    /// A field of the wrong type.
+    #[error("token endpoint response field `{0}` has an unusable value")]
+    BadField(&'static str),
+}
+
+/// Names of the response fields, so providers with non-standard names work
+/// from configuration alone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResponseFields {
+    /// Field carrying the access token.
+    pub access_token: String,
+    /// Field carrying the (rotated) refresh token.
+    pub refresh_token: String,
+    /// Field carrying the lifetime in seconds.
+    pub expires_in: String,
+    /// Field carrying the token type.
+    pub token_type: String,
+    /// Field carrying the scope.
+    pub scope: String,
+}
+
+impl Default for ResponseFields {
+    fn default() -> Self {
+        ResponseFields {
+            access_token: "access_token".into(),
+            refresh_token: "refresh_token".into(),
+            expires_in: "expires_in".into(),
+            token_type: "token_type".into(),
+            scope: "scope".into(),
+        }
+    }
+}
+
+/// Refresh-token lifetime fields seen in the wild (Microsoft, Keycloak, GitHub).
+const REFRESH_EXPIRY_FIELDS: [&str; 3] = [
+    "refresh_token_expires_in",
+    "refresh_expires_in",
+    "refresh_token_expires_at_in",
+];
+
+/// Parses a 2xx token-endpoint body. Unknown fields are kept in `extra`.
+pub fn parse_token_response(
+    body: &[u8],
+    content_type: Option<&str>,
+    fields: &ResponseFields,
+) -> Result<TokenSet, ParseError> {
+    let value: Value = serde_json::from_slice(body).map_err(|_| ParseError::NotJson {
+        content_type: content_type.unwrap_or("no content type").to_string(),
+        len: body.len(),
+    })?;
+    let Value::Object(mut obj) = value else {
+        return Err(ParseError::NotObject);
+    };
+    let access_token = match obj.remove(&fields.access_token) {
+        Some(Value::String(s)) if !s.is_empty() => Secret::new(s),
+        _ => return Err(ParseError::MissingAccessToken),
+    };
+    let refresh_token = match obj.remove(&fields.refresh_token) {
+        Some(Value::String(s)) if !s.is_empty() => Some(Secret::new(s)),
+        None | Some(Value::Null) | Some(Value::String(_)) => None,
+        Some(_) => return Err(ParseError::BadField("refresh_token")),
+    };
+    let token_type = match obj.remove(&fields.token_type) {
+        Some(Value::String(s)) if s.eq_ignore_ascii_case("bearer") => "Bearer".to_string(),
+        Some(Value::String(s)) if !s.is_empty() => s,
+        _ => "Bearer".to_string(),
+    };
+    let scope = match obj.remove(&fields.scope) {
+        Some(Value::String(s)) => Some(s),
+        // Some servers send scope as an array of strings.
+        Some(Value::Array(items)) => Some(
+            items
+                .iter()
+                .filter_map(Value::as_str)
+                .collect::<Vec<_>>()
+                .join(" "),
+        ),
+        _ => None,
+    };
+    let expires_in = match obj.remove(&fields.expires_in) {
+        None | Some(Value::Null) => None,
+        Some(v) => Some(seconds(&v).ok_or(ParseError::BadField("expires_in"))?),
+    }
+    .filter(|&s| s > 0);
+    let refresh_expires_in = REFRESH_EXPIRY_FIELDS
+        .iter()
+        .find_map(|name| obj.get(*name).and_then(seconds))
+        .filter(|&s| s > 0);
+    Ok(TokenSet {
+        access_token,
+        refresh_token,
+        token_type,
+        scope,
+        expires_in,
+        refresh_expires_in,
+        extra: obj,
+    })
+}
+
+/// A number of seconds given as a JSON number or a numeric string.
+fn seconds(v: &Value) -> Option<u64> {
+    match v {
+        Value::Number(n) => n
+            .as_u64()
+            .or_else(|| n.as_f64().filter(|f| *f >= 0.0).map(|f| f as u64)),
+        Value::String(s) => s.trim().parse::<f64>().ok().filter(|f| *f >= 0.0).map(|f| f as u64),
+        _ => None,
+    }
+}
+
+/// The `exp` claim of a JWT access token, in Unix seconds, without verifying
+/// anything: it is only used to guess a lifetime the provider did not state.
+pub fn jwt_exp(token: &str) -> Option<i64> {
+    let mut parts = token.split('.');
+    let (_header, payload, _sig) = (parts.next()?, parts.next()?, parts.next()?);
+    if parts.next().is_some() {
+        return None;
+    }
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload.trim_end_matches('='))
+        .ok()?;
+    let claims: Value = serde_json::from_slice(&bytes).ok()?;
+    claims.get("exp")?.as_f64().map(|f| f as i64)
+}
+
+/// Works out when a freshly issued access token expires, counting from
+/// `sent_at_ms` (when the request left, so network delay never makes us late).
+pub fn expires_at_ms(
+    set: &TokenSet,
+    sent_at_ms: i64,
+    default_lifetime: Duration,
+) -> (i64, LifetimeSource) {
+    if let Some(secs) = set.expires_in {
+        return (sent_at_ms + secs as i64 * 1000, LifetimeSource::ExpiresIn);
+    }
+    if let Some(exp) = jwt_exp(set.access_token.expose()) {
+        return (exp * 1000, LifetimeSource::JwtExp);
+    }
+    (
+        sent_at_ms + default_lifetime.as_millis() as i64,
+        LifetimeSource::Default,
+    )
+}
+
+/// When to refresh, as a policy independent of any one credential.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RefreshTiming {
+    /// Refresh when this fraction of the lifetime remains (0.25 = at 75%).
+    pub remaining_fraction: f64,
+    /// Up to this further fraction of the lifetime is added to the margin at
+    /// random, so credentials loaded together spread out.
+    pub jitter_fraction: f64,
+    /// Never schedule a refresh sooner than this after the last one, so a
+    /// provider handing out 6-second tokens cannot cause a tight loop.
+    pub min_interval: Duration,
+    /// Never keep a margin larger than this before expiry.
+    pub max_margin: Duration,
+}
+
+impl Default for RefreshTiming {
+    fn default() -> Self {
+        RefreshTiming {
+            remaining_fraction: 0.20,
+            jitter_fraction: 0.05,
+            min_interval: Duration::from_secs(1),
+            max_margin: Duration::from_secs(6 * 3600),
+        }
+    }
+}
+
+impl RefreshTiming {
+    /// The wall-clock time (ms) at which to refresh a token issued at
+    /// `issued_ms` that expires at `expires_ms`. `jitter` is a sample in [0, 1).
+    pub fn refresh_at_ms(&self, issued_ms: i64, expires_ms: i64, jitter: f64) -> i64 {
+        let lifetime = (expires_ms - issued_ms).max(0) as f64;
+        let fraction = self.remaining_fraction + self.jitter_fraction * jitter.clamp(0.0, 1.0);
+        let margin = (lifetime * fraction).min(self.max_margin.as_millis() as f64);
+        let at = expires_ms - margin as i64;
+        at.max(issued_ms + self.min_interval.as_millis() as i64)
+    }
+}
+
+/// Exponential backoff with full jitter: a uniform sample in
+/// `[0, min(cap, base * 2^attempt))`, at least `base / 2` so retries never spin.
+pub fn backoff(attempt: u32, base: Duration, cap: Duration, jitter: f64) -> Duration {
+    let exp = base.saturating_mul(1u32.checked_shl(attempt.min(30)).unwrap_or(u32::MAX));
+    let ceiling = exp.min(cap);
+    ceiling.mul_f64(jitter.clamp(0.0, 1.0)).max(base / 2)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(body: &str) -> Result<TokenSet, ParseError> {
+        parse_token_response(
+            body.as_bytes(),
+            Some("application/json"),
+            &ResponseFields::default(),
+        )
+    }
+
+    #[test]
+    fn secret_debug_and_display_never_show_the_value() {
+        let s = Secret::new("super-secret-value");
+        assert!(!format!("{s:?}").contains("super-secret-value"));
+        assert!(!format!("{s}").contains("super-secret-value"));
+        assert_eq!(s.fingerprint(), fingerprint("super-secret-value"));
+        assert_eq!(s.fingerprint().len(), "sha256:".len() + 8);
+    }
+
+    #[test]
+    fn scrub_replaces_echoed_tokens() {
+        let out = scrub(
+            "Invalid refresh token (expired): eyJabc.def.ghi",
+            &["eyJabc.def.ghi", "unrelated"],
+        );
+        assert!(!out.contains("eyJabc.def.ghi"));
+        assert!(out.contains("<redacted sha256:"));
+    }
+
+    #[test]
+    fn parses_seed_004_response_with_extra_fields_and_lowercase_bearer() {
+        let set = parse(
+            r#"{"access_token":"a.b.c","expires_in":86399,"jti":"41fa","node":"executor1",
+               "org_id":"100000","refresh_token":"r.s.t","scope":"2000000006",
+               "stime":1684742522981,"token_type":"bearer"}"#,
+        )
+        .unwrap();
+        assert_eq!(set.token_type, "Bearer");
+        assert_eq!(set.expires_in, Some(86399));
+        assert_eq!(set.refresh_token.unwrap().expose(), "r.s.t");
+        assert_eq!(set.extra["jti"], "41fa");
+        assert_eq!(set.extra["stime"], 1684742522981u64);
+        assert!(!set.extra.contains_key("access_token"));
+    }
+
+    #[test]
+    fn expires_in_as_numeric_string_and_missing_refresh_token() {
+        let set = parse(r#"{"access_token":"x","expires_in":"3600","token_type":"Bearer"}"#)
+            .unwrap();
+        assert_eq!(set.expires_in, Some(3600));
+        assert!(set.refresh_token.is_none());
+    }
+
+    #[test]
+    fn bad_expires_in_is_an_error_not_a_guess() {
+        assert_eq!(
+            parse(r#"{"access_token":"x","expires_in":"soon"}"#).unwrap_err(),
+            ParseError::BadField("expires_in")
+        );
+    }
+
+    #[test]
+    fn non_json_and_missing_token_are_clear_errors() {
+        let err = parse_token_response(b"<html>502</html>", Some("text/html"), &Default::default())
+            .unwrap_err();
+        assert!(err.to_string().contains("not JSON (text/html, 16 bytes)"));
+        assert_eq!(parse("[]").unwrap_err(), ParseError::NotObject);
+        assert_eq!(
+            parse(r#"{"token_type":"Bearer"}"#).unwrap_err(),
+            ParseError::MissingAccessToken
+        );
+    }
+
+    #[test]
+    fn refresh_token_lifetime_is_recorded() {
+        let set = parse(r#"{"access_token":"x","refresh_expires_in":1800}"#).unwrap();
+        assert_eq!(set.refresh_expires_in, Some(1800));
+    }
+
+    #[test]
+    fn custom_field_names() {
+        let fields = ResponseFields {
+            access_token: "accessToken".into(),
+            expires_in: "expiresIn".into(),
+            ..Default::default()
+        };
+        let set =
+            parse_token_response(br#"{"accessToken":"x","expiresIn":5}"#, None, &fields).unwrap();
+        assert_eq!(set.access_token.expose(), "x");
+        assert_eq!(set.expires_in, Some(5));
+    }
+
+    fn jwt_with_exp(exp: i64) -> String {
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        format!(
+            "{}.{}.sig",
+            b64.encode(r#"{"alg":"none"}"#),
+            b64.encode(format!(r#"{{"exp":{exp}}}"#))
+        )
+    }
+
+    #[test]
+    fn expiry_prefers_expires_in_then_jwt_then_default() {
+        let default = Duration::from_secs(3600);
+        let mut set = parse(r#"{"access_token":"opaque","expires_in":60}"#).unwrap();
+        assert_eq!(
+            expires_at_ms(&set, 1_000, default),
+            (61_000, LifetimeSource::ExpiresIn)
+        );
+        set.expires_in = None;
+        assert_eq!(
+            expires_at_ms(&set, 1_000, default),
+            (3_601_000, LifetimeSource::Default)
+        );
+        set.access_token = Secret::new(jwt_with_exp(1_700_000_000));
+        assert_eq!(
+            expires_at_ms(&set, 1_000, default),
+            (1_700_000_000_000, LifetimeSource::JwtExp)
+        );
+    }
+
+    #[test]
+    fn zero_expires_in_counts_as_absent() {
+        let set = parse(r#"{"access_token":"x","expires_in":0}"#).unwrap();
+        assert_eq!(set.expires_in, None);
+    }
+
+    #[test]
+    fn refresh_point_scales_with_lifetime_and_is_clamped() {
+        let t = RefreshTiming::default();
+        // One hour: refresh with 20-25% remaining.
+        let at = t.refresh_at_ms(0, 3_600_000, 0.0);
+        assert_eq!(at, 2_880_000);
+        let at = t.refresh_at_ms(0, 3_600_000, 1.0);
+        assert_eq!(at, 2_700_000);
+        // Six seconds: around 4.5 s, never a tight loop.
+        let at = t.refresh_at_ms(0, 6_000, 0.5);
+        assert!((4_000..=5_000).contains(&at), "{at}");
+        // Already-expired or 100 ms token: not before min_interval.
+        assert_eq!(t.refresh_at_ms(0, 100, 0.0), 1_000);
+        assert_eq!(t.refresh_at_ms(5_000, 0, 0.0), 6_000);
+        // Thirty days: the margin is capped.
+        let month = 30 * 86_400_000i64;
+        assert_eq!(t.refresh_at_ms(0, month, 1.0), month - 6 * 3_600_000);
+    }
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        let base = Duration::from_secs(1);
+        let cap = Duration::from_secs(300);
+        assert_eq!(backoff(0, base, cap, 1.0), Duration::from_secs(1));
+        assert_eq!(backoff(3, base, cap, 1.0), Duration::from_secs(8));
+        assert_eq!(backoff(40, base, cap, 1.0), cap);
+        assert_eq!(backoff(40, base, cap, 0.0), Duration::from_millis(500));
+    }
+}
