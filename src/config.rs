@@ -354,7 +354,10 @@ struct Collector<'a> {
 
 impl Collector<'_> {
     fn line_of(&self, offset: usize) -> usize {
-        self.text[..offset.min(self.text.len())].matches('\n').count() + 1
+        self.text[..offset.min(self.text.len())]
+            .matches('\n')
+            .count()
+            + 1
     }
 
     fn push(&mut self, line: Option<usize>, key: impl Into<String>, message: impl Into<String>) {
@@ -558,7 +561,10 @@ fn validate_provider(
 ) -> Option<ProviderConfig> {
     let key = |k: &str| format!("providers.{name}.{k}");
     let before = c.problems.len();
-    if name.is_empty() || !name.chars().all(|ch| ch.is_ascii_alphanumeric() || "-_.".contains(ch))
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|ch| ch.is_ascii_alphanumeric() || "-_.".contains(ch))
     {
         c.push(
             Some(line),
@@ -566,7 +572,13 @@ fn validate_provider(
             "provider names may only contain letters, digits, '-', '_' and '.'",
         );
     }
-    let token_url = check_url(c, line, &key("token_url"), &raw.token_url, raw.allow_insecure_http);
+    let token_url = check_url(
+        c,
+        line,
+        &key("token_url"),
+        &raw.token_url,
+        raw.allow_insecure_http,
+    );
     let client_secret = resolve_secret(c, line, name, &raw);
     let client_auth = match raw.client_auth.as_deref().unwrap_or("basic") {
         "basic" | "client_secret_basic" => ClientAuth::Basic,
@@ -647,7 +659,9 @@ fn validate_provider(
             .unwrap_or_else(|| vec!["invalid_grant".into(), "invalid_token".into()]),
         default_lifetime,
         request_timeout,
-        max_response_bytes: raw.max_response_bytes.unwrap_or(defaults.max_response_bytes),
+        max_response_bytes: raw
+            .max_response_bytes
+            .unwrap_or(defaults.max_response_bytes),
     })
 }
 
@@ -683,7 +697,11 @@ fn check_url(
             None
         }
         other => {
-            c.push(Some(line), key, format!("unsupported scheme `{other}`; use https"));
+            c.push(
+                Some(line),
+                key,
+                format!("unsupported scheme `{other}`; use https"),
+            );
             None
         }
     }
@@ -829,11 +847,7 @@ fn request_template(
                     out.push((k, s));
                 }
                 toml::Value::Integer(i) => out.push((k, i.to_string())),
-                _ => c.push(
-                    Some(line),
-                    format!("{key}.{name}.{k}"),
-                    "must be a string",
-                ),
+                _ => c.push(Some(line), format!("{key}.{name}.{k}"), "must be a string"),
             }
         }
         Some(out)
@@ -925,7 +939,10 @@ mod tests {
         .unwrap();
         let p = &cfg.providers["partner"];
         assert_eq!(p.refresh.encoding, Encoding::Json);
-        assert_eq!(p.refresh.fields, pairs(&[("refreshToken", "{refresh_token}")]));
+        assert_eq!(
+            p.refresh.fields,
+            pairs(&[("refreshToken", "{refresh_token}")])
+        );
         assert_eq!(
             p.refresh.headers,
             pairs(&[("grantType", "refresh_token"), ("partnerId", "42")])
@@ -949,12 +966,25 @@ client_scret = "typo"
 "#;
         let p = problems(text);
         let keys: Vec<_> = p.iter().map(|p| (p.line, p.key.as_str())).collect();
-        assert!(keys.contains(&(Some(2), "daemon.refresh_remaining")), "{p:?}");
+        assert!(
+            keys.contains(&(Some(2), "daemon.refresh_remaining")),
+            "{p:?}"
+        );
         assert!(keys.contains(&(Some(5), "providers.a.token_url")), "{p:?}");
-        assert!(keys.contains(&(Some(5), "providers.a.client_auth")), "{p:?}");
-        let b = p.iter().find(|p| p.key == "providers.b").expect("b reported");
+        assert!(
+            keys.contains(&(Some(5), "providers.a.client_auth")),
+            "{p:?}"
+        );
+        let b = p
+            .iter()
+            .find(|p| p.key == "providers.b")
+            .expect("b reported");
         assert_eq!(b.line, Some(10));
-        assert!(b.message.contains("unknown field `client_scret`"), "{}", b.message);
+        assert!(
+            b.message.contains("unknown field `client_scret`"),
+            "{}",
+            b.message
+        );
     }
 
     #[test]
@@ -977,9 +1007,20 @@ client_scret = "typo"
             "#,
         );
         let msgs: Vec<_> = p.iter().map(|p| p.message.as_str()).collect();
-        assert!(msgs.iter().any(|m| m.contains("needs a client secret")), "{msgs:?}");
-        assert!(msgs.iter().any(|m| m.contains("unknown placeholder {refresh_tokn}")), "{msgs:?}");
-        assert!(msgs.iter().any(|m| m.contains("no field or header sends {refresh_token}")), "{msgs:?}");
+        assert!(
+            msgs.iter().any(|m| m.contains("needs a client secret")),
+            "{msgs:?}"
+        );
+        assert!(
+            msgs.iter()
+                .any(|m| m.contains("unknown placeholder {refresh_tokn}")),
+            "{msgs:?}"
+        );
+        assert!(
+            msgs.iter()
+                .any(|m| m.contains("no field or header sends {refresh_token}")),
+            "{msgs:?}"
+        );
     }
 
     #[test]
@@ -1010,9 +1051,15 @@ client_scret = "typo"
     fn render_substitutes_and_omits_missing_values() {
         let lookup = |k: &str| (k == "refresh_token").then(|| "RT".to_string());
         assert_eq!(render("{refresh_token}", lookup).as_deref(), Some("RT"));
-        assert_eq!(render("Bearer {refresh_token}!", lookup).as_deref(), Some("Bearer RT!"));
+        assert_eq!(
+            render("Bearer {refresh_token}!", lookup).as_deref(),
+            Some("Bearer RT!")
+        );
         assert_eq!(render("{scope}", lookup), None);
-        assert_eq!(render("{literal} {", lookup).as_deref(), Some("{literal} {"));
+        assert_eq!(
+            render("{literal} {", lookup).as_deref(),
+            Some("{literal} {")
+        );
     }
 
     #[test]

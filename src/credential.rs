@@ -197,7 +197,12 @@ mod tests {
             1_000,
             LifetimeSource::ExpiresIn,
         );
-        c.apply(set(r#"{"access_token":"a2"}"#), 20, 2_000, LifetimeSource::ExpiresIn);
+        c.apply(
+            set(r#"{"access_token":"a2"}"#),
+            20,
+            2_000,
+            LifetimeSource::ExpiresIn,
+        );
         assert_eq!(c.refresh_token.as_ref().unwrap().expose(), "rt-1");
         assert_eq!(c.access_token.as_ref().unwrap().expose(), "a2");
         assert_eq!(c.extra["id_token"], "idt");
@@ -228,7 +233,12 @@ mod tests {
     #[test]
     fn valid_token_honours_state_and_min_validity() {
         let mut c = Credential::new("c", "p", None, 0);
-        c.apply(set(r#"{"access_token":"a"}"#), 0, 10_000, LifetimeSource::ExpiresIn);
+        c.apply(
+            set(r#"{"access_token":"a"}"#),
+            0,
+            10_000,
+            LifetimeSource::ExpiresIn,
+        );
         assert!(c.valid_token(5_000, 0).is_some());
         assert!(c.valid_token(5_000, 5_000).is_none());
         assert!(c.valid_token(10_000, 0).is_none());

@@ -3,8 +3,16 @@
 
 #![warn(missing_docs)]
 
+pub mod api;
+pub mod cli;
+pub mod client;
 pub mod config;
 pub mod credential;
+pub mod daemon;
+pub mod logging;
+pub mod paths;
 pub mod provider;
+pub mod refresh;
+pub mod server;
 pub mod store;
 pub mod token;

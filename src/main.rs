@@ -1,1 +1,5 @@
-fn main() {}
+//! The `tokend` binary: all logic lives in the library; see `tokend --help`.
+
+fn main() -> std::process::ExitCode {
+    tokend::cli::main()
+}

@@ -94,9 +94,9 @@ pub struct Failure {
 pub fn classify(status: u16, error_code: Option<&str>, reauth_errors: &[String]) -> FailureKind {
     match error_code {
         Some(code) if reauth_errors.iter().any(|e| e == code) => FailureKind::Reauth,
-        Some("invalid_client" | "unauthorized_client" | "unsupported_grant_type" | "invalid_scope") => {
-            FailureKind::Misconfigured
-        }
+        Some(
+            "invalid_client" | "unauthorized_client" | "unsupported_grant_type" | "invalid_scope",
+        ) => FailureKind::Misconfigured,
         _ if status == 429 || status >= 500 => FailureKind::Transient,
         _ => FailureKind::Transient,
     }
@@ -147,15 +147,25 @@ pub fn prepare(p: &ProviderConfig, grant: &Grant) -> PreparedRequest {
     match p.client_auth {
         ClientAuth::Basic => {
             let creds = format!("{}:{}", id.unwrap_or(""), secret.unwrap_or(""));
-            headers.push(("Authorization".into(), format!("Basic {}", B64.encode(creds))));
+            headers.push((
+                "Authorization".into(),
+                format!("Basic {}", B64.encode(creds)),
+            ));
         }
         ClientAuth::BasicUrlencoded => {
-            let enc = |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+            let enc =
+                |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
             let creds = format!("{}:{}", enc(id.unwrap_or("")), enc(secret.unwrap_or("")));
-            headers.push(("Authorization".into(), format!("Basic {}", B64.encode(creds))));
+            headers.push((
+                "Authorization".into(),
+                format!("Basic {}", B64.encode(creds)),
+            ));
         }
         ClientAuth::DigiRunner => {
-            headers.push(("Authorization".into(), digirunner_authorization(id.unwrap_or(""), secret)));
+            headers.push((
+                "Authorization".into(),
+                digirunner_authorization(id.unwrap_or(""), secret),
+            ));
         }
         ClientAuth::Body => {
             if !template.mentions("client_id") {
@@ -271,14 +281,16 @@ impl ProviderClient {
                 })
             }
         };
-        let error_body = serde_json::from_slice::<Value>(&body).ok().filter(|v| v.get("error").is_some());
+        let error_body = serde_json::from_slice::<Value>(&body)
+            .ok()
+            .filter(|v| v.get("error").is_some());
         if (200..300).contains(&status) && error_body.is_none() {
-            return parse_token_response(&body, content_type.as_deref(), &p.response).map_err(|e| {
-                Failure {
+            return parse_token_response(&body, content_type.as_deref(), &p.response).map_err(
+                |e| Failure {
                     status: Some(status),
                     ..transient(e.to_string(), true)
-                }
-            });
+                },
+            );
         }
         let code = error_body
             .as_ref()
@@ -291,7 +303,9 @@ impl ProviderClient {
             .and_then(Value::as_str);
         let kind = classify(status, code.as_deref(), &p.reauth_errors);
         let message = match (&code, description) {
-            (Some(c), Some(d)) => format!("token endpoint answered {status} {c}: {}", truncate(d, 200)),
+            (Some(c), Some(d)) => {
+                format!("token endpoint answered {status} {c}: {}", truncate(d, 200))
+            }
             (Some(c), None) => format!("token endpoint answered {status} {c}"),
             (None, _) => format!(
                 "token endpoint answered {status} without an OAuth error ({}, {} bytes)",
@@ -312,7 +326,10 @@ impl ProviderClient {
 
 fn header_map(prepared: &PreparedRequest) -> Result<HeaderMap, String> {
     let mut map = HeaderMap::new();
-    map.insert(CONTENT_TYPE, HeaderValue::from_static(prepared.content_type));
+    map.insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static(prepared.content_type),
+    );
     map.insert(ACCEPT, HeaderValue::from_static("application/json"));
     for (k, v) in &prepared.headers {
         let name = HeaderName::from_bytes(k.as_bytes())
@@ -350,15 +367,22 @@ fn describe_reqwest(e: &reqwest::Error, p: &ProviderConfig) -> String {
 }
 
 async fn read_capped(response: &mut reqwest::Response, cap: usize) -> Result<Vec<u8>, String> {
-    if response.content_length().is_some_and(|len| len as usize > cap) {
-        return Err(format!("token endpoint response is larger than {cap} bytes"));
+    if response
+        .content_length()
+        .is_some_and(|len| len as usize > cap)
+    {
+        return Err(format!(
+            "token endpoint response is larger than {cap} bytes"
+        ));
     }
     let mut body = Vec::new();
     loop {
         match response.chunk().await {
             Ok(Some(chunk)) => {
                 if body.len() + chunk.len() > cap {
-                    return Err(format!("token endpoint response is larger than {cap} bytes"));
+                    return Err(format!(
+                        "token endpoint response is larger than {cap} bytes"
+                    ));
                 }
                 body.extend_from_slice(&chunk);
             }
@@ -366,7 +390,9 @@ async fn read_capped(response: &mut reqwest::Response, cap: usize) -> Result<Vec
             Err(e) if e.is_timeout() => {
                 return Err("token endpoint stopped sending its response (timeout)".into())
             }
-            Err(_) => return Err("token endpoint connection broke while reading the response".into()),
+            Err(_) => {
+                return Err("token endpoint connection broke while reading the response".into())
+            }
         }
     }
 }
@@ -470,7 +496,9 @@ mod tests {
         if let Grant::Exchange { code_verifier, .. } = &mut grant {
             *code_verifier = Some(Secret::new("verifier"));
         }
-        assert!(prepare(&p, &grant).body.ends_with("&code_verifier=verifier"));
+        assert!(prepare(&p, &grant)
+            .body
+            .ends_with("&code_verifier=verifier"));
     }
 
     #[test]
@@ -522,14 +550,35 @@ mod tests {
     #[test]
     fn classification_by_error_code_then_status() {
         let reauth = vec!["invalid_grant".to_string(), "invalid_token".to_string()];
-        assert_eq!(classify(400, Some("invalid_grant"), &reauth), FailureKind::Reauth);
-        assert_eq!(classify(401, Some("invalid_token"), &reauth), FailureKind::Reauth);
-        for code in ["invalid_client", "unauthorized_client", "unsupported_grant_type", "invalid_scope"] {
-            assert_eq!(classify(400, Some(code), &reauth), FailureKind::Misconfigured, "{code}");
+        assert_eq!(
+            classify(400, Some("invalid_grant"), &reauth),
+            FailureKind::Reauth
+        );
+        assert_eq!(
+            classify(401, Some("invalid_token"), &reauth),
+            FailureKind::Reauth
+        );
+        for code in [
+            "invalid_client",
+            "unauthorized_client",
+            "unsupported_grant_type",
+            "invalid_scope",
+        ] {
+            assert_eq!(
+                classify(400, Some(code), &reauth),
+                FailureKind::Misconfigured,
+                "{code}"
+            );
         }
-        assert_eq!(classify(400, Some("invalid_request"), &reauth), FailureKind::Transient);
+        assert_eq!(
+            classify(400, Some("invalid_request"), &reauth),
+            FailureKind::Transient
+        );
         assert_eq!(classify(500, None, &reauth), FailureKind::Transient);
-        assert_eq!(classify(503, Some("temporarily_unavailable"), &reauth), FailureKind::Transient);
+        assert_eq!(
+            classify(503, Some("temporarily_unavailable"), &reauth),
+            FailureKind::Transient
+        );
         assert_eq!(classify(429, None, &reauth), FailureKind::Transient);
         assert_eq!(classify(401, None, &reauth), FailureKind::Transient);
     }
@@ -541,9 +590,13 @@ mod tests {
             parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"),
             Some(Duration::ZERO)
         );
-        let future = httpdate::fmt_http_date(std::time::SystemTime::now() + Duration::from_secs(120));
+        let future =
+            httpdate::fmt_http_date(std::time::SystemTime::now() + Duration::from_secs(120));
         let d = parse_retry_after(&future).unwrap();
-        assert!(d > Duration::from_secs(100) && d <= Duration::from_secs(120), "{d:?}");
+        assert!(
+            d > Duration::from_secs(100) && d <= Duration::from_secs(120),
+            "{d:?}"
+        );
         assert_eq!(parse_retry_after("soon"), None);
     }
 }

@@ -310,7 +310,10 @@ mod tests {
 
         let store = Store::open(&path).await.unwrap();
         let loaded = store.load_all().await.unwrap();
-        assert_eq!(loaded[0].refresh_token.as_ref().unwrap().expose(), "rt-stale");
+        assert_eq!(
+            loaded[0].refresh_token.as_ref().unwrap().expose(),
+            "rt-stale"
+        );
         assert!(store.delete("a").await.unwrap());
         assert!(!store.delete("a").await.unwrap());
     }

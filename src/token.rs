@@ -225,7 +225,12 @@ fn seconds(v: &Value) -> Option<u64> {
         Value::Number(n) => n
             .as_u64()
             .or_else(|| n.as_f64().filter(|f| *f >= 0.0).map(|f| f as u64)),
-        Value::String(s) => s.trim().parse::<f64>().ok().filter(|f| *f >= 0.0).map(|f| f as u64),
+        Value::String(s) => s
+            .trim()
+            .parse::<f64>()
+            .ok()
+            .filter(|f| *f >= 0.0)
+            .map(|f| f as u64),
         _ => None,
     }
 }
@@ -359,8 +364,8 @@ mod tests {
 
     #[test]
     fn expires_in_as_numeric_string_and_missing_refresh_token() {
-        let set = parse(r#"{"access_token":"x","expires_in":"3600","token_type":"Bearer"}"#)
-            .unwrap();
+        let set =
+            parse(r#"{"access_token":"x","expires_in":"3600","token_type":"Bearer"}"#).unwrap();
         assert_eq!(set.expires_in, Some(3600));
         assert!(set.refresh_token.is_none());
     }

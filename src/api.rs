@@ -1,0 +1,189 @@
+//! Wire types of the socket API: the only serialized types in tokend. Each is
+//! shown with a JSON example; the daemon's domain types never cross the
+//! socket directly.
+
+use serde::{Deserialize, Serialize};
+
+use crate::refresh::View;
+use crate::token::now_ms;
+
+/// `GET /v1/tokens/{name}`:
+///
+/// ```json
+/// {"name":"mail","access_token":"ya29...","token_type":"Bearer",
+///  "expires_at":1767225600,"expires_in":3312,"scope":"openid"}
+/// ```
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TokenResponse {
+    /// Credential name.
+    pub name: String,
+    /// The access token.
+    pub access_token: String,
+    /// Token type, normally `Bearer`.
+    pub token_type: String,
+    /// Expiry as Unix seconds.
+    pub expires_at: i64,
+    /// Seconds until expiry.
+    pub expires_in: i64,
+    /// Granted scope, if known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scope: Option<String>,
+    /// The OpenID Connect ID token, if the provider issued one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id_token: Option<String>,
+}
+
+impl TokenResponse {
+    /// Builds the response from a view holding a valid token.
+    pub fn from_view(view: &View) -> Option<Self> {
+        let c = &view.cred;
+        let expires_at_ms = c.expires_at?;
+        Some(TokenResponse {
+            name: c.name.clone(),
+            access_token: c.access_token.as_ref()?.expose().to_string(),
+            token_type: c.token_type.clone(),
+            expires_at: expires_at_ms / 1000,
+            expires_in: (expires_at_ms - now_ms()).max(0) / 1000,
+            scope: c.scope.clone(),
+            id_token: c
+                .extra
+                .get("id_token")
+                .and_then(|v| v.as_str())
+                .map(str::to_string),
+        })
+    }
+}
+
+/// `GET /v1/credentials[/{name}]`: state, never secrets.
+///
+/// ```json
+/// {"name":"mail","provider":"google","state":"active","expires_at":1767225600,
+///  "expires_in":3312,"refresh_token_expires_at":null,"last_refresh_at":1767222000,
+///  "next_refresh_at":1767224880,"refreshing":false,"last_error":null,
+///  "lifetime_source":"expires_in","scope":"openid","token_type":"Bearer",
+///  "has_refresh_token":true,"created_at":1767000000,"updated_at":1767222001}
+/// ```
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CredentialStatus {
+    /// Credential name.
+    pub name: String,
+    /// Provider name.
+    pub provider: String,
+    /// `active`, `needs_reauth` or `paused`.
+    pub state: String,
+    /// Access-token expiry, Unix seconds.
+    pub expires_at: Option<i64>,
+    /// Seconds until the access token expires (negative once expired).
+    pub expires_in: Option<i64>,
+    /// Refresh-token expiry, Unix seconds, if the provider stated one.
+    pub refresh_token_expires_at: Option<i64>,
+    /// Last successful refresh, Unix seconds.
+    pub last_refresh_at: Option<i64>,
+    /// Next scheduled refresh, Unix seconds.
+    pub next_refresh_at: Option<i64>,
+    /// Whether a refresh is in flight.
+    pub refreshing: bool,
+    /// The last failure, or why the credential is paused.
+    pub last_error: Option<String>,
+    /// Where the expiry came from: `expires_in`, `jwt_exp` or `default`.
+    pub lifetime_source: Option<String>,
+    /// Granted scope.
+    pub scope: Option<String>,
+    /// Token type.
+    pub token_type: String,
+    /// Whether a refresh token is held.
+    pub has_refresh_token: bool,
+    /// When the credential was added, Unix seconds.
+    pub created_at: i64,
+    /// When it last changed, Unix seconds.
+    pub updated_at: i64,
+}
+
+impl From<&View> for CredentialStatus {
+    fn from(view: &View) -> Self {
+        let c = &view.cred;
+        let secs = |ms: i64| ms.div_euclid(1000);
+        CredentialStatus {
+            name: c.name.clone(),
+            provider: c.provider.clone(),
+            state: view.state_name().to_string(),
+            expires_at: c.expires_at.map(secs),
+            expires_in: c.expires_at.map(|e| secs(e - now_ms())),
+            refresh_token_expires_at: c.refresh_expires_at.map(secs),
+            last_refresh_at: c.last_refresh_at.map(secs),
+            next_refresh_at: view.next_refresh_at.map(secs),
+            refreshing: view.refreshing,
+            last_error: view.paused.clone().or_else(|| c.last_error.clone()),
+            lifetime_source: c.lifetime_source.map(|s| s.as_str().to_string()),
+            scope: c.scope.clone(),
+            token_type: c.token_type.clone(),
+            has_refresh_token: c.refresh_token.is_some(),
+            created_at: secs(c.created_at),
+            updated_at: secs(c.updated_at),
+        }
+    }
+}
+
+/// `PUT /v1/credentials/{name}`:
+///
+/// ```json
+/// {"provider":"didit","refresh_token":"8xLOxBtZp8"}
+/// ```
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PutCredential {
+    /// Provider name from the configuration.
+    pub provider: String,
+    /// The refresh token.
+    pub refresh_token: String,
+    /// A current access token, if the caller has one (then `expires_in` too).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_token: Option<String>,
+    /// Lifetime of `access_token` in seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_in: Option<u64>,
+    /// Scope, if known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<String>,
+}
+
+/// `POST /v1/credentials/{name}/exchange`:
+///
+/// ```json
+/// {"provider":"didit","code":"abc","redirect_uri":"https://app/cb","code_verifier":"..."}
+/// ```
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExchangeCode {
+    /// Provider name from the configuration.
+    pub provider: String,
+    /// The authorization code.
+    pub code: String,
+    /// The redirect URI used in the authorization request.
+    pub redirect_uri: String,
+    /// PKCE code verifier (RFC 7636), if the authorization used PKCE.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code_verifier: Option<String>,
+}
+
+/// Every error: `{"error":"needs_reauth","message":"credential `mail` needs ..."}`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// Machine-readable kind: `not_found`, `needs_reauth`, `paused`,
+    /// `unavailable`, `bad_request`, `exchange_failed`, `internal`,
+    /// `shutting_down`.
+    pub error: String,
+    /// One line for humans.
+    pub message: String,
+}
+
+/// `GET /v1/health`: `{"status":"ok","credentials":3,"version":"0.1.0"}`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Health {
+    /// Always `ok` when the daemon answers.
+    pub status: String,
+    /// Number of credentials.
+    pub credentials: usize,
+    /// Daemon version.
+    pub version: String,
+}

@@ -1,0 +1,398 @@
+//! The command line (clap): `tokend daemon` runs the service; every other
+//! command talks to a running daemon over its socket, except `check-config`,
+//! which only reads the configuration. Exit codes: 0 success, 1 failure
+//! (no token, daemon unreachable...), 2 usage or configuration error.
+
+use std::io::{IsTerminal, Read};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
+use hyper::Method;
+
+use crate::api::{CredentialStatus, ExchangeCode, PutCredential, TokenResponse};
+use crate::client::{path_segment, Client, ClientError};
+use crate::config::{load_config, ConfigError};
+use crate::daemon::{self, DaemonOptions};
+use crate::paths;
+use crate::token::now_ms;
+
+/// tokend keeps OAuth2 access tokens fresh and hands them to local programs.
+#[derive(Debug, Parser)]
+#[command(name = "tokend", version, about)]
+pub struct Cli {
+    /// The daemon's socket [default: $TOKEND_SOCKET, else the daemon's default path].
+    #[arg(long, global = true, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon in the foreground.
+    Daemon {
+        /// Configuration file [default: $CONFIGURATION_DIRECTORY/config.toml or
+        /// ~/.config/tokend/config.toml; may be absent].
+        #[arg(long, short, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// Database file, overriding the configuration.
+        #[arg(long, value_name = "FILE")]
+        database: Option<PathBuf>,
+    },
+    /// Print a credential's current access token.
+    Get {
+        /// Credential name.
+        name: String,
+        /// Refresh first if the token would expire within this many seconds.
+        #[arg(long, value_name = "SECS")]
+        min_valid: Option<u64>,
+        /// Print the whole token response as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show credentials and their state (never secrets).
+    Status {
+        /// Only this credential.
+        name: Option<String>,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Add or replace a credential from a refresh token read from stdin.
+    Add {
+        /// Credential name.
+        name: String,
+        /// Provider name from the configuration.
+        #[arg(long, short)]
+        provider: String,
+        /// Read the refresh token from this file instead of stdin.
+        #[arg(long, value_name = "FILE")]
+        refresh_token_file: Option<PathBuf>,
+    },
+    /// Create a credential by exchanging an authorization code.
+    Exchange {
+        /// Credential name.
+        name: String,
+        /// Provider name from the configuration.
+        #[arg(long, short)]
+        provider: String,
+        /// The authorization code.
+        #[arg(long)]
+        code: String,
+        /// The redirect URI used in the authorization request.
+        #[arg(long)]
+        redirect_uri: String,
+        /// The PKCE code verifier, if the authorization used PKCE.
+        #[arg(long)]
+        code_verifier: Option<String>,
+    },
+    /// Refresh a credential now.
+    Refresh {
+        /// Credential name.
+        name: String,
+    },
+    /// Delete a credential.
+    Remove {
+        /// Credential name.
+        name: String,
+    },
+    /// Check a configuration file and report every problem.
+    CheckConfig {
+        /// The file [default: the daemon's default configuration path].
+        file: Option<PathBuf>,
+    },
+}
+
+/// Parses arguments, runs the command, and maps the outcome to an exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    crate::logging::init();
+    let runtime = match &cli.command {
+        Command::Daemon { .. } => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build(),
+        _ => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+    };
+    let runtime = match runtime {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("tokend: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("tokend: {e:#}");
+            let usage = e.downcast_ref::<ConfigError>().is_some();
+            ExitCode::from(if usage { 2 } else { 1 })
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let socket = cli.socket.clone().unwrap_or_else(paths::default_socket);
+    let client = Client::new(&socket);
+    match cli.command {
+        Command::Daemon { config, database } => {
+            daemon::run(DaemonOptions {
+                config,
+                socket: cli.socket,
+                database,
+            })
+            .await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Get {
+            name,
+            min_valid,
+            json,
+        } => get(&client, &name, min_valid, json).await,
+        Command::Status { name, json } => status(&client, name.as_deref(), json).await,
+        Command::Add {
+            name,
+            provider,
+            refresh_token_file,
+        } => add(&client, &name, provider, refresh_token_file).await,
+        Command::Exchange {
+            name,
+            provider,
+            code,
+            redirect_uri,
+            code_verifier,
+        } => {
+            let body = ExchangeCode {
+                provider,
+                code,
+                redirect_uri,
+                code_verifier,
+            };
+            let path = format!("/v1/credentials/{}/exchange", path_segment(&name));
+            let st: CredentialStatus = client.call(Method::POST, &path, Some(&body)).await?;
+            report_added(&st, "created")
+        }
+        Command::Refresh { name } => {
+            let path = format!("/v1/credentials/{}/refresh", path_segment(&name));
+            let st: CredentialStatus = client.call(Method::POST, &path, None::<&()>).await?;
+            println!(
+                "{}: refreshed, expires in {}",
+                st.name,
+                human_in(st.expires_in)
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Remove { name } => {
+            let path = format!("/v1/credentials/{}", path_segment(&name));
+            client.call_empty(Method::DELETE, &path).await?;
+            println!("{name}: removed");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::CheckConfig { file } => check_config(file),
+    }
+}
+
+async fn get(
+    client: &Client,
+    name: &str,
+    min_valid: Option<u64>,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let mut path = format!("/v1/tokens/{}", path_segment(name));
+    if let Some(secs) = min_valid {
+        path.push_str(&format!("?min_valid={secs}"));
+    }
+    let token: TokenResponse = client.call(Method::GET, &path, None::<&()>).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&token)?);
+    } else {
+        println!("{}", token.access_token);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn status(client: &Client, name: Option<&str>, json: bool) -> anyhow::Result<ExitCode> {
+    let list: Vec<CredentialStatus> = match name {
+        Some(n) => {
+            let path = format!("/v1/credentials/{}", path_segment(n));
+            vec![client.call(Method::GET, &path, None::<&()>).await?]
+        }
+        None => {
+            client
+                .call(Method::GET, "/v1/credentials", None::<&()>)
+                .await?
+        }
+    };
+    if json {
+        let out = match name {
+            Some(_) => serde_json::to_string_pretty(&list[0])?,
+            None => serde_json::to_string_pretty(&list)?,
+        };
+        println!("{out}");
+    } else if list.is_empty() {
+        println!("no credentials; add one with `tokend add NAME --provider P`");
+    } else {
+        print!("{}", status_table(&list));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Renders the status table.
+pub fn status_table(list: &[CredentialStatus]) -> String {
+    let header = [
+        "NAME",
+        "PROVIDER",
+        "STATE",
+        "EXPIRES IN",
+        "LAST REFRESH",
+        "LAST ERROR",
+    ];
+    let now = now_ms() / 1000;
+    let rows: Vec<[String; 6]> = list
+        .iter()
+        .map(|s| {
+            [
+                s.name.clone(),
+                s.provider.clone(),
+                s.state.clone(),
+                human_in(s.expires_in),
+                s.last_refresh_at
+                    .map_or("never".into(), |t| format!("{} ago", human(now - t))),
+                s.last_error.clone().unwrap_or_else(|| "-".into()),
+            ]
+        })
+        .collect();
+    let mut widths = header.map(str::len);
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let mut line = |cells: &[&str]| {
+        let last = cells.len() - 1;
+        for (i, cell) in cells.iter().enumerate() {
+            if i == last {
+                out.push_str(cell);
+            } else {
+                out.push_str(&format!("{cell:<width$}  ", width = widths[i]));
+            }
+        }
+        out.push('\n');
+    };
+    line(&header);
+    for row in &rows {
+        line(&row.each_ref().map(String::as_str));
+    }
+    out
+}
+
+fn human_in(secs: Option<i64>) -> String {
+    match secs {
+        None => "-".into(),
+        Some(s) if s < 0 => format!("expired {} ago", human(-s)),
+        Some(s) => human(s),
+    }
+}
+
+fn human(secs: i64) -> String {
+    match secs {
+        s if s < 60 => format!("{s}s"),
+        s if s < 3600 => format!("{}m{}s", s / 60, s % 60),
+        s if s < 86_400 => format!("{}h{}m", s / 3600, (s % 3600) / 60),
+        s => format!("{}d{}h", s / 86_400, (s % 86_400) / 3600),
+    }
+}
+
+async fn add(
+    client: &Client,
+    name: &str,
+    provider: String,
+    file: Option<PathBuf>,
+) -> anyhow::Result<ExitCode> {
+    let token = match file {
+        Some(path) => std::fs::read_to_string(&path)
+            .with_context(|| format!("cannot read {}", path.display()))?,
+        None => {
+            if std::io::stdin().is_terminal() {
+                eprintln!("paste the refresh token, then press Enter and Ctrl-D:");
+            }
+            let mut s = String::new();
+            std::io::stdin()
+                .read_to_string(&mut s)
+                .context("cannot read the refresh token from stdin")?;
+            s
+        }
+    };
+    let token = token.trim();
+    if token.is_empty() {
+        bail!("no refresh token given: pipe it on stdin or use --refresh-token-file");
+    }
+    let body = PutCredential {
+        provider,
+        refresh_token: token.to_string(),
+        access_token: None,
+        expires_in: None,
+        scope: None,
+    };
+    let path = format!("/v1/credentials/{}", path_segment(name));
+    let st: CredentialStatus = client.call(Method::PUT, &path, Some(&body)).await?;
+    report_added(&st, "added")
+}
+
+fn report_added(st: &CredentialStatus, verb: &str) -> anyhow::Result<ExitCode> {
+    let usable = st.state == "active" && st.expires_in.is_some_and(|s| s > 0);
+    if usable {
+        println!(
+            "{}: {verb} (provider {}), access token expires in {}",
+            st.name,
+            st.provider,
+            human_in(st.expires_in)
+        );
+        Ok(ExitCode::SUCCESS)
+    } else {
+        eprintln!(
+            "tokend: {}: stored, but no token yet: {} ({})",
+            st.name,
+            st.state,
+            st.last_error.as_deref().unwrap_or("no error recorded")
+        );
+        Ok(ExitCode::FAILURE)
+    }
+}
+
+fn check_config(file: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    let path = file.unwrap_or_else(paths::default_config);
+    match load_config(&path) {
+        Ok(cfg) => {
+            let names: Vec<_> = cfg.providers.keys().map(String::as_str).collect();
+            println!(
+                "{}: ok, {} provider(s){}{}",
+                path.display(),
+                names.len(),
+                if names.is_empty() { "" } else { ": " },
+                names.join(", ")
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(ConfigError::Invalid(errors)) => {
+            eprintln!("{errors}");
+            eprintln!("{}: {} problem(s)", path.display(), errors.problems.len());
+            Ok(ExitCode::from(2))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// `ClientError` carries the daemon's own one-line message; keep it unadorned.
+impl ClientError {
+    /// Whether the daemon answered "needs re-authorization".
+    pub fn is_needs_reauth(&self) -> bool {
+        matches!(self, ClientError::Api { body, .. } if body.error == "needs_reauth")
+    }
+}

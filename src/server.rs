@@ -1,0 +1,316 @@
+//! HTTP/1.1 + JSON over a Unix socket (axum). Owns the socket file: refuses to
+//! start over a live daemon, replaces a stale socket, creates it with mode
+//! 0660 and removes it on drop. Maps every [`RefreshError`] to one status.
+
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path as UrlPath, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use tokio::net::UnixListener;
+
+use crate::api::{CredentialStatus, ErrorBody, ExchangeCode, Health, PutCredential, TokenResponse};
+use crate::refresh::{ExchangeRequest, NewCredential, RefreshError, RefresherHandle};
+use crate::token::Secret;
+
+/// Errors setting up the socket.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// Another daemon answers on the socket.
+    #[error("another tokend is already listening on {0}; stop it first or use another --socket")]
+    AlreadyRunning(PathBuf),
+    /// The path exists and is not a socket.
+    #[error("{0} exists and is not a socket; remove it or choose another socket path")]
+    NotASocket(PathBuf),
+    /// Binding failed.
+    #[error("cannot listen on {path}: {source}")]
+    Bind {
+        /// The socket path.
+        path: PathBuf,
+        /// Why.
+        source: io::Error,
+    },
+}
+
+/// Removes the socket file when dropped.
+#[derive(Debug)]
+pub struct SocketFile {
+    path: PathBuf,
+}
+
+impl Drop for SocketFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Binds the API socket at `path` with mode 0660.
+pub async fn bind(path: &Path) -> Result<(UnixListener, SocketFile), ServerError> {
+    let bind_err = |source| ServerError::Bind {
+        path: path.to_path_buf(),
+        source,
+    };
+    if let Some(dir) = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty() && !d.exists())
+    {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(bind_err)?;
+    }
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if !meta.file_type().is_socket() => {
+            return Err(ServerError::NotASocket(path.to_path_buf()))
+        }
+        Ok(_) => match tokio::net::UnixStream::connect(path).await {
+            Ok(_) => return Err(ServerError::AlreadyRunning(path.to_path_buf())),
+            Err(_) => {
+                tracing::info!(socket = %path.display(), "removing stale socket file");
+                std::fs::remove_file(path).map_err(bind_err)?;
+            }
+        },
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(bind_err(e)),
+    }
+    let listener = UnixListener::bind(path).map_err(bind_err)?;
+    let guard = SocketFile {
+        path: path.to_path_buf(),
+    };
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660)).map_err(bind_err)?;
+    Ok((listener, guard))
+}
+
+/// The API router.
+pub fn router(handle: RefresherHandle) -> Router {
+    Router::new()
+        .route("/v1/health", get(health))
+        .route("/v1/tokens/{name}", get(get_token))
+        .route("/v1/credentials", get(list_credentials))
+        .route(
+            "/v1/credentials/{name}",
+            get(get_credential)
+                .put(put_credential)
+                .delete(delete_credential),
+        )
+        .route("/v1/credentials/{name}/exchange", post(exchange))
+        .route("/v1/credentials/{name}/refresh", post(refresh))
+        .fallback(|| async {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "no such endpoint; see README for the API",
+            )
+        })
+        .layer(DefaultBodyLimit::max(64 * 1024))
+        .with_state(handle)
+}
+
+/// An error response: `{"error": kind, "message": ...}`.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    body: ErrorBody,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, kind: &str, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            body: ErrorBody {
+                error: kind.to_string(),
+                message: message.into(),
+            },
+        }
+    }
+
+    fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "bad_request", message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, Json(self.body)).into_response()
+    }
+}
+
+impl From<RefreshError> for ApiError {
+    fn from(e: RefreshError) -> Self {
+        let (status, kind) = match &e {
+            RefreshError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            RefreshError::NeedsReauth { .. } => (StatusCode::CONFLICT, "needs_reauth"),
+            RefreshError::Paused { .. } => (StatusCode::SERVICE_UNAVAILABLE, "paused"),
+            RefreshError::Unavailable { .. } => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            RefreshError::UnknownProvider(_) => (StatusCode::BAD_REQUEST, "unknown_provider"),
+            RefreshError::ExchangeFailed(_) => (StatusCode::BAD_GATEWAY, "exchange_failed"),
+            RefreshError::Store(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+            RefreshError::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
+        };
+        ApiError::new(status, kind, format!("{e:#}"))
+    }
+}
+
+type ApiResult<T> = Result<T, ApiError>;
+
+async fn health(State(h): State<RefresherHandle>) -> Json<Health> {
+    Json(Health {
+        status: "ok".into(),
+        credentials: h.list().len(),
+        version: env!("CARGO_PKG_VERSION").into(),
+    })
+}
+
+#[derive(Deserialize)]
+struct TokenQuery {
+    min_valid: Option<u64>,
+}
+
+async fn get_token(
+    State(h): State<RefresherHandle>,
+    UrlPath(name): UrlPath<String>,
+    Query(q): Query<TokenQuery>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    let view = h
+        .token(&name, Duration::from_secs(q.min_valid.unwrap_or(0)))
+        .await?;
+    let token = TokenResponse::from_view(&view).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "no token held",
+        )
+    })?;
+    if wants_text(&headers) {
+        let mut resp = format!("{}\n", token.access_token).into_response();
+        resp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            header::HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        return Ok(resp);
+    }
+    Ok(Json(token).into_response())
+}
+
+/// `Accept: text/plain` (without JSON also being acceptable) asks for the bare token.
+fn wants_text(headers: &HeaderMap) -> bool {
+    let accept = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    accept.contains("text/plain") && !accept.contains("application/json")
+}
+
+async fn list_credentials(State(h): State<RefresherHandle>) -> Json<Vec<CredentialStatus>> {
+    Json(
+        h.list()
+            .iter()
+            .map(|v| CredentialStatus::from(&**v))
+            .collect(),
+    )
+}
+
+async fn get_credential(
+    State(h): State<RefresherHandle>,
+    UrlPath(name): UrlPath<String>,
+) -> ApiResult<Json<CredentialStatus>> {
+    let view = h.view(&name).ok_or(RefreshError::NotFound(name))?;
+    Ok(Json(CredentialStatus::from(&*view)))
+}
+
+fn parse_body<T: DeserializeOwned>(body: &Bytes) -> ApiResult<T> {
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
+}
+
+/// Credential names become path segments, log fields and CLI arguments.
+fn check_name(name: &str) -> ApiResult<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 128
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.@".contains(c));
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request(
+            "credential names are 1-128 characters of letters, digits, '-', '_', '.' and '@'",
+        ))
+    }
+}
+
+async fn put_credential(
+    State(h): State<RefresherHandle>,
+    UrlPath(name): UrlPath<String>,
+    body: Bytes,
+) -> ApiResult<(StatusCode, Json<CredentialStatus>)> {
+    check_name(&name)?;
+    let req: PutCredential = parse_body(&body)?;
+    if req.refresh_token.trim().is_empty() {
+        return Err(ApiError::bad_request("refresh_token is empty"));
+    }
+    let access_token = match (req.access_token, req.expires_in) {
+        (Some(t), Some(secs)) => Some((Secret::new(t), secs)),
+        (None, None) => None,
+        _ => {
+            return Err(ApiError::bad_request(
+                "give access_token and expires_in together",
+            ))
+        }
+    };
+    let view = h
+        .put(NewCredential {
+            name,
+            provider: req.provider,
+            refresh_token: Secret::new(req.refresh_token.trim()),
+            access_token,
+            scope: req.scope,
+        })
+        .await?;
+    Ok((StatusCode::CREATED, Json(CredentialStatus::from(&*view))))
+}
+
+async fn exchange(
+    State(h): State<RefresherHandle>,
+    UrlPath(name): UrlPath<String>,
+    body: Bytes,
+) -> ApiResult<(StatusCode, Json<CredentialStatus>)> {
+    check_name(&name)?;
+    let req: ExchangeCode = parse_body(&body)?;
+    let view = h
+        .exchange(ExchangeRequest {
+            name,
+            provider: req.provider,
+            code: Secret::new(req.code),
+            redirect_uri: req.redirect_uri,
+            code_verifier: req.code_verifier.map(Secret::new),
+        })
+        .await?;
+    Ok((StatusCode::CREATED, Json(CredentialStatus::from(&*view))))
+}
+
+async fn refresh(
+    State(h): State<RefresherHandle>,
+    UrlPath(name): UrlPath<String>,
+) -> ApiResult<Json<CredentialStatus>> {
+    let view = h.refresh_now(&name).await?;
+    Ok(Json(CredentialStatus::from(&*view)))
+}
+
+async fn delete_credential(
+    State(h): State<RefresherHandle>,
+    UrlPath(name): UrlPath<String>,
+) -> ApiResult<StatusCode> {
+    h.remove(&name).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
