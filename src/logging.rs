@@ -2,6 +2,8 @@
 //! (default `info`). Tokens and secrets never reach a log line: the code logs
 //! [`crate::token::fingerprint`]s, and provider text is scrubbed first.
 
+use std::io::IsTerminal;
+
 use tracing_subscriber::EnvFilter;
 
 /// Installs the global subscriber. Safe to call more than once (later calls
@@ -12,5 +14,6 @@ pub fn init() {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_target(false)
+        .with_ansi(std::io::stderr().is_terminal())
         .try_init();
 }

@@ -303,9 +303,11 @@ impl ProviderClient {
             .and_then(Value::as_str);
         let kind = classify(status, code.as_deref(), &p.reauth_errors);
         let message = match (&code, description) {
-            (Some(c), Some(d)) => {
-                format!("token endpoint answered {status} {c}: {}", truncate(d, 200))
-            }
+            // Scrub before truncating: a cut-off token would no longer match.
+            (Some(c), Some(d)) => format!(
+                "token endpoint answered {status} {c}: {}",
+                truncate(&scrub(d, &secrets), 200)
+            ),
             (Some(c), None) => format!("token endpoint answered {status} {c}"),
             (None, _) => format!(
                 "token endpoint answered {status} without an OAuth error ({}, {} bytes)",
@@ -581,6 +583,46 @@ mod tests {
         );
         assert_eq!(classify(429, None, &reauth), FailureKind::Transient);
         assert_eq!(classify(401, None, &reauth), FailureKind::Transient);
+    }
+
+    #[tokio::test]
+    async fn long_echoed_refresh_token_is_scrubbed_before_truncation() {
+        use axum::routing::post;
+        let token = format!("eyJ{}", "a".repeat(400));
+        let echoed = token.clone();
+        let app = axum::Router::new().route(
+            "/oauth/token",
+            post(move || {
+                let body = serde_json::json!({
+                    "error": "invalid_token",
+                    "error_description": format!("Invalid refresh token (expired): {echoed}"),
+                });
+                async move { (axum::http::StatusCode::UNAUTHORIZED, axum::Json(body)) }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let p = provider(&format!(
+            "[providers.d]\ntoken_url = \"http://{addr}/oauth/token\"\nclient_id = \"tspclient\"\nclient_auth = \"digirunner\"\n"
+        ));
+        let failure = ProviderClient::new()
+            .unwrap()
+            .request(&p, &refresh(&token))
+            .await
+            .unwrap_err();
+        assert_eq!(failure.kind, FailureKind::Reauth);
+        assert_eq!(failure.status, Some(401));
+        assert!(
+            !failure.message.contains(&token[..40]),
+            "{}",
+            failure.message
+        );
+        assert!(
+            failure.message.contains("<redacted sha256:"),
+            "{}",
+            failure.message
+        );
     }
 
     #[test]

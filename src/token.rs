@@ -252,16 +252,26 @@ pub fn jwt_exp(token: &str) -> Option<i64> {
 
 /// Works out when a freshly issued access token expires, counting from
 /// `sent_at_ms` (when the request left, so network delay never makes us late).
+/// A JWT's `exp` is what resource servers enforce, so when it is earlier than
+/// `expires_in` implies (it has whole-second precision) it wins; an `exp`
+/// already in the past is taken for clock skew and ignored.
 pub fn expires_at_ms(
     set: &TokenSet,
     sent_at_ms: i64,
     default_lifetime: Duration,
 ) -> (i64, LifetimeSource) {
+    let jwt = jwt_exp(set.access_token.expose())
+        .map(|exp| exp.saturating_mul(1000))
+        .filter(|exp_ms| *exp_ms > sent_at_ms);
     if let Some(secs) = set.expires_in {
-        return (sent_at_ms + secs as i64 * 1000, LifetimeSource::ExpiresIn);
+        let stated = sent_at_ms + secs as i64 * 1000;
+        return match jwt {
+            Some(exp_ms) if exp_ms < stated => (exp_ms, LifetimeSource::JwtExp),
+            _ => (stated, LifetimeSource::ExpiresIn),
+        };
     }
-    if let Some(exp) = jwt_exp(set.access_token.expose()) {
-        return (exp * 1000, LifetimeSource::JwtExp);
+    if let Some(exp_ms) = jwt {
+        return (exp_ms, LifetimeSource::JwtExp);
     }
     (
         sent_at_ms + default_lifetime.as_millis() as i64,
@@ -435,6 +445,28 @@ mod tests {
         assert_eq!(
             expires_at_ms(&set, 1_000, default),
             (1_700_000_000_000, LifetimeSource::JwtExp)
+        );
+        // exp in the past (clock skew): ignored.
+        assert_eq!(
+            expires_at_ms(&set, 1_800_000_000_000, default),
+            (1_800_003_600_000, LifetimeSource::Default)
+        );
+    }
+
+    #[test]
+    fn an_earlier_jwt_exp_beats_expires_in() {
+        let default = Duration::from_secs(3600);
+        let mut set = parse(r#"{"access_token":"x","expires_in":3}"#).unwrap();
+        set.access_token = Secret::new(jwt_with_exp(102));
+        // Sent at 100.5 s: expires_in says 103.5 s, the JWT says 102 s.
+        assert_eq!(
+            expires_at_ms(&set, 100_500, default),
+            (102_000, LifetimeSource::JwtExp)
+        );
+        set.access_token = Secret::new(jwt_with_exp(200));
+        assert_eq!(
+            expires_at_ms(&set, 100_500, default),
+            (103_500, LifetimeSource::ExpiresIn)
         );
     }
 

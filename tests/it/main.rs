@@ -1,0 +1,9 @@
+//! Integration tests: the real `tokend` binary, a real SQLite file, a real
+//! Unix socket, and real HTTP over loopback to a strict fake provider.
+//! One test binary, as ripgrep does, so the build is shared.
+
+mod support;
+
+mod cli;
+mod lifecycle;
+mod seeds;

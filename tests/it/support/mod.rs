@@ -1,0 +1,259 @@
+//! Test support: the strict fake provider, and [`Daemon`], which runs the real
+//! `tokend` binary on a temporary directory (its own socket, database and
+//! configuration) and drives it through the real CLI.
+
+#![allow(dead_code)]
+
+pub mod fake_provider;
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use fake_provider::{FakeProvider, Flavor};
+use tokio::process::{Child, Command};
+
+/// Daemon settings that make short-lived tokens testable.
+pub const FAST_DAEMON: &str = r#"
+min_refresh_interval = "500ms"
+retry_initial = "200ms"
+retry_max = "2s"
+request_timeout = "2s"
+shutdown_timeout = "3s"
+"#;
+
+/// A running daemon and its files.
+pub struct Daemon {
+    pub dir: tempfile::TempDir,
+    pub socket: PathBuf,
+    pub database: PathBuf,
+    pub config: PathBuf,
+    pub log: PathBuf,
+    child: Option<Child>,
+}
+
+/// Output of one CLI run.
+#[derive(Debug)]
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    pub fn ok(&self) -> &Self {
+        assert_eq!(self.code, 0, "command failed: {self:?}");
+        self
+    }
+}
+
+/// The provider table for `fake` under `[providers.NAME]`, written the way the
+/// README tells users to write it for that seed.
+pub fn provider_toml(name: &str, fake: &FakeProvider) -> String {
+    let cfg = fake.config();
+    let url = fake.token_url();
+    let secret = cfg.client_secret.clone().unwrap_or_default();
+    match cfg.flavor {
+        Flavor::Didit => format!(
+            "[providers.{name}]\ntoken_url = \"{url}\"\nclient_id = \"{}\"\nclient_secret = \"{secret}\"\nclient_auth = \"basic\"\n",
+            cfg.client_id
+        ),
+        Flavor::Bakrypt => format!(
+            "[providers.{name}]\ntoken_url = \"{url}\"\nclient_id = \"{}\"\nclient_secret = \"{secret}\"\nclient_auth = \"body\"\n",
+            cfg.client_id
+        ),
+        Flavor::DigiRunner => format!(
+            "[providers.{name}]\ntoken_url = \"{url}\"\nclient_id = \"{}\"\nclient_secret = \"{secret}\"\nclient_auth = \"digirunner\"\n",
+            cfg.client_id
+        ),
+        Flavor::DigiRunnerPublic => format!(
+            "[providers.{name}]\ntoken_url = \"{url}\"\nclient_id = \"{}\"\nclient_auth = \"digirunner\"\n",
+            cfg.client_id
+        ),
+        Flavor::Partner => format!(
+            "[providers.{name}]\ntoken_url = \"{url}\"\nclient_auth = \"none\"\n\
+             [providers.{name}.refresh]\nencoding = \"json\"\nfields = {{ refreshToken = \"{{refresh_token}}\" }}\n\
+             headers = {{ partnerId = \"{}\", grantType = \"refresh_token\" }}\n",
+            cfg.partner_id
+        ),
+    }
+}
+
+impl Daemon {
+    /// Starts a daemon whose configuration is `[daemon]` + `daemon_extra` +
+    /// `providers`, and waits until its socket answers.
+    pub async fn start(daemon_extra: &str, providers: &str) -> Daemon {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let socket = dir.path().join("run/tokend.sock");
+        let database = dir.path().join("state/tokend.db");
+        let config = dir.path().join("config.toml");
+        let log = dir.path().join("daemon.log");
+        std::fs::write(
+            &config,
+            format!(
+                "[daemon]\nsocket = {socket:?}\ndatabase = {database:?}\n{daemon_extra}\n{providers}"
+            ),
+        )
+        .expect("write config");
+        let mut d = Daemon {
+            dir,
+            socket,
+            database,
+            config,
+            log,
+            child: None,
+        };
+        d.spawn().await;
+        d
+    }
+
+    /// Starts (or restarts) the daemon process, appending to the same log.
+    pub async fn spawn(&mut self) {
+        assert!(self.child.is_none(), "daemon already running");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("open log");
+        let child = Command::new(env!("CARGO_BIN_EXE_tokend"))
+            .arg("daemon")
+            .arg("--config")
+            .arg(&self.config)
+            .env(
+                "RUST_LOG",
+                "trace,hyper=info,h2=info,sqlx=info,reqwest=info,rustls=info",
+            )
+            .env_remove("TOKEND_SOCKET")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn tokend");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if tokio::net::UnixStream::connect(&self.socket).await.is_ok() {
+                return;
+            }
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!("tokend exited early with {status}: {}", self.logs());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "tokend did not start: {}",
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Sends SIGTERM and waits for a clean exit; checks the socket is gone.
+    pub async fn stop(&mut self) {
+        let mut child = self.child.take().expect("daemon running");
+        let pid = child.id().expect("pid") as i32;
+        // SAFETY: plain kill(2) on our own child.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+        let status = tokio::time::timeout(Duration::from_secs(15), child.wait())
+            .await
+            .expect("tokend did not stop within 15s of SIGTERM")
+            .expect("wait");
+        assert!(
+            status.success(),
+            "tokend exited with {status}: {}",
+            self.logs()
+        );
+        assert!(!self.socket.exists(), "socket file left behind");
+    }
+
+    /// Runs the CLI against this daemon.
+    pub async fn cli(&self, args: &[&str]) -> Run {
+        self.cli_stdin(args, None).await
+    }
+
+    /// Runs the CLI with `stdin` piped in.
+    pub async fn cli_stdin(&self, args: &[&str], stdin: Option<&str>) -> Run {
+        cli_at(&self.socket, args, stdin).await
+    }
+
+    /// Adds a credential from a refresh token through `tokend add` (stdin).
+    pub async fn add(&self, name: &str, provider: &str, refresh_token: &str) -> Run {
+        self.cli_stdin(&["add", name, "--provider", provider], Some(refresh_token))
+            .await
+    }
+
+    /// `tokend status NAME --json`, parsed.
+    pub async fn status(&self, name: &str) -> serde_json::Value {
+        let run = self.cli(&["status", name, "--json"]).await;
+        run.ok();
+        serde_json::from_str(&run.stdout).expect("status JSON")
+    }
+
+    /// The daemon's log so far.
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Stops the daemon if running and asserts that none of the fakes'
+    /// secrets (tokens, codes, client secrets and their encodings), whole or
+    /// as a fragment, ever reached its log.
+    pub async fn finish(mut self, fakes: &[&FakeProvider]) {
+        if self.child.is_some() {
+            self.stop().await;
+        }
+        let logs = self.logs();
+        assert!(logs.contains("tokend started"), "no log captured: {logs}");
+        for fake in fakes {
+            let leaks = fake.find_leaks(&logs);
+            assert!(leaks.is_empty(), "secrets in the daemon log: {leaks:?}");
+        }
+    }
+}
+
+/// Runs the CLI against the socket at `socket`.
+pub async fn cli_at(socket: &Path, args: &[&str], stdin: Option<&str>) -> Run {
+    use tokio::io::AsyncWriteExt;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tokend"))
+        .arg("--socket")
+        .arg(socket)
+        .args(args)
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn tokend cli");
+    if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
+        pipe.write_all(input.as_bytes()).await.expect("stdin");
+        drop(pipe);
+    }
+    let out = tokio::time::timeout(Duration::from_secs(100), child.wait_with_output())
+        .await
+        .expect("cli timed out")
+        .expect("cli output");
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// Polls `check` until it returns true or `timeout` passes.
+pub async fn wait_until<F, Fut>(timeout: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
