@@ -17,12 +17,12 @@ use crate::api::ErrorBody;
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     /// The socket could not be reached.
-    #[error("cannot reach tokend at {path}: {source}; is `tokend daemon` running? (set --socket or $TOKEND_SOCKET if it listens elsewhere)")]
+    #[error("cannot reach tokend at {path}: {reason}; is `tokend daemon` running? (set --socket or $TOKEND_SOCKET if it listens elsewhere)")]
     Connect {
         /// Socket path.
         path: PathBuf,
         /// Why.
-        source: std::io::Error,
+        reason: std::io::Error,
     },
     /// The exchange broke off.
     #[error("talking to tokend failed: {0}")]
@@ -102,9 +102,9 @@ impl Client {
     ) -> Result<(StatusCode, Bytes), ClientError> {
         let stream = tokio::net::UnixStream::connect(&self.socket)
             .await
-            .map_err(|source| ClientError::Connect {
+            .map_err(|reason| ClientError::Connect {
                 path: self.socket.clone(),
-                source,
+                reason,
             })?;
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await

@@ -31,12 +31,12 @@ pub enum ServerError {
     #[error("{0} exists and is not a socket; remove it or choose another socket path")]
     NotASocket(PathBuf),
     /// Binding failed.
-    #[error("cannot listen on {path}: {source}")]
+    #[error("cannot listen on {path}: {reason}")]
     Bind {
         /// The socket path.
         path: PathBuf,
         /// Why.
-        source: io::Error,
+        reason: io::Error,
     },
 }
 
@@ -54,9 +54,9 @@ impl Drop for SocketFile {
 
 /// Binds the API socket at `path` with mode 0660.
 pub async fn bind(path: &Path) -> Result<(UnixListener, SocketFile), ServerError> {
-    let bind_err = |source| ServerError::Bind {
+    let bind_err = |reason| ServerError::Bind {
         path: path.to_path_buf(),
-        source,
+        reason,
     };
     if let Some(dir) = path
         .parent()

@@ -26,24 +26,24 @@ use crate::token::{LifetimeSource, Secret};
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// The database file or its directory could not be prepared.
-    #[error("cannot prepare database file {path}: {source}; check that the directory exists and is writable by this user")]
+    #[error("cannot prepare database file {path}: {reason}; check that the directory exists and is writable by this user")]
     Prepare {
         /// The database path.
         path: PathBuf,
         /// Why.
-        source: std::io::Error,
+        reason: std::io::Error,
     },
     /// A migration failed.
-    #[error("cannot migrate database {path}: {source}; restore a backup or move the file aside")]
+    #[error("cannot migrate database {path}: {reason}; restore a backup or move the file aside")]
     Migrate {
         /// The database path.
         path: PathBuf,
         /// Why.
-        source: sqlx::migrate::MigrateError,
+        reason: sqlx::migrate::MigrateError,
     },
     /// A query failed (disk full, read-only file system, corruption...).
     #[error("database error: {0}")]
-    Sqlx(#[from] sqlx::Error),
+    Sqlx(sqlx::Error),
     /// A row holds a value this version cannot read.
     #[error("database row for credential {name} is unreadable: {reason}")]
     Corrupt {
@@ -52,6 +52,14 @@ pub enum StoreError {
         /// What is wrong.
         reason: String,
     },
+}
+
+// By hand rather than `#[from]`, which would also make the cause the error's
+// `source()` and print it twice in `{:#}` chains.
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        StoreError::Sqlx(e)
+    }
 }
 
 /// Handle on the database; cheap to clone.
@@ -63,9 +71,9 @@ pub struct Store {
 impl Store {
     /// Opens (creating with mode 0600 if needed) and migrates the database.
     pub async fn open(path: &Path) -> Result<Store, StoreError> {
-        prepare_file(path).map_err(|source| StoreError::Prepare {
+        prepare_file(path).map_err(|reason| StoreError::Prepare {
             path: path.to_path_buf(),
-            source,
+            reason,
         })?;
         let options = SqliteConnectOptions::new()
             .filename(path)
@@ -81,9 +89,9 @@ impl Store {
         sqlx::migrate!("./migrations")
             .run(&pool)
             .await
-            .map_err(|source| StoreError::Migrate {
+            .map_err(|reason| StoreError::Migrate {
                 path: path.to_path_buf(),
-                source,
+                reason,
             })?;
         Ok(Store { pool })
     }

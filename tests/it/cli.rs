@@ -144,4 +144,9 @@ async fn cli_without_a_daemon_says_so() {
     assert_eq!(run.code, 1);
     assert!(run.stderr.contains("cannot reach tokend"), "{run:?}");
     assert_eq!(run.stderr.lines().count(), 1, "one-line reason: {run:?}");
+    assert_eq!(
+        run.stderr.matches("No such file").count(),
+        1,
+        "cause printed once: {run:?}"
+    );
 }
