@@ -11,8 +11,11 @@ use crate::token::now_ms;
 ///
 /// ```json
 /// {"name":"mail","access_token":"ya29...","token_type":"Bearer",
-///  "expires_at":1767225600,"expires_in":3312,"scope":"openid"}
+///  "expires_at":1767225600,"expires_in":3312,"scope":"openid","state":"active"}
 /// ```
+///
+/// A credential that needs re-authorization or is paused still serves its
+/// unexpired token, with `state` saying so and `warning` saying what to do.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TokenResponse {
     /// Credential name.
@@ -31,6 +34,11 @@ pub struct TokenResponse {
     /// The OpenID Connect ID token, if the provider issued one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub id_token: Option<String>,
+    /// The credential's state: `active`, `needs_reauth` or `paused`.
+    pub state: String,
+    /// What an operator should do, if anything.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warning: Option<String>,
 }
 
 impl TokenResponse {
@@ -50,6 +58,8 @@ impl TokenResponse {
                 .get("id_token")
                 .and_then(|v| v.as_str())
                 .map(str::to_string),
+            state: view.state_name().to_string(),
+            warning: view.caveat(),
         })
     }
 }
@@ -61,7 +71,8 @@ impl TokenResponse {
 ///  "expires_in":3312,"refresh_token_expires_at":null,"last_refresh_at":1767222000,
 ///  "next_refresh_at":1767224880,"refreshing":false,"last_error":null,
 ///  "lifetime_source":"expires_in","scope":"openid","token_type":"Bearer",
-///  "has_refresh_token":true,"created_at":1767000000,"updated_at":1767222001}
+///  "has_refresh_token":true,"uncommitted":false,"warning":null,
+///  "created_at":1767000000,"updated_at":1767222001}
 /// ```
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CredentialStatus {
@@ -93,6 +104,12 @@ pub struct CredentialStatus {
     pub token_type: String,
     /// Whether a refresh token is held.
     pub has_refresh_token: bool,
+    /// Tokens newer than the database's are held in memory only, because
+    /// committing them failed; the commit is being retried.
+    pub uncommitted: bool,
+    /// Something to act on although the credential works (e.g. a refresh
+    /// token about to expire).
+    pub warning: Option<String>,
     /// When the credential was added, Unix seconds.
     pub created_at: i64,
     /// When it last changed, Unix seconds.
@@ -118,6 +135,8 @@ impl From<&View> for CredentialStatus {
             scope: c.scope.clone(),
             token_type: c.token_type.clone(),
             has_refresh_token: c.refresh_token.is_some(),
+            uncommitted: view.uncommitted,
+            warning: view.warning.clone(),
             created_at: secs(c.created_at),
             updated_at: secs(c.updated_at),
         }

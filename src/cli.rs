@@ -208,6 +208,9 @@ async fn get(
         path.push_str(&format!("?min_valid={secs}"));
     }
     let token: TokenResponse = client.call(Method::GET, &path, None::<&()>).await?;
+    if let Some(warning) = &token.warning {
+        eprintln!("tokend: warning: {warning}");
+    }
     if json {
         println!("{}", serde_json::to_string_pretty(&token)?);
     } else {

@@ -75,6 +75,13 @@ pub struct ProviderConfig {
     pub request_timeout: Duration,
     /// Largest response body accepted.
     pub max_response_bytes: usize,
+    /// Most refresh requests in flight at once to this provider.
+    pub max_concurrent_refreshes: usize,
+    /// Refresh at least this often, for providers whose idle refresh tokens
+    /// expire.
+    pub keepalive: Option<Duration>,
+    /// Warn when the refresh token has less than this left to live.
+    pub refresh_token_warning: Duration,
 }
 
 /// Client authentication at the token endpoint (RFC 6749 §2.3).
@@ -317,6 +324,9 @@ struct RawProvider {
     request_timeout: Option<RawDuration>,
     max_response_bytes: Option<usize>,
     allow_insecure_http: Option<bool>,
+    max_concurrent_refreshes: Option<usize>,
+    keepalive: Option<RawDuration>,
+    refresh_token_warning: Option<RawDuration>,
 }
 
 #[derive(Deserialize)]
@@ -641,6 +651,26 @@ fn validate_provider(
             "default_lifetime and request_timeout must be above zero",
         );
     }
+    let keepalive = raw
+        .keepalive
+        .as_ref()
+        .map(|k| c.duration(line, &key("keepalive"), Some(k), Duration::ZERO));
+    if keepalive.is_some_and(|k| k < Duration::from_secs(60)) {
+        c.push(Some(line), key("keepalive"), "must be at least 60s");
+    }
+    let refresh_token_warning = c.duration(
+        line,
+        &key("refresh_token_warning"),
+        raw.refresh_token_warning.as_ref(),
+        Duration::from_secs(3 * 86_400),
+    );
+    if raw.max_concurrent_refreshes == Some(0) {
+        c.push(
+            Some(line),
+            key("max_concurrent_refreshes"),
+            "must be at least 1",
+        );
+    }
     if c.problems.len() > before {
         return None;
     }
@@ -662,6 +692,9 @@ fn validate_provider(
         max_response_bytes: raw
             .max_response_bytes
             .unwrap_or(defaults.max_response_bytes),
+        max_concurrent_refreshes: raw.max_concurrent_refreshes.unwrap_or(4),
+        keepalive,
+        refresh_token_warning,
     })
 }
 

@@ -157,10 +157,13 @@ impl Credential {
         self.updated_at = sent_at;
     }
 
-    /// The access token if it is still valid for at least `min_valid_ms` at `now`.
+    /// The access token if it is still valid for at least `min_valid_ms` at
+    /// `now`, whatever the state: an access token outlives a dead refresh
+    /// token, and serving it until it expires keeps clients working while a
+    /// human re-authorizes.
     pub fn valid_token(&self, now: i64, min_valid_ms: i64) -> Option<&Secret> {
-        match (self.state, &self.access_token, self.expires_at) {
-            (State::Active, Some(t), Some(exp)) if exp - now > min_valid_ms => Some(t),
+        match (&self.access_token, self.expires_at) {
+            (Some(t), Some(exp)) if exp - now > min_valid_ms => Some(t),
             _ => None,
         }
     }
@@ -231,7 +234,7 @@ mod tests {
     }
 
     #[test]
-    fn valid_token_honours_state_and_min_validity() {
+    fn valid_token_honours_min_validity_in_any_state() {
         let mut c = Credential::new("c", "p", None, 0);
         c.apply(
             set(r#"{"access_token":"a"}"#),
@@ -243,6 +246,6 @@ mod tests {
         assert!(c.valid_token(5_000, 5_000).is_none());
         assert!(c.valid_token(10_000, 0).is_none());
         c.state = State::NeedsReauth;
-        assert!(c.valid_token(0, 0).is_none());
+        assert!(c.valid_token(5_000, 0).is_some());
     }
 }

@@ -73,7 +73,7 @@ pub async fn run(opts: DaemonOptions) -> anyhow::Result<()> {
         database = %database.display(),
         config = %config_path.as_deref().map_or("(none, defaults)".into(), |p| p.display().to_string()),
         providers = config.providers.len(),
-        credentials = handle.list().len(),
+        credentials = handle.len(),
         version = env!("CARGO_PKG_VERSION"),
         "tokend started"
     );

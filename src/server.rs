@@ -165,7 +165,7 @@ type ApiResult<T> = Result<T, ApiError>;
 async fn health(State(h): State<RefresherHandle>) -> Json<Health> {
     Json(Health {
         status: "ok".into(),
-        credentials: h.list().len(),
+        credentials: h.len(),
         version: env!("CARGO_PKG_VERSION").into(),
     })
 }

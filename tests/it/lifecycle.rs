@@ -67,7 +67,7 @@ async fn a_response_without_refresh_token_keeps_the_old_one() {
 }
 
 async fn needs_reauth_after_revocation(flavor: Flavor, expected_code: &str) {
-    let fake = FakeProvider::start(FakeConfig::new(flavor)).await;
+    let fake = FakeProvider::start(FakeConfig::new(flavor).with_ttl(Duration::from_secs(4))).await;
     let daemon = Daemon::start(FAST_DAEMON, &provider_toml("p", &fake)).await;
     daemon.add("c", "p", &fake.issue_refresh_token()).await.ok();
     fake.revoke_all();
@@ -82,26 +82,49 @@ async fn needs_reauth_after_revocation(flavor: Flavor, expected_code: &str) {
     table.ok();
     assert!(table.stdout.contains("needs_reauth"), "{table:?}");
 
-    // `get` says why and what to do, even though the old token is unexpired:
-    // the grant is dead, so the daemon stops handing out its tokens.
+    // The access token outlives the dead grant: `get` still serves it until
+    // it expires, with a warning that says what to do.
     let get = daemon.cli(&["get", "c"]).await;
-    assert_eq!(get.code, 1);
-    assert!(get.stdout.is_empty());
-    assert!(get.stderr.contains("needs re-authorization"), "{get:?}");
+    get.ok();
+    assert!(fake.access_token_expiry(get.stdout.trim()).is_some());
+    assert!(
+        get.stderr
+            .contains("warning: credential `c` needs re-authorization"),
+        "{get:?}"
+    );
     assert!(get.stderr.contains("tokend add c --provider p"), "{get:?}");
     assert!(daemon.logs().contains("needs_reauth"));
 
-    // It is not refreshed again on its own.
+    // It is not refreshed again on its own; once the token has expired,
+    // `get` fails with the reason.
     let count = fake.request_count();
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    assert_eq!(fake.request_count(), count);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let expired = loop {
+        let get = daemon.cli(&["get", "c"]).await;
+        if get.code != 0 {
+            break get;
+        }
+        assert!(std::time::Instant::now() < deadline, "token never expired");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(expired.code, 1);
+    assert!(expired.stdout.is_empty());
+    assert!(
+        expired.stderr.contains("needs re-authorization"),
+        "{expired:?}"
+    );
+    assert_eq!(expired.stderr.lines().count(), 1, "{expired:?}");
+    assert_eq!(fake.request_count(), count, "no refresh of a dead grant");
 
     // A new refresh token brings it back.
     daemon.add("c", "p", &fake.issue_refresh_token()).await.ok();
     assert_eq!(daemon.status("c").await["state"], "active");
     // The digiRunner error echoes the refresh token; it must not leak into
-    // the status output either.
-    let shown = format!("{}{}{}", table.stdout, run.stderr, get.stderr);
+    // any output either.
+    let shown = format!(
+        "{}{}{}{}",
+        table.stdout, run.stderr, get.stderr, expired.stderr
+    );
     assert_eq!(fake.find_leaks(&shown), Vec::<String>::new());
     daemon.finish(&[&fake]).await;
 }

@@ -1,0 +1,319 @@
+//! Refresh jobs: the tasks that talk to token endpoints and the database on
+//! the owner's behalf, and the pure arithmetic of when to start one.
+//!
+//! A job is handed a copy of the credential and the owner's promise that no
+//! other job for it runs meanwhile. It records the attempt durably, calls the
+//! provider, commits the outcome (guarded by generation) and only then
+//! reports back.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Semaphore;
+
+use crate::config::ProviderConfig;
+use crate::credential::{Credential, State};
+use crate::provider::{Failure, FailureKind, Grant, ProviderClient};
+use crate::store::{Store, StoreError};
+use crate::token::{expires_at_ms, now_ms, RefreshTiming};
+
+/// What a job tells the owner.
+pub(super) enum Outcome {
+    /// New tokens; `committed` is false if the database refused them (they
+    /// are then only in memory).
+    Refreshed { cred: Credential, committed: bool },
+    /// The refresh failed; `cred` carries the recorded error and state.
+    Failed { cred: Credential, failure: Failure },
+    /// A commit-only job (retrying tokens held in memory) finished.
+    Committed { ok: bool },
+    /// The credential was replaced or removed while the job ran.
+    Superseded,
+}
+
+/// One job: a refresh (`refresh == true`), or only the retry of a commit
+/// that failed earlier (`uncommitted` with `refresh == false`).
+pub(super) struct Job {
+    pub store: Store,
+    pub client: ProviderClient,
+    pub provider: Arc<ProviderConfig>,
+    pub cred: Credential,
+    pub refresh: bool,
+    /// The credential holds tokens the database does not have yet.
+    pub uncommitted: bool,
+    pub global: Arc<Semaphore>,
+    pub per_provider: Arc<Semaphore>,
+}
+
+impl Job {
+    pub async fn run(mut self) -> Outcome {
+        if self.uncommitted {
+            match self.store.save_outcome(&self.cred).await {
+                Ok(true) => self.uncommitted = false,
+                Ok(false) => return Outcome::Superseded,
+                Err(e) => {
+                    tracing::warn!(credential = %self.cred.name, error = %e, "commit of tokens held in memory still failing")
+                }
+            }
+            if !self.refresh {
+                return Outcome::Committed {
+                    ok: !self.uncommitted,
+                };
+            }
+        }
+        // Provider slot first, so a rate-limited provider cannot hold global slots.
+        let Ok(_provider_permit) = Arc::clone(&self.per_provider).acquire_owned().await else {
+            return Outcome::Superseded;
+        };
+        let Ok(_permit) = Arc::clone(&self.global).acquire_owned().await else {
+            return Outcome::Superseded;
+        };
+        self.refresh().await
+    }
+
+    async fn refresh(mut self) -> Outcome {
+        let Some(refresh_token) = self.cred.refresh_token.clone() else {
+            return self
+                .fail(failure(
+                    FailureKind::Reauth,
+                    "the provider never issued a refresh token and the access token has expired",
+                ))
+                .await;
+        };
+        // Set if an earlier attempt ended without a known outcome (a crash,
+        // or a timeout after the request was sent).
+        let earlier_unknown = self.cred.refresh_started_at.is_some();
+        let sent_at = now_ms();
+        if !self.uncommitted {
+            match self
+                .store
+                .mark_refresh_started(&self.cred.name, self.cred.generation, sent_at)
+                .await
+            {
+                Ok(true) => {}
+                Ok(false) => return Outcome::Superseded,
+                // Without the durable mark we do not send: the refresh token
+                // on record stays the one the provider knows.
+                Err(e) => return self.fail(store_failure(&e)).await,
+            }
+        }
+        // When uncommitted, the newest refresh token lives only in memory and
+        // the database is failing: refreshing with it (the only one the
+        // provider still accepts) beats letting the access token die.
+        self.cred.refresh_started_at = Some(sent_at);
+        let result = self
+            .client
+            .request(&self.provider, &Grant::Refresh { refresh_token })
+            .await;
+        match result {
+            Ok(set) => {
+                let (expires_at, source) =
+                    expires_at_ms(&set, sent_at, self.provider.default_lifetime);
+                self.cred.apply(set, sent_at, expires_at, source);
+                let committed = match self.store.save_outcome(&self.cred).await {
+                    Ok(true) => true,
+                    Ok(false) => return Outcome::Superseded,
+                    Err(e) => {
+                        tracing::error!(credential = %self.cred.name, error = %e, "commit of refreshed tokens failed");
+                        false
+                    }
+                };
+                Outcome::Refreshed {
+                    cred: self.cred,
+                    committed,
+                }
+            }
+            Err(mut f) => {
+                if f.kind == FailureKind::Reauth && earlier_unknown {
+                    f.message.push_str(
+                        "; an earlier refresh of this credential ended without a known outcome (tokend stopped, or the request timed out after it was sent), so the provider has probably rotated the refresh token then",
+                    );
+                }
+                // Keep the mark when the provider may have processed the
+                // request: the next attempt (or the next start) knows then.
+                if !f.outcome_unknown {
+                    self.cred.refresh_started_at = None;
+                }
+                self.fail(f).await
+            }
+        }
+    }
+
+    async fn fail(mut self, failure: Failure) -> Outcome {
+        self.cred.last_error = Some(failure.message.clone());
+        self.cred.updated_at = now_ms();
+        if failure.kind == FailureKind::Reauth {
+            self.cred.state = State::NeedsReauth;
+            self.cred.refresh_started_at = None;
+        }
+        if !self.uncommitted {
+            match self.store.save_outcome(&self.cred).await {
+                Ok(false) => return Outcome::Superseded,
+                Ok(true) => {}
+                Err(e) => {
+                    tracing::error!(credential = %self.cred.name, error = %e, "could not record the refresh failure")
+                }
+            }
+        }
+        Outcome::Failed {
+            cred: self.cred,
+            failure,
+        }
+    }
+}
+
+/// Exchanges an authorization code; the owner stores the result.
+pub(super) async fn exchange(
+    client: ProviderClient,
+    provider: Arc<ProviderConfig>,
+    name: String,
+    grant: Grant,
+    permit: (Arc<Semaphore>, Arc<Semaphore>),
+) -> Result<Credential, Failure> {
+    let _provider_permit = permit.1.acquire_owned().await;
+    let _permit = permit.0.acquire_owned().await;
+    let sent_at = now_ms();
+    let set = client.request(&provider, &grant).await?;
+    let (expires_at, source) = expires_at_ms(&set, sent_at, provider.default_lifetime);
+    let mut cred = Credential::new(&name, &provider.name, None, sent_at);
+    cred.apply(set, sent_at, expires_at, source);
+    Ok(cred)
+}
+
+fn failure(kind: FailureKind, message: &str) -> Failure {
+    Failure {
+        kind,
+        status: None,
+        error_code: None,
+        message: message.to_string(),
+        retry_after: None,
+        outcome_unknown: false,
+    }
+}
+
+fn store_failure(e: &StoreError) -> Failure {
+    failure(FailureKind::Transient, &format!("not refreshing: {e}"))
+}
+
+/// When a credential should next be refreshed (Unix ms), or `now` if it
+/// holds no usable token. Combines the lifetime-based point, the provider's
+/// keepalive, and the refresh token's own expiry (refreshing before it dies
+/// gives sliding-expiry providers the chance to extend it).
+pub(super) fn refresh_due_at(
+    timing: &RefreshTiming,
+    provider: Option<&ProviderConfig>,
+    cred: &Credential,
+    now: i64,
+    jitter: f64,
+) -> i64 {
+    let Some(expires_at) = cred.expires_at.filter(|_| cred.access_token.is_some()) else {
+        return now;
+    };
+    if cred.refresh_token.is_none() {
+        // Nothing to refresh with: look again when the token dies, to mark
+        // the credential as needing re-authorization.
+        return expires_at;
+    }
+    let issued = cred.last_refresh_at.unwrap_or(cred.updated_at);
+    let floor = issued + timing.min_interval.as_millis() as i64;
+    let mut at = timing.refresh_at_ms(issued, expires_at, jitter);
+    if let Some(keepalive) = provider.and_then(|p| p.keepalive) {
+        at = at.min((issued + keepalive.as_millis() as i64).max(floor));
+    }
+    if let Some(rt_expires) = cred.refresh_expires_at {
+        let margin = ((rt_expires - issued) / 10).max(60_000);
+        let before = rt_expires - margin;
+        // Only if that point is still ahead: a provider that does not extend
+        // the refresh token must not make us refresh in a loop.
+        if before > floor {
+            at = at.min(before);
+        }
+    }
+    at
+}
+
+/// The caveat to show while the refresh token has less than the provider's
+/// warning window left.
+pub(super) fn refresh_token_warning(
+    provider: Option<&ProviderConfig>,
+    cred: &Credential,
+    now: i64,
+) -> Option<String> {
+    let window = provider.map_or(Duration::from_secs(3 * 86_400), |p| p.refresh_token_warning);
+    let rt_expires = cred.refresh_expires_at?;
+    let left = rt_expires - now;
+    (left < window.as_millis() as i64).then(|| {
+        if left <= 0 {
+            "the refresh token has expired according to the provider; expect to re-authorize".to_string()
+        } else {
+            format!(
+                "the refresh token expires in {}; if refreshing does not extend it, re-authorize before then",
+                humantime::format_duration(Duration::from_secs((left / 1000) as u64))
+            )
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::parse_config;
+    use crate::token::{LifetimeSource, Secret};
+
+    fn cred(issued: i64, expires: i64) -> Credential {
+        let mut c = Credential::new("c", "p", Some(Secret::new("rt")), issued);
+        c.access_token = Some(Secret::new("at"));
+        c.expires_at = Some(expires);
+        c.lifetime_source = Some(LifetimeSource::ExpiresIn);
+        c.last_refresh_at = Some(issued);
+        c
+    }
+
+    fn provider(extra: &str) -> ProviderConfig {
+        let cfg = parse_config(&format!(
+            "[providers.p]\ntoken_url = \"https://p.example/t\"\nclient_id = \"i\"\nclient_secret = \"s\"\n{extra}"
+        ))
+        .unwrap();
+        (*cfg.providers["p"]).clone()
+    }
+
+    #[test]
+    fn due_time_from_lifetime_keepalive_and_refresh_token_expiry() {
+        let t = RefreshTiming::default();
+        let hour = 3_600_000;
+        let c = cred(0, hour);
+        assert_eq!(refresh_due_at(&t, None, &c, 0, 0.0), 2_880_000);
+        // Keepalive shorter than the access-token lifetime wins.
+        let p = provider("keepalive = \"10m\"");
+        assert_eq!(refresh_due_at(&t, Some(&p), &c, 0, 0.0), 600_000);
+        // A refresh token dying in 30 min is refreshed 10% of its life early.
+        let mut c2 = c.clone();
+        c2.refresh_expires_at = Some(1_800_000);
+        assert_eq!(refresh_due_at(&t, None, &c2, 0, 0.0), 1_620_000);
+        // ...but one already about to die does not cause a loop.
+        c2.refresh_expires_at = Some(30_000);
+        assert_eq!(refresh_due_at(&t, None, &c2, 0, 0.0), 2_880_000);
+    }
+
+    #[test]
+    fn due_now_without_token_and_at_expiry_without_refresh_token() {
+        let t = RefreshTiming::default();
+        let mut c = Credential::new("c", "p", Some(Secret::new("rt")), 0);
+        assert_eq!(refresh_due_at(&t, None, &c, 77, 0.5), 77);
+        c = cred(0, 10_000);
+        c.refresh_token = None;
+        assert_eq!(refresh_due_at(&t, None, &c, 0, 0.5), 10_000);
+    }
+
+    #[test]
+    fn warning_when_the_refresh_token_is_close_to_expiry() {
+        let p = provider("refresh_token_warning = \"1h\"");
+        let mut c = cred(0, 1000);
+        assert_eq!(refresh_token_warning(Some(&p), &c, 0), None);
+        c.refresh_expires_at = Some(7_200_000);
+        assert_eq!(refresh_token_warning(Some(&p), &c, 0), None);
+        let w = refresh_token_warning(Some(&p), &c, 5_400_000).unwrap();
+        assert!(w.contains("expires in 30m"), "{w}");
+        let w = refresh_token_warning(Some(&p), &c, 8_000_000).unwrap();
+        assert!(w.contains("has expired"), "{w}");
+    }
+}
