@@ -78,22 +78,18 @@ pub async fn run(opts: DaemonOptions) -> anyhow::Result<()> {
         "tokend started"
     );
     let refresher_task = tokio::spawn(refresher.run());
-    let shutdown = cancel.clone();
-    let serve = axum::serve(listener, server::router(handle))
-        .with_graceful_shutdown(async move { shutdown.cancelled().await });
-    let served = tokio::spawn(async move { serve.await });
+    let served = tokio::spawn(server::serve(
+        listener,
+        server::router(handle),
+        cancel.clone(),
+    ));
     cancel.cancelled().await;
     tracing::info!("shutting down: no longer accepting requests");
     let grace = config.daemon.shutdown_timeout + Duration::from_secs(1);
     if tokio::time::timeout(grace, refresher_task).await.is_err() {
         tracing::warn!("refresher did not stop in time");
     }
-    if tokio::time::timeout(Duration::from_secs(2), served)
-        .await
-        .is_err()
-    {
-        tracing::warn!("open API connections were cut at shutdown");
-    }
+    let _ = served.await;
     store.close().await;
     drop(socket_file);
     tracing::info!("tokend stopped");

@@ -1,10 +1,17 @@
-//! HTTP/1.1 + JSON over a Unix socket (axum). Owns the socket file: refuses to
-//! start over a live daemon, replaces a stale socket, creates it with mode
-//! 0660 and removes it on drop. Maps every [`RefreshError`] to one status.
+//! HTTP/1.1 + JSON over a Unix socket (axum routes served by hyper). Owns the
+//! socket file: refuses to start over a live daemon, replaces a stale socket,
+//! creates it with mode 0660 and removes it on drop. Maps every
+//! [`RefreshError`] to one status.
+//!
+//! A slow or hostile client cannot starve the others: connections are
+//! capped, request heads must arrive within [`HEADER_TIMEOUT`] and fit in
+//! [`MAX_HEAD_BYTES`], bodies are capped at [`MAX_BODY_BYTES`], and a request
+//! is answered (or cut with 408) within [`REQUEST_TIMEOUT`].
 
 use std::io;
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Bytes;
@@ -13,13 +20,29 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use tokio::net::UnixListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::api::{CredentialStatus, ErrorBody, ExchangeCode, Health, PutCredential, TokenResponse};
 use crate::refresh::{ExchangeRequest, NewCredential, RefreshError, RefresherHandle};
 use crate::token::Secret;
+
+/// Most connections served at once; further ones are closed at once.
+pub const MAX_CONNECTIONS: usize = 4096;
+/// A request head (line and headers) must arrive within this.
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest request head.
+pub const MAX_HEAD_BYTES: usize = 16 * 1024;
+/// Largest request body.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+/// Longest time to answer one request (a token wait is bounded below this).
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(75);
 
 /// Errors setting up the socket.
 #[derive(Debug, thiserror::Error)]
@@ -111,8 +134,65 @@ pub fn router(handle: RefresherHandle) -> Router {
                 "no such endpoint; see README for the API",
             )
         })
-        .layer(DefaultBodyLimit::max(64 * 1024))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            REQUEST_TIMEOUT,
+        ))
         .with_state(handle)
+}
+
+/// Serves `router` on `listener` until `cancel` fires, then lets open
+/// requests finish (briefly) and returns.
+pub async fn serve(listener: UnixListener, router: Router, cancel: CancellationToken) {
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let connections = TaskTracker::new();
+    loop {
+        let stream = tokio::select! {
+            _ = cancel.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+            tracing::warn!(
+                max = MAX_CONNECTIONS,
+                "too many open API connections; closing a new one"
+            );
+            continue;
+        };
+        let service = TowerToHyperService::new(router.clone());
+        let cancel = cancel.clone();
+        connections.spawn(async move {
+            let _slot = slot;
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .max_buf_size(MAX_HEAD_BYTES)
+                .serve_connection(TokioIo::new(stream), service);
+            tokio::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                _ = cancel.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(Duration::from_secs(2), conn).await;
+                }
+            }
+        });
+    }
+    connections.close();
+    if tokio::time::timeout(Duration::from_secs(3), connections.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("open API connections were cut at shutdown");
+    }
 }
 
 /// An error response: `{"error": kind, "message": ...}`.

@@ -44,6 +44,17 @@ pub enum StoreError {
     /// A query failed (disk full, read-only file system, corruption...).
     #[error("database error: {0}")]
     Sqlx(sqlx::Error),
+    /// The file exists but is not a tokend database this version can use;
+    /// it was left untouched.
+    #[error(
+        "{path} {reason}; tokend left it untouched: move it aside or point --database elsewhere"
+    )]
+    Unusable {
+        /// The database path.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// A row holds a value this version cannot read.
     #[error("database row for credential {name} is unreadable: {reason}")]
     Corrupt {
@@ -70,7 +81,11 @@ pub struct Store {
 
 impl Store {
     /// Opens (creating with mode 0600 if needed) and migrates the database.
+    /// An existing file is inspected read-only first: a corrupt file, another
+    /// program's database or one written by a newer tokend is refused
+    /// without being modified.
     pub async fn open(path: &Path) -> Result<Store, StoreError> {
+        inspect_existing(path).await?;
         prepare_file(path).map_err(|reason| StoreError::Prepare {
             path: path.to_path_buf(),
             reason,
@@ -80,7 +95,9 @@ impl Store {
             .create_if_missing(false)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
-            .busy_timeout(Duration::from_secs(5))
+            // Our own writes take milliseconds; a longer lock is a fault
+            // (a backup, another process) better retried than waited out.
+            .busy_timeout(Duration::from_secs(1))
             .foreign_keys(true);
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
@@ -213,6 +230,62 @@ impl Store {
     }
 }
 
+/// Checks, read-only, that an existing non-empty file at `path` is a
+/// healthy tokend database this version knows how to migrate.
+async fn inspect_existing(path: &Path) -> Result<(), StoreError> {
+    let unusable = |reason: String| StoreError::Unusable {
+        path: path.to_path_buf(),
+        reason,
+    };
+    match std::fs::metadata(path) {
+        Ok(meta) if meta.len() > 0 => {}
+        _ => return Ok(()),
+    }
+    let options = SqliteConnectOptions::new()
+        .filename(path)
+        .read_only(true)
+        .create_if_missing(false);
+    let mut conn = sqlx::ConnectOptions::connect(&options)
+        .await
+        .map_err(|e| unusable(format!("cannot be opened as SQLite ({e})")))?;
+    let tables: Vec<String> =
+        sqlx::query_scalar("SELECT name FROM sqlite_master WHERE type = 'table'")
+            .fetch_all(&mut conn)
+            .await
+            .map_err(|e| unusable(format!("is not a SQLite database or is corrupt ({e})")))?;
+    let check: String = sqlx::query_scalar("PRAGMA quick_check")
+        .fetch_one(&mut conn)
+        .await
+        .map_err(|e| unusable(format!("is corrupt ({e})")))?;
+    if check != "ok" {
+        return Err(unusable(format!("is corrupt (quick_check: {check})")));
+    }
+    let ours = tables.iter().any(|t| t == "_sqlx_migrations");
+    if !tables.is_empty() && !ours {
+        return Err(unusable(format!(
+            "is another program's database (tables: {})",
+            tables.join(", ")
+        )));
+    }
+    if ours {
+        let newest: Option<i64> = sqlx::query_scalar("SELECT MAX(version) FROM _sqlx_migrations")
+            .fetch_one(&mut conn)
+            .await?;
+        let known = sqlx::migrate!("./migrations")
+            .iter()
+            .map(|m| m.version)
+            .max()
+            .unwrap_or(0);
+        if let Some(v) = newest.filter(|v| *v > known) {
+            return Err(unusable(format!(
+                "was written by a newer tokend (schema {v}; this version knows up to {known}); upgrade tokend or restore a backup"
+            )));
+        }
+    }
+    let _ = sqlx::Connection::close(conn).await;
+    Ok(())
+}
+
 /// Creates the database file with mode 0600 (and its directory with 0700) so
 /// SQLite, which gives the WAL and shm files the database's mode, never
 /// creates anything readable by others. Tightens a file found too open.
@@ -324,6 +397,58 @@ mod tests {
         );
         assert!(store.delete("a").await.unwrap());
         assert!(!store.delete("a").await.unwrap());
+    }
+
+    async fn refused_untouched(path: &Path, expect: &str) {
+        let before = std::fs::read(path).unwrap();
+        let err = Store::open(path).await.unwrap_err();
+        assert!(matches!(err, StoreError::Unusable { .. }), "{err}");
+        assert!(err.to_string().contains(expect), "{err}");
+        assert_eq!(std::fs::read(path).unwrap(), before, "file modified");
+        let wal = path.with_extension("db-wal");
+        assert!(!wal.exists() || std::fs::metadata(&wal).unwrap().len() == 0);
+    }
+
+    #[tokio::test]
+    async fn corrupt_foreign_and_newer_databases_are_refused_untouched() {
+        let dir = tempfile::tempdir().unwrap();
+        let garbage = dir.path().join("garbage.db");
+        std::fs::write(&garbage, vec![0x5au8; 8192]).unwrap();
+        refused_untouched(&garbage, "not a SQLite database").await;
+
+        let foreign = dir.path().join("foreign.db");
+        {
+            let opts = SqliteConnectOptions::new()
+                .filename(&foreign)
+                .create_if_missing(true);
+            let pool = SqlitePool::connect_with(opts).await.unwrap();
+            sqlx::query("CREATE TABLE mail (id INTEGER)")
+                .execute(&pool)
+                .await
+                .unwrap();
+            pool.close().await;
+        }
+        refused_untouched(&foreign, "another program's database (tables: mail)").await;
+
+        let newer = dir.path().join("newer.db");
+        Store::open(&newer).await.unwrap().close().await;
+        {
+            let opts = SqliteConnectOptions::new().filename(&newer);
+            let pool = SqlitePool::connect_with(opts).await.unwrap();
+            sqlx::query(
+                "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time)
+                 VALUES (99, 'future', 1, x'00', 0)",
+            )
+            .execute(&pool)
+            .await
+            .unwrap();
+            sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+                .execute(&pool)
+                .await
+                .unwrap();
+            pool.close().await;
+        }
+        refused_untouched(&newer, "newer tokend (schema 99").await;
     }
 
     #[tokio::test]

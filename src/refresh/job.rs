@@ -14,7 +14,7 @@ use tokio::sync::Semaphore;
 use crate::config::ProviderConfig;
 use crate::credential::{Credential, State};
 use crate::provider::{Failure, FailureKind, Grant, ProviderClient};
-use crate::store::{Store, StoreError};
+use crate::store::Store;
 use crate::token::{expires_at_ms, now_ms, RefreshTiming};
 
 /// What a job tells the owner.
@@ -91,9 +91,13 @@ impl Job {
             {
                 Ok(true) => {}
                 Ok(false) => return Outcome::Superseded,
-                // Without the durable mark we do not send: the refresh token
-                // on record stays the one the provider knows.
-                Err(e) => return self.fail(store_failure(&e)).await,
+                // The mark only tells a later start that this attempt was
+                // interrupted; the refresh token on record is retried either
+                // way. Refreshing without it beats letting the token lapse.
+                Err(e) => tracing::warn!(
+                    credential = %self.cred.name, error = %e,
+                    "cannot record the refresh attempt in the database; refreshing anyway"
+                ),
             }
         }
         // When uncommitted, the newest refresh token lives only in memory and
@@ -188,10 +192,6 @@ fn failure(kind: FailureKind, message: &str) -> Failure {
         retry_after: None,
         outcome_unknown: false,
     }
-}
-
-fn store_failure(e: &StoreError) -> Failure {
-    failure(FailureKind::Transient, &format!("not refreshing: {e}"))
 }
 
 /// When a credential should next be refreshed (Unix ms), or `now` if it

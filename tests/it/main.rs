@@ -6,4 +6,5 @@ mod support;
 
 mod cli;
 mod lifecycle;
+mod robustness;
 mod seeds;
