@@ -223,3 +223,26 @@ async fn unusable_database_files_stop_start_up_and_stay_untouched() {
     assert_eq!(std::fs::read(&db).unwrap(), garbage, "file modified");
     assert!(!dir.path().join("s.sock").exists());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outcome_unknown_against_a_strict_provider_says_so() {
+    let fake = FakeProvider::start(FakeConfig::new(Flavor::Didit)).await;
+    let daemon = Daemon::start(FAST_DAEMON, &provider_toml("p", &fake)).await;
+    daemon.add("c", "p", &fake.issue_refresh_token()).await.ok();
+    // The provider rotates, then the connection breaks before the answer.
+    fake.push_fault(crate::support::fake_provider::Fault::ProcessThenReset);
+    let run = daemon.cli(&["refresh", "c"]).await;
+    assert_eq!(run.code, 1, "{run:?}");
+    // tokend retries with the only refresh token it has; a strict provider
+    // has spent it, so the credential needs re-authorization, and says why.
+    wait_until(Duration::from_secs(10), "needs_reauth", || async {
+        daemon.status("c").await["state"] == "needs_reauth"
+    })
+    .await;
+    let status = daemon.status("c").await;
+    let error = status["last_error"].as_str().unwrap();
+    assert!(error.contains("without a known outcome"), "{error}");
+    // The last token is still served until it expires.
+    daemon.cli(&["get", "c"]).await.ok();
+    daemon.finish(&[&fake]).await;
+}
