@@ -975,3 +975,202 @@ async fn find_leaks_catches_whole_and_truncated_secrets() {
     assert_eq!(leaks.len(), 2);
     assert!(leaks.iter().all(|l| !l.contains(&rt)));
 }
+
+/// Refreshes `rt` with a correct Didit request; returns the new refresh token,
+/// or the OAuth error code.
+async fn didit_rotate(c: &Client, p: &FakeProvider, rt: &str) -> Result<String, String> {
+    let r = didit_refresh(c, p, rt).send().await.unwrap();
+    let ok = r.status() == StatusCode::OK;
+    let v = body_json(r).await;
+    if ok {
+        Ok(v["refresh_token"].as_str().expect("rotated").to_string())
+    } else {
+        Err(v["error"].as_str().unwrap_or("?").to_string())
+    }
+}
+
+#[tokio::test]
+async fn reuse_grace_accepts_a_used_token_only_within_the_window() {
+    let grace = Duration::from_millis(600);
+    let p = FakeProvider::start(FakeConfig::new(Flavor::Didit).with_reuse_grace(grace)).await;
+    assert_eq!(p.config().reuse_grace, grace);
+    let c = client();
+    let rt = p.issue_refresh_token();
+
+    let rt2 = didit_rotate(&c, &p, &rt).await.unwrap();
+    // Used, but within the grace of its first use: a fresh pair again.
+    let rt3 = didit_rotate(&c, &p, &rt).await.unwrap();
+    assert_ne!(rt3, rt2);
+    assert_ne!(rt3, rt);
+    assert_eq!(p.reused_within_grace(), 1);
+    assert_eq!(p.reused_refresh_tokens(), 0);
+    assert_eq!(p.refresh_count(), 2);
+    // Both successors are valid; the grace is counted from the first use,
+    // not refreshed by the second.
+    assert_eq!(p.current_refresh_tokens(), vec![rt2.clone(), rt3.clone()]);
+    tokio::time::sleep(grace + Duration::from_millis(100)).await;
+    assert_eq!(
+        didit_rotate(&c, &p, &rt).await.unwrap_err(),
+        "invalid_grant"
+    );
+    assert_eq!(p.reused_within_grace(), 1);
+    assert_eq!(p.reused_refresh_tokens(), 1);
+    // A successor used right now has its own window.
+    let rt4 = didit_rotate(&c, &p, &rt2).await.unwrap();
+    didit_rotate(&c, &p, &rt2).await.unwrap();
+    assert_eq!(p.reused_within_grace(), 2);
+    assert_eq!(p.refresh_count(), 4);
+
+    // A revocation closes the grace: the reuse is refused and counted.
+    p.revoke_all();
+    assert_eq!(
+        didit_rotate(&c, &p, &rt2).await.unwrap_err(),
+        "invalid_grant"
+    );
+    assert_eq!(
+        didit_rotate(&c, &p, &rt4).await.unwrap_err(),
+        "invalid_grant"
+    );
+    assert_eq!(p.reused_refresh_tokens(), 2);
+    assert_eq!(p.reused_within_grace(), 2);
+    assert!(p.rejections().is_empty());
+}
+
+#[tokio::test]
+async fn default_rotation_has_no_grace() {
+    let p = FakeProvider::start(FakeConfig::new(Flavor::Didit)).await;
+    assert_eq!(p.config().reuse_grace, Duration::ZERO);
+    let c = client();
+    let rt = p.issue_refresh_token();
+    didit_rotate(&c, &p, &rt).await.unwrap();
+    assert_eq!(
+        didit_rotate(&c, &p, &rt).await.unwrap_err(),
+        "invalid_grant"
+    );
+    assert_eq!(p.reused_refresh_tokens(), 1);
+    assert_eq!(p.reused_within_grace(), 0);
+    assert_eq!(p.refresh_count(), 1);
+}
+
+#[tokio::test]
+async fn refresh_token_families_count_their_own_refreshes() {
+    let p = FakeProvider::start(
+        FakeConfig::new(Flavor::Didit).with_reuse_grace(Duration::from_secs(30)),
+    )
+    .await;
+    let c = client();
+    let (a, fa) = p.issue_refresh_token_family();
+    let (b, fb) = p.issue_refresh_token_family();
+    assert_ne!(fa, fb);
+    assert_eq!(p.family_refresh_count(fa), 0);
+
+    // Three rotations along family A; every successor stays in the family.
+    let mut rt = a.clone();
+    for _ in 0..3 {
+        rt = didit_rotate(&c, &p, &rt).await.unwrap();
+    }
+    assert_eq!(p.family_refresh_count(fa), 3);
+    assert_eq!(p.family_refresh_count(fb), 0);
+    // A reuse within the grace is a refresh of the same family.
+    didit_rotate(&c, &p, &a).await.unwrap();
+    assert_eq!(p.family_refresh_count(fa), 4);
+
+    // Family B: one plain refresh, one processed-then-reset.
+    let b2 = didit_rotate(&c, &p, &b).await.unwrap();
+    p.push_fault(Fault::ProcessThenReset);
+    didit_refresh(&c, &p, &b2).send().await.unwrap_err();
+    assert_eq!(p.family_refresh_count(fb), 2);
+
+    // Faulted and refused requests are not refreshes.
+    p.push_fault(Fault::server_error(503));
+    assert!(didit_rotate(&c, &p, &rt).await.is_err());
+    assert!(didit_rotate(&c, &p, "rt-unknown").await.is_err());
+    assert_eq!(p.family_refresh_count(fa), 4);
+
+    // `issue_refresh_token` and admin grants start families of their own.
+    let other = p.issue_refresh_token();
+    didit_rotate(&c, &p, &other).await.unwrap();
+    let v = body_json(
+        c.post(format!("{}/admin/grant", p.base_url()))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    didit_rotate(&c, &p, v["refresh_token"].as_str().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(p.family_refresh_count(fa), 4);
+    assert_eq!(p.family_refresh_count(fb), 2);
+    let (_, fc) = p.issue_refresh_token_family();
+    assert!(fc > fb + 1, "{fc} after {fb}");
+    assert_eq!(p.family_refresh_count(fc), 0);
+    assert_eq!(p.family_refresh_count(9_999), 0);
+    assert_eq!(p.refresh_count(), 4 + 2 + 2);
+    assert!(p.rejections().is_empty());
+}
+
+#[tokio::test]
+async fn code_exchange_starts_a_family() {
+    let p = FakeProvider::start(FakeConfig::new(Flavor::Didit)).await;
+    let c = client();
+    let (_, before) = p.issue_refresh_token_family();
+    let code = p.issue_code("https://app.example/cb", None, true);
+    let cfg = p.config();
+    let r = c
+        .post(p.token_url())
+        .basic_auth(&cfg.client_id, cfg.client_secret.as_ref())
+        .form(&[
+            ("grant_type", "authorization_code"),
+            ("code", code.as_str()),
+            ("redirect_uri", "https://app.example/cb"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let rt = body_json(r).await["refresh_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    didit_rotate(&c, &p, &rt).await.unwrap();
+    // The exchanged grant is family `before + 1`; `before` is untouched.
+    assert_eq!(p.family_refresh_count(before), 0);
+    assert_eq!(p.family_refresh_count(before + 1), 1);
+    let (_, after) = p.issue_refresh_token_family();
+    assert_eq!(after, before + 2);
+}
+
+#[tokio::test]
+async fn latency_delays_the_answer_but_not_the_rotation() {
+    let p = FakeProvider::start(
+        FakeConfig::new(Flavor::Didit).with_latency(Duration::from_millis(400)),
+    )
+    .await;
+    let c = client();
+    let rt = p.issue_refresh_token();
+    let started = std::time::Instant::now();
+    let rt2 = didit_rotate(&c, &p, &rt).await.unwrap();
+    assert!(started.elapsed() >= Duration::from_millis(400));
+
+    // A client that gives up before the answer has still spent its token.
+    let err = didit_refresh(&c, &p, &rt2)
+        .timeout(Duration::from_millis(100))
+        .send()
+        .await
+        .unwrap_err();
+    assert!(err.is_timeout(), "{err:?}");
+    assert_eq!(p.refresh_count(), 2);
+    assert!(!p.current_refresh_tokens().contains(&rt2));
+    // Faulted requests are answered at once.
+    p.push_fault(Fault::server_error(503));
+    let started = std::time::Instant::now();
+    let r = didit_refresh(&c, &p, &rt2).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(started.elapsed() < Duration::from_millis(400));
+    assert_eq!(
+        didit_rotate(&c, &p, &rt2).await.unwrap_err(),
+        "invalid_grant"
+    );
+    assert_eq!(p.reused_refresh_tokens(), 1);
+}

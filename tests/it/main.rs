@@ -5,6 +5,8 @@
 mod support;
 
 mod cli;
+mod crash;
+mod faults;
 mod lifecycle;
 mod robustness;
 mod seeds;

@@ -20,8 +20,15 @@
 //! | `DigiRunner`        | `POST /oauth/token`     | `Basic base64(id:base64(password))` (004, I)       |
 //! | `DigiRunnerPublic`  | `POST /oauth/token`     | `Basic base64(id:)` (004, II)                      |
 //!
-//! Rotation is strict: a refresh token is accepted once, and a used one sent
-//! again is counted in [`FakeProvider::reused_refresh_tokens`]. Faults
+//! Rotation is strict by default: a refresh token is accepted once, and a used
+//! one sent again is refused and counted in
+//! [`FakeProvider::reused_refresh_tokens`]. [`FakeConfig::with_reuse_grace`]
+//! adds a rotation leeway (as Auth0's reuse interval or Okta's grace period):
+//! a used token presented within the grace of its first use is accepted once
+//! more and counted in [`FakeProvider::reused_within_grace`] instead. Every
+//! grant (a minted refresh token, a code exchange) starts a *family*; tokens
+//! rotated from it stay in that family, and
+//! [`FakeProvider::family_refresh_count`] counts its successful refreshes. Faults
 //! ([`Fault`]) can be queued or made sticky to imitate outages, rate limits,
 //! broken bodies, hung or reset connections; a faulted request does not
 //! consume its refresh token unless the fault is [`Fault::ProcessThenReset`].
@@ -201,6 +208,15 @@ pub struct FakeConfig {
     pub rotate: bool,
     /// How the lifetime is stated in responses.
     pub expires_in: ExpiresIn,
+    /// Rotation leeway: a used refresh token presented again within this long
+    /// of its first use is still accepted (a fresh token pair is issued).
+    /// Zero, the default, is strict rotation.
+    pub reuse_grace: Duration,
+    /// How long an unfaulted token request takes to be answered. The grant
+    /// is carried out as soon as the request arrives, so a client that gives
+    /// up or dies meanwhile has spent its refresh token without learning the
+    /// new one. Zero by default.
+    pub latency: Duration,
 }
 
 impl FakeConfig {
@@ -226,6 +242,8 @@ impl FakeConfig {
             ttl: Duration::from_secs(3600),
             rotate: true,
             expires_in: ExpiresIn::Number,
+            reuse_grace: Duration::ZERO,
+            latency: Duration::ZERO,
         }
     }
 
@@ -238,6 +256,22 @@ impl FakeConfig {
     /// Turns refresh-token rotation on or off.
     pub fn with_rotate(mut self, rotate: bool) -> FakeConfig {
         self.rotate = rotate;
+        self
+    }
+
+    /// Sets the rotation leeway (see [`FakeConfig::reuse_grace`]): a used
+    /// refresh token is accepted again if presented within `grace` of its first
+    /// use, and counted in [`FakeProvider::reused_within_grace`]; after that it
+    /// is refused and counted in [`FakeProvider::reused_refresh_tokens`].
+    pub fn with_reuse_grace(mut self, grace: Duration) -> FakeConfig {
+        self.reuse_grace = grace;
+        self
+    }
+
+    /// Sets the answer latency of unfaulted token requests (see
+    /// [`FakeConfig::latency`]).
+    pub fn with_latency(mut self, latency: Duration) -> FakeConfig {
+        self.latency = latency;
         self
     }
 
@@ -299,6 +333,8 @@ impl fmt::Debug for FakeConfig {
             .field("ttl", &self.ttl)
             .field("rotate", &self.rotate)
             .field("expires_in", &self.expires_in)
+            .field("reuse_grace", &self.reuse_grace)
+            .field("latency", &self.latency)
             .finish()
     }
 }
@@ -438,9 +474,33 @@ impl FakeProvider {
     }
 
     /// Mints a fresh valid refresh token, as if a user had just logged in.
+    /// It starts a new family (see [`FakeProvider::issue_refresh_token_family`]).
     pub fn issue_refresh_token(&self) -> String {
+        self.issue_refresh_token_family().0
+    }
+
+    /// Mints a fresh valid refresh token starting a new grant family, and
+    /// returns it with the family's id. Every token rotated from it belongs to
+    /// the same family; see [`FakeProvider::family_refresh_count`].
+    pub fn issue_refresh_token_family(&self) -> (String, u64) {
         let mut st = self.inner.lock();
-        self.inner.mint_refresh_token(&mut st, SystemTime::now())
+        let family = st.new_family();
+        let token = self
+            .inner
+            .mint_refresh_token(&mut st, SystemTime::now(), family);
+        (token, family)
+    }
+
+    /// Successful refreshes of family `family` (including ones accepted within
+    /// the reuse grace and ones answered by [`Fault::ProcessThenReset`]); zero
+    /// for an unknown family.
+    pub fn family_refresh_count(&self, family: u64) -> usize {
+        self.inner
+            .lock()
+            .family_refreshes
+            .get(&family)
+            .copied()
+            .unwrap_or(0)
     }
 
     /// Mints a single-use authorization code bound to `redirect_uri`, with an
@@ -455,7 +515,8 @@ impl FakeProvider {
         self.inner.issue_code(redirect_uri, pkce_challenge, offline)
     }
 
-    /// Makes every currently valid refresh token invalid (as a revoked grant).
+    /// Makes every currently valid refresh token invalid (as a revoked grant),
+    /// and closes the reuse grace of used ones (still counted if reused).
     pub fn revoke_all(&self) {
         self.inner.revoke_all();
     }
@@ -481,9 +542,16 @@ impl FakeProvider {
         self.inner.lock().request_times.clone()
     }
 
-    /// How many times an already used refresh token was presented.
+    /// How many times an already used refresh token was presented outside its
+    /// reuse grace (always, with the default strict rotation) and refused.
     pub fn reused_refresh_tokens(&self) -> usize {
         self.inner.lock().reused_refresh_tokens
+    }
+
+    /// How many times an already used refresh token was presented within its
+    /// reuse grace ([`FakeConfig::with_reuse_grace`]) and accepted.
+    pub fn reused_within_grace(&self) -> usize {
+        self.inner.lock().reused_within_grace
     }
 
     /// Every wire-format problem seen so far, one readable line each (no
@@ -584,6 +652,11 @@ enum RtState {
 struct RtEntry {
     state: RtState,
     seq: u64,
+    /// The grant family this token belongs to.
+    family: u64,
+    /// Until when a used token is still accepted (first use + grace); `None`
+    /// while valid, or once the grace was closed by a revocation.
+    grace_until: Option<Instant>,
 }
 
 #[derive(Debug)]
@@ -605,12 +678,21 @@ struct State {
     exchange_count: usize,
     request_times: Vec<Instant>,
     reused_refresh_tokens: usize,
+    reused_within_grace: usize,
+    next_family: u64,
+    family_refreshes: HashMap<u64, usize>,
     rejections: Vec<String>,
     faults: VecDeque<Fault>,
     sticky_fault: Option<Fault>,
 }
 
 impl State {
+    /// A new grant family id (ids start at 1).
+    fn new_family(&mut self) -> u64 {
+        self.next_family += 1;
+        self.next_family
+    }
+
     fn add_secret(&mut self, s: String) {
         if !s.is_empty() && !self.secrets.contains(&s) {
             self.secrets.push(s);
@@ -741,11 +823,12 @@ impl Inner {
                 e.state = RtState::Revoked;
                 n += 1;
             }
+            e.grace_until = None;
         }
         n
     }
 
-    fn mint_refresh_token(&self, st: &mut State, now: SystemTime) -> String {
+    fn mint_refresh_token(&self, st: &mut State, now: SystemTime, family: u64) -> String {
         let token = if self.cfg.flavor.is_digirunner() {
             let now_s = unix_secs(now);
             jwt(&json!({
@@ -769,6 +852,8 @@ impl Inner {
             RtEntry {
                 state: RtState::Valid,
                 seq,
+                family,
+                grace_until: None,
             },
         );
         st.add_secret(token.clone());
@@ -903,26 +988,40 @@ impl Inner {
         let mut st = self.lock();
         match grant {
             Grant::Refresh(token) => {
-                let state = st.refresh_tokens.get(&token).map(|e| e.state);
-                match state {
-                    Some(RtState::Valid) => {
-                        let new_rt = if self.cfg.rotate {
+                let now = Instant::now();
+                let entry = st
+                    .refresh_tokens
+                    .get(&token)
+                    .map(|e| (e.state, e.family, e.grace_until));
+                let family = match entry {
+                    Some((RtState::Valid, family, _)) => {
+                        if self.cfg.rotate {
                             if let Some(e) = st.refresh_tokens.get_mut(&token) {
                                 e.state = RtState::Used;
+                                e.grace_until = Some(now + self.cfg.reuse_grace);
                             }
-                            Some(self.mint_refresh_token(&mut st, SystemTime::now()))
-                        } else {
-                            None
-                        };
-                        st.refresh_count += 1;
-                        Ok(self.token_response(&mut st, new_rt, false))
+                        }
+                        family
                     }
-                    Some(RtState::Used) => {
+                    Some((RtState::Used, family, Some(until))) if now < until => {
+                        st.reused_within_grace += 1;
+                        family
+                    }
+                    Some((RtState::Used, _, _)) => {
                         st.reused_refresh_tokens += 1;
-                        Err(self.invalid_refresh_token(&token))
+                        return Err(self.invalid_refresh_token(&token));
                     }
-                    Some(RtState::Revoked) | None => Err(self.invalid_refresh_token(&token)),
-                }
+                    Some((RtState::Revoked, _, _)) | None => {
+                        return Err(self.invalid_refresh_token(&token))
+                    }
+                };
+                let new_rt = self
+                    .cfg
+                    .rotate
+                    .then(|| self.mint_refresh_token(&mut st, SystemTime::now(), family));
+                st.refresh_count += 1;
+                *st.family_refreshes.entry(family).or_default() += 1;
+                Ok(self.token_response(&mut st, new_rt, false))
             }
             Grant::Exchange {
                 code,
@@ -975,7 +1074,10 @@ impl Inner {
                 if let Some(g) = st.codes.get_mut(&code) {
                     g.used = true;
                 }
-                let rt = offline.then(|| self.mint_refresh_token(&mut st, SystemTime::now()));
+                let rt = offline.then(|| {
+                    let family = st.new_family();
+                    self.mint_refresh_token(&mut st, SystemTime::now(), family)
+                });
                 st.exchange_count += 1;
                 Ok(self.token_response(&mut st, rt, true))
             }
@@ -1229,7 +1331,8 @@ impl Inner {
         match parts.uri.path() {
             "/admin/grant" => {
                 let mut st = self.lock();
-                let rt = self.mint_refresh_token(&mut st, SystemTime::now());
+                let family = st.new_family();
+                let rt = self.mint_refresh_token(&mut st, SystemTime::now(), family);
                 json_response(StatusCode::OK, &json!({ "refresh_token": rt }))
             }
             "/admin/code" => {
@@ -1804,7 +1907,13 @@ async fn handle(inner: Arc<Inner>, req: Request<Incoming>) -> Outcome {
         return Outcome::Respond(inner.admin(&parts, body));
     }
     match fault {
-        None => Outcome::Respond(inner.process(&parts, body)),
+        None => {
+            let response = inner.process(&parts, body);
+            if !inner.cfg.latency.is_zero() {
+                tokio::time::sleep(inner.cfg.latency).await;
+            }
+            Outcome::Respond(response)
+        }
         Some(Fault::ProcessThenReset) => {
             let _ = inner.process(&parts, body);
             Outcome::Kill

@@ -170,6 +170,35 @@ impl Daemon {
         assert!(!self.socket.exists(), "socket file left behind");
     }
 
+    /// Sends SIGKILL and reaps the process: no clean-up at all, so the socket
+    /// file stays behind (stale) and a refresh in flight is cut wherever it
+    /// is. [`Daemon::spawn`] starts it again on the same files.
+    pub async fn kill(&mut self) {
+        use std::os::unix::process::ExitStatusExt;
+        let mut child = self.child.take().expect("daemon running");
+        let pid = child.id().expect("pid") as i32;
+        // SAFETY: plain kill(2) on our own, not yet reaped, child.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+        let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
+            .await
+            .expect("tokend did not die within 10s of SIGKILL")
+            .expect("wait");
+        // It may have exited on its own before the signal: say so.
+        assert_eq!(
+            status.signal(),
+            Some(libc::SIGKILL),
+            "tokend was not running when killed ({status}): {}",
+            self.logs()
+        );
+    }
+
+    /// Whether the daemon process is still running (not exited, not killed).
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
     /// Runs the CLI against this daemon.
     pub async fn cli(&self, args: &[&str]) -> Run {
         self.cli_stdin(args, None).await
