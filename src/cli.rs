@@ -15,6 +15,7 @@ use crate::api::{CredentialStatus, ExchangeCode, PutCredential, TokenResponse};
 use crate::client::{path_segment, Client, ClientError};
 use crate::config::{load_config, ConfigError};
 use crate::daemon::{self, DaemonOptions};
+use crate::logging::LogTarget;
 use crate::paths;
 use crate::token::now_ms;
 
@@ -42,6 +43,10 @@ pub enum Command {
         /// Database file, overriding the configuration.
         #[arg(long, value_name = "FILE")]
         database: Option<PathBuf>,
+        /// Where to log: the journal if stderr is connected to it (auto),
+        /// the journal, or stderr.
+        #[arg(long, value_enum, default_value_t = LogTarget::Auto)]
+        log: LogTarget,
     },
     /// Print a credential's current access token.
     Get {
@@ -110,7 +115,10 @@ pub enum Command {
 /// Parses arguments, runs the command, and maps the outcome to an exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    crate::logging::init();
+    crate::logging::init(match &cli.command {
+        Command::Daemon { log, .. } => *log,
+        _ => LogTarget::Stderr,
+    });
     let runtime = match &cli.command {
         Command::Daemon { .. } => tokio::runtime::Builder::new_multi_thread()
             .enable_all()
@@ -140,7 +148,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let socket = cli.socket.clone().unwrap_or_else(paths::default_socket);
     let client = Client::new(&socket);
     match cli.command {
-        Command::Daemon { config, database } => {
+        Command::Daemon {
+            config, database, ..
+        } => {
             daemon::run(DaemonOptions {
                 config,
                 socket: cli.socket,

@@ -1,7 +1,8 @@
 //! Start-up and shutdown of the daemon, in order: configuration, store
-//! (migrations), credentials into the refresher, socket, serve; on SIGTERM or
-//! SIGINT: stop accepting, let in-flight refreshes finish (bounded), close the
-//! database, remove the socket.
+//! (migrations), credentials into the refresher, socket (inherited from
+//! systemd or bound here), serve, then READY=1. SIGHUP reloads the
+//! configuration; SIGTERM or SIGINT stop accepting, let in-flight refreshes
+//! finish (bounded), close the database and remove the socket.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -12,11 +13,15 @@ use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{load_config, Config};
+use crate::event;
+use crate::events::Kind;
 use crate::paths;
 use crate::provider::ProviderClient;
-use crate::refresh::Refresher;
+use crate::refresh::{summary, Refresher, RefresherHandle};
 use crate::server;
 use crate::store::Store;
+use crate::systemd;
+use crate::token::now_ms;
 
 /// Where the daemon gets its configuration and files.
 #[derive(Debug, Clone, Default)]
@@ -46,20 +51,22 @@ pub fn load(opts: &DaemonOptions) -> anyhow::Result<(Config, Option<PathBuf>)> {
 pub async fn run(opts: DaemonOptions) -> anyhow::Result<()> {
     let (config, config_path) = load(&opts)?;
     let config = Arc::new(config);
-    let socket = opts
-        .socket
-        .or_else(|| config.daemon.socket.clone())
-        .unwrap_or_else(paths::default_socket);
     let database = opts
         .database
+        .clone()
         .or_else(|| config.daemon.database.clone())
         .unwrap_or_else(paths::default_database);
-    let cancel = CancellationToken::new();
-    spawn_signal_handler(cancel.clone())?;
+    let signals = signal_hook_tokio::Signals::new([
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGHUP,
+    ])
+    .context("cannot install signal handlers")?;
 
     let store = Store::open(&database).await?;
     let creds = store.load_all().await?;
     let client = ProviderClient::new().context("cannot build the HTTP client")?;
+    let cancel = CancellationToken::new();
     let (refresher, handle) = Refresher::new(
         Arc::clone(&config),
         store.clone(),
@@ -67,24 +74,34 @@ pub async fn run(opts: DaemonOptions) -> anyhow::Result<()> {
         creds,
         cancel.clone(),
     );
-    let (listener, socket_file) = server::bind(&socket).await?;
-    tracing::info!(
-        socket = %socket.display(),
-        database = %database.display(),
-        config = %config_path.as_deref().map_or("(none, defaults)".into(), |p| p.display().to_string()),
-        providers = config.providers.len(),
-        credentials = handle.len(),
-        version = env!("CARGO_PKG_VERSION"),
-        "tokend started"
-    );
+    let (listener, socket_file, socket) = listen(&opts, &config).await?;
     let refresher_task = tokio::spawn(refresher.run());
     let served = tokio::spawn(server::serve(
         listener,
-        server::router(handle),
+        server::router(handle.clone()),
         cancel.clone(),
     ));
-    cancel.cancelled().await;
-    tracing::info!("shutting down: no longer accepting requests");
+    event!(
+        info,
+        Kind::Started,
+        tokend_socket = %socket,
+        tokend_database = %database.display(),
+        tokend_config = %config_path.as_deref().map_or("(none, defaults)".into(), |p| p.display().to_string()),
+        tokend_providers = config.providers.len(),
+        tokend_credentials = handle.len(),
+        tokend_version = env!("CARGO_PKG_VERSION"),
+        "tokend started"
+    );
+    systemd::ready(&status_line(&handle));
+
+    handle_signals(signals, &opts, &handle, &config).await;
+    systemd::stopping();
+    event!(
+        info,
+        Kind::Stopping,
+        "shutting down: no longer accepting requests"
+    );
+    cancel.cancel();
     let grace = config.daemon.shutdown_timeout + Duration::from_secs(1);
     if tokio::time::timeout(grace, refresher_task).await.is_err() {
         tracing::warn!("refresher did not stop in time");
@@ -96,15 +113,84 @@ pub async fn run(opts: DaemonOptions) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn spawn_signal_handler(cancel: CancellationToken) -> anyhow::Result<()> {
-    use signal_hook::consts::{SIGINT, SIGTERM};
-    let mut signals = signal_hook_tokio::Signals::new([SIGTERM, SIGINT])
-        .context("cannot install signal handlers")?;
-    tokio::spawn(async move {
-        if let Some(sig) = signals.next().await {
-            tracing::info!(signal = sig, "received termination signal");
-            cancel.cancel();
+/// The API socket: inherited from systemd (socket activation), or bound at
+/// the configured or default path. The returned guard removes a socket we
+/// bound ourselves.
+async fn listen(
+    opts: &DaemonOptions,
+    config: &Config,
+) -> anyhow::Result<(tokio::net::UnixListener, Option<server::SocketFile>, String)> {
+    if let Some(listener) =
+        systemd::activated_listener().context("cannot use the socket passed by systemd")?
+    {
+        let name = listener
+            .local_addr()
+            .ok()
+            .and_then(|a| a.as_pathname().map(|p| p.display().to_string()))
+            .unwrap_or_else(|| "(socket activation)".into());
+        return Ok((listener, None, name));
+    }
+    let path = opts
+        .socket
+        .clone()
+        .or_else(|| config.daemon.socket.clone())
+        .unwrap_or_else(paths::default_socket);
+    let (listener, guard) = server::bind(&path).await?;
+    Ok((listener, Some(guard), path.display().to_string()))
+}
+
+fn status_line(handle: &RefresherHandle) -> String {
+    let views = handle.list();
+    summary(views.iter().map(|v| &**v), now_ms())
+}
+
+/// Waits for SIGTERM/SIGINT, reloading the configuration on each SIGHUP.
+async fn handle_signals(
+    mut signals: signal_hook_tokio::Signals,
+    opts: &DaemonOptions,
+    handle: &RefresherHandle,
+    running: &Config,
+) {
+    while let Some(signal) = signals.next().await {
+        if signal != signal_hook::consts::SIGHUP {
+            tracing::info!(tokend_signal = signal, "received termination signal");
+            return;
         }
-    });
-    Ok(())
+        systemd::reloading();
+        reload(opts, handle, running).await;
+        systemd::ready(&status_line(handle));
+    }
+}
+
+/// Parses and validates the configuration anew; swaps it in only if it is
+/// entirely valid.
+async fn reload(opts: &DaemonOptions, handle: &RefresherHandle, running: &Config) {
+    match load(opts) {
+        Ok((config, path)) => {
+            if config.daemon.socket != running.daemon.socket
+                || config.daemon.database != running.daemon.database
+            {
+                tracing::warn!("socket and database paths change only on restart");
+            }
+            let providers = config.providers.len();
+            match handle.reload(Arc::new(config)).await {
+                Ok(()) => event!(
+                    info,
+                    Kind::Reloaded,
+                    tokend_config = %path.as_deref().map_or("(none, defaults)".into(), |p| p.display().to_string()),
+                    tokend_providers = providers,
+                    "configuration reloaded"
+                ),
+                Err(e) => {
+                    event!(error, Kind::ReloadFailed, tokend_error = %e, "reload not applied")
+                }
+            }
+        }
+        Err(e) => event!(
+            error,
+            Kind::ReloadFailed,
+            tokend_error = %format!("{e:#}"),
+            "new configuration rejected; keeping the old one"
+        ),
+    }
 }

@@ -169,6 +169,54 @@ pub(super) enum Command {
         name: String,
         reply: Reply<()>,
     },
+    Reload {
+        config: Arc<crate::config::Config>,
+        reply: Reply<()>,
+    },
+}
+
+/// The one-line summary for `systemctl status`, e.g. "12 credentials: 11
+/// active, 1 needs re-auth; next refresh in 4m".
+pub fn summary<'a>(views: impl Iterator<Item = &'a View>, now: i64) -> String {
+    let (mut total, mut active, mut reauth, mut paused) = (0, 0, 0, 0);
+    let mut next: Option<i64> = None;
+    for v in views {
+        total += 1;
+        match v.state_name() {
+            "active" => active += 1,
+            "needs_reauth" => reauth += 1,
+            _ => paused += 1,
+        }
+        if let Some(at) = v.next_refresh_at {
+            next = Some(next.map_or(at, |n| n.min(at)));
+        }
+    }
+    let mut out = format!("{total} credential{}", if total == 1 { "" } else { "s" });
+    let mut parts = Vec::new();
+    if total > 0 {
+        parts.push(format!("{active} active"));
+    }
+    if reauth > 0 {
+        parts.push(format!(
+            "{reauth} need{} re-auth",
+            if reauth == 1 { "s" } else { "" }
+        ));
+    }
+    if paused > 0 {
+        parts.push(format!("{paused} paused"));
+    }
+    if !parts.is_empty() {
+        out.push_str(": ");
+        out.push_str(&parts.join(", "));
+    }
+    if let Some(at) = next {
+        let secs = ((at - now).max(0) + 999) / 1000;
+        out.push_str(&format!(
+            "; next refresh in {}",
+            humantime::format_duration(Duration::from_secs(secs as u64))
+        ));
+    }
+    out
 }
 
 /// Cheap, cloneable handle for talking to the owner and reading its views.
@@ -243,6 +291,13 @@ impl RefresherHandle {
         self.ask(|reply| Command::Exchange { req, reply }).await
     }
 
+    /// Applies a new, already validated configuration: changed providers take
+    /// effect at once, credentials of a removed provider pause, paused ones
+    /// whose provider is back (or fixed) resume. Tokens are untouched.
+    pub async fn reload(&self, config: Arc<crate::config::Config>) -> Result<(), RefreshError> {
+        self.ask(|reply| Command::Reload { config, reply }).await
+    }
+
     /// Deletes a credential.
     pub async fn remove(&self, name: &str) -> Result<(), RefreshError> {
         self.ask(|reply| Command::Remove {
@@ -266,5 +321,39 @@ impl RefresherHandle {
                 reason: format!("no answer within {WAIT_LIMIT:?}"),
             }),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::credential::Credential;
+
+    fn view(state: State, paused: bool, next: Option<i64>) -> View {
+        let mut cred = Credential::new("c", "p", None, 0);
+        cred.state = state;
+        View {
+            cred,
+            paused: paused.then(|| "x".to_string()),
+            next_refresh_at: next,
+            refreshing: false,
+            uncommitted: false,
+            warning: None,
+        }
+    }
+
+    #[test]
+    fn summary_counts_states_and_names_the_next_refresh() {
+        let views = [
+            view(State::Active, false, Some(300_000)),
+            view(State::Active, false, Some(240_000)),
+            view(State::NeedsReauth, false, None),
+            view(State::Active, true, None),
+        ];
+        assert_eq!(
+            summary(views.iter(), 0),
+            "4 credentials: 2 active, 1 needs re-auth, 1 paused; next refresh in 4m"
+        );
+        assert_eq!(summary([].iter(), 0), "0 credentials");
     }
 }

@@ -51,7 +51,7 @@ impl Job {
                 Ok(true) => self.uncommitted = false,
                 Ok(false) => return Outcome::Superseded,
                 Err(e) => {
-                    tracing::warn!(credential = %self.cred.name, error = %e, "commit of tokens held in memory still failing")
+                    tracing::warn!(tokend_credential = %self.cred.name, tokend_error = %e, "commit of tokens held in memory still failing")
                 }
             }
             if !self.refresh {
@@ -95,7 +95,7 @@ impl Job {
                 // interrupted; the refresh token on record is retried either
                 // way. Refreshing without it beats letting the token lapse.
                 Err(e) => tracing::warn!(
-                    credential = %self.cred.name, error = %e,
+                    tokend_credential = %self.cred.name, tokend_error = %e,
                     "cannot record the refresh attempt in the database; refreshing anyway"
                 ),
             }
@@ -117,7 +117,7 @@ impl Job {
                     Ok(true) => true,
                     Ok(false) => return Outcome::Superseded,
                     Err(e) => {
-                        tracing::error!(credential = %self.cred.name, error = %e, "commit of refreshed tokens failed");
+                        tracing::error!(tokend_credential = %self.cred.name, tokend_error = %e, "commit of refreshed tokens failed");
                         false
                     }
                 };
@@ -154,7 +154,7 @@ impl Job {
                 Ok(false) => return Outcome::Superseded,
                 Ok(true) => {}
                 Err(e) => {
-                    tracing::error!(credential = %self.cred.name, error = %e, "could not record the refresh failure")
+                    tracing::error!(tokend_credential = %self.cred.name, tokend_error = %e, "could not record the refresh failure")
                 }
             }
         }

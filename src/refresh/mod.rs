@@ -27,10 +27,12 @@ use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-pub use handle::{ExchangeRequest, NewCredential, RefreshError, RefresherHandle, View};
+pub use handle::{summary, ExchangeRequest, NewCredential, RefreshError, RefresherHandle, View};
 
 use crate::config::{Config, ProviderConfig};
 use crate::credential::{Credential, State};
+use crate::event;
+use crate::events::Kind;
 use crate::provider::{Failure, FailureKind, Grant, ProviderClient};
 use crate::store::Store;
 use crate::token::{backoff, now_ms, LifetimeSource, Secret};
@@ -106,6 +108,8 @@ pub struct Refresher {
     provider_permits: HashMap<String, Arc<Semaphore>>,
     tasks: TaskTracker,
     cancel: CancellationToken,
+    /// Something changed since the service manager's status line was sent.
+    status_dirty: std::cell::Cell<bool>,
 }
 
 impl Refresher {
@@ -146,6 +150,7 @@ impl Refresher {
             reports,
             tasks: TaskTracker::new(),
             cancel,
+            status_dirty: std::cell::Cell::new(true),
         };
         let now = now_ms();
         for cred in creds {
@@ -158,10 +163,11 @@ impl Refresher {
         let name = cred.name.clone();
         let mut entry = self.entry_for(cred, now);
         if entry.cred.refresh_started_at.is_some() && entry.cred.state == State::Active {
-            tracing::warn!(
-                credential = %name,
-                provider = %entry.cred.provider,
-                event = "refresh_interrupted",
+            event!(
+                warn,
+                Kind::RefreshInterrupted,
+                tokend_credential = %name,
+                tokend_provider = %entry.cred.provider,
                 "a refresh was in flight when tokend last stopped (or timed out after sending); retrying with the refresh token on record"
             );
             if entry.refresh_at.is_some() {
@@ -169,7 +175,7 @@ impl Refresher {
             }
         }
         if let Some(w) = &entry.warning {
-            tracing::warn!(credential = %name, event = "refresh_token_expiring", "{w}");
+            event!(warn, Kind::RefreshTokenExpiring, tokend_credential = %name, tokend_provider = %entry.cred.provider, "{w}");
         }
         self.entries.insert(name.clone(), entry);
         self.reschedule(&name);
@@ -213,7 +219,13 @@ impl Refresher {
     }
 
     /// Runs until cancelled, then waits (bounded) for in-flight refreshes.
+    ///
+    /// This loop also pets the systemd watchdog: if it hangs, the pings stop
+    /// and systemd restarts the daemon.
     pub async fn run(mut self) {
+        let mut watchdog = crate::systemd::watchdog_interval().map(tokio::time::interval);
+        let mut status = tokio::time::interval(Duration::from_secs(1));
+        status.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let now = now_ms();
             self.start_due(now);
@@ -229,10 +241,63 @@ impl Refresher {
                     Some(c) => self.on_command(c).await,
                     None => break,
                 },
+                _ = tick(&mut watchdog) => crate::systemd::watchdog(),
+                _ = status.tick() => self.send_status(),
                 _ = tokio::time::sleep(Duration::from_millis(sleep_ms as u64)) => {}
             }
         }
         self.shutdown().await;
+    }
+
+    fn send_status(&self) {
+        if self.status_dirty.replace(false) {
+            let now = now_ms();
+            let views: Vec<View> = self.entries.values().map(Entry::view).collect();
+            crate::systemd::status(&summary(views.iter(), now));
+        }
+    }
+
+    /// Applies a new configuration (see [`RefresherHandle::reload`]).
+    fn reload(&mut self, config: Arc<Config>) {
+        let now = now_ms();
+        self.provider_permits = config
+            .providers
+            .iter()
+            .map(|(name, p)| {
+                (
+                    name.clone(),
+                    Arc::new(Semaphore::new(p.max_concurrent_refreshes)),
+                )
+            })
+            .collect();
+        if config.daemon.max_concurrent_refreshes != self.config.daemon.max_concurrent_refreshes {
+            self.global_permits = Arc::new(Semaphore::new(config.daemon.max_concurrent_refreshes));
+        }
+        self.config = config;
+        let names: Vec<String> = self.entries.keys().cloned().collect();
+        for name in names {
+            let Some(old) = self.entries.remove(&name) else {
+                continue;
+            };
+            let mut entry = self.entry_for(old.cred, now);
+            // Keep what the reload does not change.
+            entry.in_flight = old.in_flight;
+            entry.uncommitted = old.uncommitted;
+            entry.commit_retry_at = old.commit_retry_at;
+            entry.commit_attempt = old.commit_attempt;
+            entry.waiters = old.waiters;
+            if old.paused.is_none() && entry.paused.is_none() && old.refresh_at.is_some() {
+                // Unchanged standing: keep the schedule (and any backoff).
+                entry.refresh_at = old.refresh_at;
+                entry.attempt = old.attempt;
+            }
+            if let Some(at) = old.next_at {
+                self.schedule.remove(&(at, name.clone()));
+            }
+            self.entries.insert(name.clone(), entry);
+            self.reschedule(&name);
+            self.publish(&name);
+        }
     }
 
     async fn shutdown(mut self) {
@@ -241,7 +306,7 @@ impl Refresher {
                 w.answer(Err(RefreshError::ShuttingDown));
             }
             if entry.uncommitted {
-                tracing::error!(credential = %entry.cred.name, event = "commit_failed",
+                event!(error, Kind::CommitFailed, tokend_credential = %entry.cred.name, tokend_provider = %entry.cred.provider,
                     "stopping with tokens that could not be committed; the database holds an older refresh token");
             }
         }
@@ -304,6 +369,7 @@ impl Refresher {
     fn publish(&self, name: &str) {
         if let Some(e) = self.entries.get(name) {
             self.published.insert(name.to_string(), Arc::new(e.view()));
+            self.status_dirty.set(true);
         }
     }
 
@@ -417,6 +483,10 @@ impl Refresher {
             Command::Remove { name, reply } => {
                 let _ = reply.send(self.remove(&name).await);
             }
+            Command::Reload { config, reply } => {
+                self.reload(config);
+                let _ = reply.send(Ok(()));
+            }
         }
     }
 
@@ -482,7 +552,7 @@ impl Refresher {
             cred.last_refresh_at = Some(now);
         }
         self.replace(cred).await?;
-        tracing::info!(credential = %new.name, provider = %new.provider, event = "credential_added", "credential stored");
+        event!(info, Kind::CredentialAdded, tokend_credential = %new.name, tokend_provider = %new.provider, "credential stored");
         Ok(new.name)
     }
 
@@ -548,7 +618,8 @@ impl Refresher {
             }
         }
         self.published.remove(name);
-        tracing::info!(credential = %name, event = "credential_removed", "credential removed");
+        self.status_dirty.set(true);
+        event!(info, Kind::CredentialRemoved, tokend_credential = %name, "credential removed");
         Ok(())
     }
 
@@ -599,11 +670,11 @@ impl Refresher {
         cred: Credential,
     ) -> Result<Arc<View>, RefreshError> {
         if cred.refresh_token.is_none() {
-            tracing::warn!(credential = %name, provider = %cred.provider, event = "no_refresh_token",
+            event!(warn, Kind::NoRefreshToken, tokend_credential = %name, tokend_provider = %cred.provider,
                 "the provider issued no refresh token (was offline access requested?); the access token is served until it expires, then the credential needs re-authorization");
         }
         self.replace(cred).await?;
-        tracing::info!(credential = %name, event = "credential_exchanged", "authorization code exchanged");
+        event!(info, Kind::CredentialExchanged, tokend_credential = %name, "authorization code exchanged");
         self.entries
             .get(name)
             .map(|e| Arc::new(e.view()))
@@ -622,7 +693,7 @@ impl Refresher {
             e.uncommitted = false;
             e.commit_attempt = 0;
             e.commit_retry_at = None;
-            tracing::info!(credential = %name, event = "commit_recovered", "tokens held in memory are now committed");
+            event!(info, Kind::CommitRecovered, tokend_credential = %name, "tokens held in memory are now committed");
         } else {
             e.commit_retry_at = Some(now + commit_backoff(e, base, cap));
         }
@@ -639,17 +710,18 @@ impl Refresher {
             return;
         };
         let expires_in = (cred.expires_at.unwrap_or(now) - now) / 1000;
-        tracing::info!(
-            credential = %name,
-            provider = %cred.provider,
-            event = "refreshed",
-            access_token = %cred.access_token.as_ref().map(Secret::fingerprint).unwrap_or_default(),
-            expires_in,
+        event!(
+            info,
+            Kind::Refreshed,
+            tokend_credential = %name,
+            tokend_provider = %cred.provider,
+            tokend_access_token = %cred.access_token.as_ref().map(Secret::fingerprint).unwrap_or_default(),
+            tokend_expires_in = expires_in,
             "access token refreshed"
         );
         let warning = job::refresh_token_warning(provider.as_deref(), &cred, now);
         if warning.is_some() && warning != e.warning {
-            tracing::warn!(credential = %name, event = "refresh_token_expiring", "{}", warning.as_deref().unwrap_or_default());
+            event!(warn, Kind::RefreshTokenExpiring, tokend_credential = %name, tokend_provider = %cred.provider, "{}", warning.as_deref().unwrap_or_default());
         }
         e.warning = warning;
         e.cred = cred;
@@ -658,13 +730,13 @@ impl Refresher {
         e.refresh_at = Some(due);
         if committed {
             if e.uncommitted {
-                tracing::info!(credential = %name, event = "commit_recovered", "tokens held in memory are now committed");
+                event!(info, Kind::CommitRecovered, tokend_credential = %name, "tokens held in memory are now committed");
             }
             e.uncommitted = false;
             e.commit_attempt = 0;
             e.commit_retry_at = None;
         } else {
-            tracing::error!(credential = %name, event = "commit_failed",
+            event!(error, Kind::CommitFailed, tokend_credential = %name,
                 "could not commit the new tokens to the database; serving them from memory and retrying the commit (check disk space, permissions and locks)");
             e.uncommitted = true;
             e.commit_retry_at = Some(now + commit_backoff(e, base, cap));
@@ -695,9 +767,10 @@ impl Refresher {
         match failure.kind {
             FailureKind::Reauth => {
                 e.refresh_at = None;
-                tracing::error!(
-                    credential = %name, provider = %e.cred.provider, event = "needs_reauth",
-                    error = %failure.message,
+                event!(
+                    error, Kind::NeedsReauth,
+                    tokend_credential = %name, tokend_provider = %e.cred.provider,
+                    tokend_error = %failure.message,
                     "the provider rejected the refresh token; credential needs re-authorization: run `tokend add {name} --provider {}` with a new refresh token, or `tokend exchange`",
                     e.cred.provider
                 );
@@ -708,9 +781,10 @@ impl Refresher {
                     "{}; fix providers.{} in the configuration and restart, or run `tokend refresh {name}`",
                     failure.message, e.cred.provider
                 ));
-                tracing::error!(
-                    credential = %name, provider = %e.cred.provider, event = "provider_misconfigured",
-                    error = %failure.message,
+                event!(
+                    error, Kind::ProviderMisconfigured,
+                    tokend_credential = %name, tokend_provider = %e.cred.provider,
+                    tokend_error = %failure.message,
                     "the provider rejected the client itself; refreshing is paused until the provider configuration is fixed"
                 );
             }
@@ -726,10 +800,11 @@ impl Refresher {
                     at = at.max(now + ra.as_millis() as i64);
                 }
                 e.refresh_at = Some(at);
-                tracing::warn!(
-                    credential = %name, provider = %e.cred.provider, event = "refresh_failed",
-                    error = %failure.message, attempt = e.attempt, retry_in_ms = at - now,
-                    outcome_unknown = failure.outcome_unknown,
+                event!(
+                    warn, Kind::RefreshFailed,
+                    tokend_credential = %name, tokend_provider = %e.cred.provider,
+                    tokend_error = %failure.message, tokend_attempt = e.attempt, tokend_retry_in_ms = at - now,
+                    tokend_outcome_unknown = failure.outcome_unknown,
                     "refresh failed; will retry"
                 );
             }
@@ -742,6 +817,16 @@ impl Refresher {
         for w in std::mem::take(&mut e.waiters) {
             w.answer_after(&view, now, Some((&failure, &provider)));
         }
+    }
+}
+
+/// The next tick of an optional interval; never, without one.
+async fn tick(interval: &mut Option<tokio::time::Interval>) {
+    match interval {
+        Some(i) => {
+            i.tick().await;
+        }
+        None => std::future::pending().await,
     }
 }
 

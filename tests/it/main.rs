@@ -8,5 +8,6 @@ mod cli;
 mod crash;
 mod faults;
 mod lifecycle;
+mod notify;
 mod robustness;
 mod seeds;

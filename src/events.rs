@@ -1,0 +1,149 @@
+//! The events an operator may want to find again: each kind has a stable
+//! journald `MESSAGE_ID` and a short name, and is logged through [`event!`]
+//! with the same structured fields everywhere.
+//!
+//! Field names are written as journald will show them, lowercased:
+//! `tokend_credential` becomes `TOKEND_CREDENTIAL` in the journal, while the
+//! stderr format drops the `tokend_` prefix. `message_id` becomes
+//! `MESSAGE_ID`, so `journalctl MESSAGE_ID=<id>` finds every event of a kind.
+
+/// A kind of event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// The daemon is ready and serving.
+    Started,
+    /// The daemon is stopping.
+    Stopping,
+    /// A new configuration was loaded on SIGHUP.
+    Reloaded,
+    /// A reload was refused; the old configuration stays.
+    ReloadFailed,
+    /// A credential was added or replaced from a refresh token.
+    CredentialAdded,
+    /// A credential was created from an authorization code.
+    CredentialExchanged,
+    /// A credential was removed.
+    CredentialRemoved,
+    /// An access token was refreshed.
+    Refreshed,
+    /// A refresh failed transiently; it will be retried.
+    RefreshFailed,
+    /// The grant is dead; a human must re-authorize.
+    NeedsReauth,
+    /// The provider rejected the client; refreshing is paused.
+    ProviderMisconfigured,
+    /// A refresh was in flight when the daemon last stopped.
+    RefreshInterrupted,
+    /// New tokens could not be committed; they are held in memory.
+    CommitFailed,
+    /// Tokens held in memory were committed.
+    CommitRecovered,
+    /// The provider issued no refresh token.
+    NoRefreshToken,
+    /// A refresh token is close to its stated expiry.
+    RefreshTokenExpiring,
+}
+
+impl Kind {
+    /// Every kind, for documentation and tests.
+    pub const ALL: [Kind; 16] = [
+        Kind::Started,
+        Kind::Stopping,
+        Kind::Reloaded,
+        Kind::ReloadFailed,
+        Kind::CredentialAdded,
+        Kind::CredentialExchanged,
+        Kind::CredentialRemoved,
+        Kind::Refreshed,
+        Kind::RefreshFailed,
+        Kind::NeedsReauth,
+        Kind::ProviderMisconfigured,
+        Kind::RefreshInterrupted,
+        Kind::CommitFailed,
+        Kind::CommitRecovered,
+        Kind::NoRefreshToken,
+        Kind::RefreshTokenExpiring,
+    ];
+
+    /// The short name, logged as `tokend_event`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Started => "started",
+            Kind::Stopping => "stopping",
+            Kind::Reloaded => "reloaded",
+            Kind::ReloadFailed => "reload_failed",
+            Kind::CredentialAdded => "credential_added",
+            Kind::CredentialExchanged => "credential_exchanged",
+            Kind::CredentialRemoved => "credential_removed",
+            Kind::Refreshed => "refreshed",
+            Kind::RefreshFailed => "refresh_failed",
+            Kind::NeedsReauth => "needs_reauth",
+            Kind::ProviderMisconfigured => "provider_misconfigured",
+            Kind::RefreshInterrupted => "refresh_interrupted",
+            Kind::CommitFailed => "commit_failed",
+            Kind::CommitRecovered => "commit_recovered",
+            Kind::NoRefreshToken => "no_refresh_token",
+            Kind::RefreshTokenExpiring => "refresh_token_expiring",
+        }
+    }
+
+    /// The journald `MESSAGE_ID` (128 bits, hex). Never change one: operators
+    /// filter and alert on them.
+    pub fn message_id(self) -> &'static str {
+        match self {
+            Kind::Started => "2f1cd580ae2a4372b14110e1fe93860b",
+            Kind::Stopping => "ff866de9d1ee4904ba531b525a7765b6",
+            Kind::Reloaded => "9371b48b8e76490a9f81627a9699997a",
+            Kind::ReloadFailed => "5f9e55a0f7e54e35a867fc2a1636960f",
+            Kind::CredentialAdded => "dd31339c93314236b938b2abf9bf6b3e",
+            Kind::CredentialExchanged => "1028794e32ec459ca3b614d7312be1d9",
+            Kind::CredentialRemoved => "bed7957987c6475ebe5275f9092cd79d",
+            Kind::Refreshed => "382a9e3ba987493ea418b4c8a39abfa9",
+            Kind::RefreshFailed => "c5c082b67558423488dc384def55081d",
+            Kind::NeedsReauth => "4e9842ceb8284b74bd4fff1324735464",
+            Kind::ProviderMisconfigured => "bfbbab55d9ee4d888df7ce9851c172b8",
+            Kind::RefreshInterrupted => "ff93c1fbf2334751a8e48ff642bdfddb",
+            Kind::CommitFailed => "018bdd3a6f604d36bc946c7a51eec608",
+            Kind::CommitRecovered => "c32244a1b09649678f4bd0576872c6a1",
+            Kind::NoRefreshToken => "5472e4bf01b14d79909d6341550feee0",
+            Kind::RefreshTokenExpiring => "09fc360a6ace4febba500d5434074ffd",
+        }
+    }
+}
+
+/// Logs an event of a [`Kind`] at a level, with its MESSAGE_ID and name, then
+/// any further fields and the message:
+///
+/// ```ignore
+/// event!(info, Kind::Refreshed, tokend_credential = %name, tokend_expires_in = 3600, "refreshed");
+/// ```
+#[macro_export]
+macro_rules! event {
+    ($level:ident, $kind:expr, $($rest:tt)+) => {
+        tracing::$level!(
+            message_id = $kind.message_id(),
+            tokend_event = $kind.name(),
+            $($rest)+
+        )
+    };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_and_message_ids_are_unique_and_well_formed() {
+        let mut names = std::collections::HashSet::new();
+        let mut ids = std::collections::HashSet::new();
+        for k in Kind::ALL {
+            assert!(names.insert(k.name()));
+            assert!(ids.insert(k.message_id()));
+            assert_eq!(k.message_id().len(), 32);
+            assert!(k
+                .message_id()
+                .chars()
+                .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));
+        }
+    }
+}
