@@ -67,7 +67,7 @@ async fn notify_watchdog_status_reload_and_stop_under_socket_activation() {
         ),
     )
     .unwrap();
-    let mut child = Command::new("systemd-socket-activate")
+    let child = Command::new("systemd-socket-activate")
         .arg("-l")
         .arg(&api)
         .arg("-E")
