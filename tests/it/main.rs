@@ -7,6 +7,7 @@ mod support;
 mod cli;
 mod crash;
 mod faults;
+mod journal;
 mod lifecycle;
 mod notify;
 mod robustness;
