@@ -223,3 +223,65 @@ async fn remove_and_unknown_names() {
     );
     daemon.finish(&[&fake]).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reload_pauses_removed_providers_rejects_bad_files_and_keeps_tokens() {
+    let fake = FakeProvider::start(FakeConfig::new(Flavor::Didit)).await;
+    let providers = provider_toml("p", &fake);
+    let daemon = Daemon::start(FAST_DAEMON, &providers).await;
+    daemon.add("c", "p", &fake.issue_refresh_token()).await.ok();
+    let token = daemon.cli(&["get", "c"]).await.stdout;
+
+    // The provider is removed: the credential pauses, its token is kept.
+    daemon.write_config(FAST_DAEMON, "");
+    daemon.signal(libc::SIGHUP);
+    wait_until(
+        Duration::from_secs(5),
+        "the credential to pause",
+        || async { daemon.status("c").await["state"] == "paused" },
+    )
+    .await;
+    let status = daemon.status("c").await;
+    assert!(
+        status["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("not in the configuration"),
+        "{status}"
+    );
+    let get = daemon.cli(&["get", "c"]).await;
+    get.ok();
+    assert_eq!(get.stdout, token);
+    assert!(get.stderr.contains("paused"), "{get:?}");
+
+    // An invalid file is refused whole; the running configuration stays.
+    std::fs::write(&daemon.config, "[daemon]\nretry_max = \"soon\"\n").unwrap();
+    daemon.signal(libc::SIGHUP);
+    wait_until(
+        Duration::from_secs(5),
+        "the rejection to be logged",
+        || async { daemon.logs().contains("new configuration rejected") },
+    )
+    .await;
+    assert!(daemon.logs().contains("daemon.retry_max"));
+    assert_eq!(daemon.status("c").await["state"], "paused");
+
+    // The provider comes back: the credential resumes and refreshes.
+    daemon.write_config(FAST_DAEMON, &providers);
+    daemon.signal(libc::SIGHUP);
+    wait_until(
+        Duration::from_secs(5),
+        "the credential to resume",
+        || async { daemon.status("c").await["state"] == "active" },
+    )
+    .await;
+    assert_eq!(
+        daemon.cli(&["get", "c"]).await.stdout,
+        token,
+        "tokens survive reloads"
+    );
+    daemon.cli(&["refresh", "c"]).await.ok();
+    assert_ne!(daemon.cli(&["get", "c"]).await.stdout, token);
+    assert_eq!(fake.reused_refresh_tokens(), 0);
+    daemon.finish(&[&fake]).await;
+}

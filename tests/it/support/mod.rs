@@ -88,13 +88,6 @@ impl Daemon {
         let database = dir.path().join("state/tokend.db");
         let config = dir.path().join("config.toml");
         let log = dir.path().join("daemon.log");
-        std::fs::write(
-            &config,
-            format!(
-                "[daemon]\nsocket = {socket:?}\ndatabase = {database:?}\n{daemon_extra}\n{providers}"
-            ),
-        )
-        .expect("write config");
         let mut d = Daemon {
             dir,
             socket,
@@ -103,6 +96,7 @@ impl Daemon {
             log,
             child: None,
         };
+        d.write_config(daemon_extra, providers);
         d.spawn().await;
         d
     }
@@ -190,6 +184,30 @@ impl Daemon {
             "tokend was not running when killed ({status}): {}",
             self.logs()
         );
+    }
+
+    /// Sends `signal` (e.g. `libc::SIGHUP`) to the running daemon.
+    pub fn signal(&self, signal: i32) {
+        let pid = self
+            .child
+            .as_ref()
+            .and_then(|c| c.id())
+            .expect("daemon running") as i32;
+        // SAFETY: plain kill(2) on our own, not yet reaped, child.
+        unsafe { libc::kill(pid, signal) };
+    }
+
+    /// Rewrites the configuration file: `[daemon]` + `daemon_extra` + `providers`,
+    /// keeping this daemon's socket and database.
+    pub fn write_config(&self, daemon_extra: &str, providers: &str) {
+        std::fs::write(
+            &self.config,
+            format!(
+                "[daemon]\nsocket = {:?}\ndatabase = {:?}\n{daemon_extra}\n{providers}",
+                self.socket, self.database
+            ),
+        )
+        .expect("write config");
     }
 
     /// Whether the daemon process is still running (not exited, not killed).
