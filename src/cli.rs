@@ -23,7 +23,8 @@ use crate::token::now_ms;
 #[derive(Debug, Parser)]
 #[command(name = "tokend", version, about)]
 pub struct Cli {
-    /// The daemon's socket [default: $TOKEND_SOCKET, else the daemon's default path].
+    /// The daemon's socket [default: $TOKEND_SOCKET, else the daemon's default
+    /// path, else /run/tokend/tokend.sock if that exists].
     #[arg(long, global = true, value_name = "PATH")]
     pub socket: Option<PathBuf>,
     /// What to do.
@@ -145,7 +146,10 @@ pub fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    let socket = cli.socket.clone().unwrap_or_else(paths::default_socket);
+    let socket = cli
+        .socket
+        .clone()
+        .unwrap_or_else(paths::default_client_socket);
     let client = Client::new(&socket);
     match cli.command {
         Command::Daemon {

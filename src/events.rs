@@ -114,7 +114,7 @@ impl Kind {
 /// Logs an event of a [`Kind`] at a level, with its MESSAGE_ID and name, then
 /// any further fields and the message:
 ///
-/// ```ignore
+/// ```text
 /// event!(info, Kind::Refreshed, tokend_credential = %name, tokend_expires_in = 3600, "refreshed");
 /// ```
 #[macro_export]

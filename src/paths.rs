@@ -53,6 +53,19 @@ pub fn default_socket() -> PathBuf {
     }
 }
 
+/// The socket a client should try: like [`default_socket`], except that a
+/// user whose own default socket does not exist falls back to the system
+/// daemon's `/run/tokend/tokend.sock` when that exists (members of the
+/// `tokend` group may read tokens from it).
+pub fn default_client_socket() -> PathBuf {
+    let own = default_socket();
+    let system = Path::new("/run/tokend/tokend.sock");
+    if env_dir("TOKEND_SOCKET").is_none() && !own.exists() && system.exists() {
+        return system.to_path_buf();
+    }
+    own
+}
+
 /// The configuration file: `$CONFIGURATION_DIRECTORY/config.toml`,
 /// `$XDG_CONFIG_HOME/tokend/config.toml`, `~/.config/tokend/config.toml`.
 pub fn default_config() -> PathBuf {

@@ -12,3 +12,4 @@ mod lifecycle;
 mod notify;
 mod robustness;
 mod seeds;
+mod units;
