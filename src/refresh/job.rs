@@ -35,7 +35,9 @@ pub(super) enum Outcome {
 pub(super) struct Job {
     pub store: Store,
     pub client: ProviderClient,
-    pub provider: Arc<ProviderConfig>,
+    /// `None` only for a commit retry of a credential whose provider was
+    /// removed from the configuration.
+    pub provider: Option<Arc<ProviderConfig>>,
     pub cred: Credential,
     pub refresh: bool,
     /// The credential holds tokens the database does not have yet.
@@ -71,6 +73,9 @@ impl Job {
     }
 
     async fn refresh(mut self) -> Outcome {
+        let Some(provider) = self.provider.clone() else {
+            return Outcome::Superseded;
+        };
         let Some(refresh_token) = self.cred.refresh_token.clone() else {
             return self
                 .fail(failure(
@@ -106,12 +111,11 @@ impl Job {
         self.cred.refresh_started_at = Some(sent_at);
         let result = self
             .client
-            .request(&self.provider, &Grant::Refresh { refresh_token })
+            .request(&provider, &Grant::Refresh { refresh_token })
             .await;
         match result {
             Ok(set) => {
-                let (expires_at, source) =
-                    expires_at_ms(&set, sent_at, self.provider.default_lifetime);
+                let (expires_at, source) = expires_at_ms(&set, sent_at, provider.default_lifetime);
                 self.cred.apply(set, sent_at, expires_at, source);
                 let committed = match self.store.save_outcome(&self.cred).await {
                     Ok(true) => true,

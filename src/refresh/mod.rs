@@ -184,12 +184,7 @@ impl Refresher {
 
     fn entry_for(&self, cred: Credential, now: i64) -> Entry {
         let provider = self.config.providers.get(&cred.provider).cloned();
-        let paused = provider.is_none().then(|| {
-            format!(
-                "provider `{}` is not in the configuration; add it back and restart tokend",
-                cred.provider
-            )
-        });
+        let paused = provider.is_none().then(|| missing_provider(&cred.provider));
         let refresh_at = (paused.is_none() && cred.state == State::Active)
             .then(|| self.due_at(provider.as_deref(), &cred, now));
         Entry {
@@ -380,27 +375,33 @@ impl Refresher {
             .filter(|until| *until > now)
     }
 
-    /// Starts a job unless one is in flight. A refresh for a provider in a
-    /// Retry-After window is postponed to its end instead.
+    /// Starts a job unless one is in flight: a refresh (which first retries
+    /// any failed commit), or only the commit retry. A refresh for a provider
+    /// in a Retry-After window is postponed to its end instead.
     fn start_job(&mut self, name: &str, refresh: bool, now: i64) {
-        let Some(e) = self.entries.get(name) else {
+        let Some(e) = self.entries.get_mut(name) else {
             return;
         };
         if e.in_flight {
             return;
         }
-        let Some(provider) = e.provider.clone() else {
-            if refresh {
-                let reason = e.paused.clone().unwrap_or_default();
-                self.answer_all(name, |n| RefreshError::Paused {
-                    name: n.to_string(),
-                    reason: reason.clone(),
-                });
-            }
-            return;
-        };
-        if refresh {
-            if let Some(until) = self.provider_block(&provider.name, now) {
+        let provider = e.provider.clone();
+        if provider.is_none() {
+            // Nothing can refresh it until a reload brings the provider back:
+            // it must not stay scheduled (that would wake us in a loop).
+            e.refresh_at = None;
+            let reason = e
+                .paused
+                .get_or_insert_with(|| missing_provider(&e.cred.provider))
+                .clone();
+            self.answer_all(name, |n| RefreshError::Paused {
+                name: n.to_string(),
+                reason: reason.clone(),
+            });
+        }
+        let refresh = refresh && provider.is_some();
+        if let (true, Some(p)) = (refresh, &provider) {
+            if let Some(until) = self.provider_block(&p.name, now) {
                 if let Some(e) = self.entries.get_mut(name) {
                     e.refresh_at = Some(until);
                 }
@@ -408,11 +409,15 @@ impl Refresher {
                 return;
             }
         }
-        let per_provider = self.permits_for(&provider.name);
+        let per_provider = provider.as_ref().map_or_else(
+            || Arc::new(Semaphore::new(1)),
+            |p| self.permits_for(&p.name),
+        );
         let Some(e) = self.entries.get_mut(name) else {
             return;
         };
         if !refresh && !e.uncommitted {
+            self.reschedule(name);
             return;
         }
         e.in_flight = true;
@@ -726,8 +731,11 @@ impl Refresher {
         e.warning = warning;
         e.cred = cred;
         e.attempt = 0;
-        e.paused = None;
-        e.refresh_at = Some(due);
+        // A provider removed by a reload while this refresh ran stays removed.
+        if e.provider.is_some() {
+            e.paused = None;
+            e.refresh_at = Some(due);
+        }
         if committed {
             if e.uncommitted {
                 event!(info, Kind::CommitRecovered, tokend_credential = %name, "tokens held in memory are now committed");
@@ -818,6 +826,12 @@ impl Refresher {
             w.answer_after(&view, now, Some((&failure, &provider)));
         }
     }
+}
+
+fn missing_provider(provider: &str) -> String {
+    format!(
+        "provider `{provider}` is not in the configuration; add it back and reload (systemctl reload tokend, or SIGHUP)"
+    )
 }
 
 /// The next tick of an optional interval; never, without one.

@@ -285,3 +285,37 @@ async fn sighup_reload_pauses_removed_providers_rejects_bad_files_and_keeps_toke
     assert_eq!(fake.reused_refresh_tokens(), 0);
     daemon.finish(&[&fake]).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provider_removed_during_a_refresh_leaves_the_daemon_responsive() {
+    let fake = FakeProvider::start(
+        FakeConfig::new(Flavor::Didit)
+            .with_ttl(Duration::from_secs(3))
+            .with_latency(Duration::from_millis(1500)),
+    )
+    .await;
+    let daemon = Daemon::start(FAST_DAEMON, &provider_toml("p", &fake)).await;
+    daemon.add("c", "p", &fake.issue_refresh_token()).await.ok();
+    // A refresh is in flight (the provider is slow) when the reload lands.
+    let in_flight = daemon.cli(&["refresh", "c"]);
+    let reload = async {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        daemon.write_config(FAST_DAEMON, "");
+        daemon.signal(libc::SIGHUP);
+    };
+    let (refreshed, ()) = tokio::join!(in_flight, reload);
+    refreshed.ok();
+    // Well past the new token's refresh point: the daemon must still answer
+    // its owner's queue at once, and the credential stays paused.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let started = std::time::Instant::now();
+    let run = daemon.cli(&["refresh", "c"]).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "the refresher is stuck"
+    );
+    assert_eq!(run.code, 1);
+    assert!(run.stderr.contains("paused"), "{run:?}");
+    assert_eq!(daemon.status("c").await["state"], "paused");
+    daemon.finish(&[&fake]).await;
+}
