@@ -125,7 +125,7 @@ impl Store {
     /// still in flight for the old one cannot overwrite it. Returns the stored
     /// generation.
     pub async fn replace(&self, c: &Credential) -> Result<i64, StoreError> {
-        let row = sqlx::query(
+        let query = sqlx::query(
             "INSERT INTO credentials (name, provider, generation, refresh_token, access_token,
                 token_type, scope, expires_at, lifetime_source, refresh_expires_at, extra, state,
                 last_error, refresh_started_at, last_refresh_at, created_at, updated_at)
@@ -142,22 +142,11 @@ impl Store {
              RETURNING generation",
         )
         .bind(&c.name)
-        .bind(&c.provider)
-        .bind(c.refresh_token.as_ref().map(Secret::expose))
-        .bind(c.access_token.as_ref().map(Secret::expose))
-        .bind(&c.token_type)
-        .bind(&c.scope)
-        .bind(c.expires_at)
-        .bind(c.lifetime_source.map(LifetimeSource::as_str))
-        .bind(c.refresh_expires_at)
-        .bind(Value::Object(c.extra.clone()).to_string())
-        .bind(c.state.as_str())
-        .bind(&c.last_error)
-        .bind(c.refresh_started_at)
-        .bind(c.last_refresh_at)
-        .bind(c.created_at)
-        .fetch_one(&self.pool)
-        .await?;
+        .bind(&c.provider);
+        let row = bind_state(query, c)
+            .bind(c.created_at)
+            .fetch_one(&self.pool)
+            .await?;
         Ok(row.try_get("generation")?)
     }
 
@@ -185,7 +174,7 @@ impl Store {
     /// in one durable transaction. Returns false, writing nothing, if the
     /// credential was replaced or removed since the refresh began.
     pub async fn save_outcome(&self, c: &Credential) -> Result<bool, StoreError> {
-        let done = sqlx::query(
+        let query = sqlx::query(
             "UPDATE credentials SET refresh_token = ?3, access_token = ?4, token_type = ?5,
                 scope = ?6, expires_at = ?7, lifetime_source = ?8, refresh_expires_at = ?9,
                 extra = ?10, state = ?11, last_error = ?12, refresh_started_at = ?13,
@@ -193,22 +182,11 @@ impl Store {
              WHERE name = ?1 AND generation = ?2",
         )
         .bind(&c.name)
-        .bind(c.generation)
-        .bind(c.refresh_token.as_ref().map(Secret::expose))
-        .bind(c.access_token.as_ref().map(Secret::expose))
-        .bind(&c.token_type)
-        .bind(&c.scope)
-        .bind(c.expires_at)
-        .bind(c.lifetime_source.map(LifetimeSource::as_str))
-        .bind(c.refresh_expires_at)
-        .bind(Value::Object(c.extra.clone()).to_string())
-        .bind(c.state.as_str())
-        .bind(&c.last_error)
-        .bind(c.refresh_started_at)
-        .bind(c.last_refresh_at)
-        .bind(c.updated_at)
-        .execute(&self.pool)
-        .await?;
+        .bind(c.generation);
+        let done = bind_state(query, c)
+            .bind(c.updated_at)
+            .execute(&self.pool)
+            .await?;
         Ok(done.rows_affected() == 1)
     }
 
@@ -319,6 +297,26 @@ fn prepare_file(path: &Path) -> std::io::Result<()> {
         }
         Err(e) => Err(e),
     }
+}
+
+type Query<'q> = sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments<'q>>;
+
+/// Binds parameters ?3 to ?14: the credential's tokens and state, in the
+/// column order both `replace` and `save_outcome` use.
+fn bind_state<'q>(query: Query<'q>, c: &'q Credential) -> Query<'q> {
+    query
+        .bind(c.refresh_token.as_ref().map(Secret::expose))
+        .bind(c.access_token.as_ref().map(Secret::expose))
+        .bind(&c.token_type)
+        .bind(&c.scope)
+        .bind(c.expires_at)
+        .bind(c.lifetime_source.map(LifetimeSource::as_str))
+        .bind(c.refresh_expires_at)
+        .bind(Value::Object(c.extra.clone()).to_string())
+        .bind(c.state.as_str())
+        .bind(&c.last_error)
+        .bind(c.refresh_started_at)
+        .bind(c.last_refresh_at)
 }
 
 fn from_row(row: &SqliteRow) -> Result<Credential, StoreError> {

@@ -125,16 +125,7 @@ impl Refresher {
         let (tx, commands) = mpsc::channel(1024);
         let (reports_tx, reports) = mpsc::unbounded_channel();
         let published = Arc::new(DashMap::new());
-        let provider_permits = config
-            .providers
-            .iter()
-            .map(|(name, p)| {
-                (
-                    name.clone(),
-                    Arc::new(Semaphore::new(p.max_concurrent_refreshes)),
-                )
-            })
-            .collect();
+        let provider_permits = provider_permits(&config);
         let mut r = Refresher {
             global_permits: Arc::new(Semaphore::new(config.daemon.max_concurrent_refreshes)),
             provider_permits,
@@ -255,16 +246,7 @@ impl Refresher {
     /// Applies a new configuration (see [`RefresherHandle::reload`]).
     fn reload(&mut self, config: Arc<Config>) {
         let now = now_ms();
-        self.provider_permits = config
-            .providers
-            .iter()
-            .map(|(name, p)| {
-                (
-                    name.clone(),
-                    Arc::new(Semaphore::new(p.max_concurrent_refreshes)),
-                )
-            })
-            .collect();
+        self.provider_permits = provider_permits(&config);
         if config.daemon.max_concurrent_refreshes != self.config.daemon.max_concurrent_refreshes {
             self.global_permits = Arc::new(Semaphore::new(config.daemon.max_concurrent_refreshes));
         }
@@ -826,6 +808,20 @@ impl Refresher {
             w.answer_after(&view, now, Some((&failure, &provider)));
         }
     }
+}
+
+/// One semaphore per provider, bounding its refreshes in flight.
+fn provider_permits(config: &Config) -> HashMap<String, Arc<Semaphore>> {
+    config
+        .providers
+        .iter()
+        .map(|(name, p)| {
+            (
+                name.clone(),
+                Arc::new(Semaphore::new(p.max_concurrent_refreshes)),
+            )
+        })
+        .collect()
 }
 
 fn missing_provider(provider: &str) -> String {
