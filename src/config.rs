@@ -16,6 +16,7 @@ use serde::Deserialize;
 use toml::Spanned;
 use url::Url;
 
+use crate::access::Grant;
 use crate::token::{RefreshTiming, ResponseFields, Secret};
 
 /// A validated configuration.
@@ -25,6 +26,22 @@ pub struct Config {
     pub daemon: DaemonConfig,
     /// Providers by name.
     pub providers: BTreeMap<String, Arc<ProviderConfig>>,
+    /// Per-credential readers (`[credentials.NAME] readers = [...]`),
+    /// overriding the provider's.
+    pub credentials: BTreeMap<String, Vec<Grant>>,
+}
+
+impl Config {
+    /// Who may read a credential: its own `readers` if configured, else its
+    /// provider's, else nobody but administrators.
+    pub fn readers<'a>(&'a self, credential: &str, provider: &str) -> &'a [Grant] {
+        if let Some(r) = self.credentials.get(credential) {
+            return r;
+        }
+        self.providers
+            .get(provider)
+            .map_or(&[], |p| p.readers.as_slice())
+    }
 }
 
 /// Daemon-wide settings.
@@ -44,6 +61,12 @@ pub struct DaemonConfig {
     pub retry_max: Duration,
     /// How long shutdown waits for in-flight refreshes to finish.
     pub shutdown_timeout: Duration,
+    /// Members of this group may administer: add, remove, refresh, list all.
+    pub admin_gid: Option<u32>,
+    /// Group given to the socket file when tokend binds it itself (mode 0660).
+    pub socket_gid: Option<u32>,
+    /// Where the database encryption key is, if configured.
+    pub encryption_key: Option<PathBuf>,
 }
 
 /// One token endpoint, described declaratively.
@@ -82,6 +105,9 @@ pub struct ProviderConfig {
     pub keepalive: Option<Duration>,
     /// Warn when the refresh token has less than this left to live.
     pub refresh_token_warning: Duration,
+    /// Who may read the tokens of this provider's credentials, unless a
+    /// `[credentials.NAME]` table says otherwise.
+    pub readers: Vec<Grant>,
 }
 
 /// Client authentication at the token endpoint (RFC 6749 §2.3).
@@ -285,6 +311,14 @@ struct RawTop {
     daemon: Option<Spanned<toml::Value>>,
     #[serde(default)]
     providers: BTreeMap<String, Spanned<toml::Value>>,
+    #[serde(default)]
+    credentials: BTreeMap<String, Spanned<toml::Value>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCredential {
+    readers: Vec<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -303,6 +337,10 @@ struct RawDaemon {
     default_lifetime: Option<RawDuration>,
     request_timeout: Option<RawDuration>,
     max_response_bytes: Option<usize>,
+    admin_group: Option<String>,
+    socket_group: Option<String>,
+    encryption_key_file: Option<PathBuf>,
+    encryption_key_credential: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -327,6 +365,7 @@ struct RawProvider {
     max_concurrent_refreshes: Option<usize>,
     keepalive: Option<RawDuration>,
     refresh_token_warning: Option<RawDuration>,
+    readers: Option<Vec<String>>,
 }
 
 #[derive(Deserialize)]
@@ -376,6 +415,32 @@ impl Collector<'_> {
             key: key.into(),
             message: message.into(),
         });
+    }
+
+    fn grants(&mut self, line: usize, key: &str, rules: &[String]) -> Vec<Grant> {
+        rules
+            .iter()
+            .filter_map(|r| {
+                Grant::parse(r)
+                    .map_err(|e| self.push(Some(line), key, e))
+                    .ok()
+            })
+            .collect()
+    }
+
+    fn group(&mut self, line: usize, key: &str, name: Option<&str>) -> Option<u32> {
+        let name = name?;
+        if let Ok(gid) = name.parse::<u32>() {
+            return Some(gid);
+        }
+        match Grant::parse(&format!("group:{name}")) {
+            Ok(Grant::Gid(gid)) => Some(gid),
+            Ok(_) => None,
+            Err(e) => {
+                self.push(Some(line), key, e);
+                None
+            }
+        }
     }
 
     fn duration(
@@ -435,8 +500,26 @@ pub fn parse_config(text: &str) -> Result<Config, ConfigErrors> {
             Err(e) => c.push(Some(line), key, e.message().trim().to_string()),
         }
     }
+    let mut credentials = BTreeMap::new();
+    for (name, value) in top.credentials {
+        let line = c.line_of(value.span().start);
+        let key = format!("credentials.{name}");
+        match value.into_inner().try_into::<RawCredential>() {
+            Ok(raw) => {
+                credentials.insert(
+                    name,
+                    c.grants(line, &format!("{key}.readers"), &raw.readers),
+                );
+            }
+            Err(e) => c.push(Some(line), key, e.message().trim().to_string()),
+        }
+    }
     if c.problems.is_empty() {
-        Ok(Config { daemon, providers })
+        Ok(Config {
+            daemon,
+            providers,
+            credentials,
+        })
     } else {
         c.problems.sort_by_key(|p| p.line);
         Err(ConfigErrors {
@@ -530,7 +613,33 @@ fn validate_daemon(
             "must be above zero and not above retry_max",
         );
     }
+    let encryption_key = match (&raw.encryption_key_file, &raw.encryption_key_credential) {
+        (Some(_), Some(_)) => {
+            c.push(
+                Some(line),
+                "daemon.encryption_key_file",
+                "give the encryption key one way only: encryption_key_file or encryption_key_credential",
+            );
+            None
+        }
+        (Some(file), None) => Some(file.clone()),
+        (None, Some(name)) => match std::env::var_os("CREDENTIALS_DIRECTORY") {
+            Some(dir) => Some(Path::new(&dir).join(name)),
+            None => {
+                c.push(
+                    Some(line),
+                    "daemon.encryption_key_credential",
+                    "$CREDENTIALS_DIRECTORY is not set: run under systemd with LoadCredential=, or use encryption_key_file",
+                );
+                None
+            }
+        },
+        (None, None) => None,
+    };
     let daemon = DaemonConfig {
+        admin_gid: c.group(line, "daemon.admin_group", raw.admin_group.as_deref()),
+        socket_gid: c.group(line, "daemon.socket_group", raw.socket_group.as_deref()),
+        encryption_key,
         socket: raw.socket,
         database: raw.database,
         timing,
@@ -664,6 +773,11 @@ fn validate_provider(
         raw.refresh_token_warning.as_ref(),
         Duration::from_secs(3 * 86_400),
     );
+    let readers = c.grants(
+        line,
+        &key("readers"),
+        raw.readers.as_deref().unwrap_or_default(),
+    );
     if raw.max_concurrent_refreshes == Some(0) {
         c.push(
             Some(line),
@@ -695,6 +809,7 @@ fn validate_provider(
         max_concurrent_refreshes: raw.max_concurrent_refreshes.unwrap_or(4),
         keepalive,
         refresh_token_warning,
+        readers,
     })
 }
 
@@ -1078,6 +1193,42 @@ client_scret = "typo"
             "[providers.a]\ntoken_url = \"https://a.example/t\"\nclient_id = \"x\"\nclient_secret_env = \"TOKEND_TEST_SURELY_UNSET\"\n",
         );
         assert!(p[0].message.contains("TOKEND_TEST_SURELY_UNSET is not set"));
+    }
+
+    #[test]
+    fn readers_per_provider_and_per_credential() {
+        let cfg = parse_config(
+            r#"
+            [daemon]
+            admin_group = "root"
+            socket_group = "0"
+            [providers.a]
+            token_url = "https://a.example/t"
+            client_id = "x"
+            client_secret = "s"
+            readers = ["uid:1000", "group:root", "unit:backup.service"]
+            [credentials.special]
+            readers = ["user:root"]
+            "#,
+        )
+        .unwrap();
+        assert_eq!(cfg.daemon.admin_gid, Some(0));
+        assert_eq!(cfg.daemon.socket_gid, Some(0));
+        assert_eq!(
+            cfg.readers("other", "a"),
+            [
+                Grant::Uid(1000),
+                Grant::Gid(0),
+                Grant::Unit("backup.service".into())
+            ]
+        );
+        assert_eq!(cfg.readers("special", "a"), [Grant::Uid(0)]);
+        assert!(cfg.readers("x", "unknown").is_empty());
+        let p = problems("[credentials.c]\nreaders = [\"user:surely-nobody-here\"]\n");
+        assert_eq!(
+            (p[0].line, p[0].key.as_str()),
+            (Some(1), "credentials.c.readers")
+        );
     }
 
     #[test]

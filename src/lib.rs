@@ -3,6 +3,7 @@
 
 #![warn(missing_docs)]
 
+pub mod access;
 pub mod api;
 pub mod cli;
 pub mod client;
