@@ -80,6 +80,9 @@ pub struct ProviderConfig {
     pub client_id: Option<String>,
     /// OAuth client secret (password), resolved from wherever it was given.
     pub client_secret: Option<Secret>,
+    /// The secret is written in the configuration file itself, which must
+    /// then not be world-readable.
+    pub inline_secret: bool,
     /// How the client authenticates to the token endpoint.
     pub client_auth: ClientAuth,
     /// Scope to request on refresh, if any (`{scope}` in templates).
@@ -792,6 +795,7 @@ fn validate_provider(
         name: name.to_string(),
         token_url: token_url?,
         client_id: raw.client_id,
+        inline_secret: raw.client_secret.is_some(),
         client_secret,
         client_auth,
         scope: raw.scope,

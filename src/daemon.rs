@@ -4,7 +4,7 @@
 //! configuration; SIGTERM or SIGINT stop accepting, let in-flight refreshes
 //! finish (bounded), close the database and remove the socket.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -63,6 +63,7 @@ pub async fn run(opts: DaemonOptions) -> anyhow::Result<()> {
     ])
     .context("cannot install signal handlers")?;
 
+    check_files(config_path.as_deref(), &config, &database)?;
     let store = Store::open(&database).await?;
     let creds = store.load_all().await?;
     let client = ProviderClient::new().context("cannot build the HTTP client")?;
@@ -113,6 +114,44 @@ pub async fn run(opts: DaemonOptions) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Refuses to run with secrets exposed by file modes: a world-readable
+/// configuration file holding an inline client secret, or a database
+/// directory others may write to (they could swap the database).
+fn check_files(config_path: Option<&Path>, config: &Config, database: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    if let Some(path) = config_path {
+        let inline: Vec<&str> = config
+            .providers
+            .values()
+            .filter(|p| p.inline_secret)
+            .map(|p| p.name.as_str())
+            .collect();
+        let mode = std::fs::metadata(path)?.permissions().mode();
+        if !inline.is_empty() && mode & 0o004 != 0 {
+            anyhow::bail!(
+                "{} holds client secrets (providers {}) but is readable by every user (mode {:o}); run `chmod o-r {}`, or move the secrets to client_secret_file or client_secret_credential",
+                path.display(),
+                inline.join(", "),
+                mode & 0o777,
+                path.display()
+            );
+        }
+    }
+    let dir = database.parent().filter(|d| !d.as_os_str().is_empty());
+    if let Some(meta) = dir.and_then(|d| std::fs::metadata(d).ok()) {
+        let mode = meta.permissions().mode();
+        // World-writable without the sticky bit: anyone could replace the file.
+        if mode & 0o002 != 0 && mode & 0o1000 == 0 {
+            anyhow::bail!(
+                "the database directory {} is writable by every user (mode {:o}); run `chmod o-w` on it or choose another database path",
+                dir.map(|d| d.display().to_string()).unwrap_or_default(),
+                mode & 0o7777
+            );
+        }
+    }
+    Ok(())
+}
+
 /// The API socket: inherited from systemd (socket activation), or bound at
 /// the configured or default path. The returned guard removes a socket we
 /// bound ourselves.
@@ -135,7 +174,7 @@ async fn listen(
         .clone()
         .or_else(|| config.daemon.socket.clone())
         .unwrap_or_else(paths::default_socket);
-    let (listener, guard) = server::bind(&path).await?;
+    let (listener, guard) = server::bind(&path, config.daemon.socket_gid).await?;
     Ok((listener, Some(guard), path.display().to_string()))
 }
 

@@ -42,11 +42,13 @@ pub enum Kind {
     NoRefreshToken,
     /// A refresh token is close to its stated expiry.
     RefreshTokenExpiring,
+    /// A client was refused a token or an operation.
+    AccessDenied,
 }
 
 impl Kind {
     /// Every kind, for documentation and tests.
-    pub const ALL: [Kind; 16] = [
+    pub const ALL: [Kind; 17] = [
         Kind::Started,
         Kind::Stopping,
         Kind::Reloaded,
@@ -63,6 +65,7 @@ impl Kind {
         Kind::CommitRecovered,
         Kind::NoRefreshToken,
         Kind::RefreshTokenExpiring,
+        Kind::AccessDenied,
     ];
 
     /// The short name, logged as `tokend_event`.
@@ -84,6 +87,7 @@ impl Kind {
             Kind::CommitRecovered => "commit_recovered",
             Kind::NoRefreshToken => "no_refresh_token",
             Kind::RefreshTokenExpiring => "refresh_token_expiring",
+            Kind::AccessDenied => "access_denied",
         }
     }
 
@@ -107,6 +111,7 @@ impl Kind {
             Kind::CommitRecovered => "c32244a1b09649678f4bd0576872c6a1",
             Kind::NoRefreshToken => "5472e4bf01b14d79909d6341550feee0",
             Kind::RefreshTokenExpiring => "09fc360a6ace4febba500d5434074ffd",
+            Kind::AccessDenied => "8c1f7d3e52a94b0e9d6a41c2b7e0f358",
         }
     }
 }

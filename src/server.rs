@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Path as UrlPath, Query, State};
+use axum::extract::{DefaultBodyLimit, Extension, Path as UrlPath, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -29,7 +29,10 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::access::Peer;
 use crate::api::{CredentialStatus, ErrorBody, ExchangeCode, Health, PutCredential, TokenResponse};
+use crate::event;
+use crate::events::Kind;
 use crate::refresh::{ExchangeRequest, NewCredential, RefreshError, RefresherHandle};
 use crate::token::Secret;
 
@@ -75,8 +78,12 @@ impl Drop for SocketFile {
     }
 }
 
-/// Binds the API socket at `path` with mode 0660.
-pub async fn bind(path: &Path) -> Result<(UnixListener, SocketFile), ServerError> {
+/// Binds the API socket at `path` with mode 0660 and, if given, group `gid`
+/// (the readers' group).
+pub async fn bind(
+    path: &Path,
+    gid: Option<u32>,
+) -> Result<(UnixListener, SocketFile), ServerError> {
     let bind_err = |reason| ServerError::Bind {
         path: path.to_path_buf(),
         reason,
@@ -110,6 +117,9 @@ pub async fn bind(path: &Path) -> Result<(UnixListener, SocketFile), ServerError
         path: path.to_path_buf(),
     };
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660)).map_err(bind_err)?;
+    if let Some(gid) = gid {
+        std::os::unix::fs::chown(path, None, Some(gid)).map_err(bind_err)?;
+    }
     Ok((listener, guard))
 }
 
@@ -167,7 +177,15 @@ pub async fn serve(listener: UnixListener, router: Router, cancel: CancellationT
             );
             continue;
         };
-        let service = TowerToHyperService::new(router.clone());
+        // Who is calling, from the kernel: every handler authorizes on it.
+        let peer = match Peer::of(&stream) {
+            Ok(peer) => Arc::new(peer),
+            Err(e) => {
+                tracing::warn!(tokend_error = %e, "cannot read the peer's credentials; closing the connection");
+                continue;
+            }
+        };
+        let service = TowerToHyperService::new(router.clone().layer(Extension(peer)));
         let cancel = cancel.clone();
         connections.spawn(async move {
             let _slot = slot;
@@ -242,6 +260,59 @@ impl From<RefreshError> for ApiError {
 
 type ApiResult<T> = Result<T, ApiError>;
 
+/// The caller, attached to every request by [`serve`].
+type Caller = Extension<Arc<Peer>>;
+
+fn forbidden(peer: &Peer, what: &str, credential: Option<&str>, message: String) -> ApiError {
+    event!(
+        warn,
+        Kind::AccessDenied,
+        tokend_credential = credential.unwrap_or("-"),
+        tokend_peer_uid = peer.uid,
+        tokend_peer_pid = peer.pid.unwrap_or(0),
+        tokend_peer_unit = peer.unit.as_deref().unwrap_or("-"),
+        tokend_operation = what,
+        "access denied"
+    );
+    ApiError::new(StatusCode::FORBIDDEN, "forbidden", message)
+}
+
+/// The caller may read this credential's token or state.
+fn authorize_read(h: &RefresherHandle, peer: &Peer, name: &str) -> ApiResult<()> {
+    let view = h
+        .view(name)
+        .ok_or_else(|| RefreshError::NotFound(name.to_string()))?;
+    h.policy()
+        .may_read(peer, &view.readers)
+        .map_err(|m| forbidden(peer, "read", Some(name), m))
+}
+
+/// The caller may change credentials or see all of them.
+fn authorize_admin(
+    h: &RefresherHandle,
+    peer: &Peer,
+    what: &str,
+    name: Option<&str>,
+) -> ApiResult<()> {
+    let policy = h.policy();
+    if policy.is_admin(peer) {
+        return Ok(());
+    }
+    let group = policy.admin_gid.map_or(String::new(), |g| {
+        format!(", members of group {g} (admin_group)")
+    });
+    Err(forbidden(
+        peer,
+        what,
+        name,
+        format!(
+            "{} may not {what}: only root, the daemon's uid {}{group} may",
+            peer.describe(),
+            policy.daemon_uid
+        ),
+    ))
+}
+
 async fn health(State(h): State<RefresherHandle>) -> Json<Health> {
     Json(Health {
         status: "ok".into(),
@@ -257,10 +328,12 @@ struct TokenQuery {
 
 async fn get_token(
     State(h): State<RefresherHandle>,
+    Extension(peer): Caller,
     UrlPath(name): UrlPath<String>,
     Query(q): Query<TokenQuery>,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
+    authorize_read(&h, &peer, &name)?;
     let view = h
         .token(&name, Duration::from_secs(q.min_valid.unwrap_or(0)))
         .await?;
@@ -291,10 +364,16 @@ fn wants_text(headers: &HeaderMap) -> bool {
     accept.contains("text/plain") && !accept.contains("application/json")
 }
 
-async fn list_credentials(State(h): State<RefresherHandle>) -> Json<Vec<CredentialStatus>> {
+/// Administrators see every credential; anyone else those they may read.
+async fn list_credentials(
+    State(h): State<RefresherHandle>,
+    Extension(peer): Caller,
+) -> Json<Vec<CredentialStatus>> {
+    let policy = h.policy();
     Json(
         h.list()
             .iter()
+            .filter(|v| policy.may_read(&peer, &v.readers).is_ok())
             .map(|v| CredentialStatus::from(&**v))
             .collect(),
     )
@@ -302,8 +381,10 @@ async fn list_credentials(State(h): State<RefresherHandle>) -> Json<Vec<Credenti
 
 async fn get_credential(
     State(h): State<RefresherHandle>,
+    Extension(peer): Caller,
     UrlPath(name): UrlPath<String>,
 ) -> ApiResult<Json<CredentialStatus>> {
+    authorize_read(&h, &peer, &name)?;
     let view = h.view(&name).ok_or(RefreshError::NotFound(name))?;
     Ok(Json(CredentialStatus::from(&*view)))
 }
@@ -331,9 +412,11 @@ fn check_name(name: &str) -> ApiResult<()> {
 
 async fn put_credential(
     State(h): State<RefresherHandle>,
+    Extension(peer): Caller,
     UrlPath(name): UrlPath<String>,
     body: Bytes,
 ) -> ApiResult<(StatusCode, Json<CredentialStatus>)> {
+    authorize_admin(&h, &peer, "add credentials", Some(&name))?;
     check_name(&name)?;
     let req: PutCredential = parse_body(&body)?;
     if req.refresh_token.trim().is_empty() {
@@ -362,9 +445,11 @@ async fn put_credential(
 
 async fn exchange(
     State(h): State<RefresherHandle>,
+    Extension(peer): Caller,
     UrlPath(name): UrlPath<String>,
     body: Bytes,
 ) -> ApiResult<(StatusCode, Json<CredentialStatus>)> {
+    authorize_admin(&h, &peer, "add credentials", Some(&name))?;
     check_name(&name)?;
     let req: ExchangeCode = parse_body(&body)?;
     let view = h
@@ -381,16 +466,20 @@ async fn exchange(
 
 async fn refresh(
     State(h): State<RefresherHandle>,
+    Extension(peer): Caller,
     UrlPath(name): UrlPath<String>,
 ) -> ApiResult<Json<CredentialStatus>> {
+    authorize_admin(&h, &peer, "refresh credentials", Some(&name))?;
     let view = h.refresh_now(&name).await?;
     Ok(Json(CredentialStatus::from(&*view)))
 }
 
 async fn delete_credential(
     State(h): State<RefresherHandle>,
+    Extension(peer): Caller,
     UrlPath(name): UrlPath<String>,
 ) -> ApiResult<StatusCode> {
+    authorize_admin(&h, &peer, "remove credentials", Some(&name))?;
     h.remove(&name).await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -31,6 +31,8 @@ pub struct View {
     /// Something the operator should know although the credential works
     /// (a refresh token about to expire).
     pub warning: Option<String>,
+    /// Who may read its token (besides administrators).
+    pub readers: Vec<crate::access::Grant>,
 }
 
 impl View {
@@ -224,9 +226,18 @@ pub fn summary<'a>(views: impl Iterator<Item = &'a View>, now: i64) -> String {
 pub struct RefresherHandle {
     pub(super) tx: mpsc::Sender<Command>,
     pub(super) published: Arc<DashMap<String, Arc<View>>>,
+    pub(super) policy: Arc<std::sync::RwLock<crate::access::Policy>>,
 }
 
 impl RefresherHandle {
+    /// Who administers (as of the last configuration load).
+    pub fn policy(&self) -> crate::access::Policy {
+        self.policy
+            .read()
+            .map(|p| p.clone())
+            .unwrap_or_else(|poisoned| poisoned.into_inner().clone())
+    }
+
     /// The current view of one credential, without asking the owner.
     pub fn view(&self, name: &str) -> Option<Arc<View>> {
         self.published.get(name).map(|v| Arc::clone(v.value()))
@@ -339,6 +350,7 @@ mod tests {
             refreshing: false,
             uncommitted: false,
             warning: None,
+            readers: Vec::new(),
         }
     }
 

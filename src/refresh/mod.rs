@@ -88,6 +88,7 @@ struct Entry {
     /// Consecutive failed commits.
     commit_attempt: u32,
     warning: Option<String>,
+    readers: Vec<crate::access::Grant>,
     waiters: Vec<Waiter>,
 }
 
@@ -110,6 +111,8 @@ pub struct Refresher {
     cancel: CancellationToken,
     /// Something changed since the service manager's status line was sent.
     status_dirty: std::cell::Cell<bool>,
+    /// Shared with the handle: who administers.
+    policy: Arc<std::sync::RwLock<crate::access::Policy>>,
 }
 
 impl Refresher {
@@ -126,7 +129,11 @@ impl Refresher {
         let (reports_tx, reports) = mpsc::unbounded_channel();
         let published = Arc::new(DashMap::new());
         let provider_permits = provider_permits(&config);
+        let policy = Arc::new(std::sync::RwLock::new(
+            crate::access::Policy::for_this_process(config.daemon.admin_gid),
+        ));
         let mut r = Refresher {
+            policy: Arc::clone(&policy),
             global_permits: Arc::new(Semaphore::new(config.daemon.max_concurrent_refreshes)),
             provider_permits,
             config,
@@ -147,7 +154,14 @@ impl Refresher {
         for cred in creds {
             r.load(cred, now);
         }
-        (r, RefresherHandle { tx, published })
+        (
+            r,
+            RefresherHandle {
+                tx,
+                published,
+                policy,
+            },
+        )
     }
 
     fn load(&mut self, cred: Credential, now: i64) {
@@ -180,6 +194,7 @@ impl Refresher {
             .then(|| self.due_at(provider.as_deref(), &cred, now));
         Entry {
             warning: job::refresh_token_warning(provider.as_deref(), &cred, now),
+            readers: self.config.readers(&cred.name, &cred.provider).to_vec(),
             cred,
             provider,
             paused,
@@ -247,6 +262,9 @@ impl Refresher {
     fn reload(&mut self, config: Arc<Config>) {
         let now = now_ms();
         self.provider_permits = provider_permits(&config);
+        if let Ok(mut policy) = self.policy.write() {
+            *policy = crate::access::Policy::for_this_process(config.daemon.admin_gid);
+        }
         if config.daemon.max_concurrent_refreshes != self.config.daemon.max_concurrent_refreshes {
             self.global_permits = Arc::new(Semaphore::new(config.daemon.max_concurrent_refreshes));
         }
@@ -855,6 +873,7 @@ impl Entry {
             refreshing: self.in_flight,
             uncommitted: self.uncommitted,
             warning: self.warning.clone(),
+            readers: self.readers.clone(),
         }
     }
 

@@ -10,7 +10,7 @@ use tokend::events::Kind;
 use tokio::process::Command;
 
 use crate::support::fake_provider::{FakeConfig, FakeProvider, Fault, Flavor};
-use crate::support::{cli_at, provider_toml, wait_until, FAST_DAEMON};
+use crate::support::{cli_at, provider_toml, wait_until, write_private, FAST_DAEMON};
 
 /// `journalctl -D DIR -o json MATCHES...`, one JSON object per entry.
 async fn journal(dir: &std::path::Path, matches: &[&str]) -> Vec<Value> {
@@ -42,15 +42,14 @@ async fn journald_gets_structured_events_with_priorities_and_no_secrets() {
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("tokend.sock");
     let config = dir.path().join("config.toml");
-    std::fs::write(
+    write_private(
         &config,
-        format!(
+        &format!(
             "[daemon]\nsocket = {socket:?}\ndatabase = {:?}\n{FAST_DAEMON}\n{}",
             dir.path().join("tokend.db"),
             provider_toml("p", &fake)
         ),
-    )
-    .unwrap();
+    );
     let wrapper = concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/tests/it/support/journald-wrapper.sh"

@@ -4,6 +4,7 @@
 
 mod support;
 
+mod access;
 mod cli;
 mod crash;
 mod faults;

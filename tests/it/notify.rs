@@ -10,7 +10,7 @@ use tokio::net::UnixDatagram;
 use tokio::process::Command;
 
 use crate::support::fake_provider::{FakeConfig, FakeProvider, Flavor};
-use crate::support::provider_toml;
+use crate::support::{provider_toml, write_private};
 use tokend::client::Client;
 
 /// The next notification, as its `KEY=VALUE` lines.
@@ -58,15 +58,14 @@ async fn notify_watchdog_status_reload_and_stop_under_socket_activation() {
     let notify_path = dir.path().join("notify.sock");
     let notify = UnixDatagram::bind(&notify_path).unwrap();
     let config = dir.path().join("config.toml");
-    std::fs::write(
+    write_private(
         &config,
-        format!(
+        &format!(
             "[daemon]\ndatabase = {:?}\n{}",
             dir.path().join("tokend.db"),
             provider_toml("p", &fake)
         ),
-    )
-    .unwrap();
+    );
     let child = Command::new("systemd-socket-activate")
         .arg("-l")
         .arg(&api)

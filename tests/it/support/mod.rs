@@ -200,14 +200,13 @@ impl Daemon {
     /// Rewrites the configuration file: `[daemon]` + `daemon_extra` + `providers`,
     /// keeping this daemon's socket and database.
     pub fn write_config(&self, daemon_extra: &str, providers: &str) {
-        std::fs::write(
+        write_private(
             &self.config,
-            format!(
+            &format!(
                 "[daemon]\nsocket = {:?}\ndatabase = {:?}\n{daemon_extra}\n{providers}",
                 self.socket, self.database
             ),
-        )
-        .expect("write config");
+        );
     }
 
     /// Whether the daemon process is still running (not exited, not killed).
@@ -259,6 +258,14 @@ impl Daemon {
             assert!(leaks.is_empty(), "secrets in the daemon log: {leaks:?}");
         }
     }
+}
+
+/// Writes a file only its owner may read: configuration files hold client
+/// secrets, and tokend refuses a world-readable one.
+pub fn write_private(path: &Path, contents: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, contents).expect("write file");
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
 }
 
 /// Runs the CLI against the socket at `socket`.
