@@ -4,7 +4,10 @@
 
 use serde::{Deserialize, Serialize};
 
+use std::fmt;
+
 use crate::refresh::View;
+use crate::token::fingerprint;
 use crate::token::now_ms;
 
 /// `GET /v1/tokens/{name}`:
@@ -16,7 +19,7 @@ use crate::token::now_ms;
 ///
 /// A credential that needs re-authorization or is paused still serves its
 /// unexpired token, with `state` saying so and `warning` saying what to do.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 pub struct TokenResponse {
     /// Credential name.
     pub name: String,
@@ -148,7 +151,7 @@ impl From<&View> for CredentialStatus {
 /// ```json
 /// {"provider":"didit","refresh_token":"8xLOxBtZp8"}
 /// ```
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PutCredential {
     /// Provider name from the configuration.
@@ -171,7 +174,7 @@ pub struct PutCredential {
 /// ```json
 /// {"provider":"didit","code":"abc","redirect_uri":"https://app/cb","code_verifier":"..."}
 /// ```
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ExchangeCode {
     /// Provider name from the configuration.
@@ -205,4 +208,86 @@ pub struct Health {
     pub credentials: usize,
     /// Daemon version.
     pub version: String,
+}
+
+// The types that carry secrets print fingerprints, never values, so a stray
+// `{:?}` in a log line or a panic message cannot leak them.
+
+fn redacted(value: &str) -> String {
+    format!("<{}>", fingerprint(value))
+}
+
+impl fmt::Debug for TokenResponse {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TokenResponse")
+            .field("name", &self.name)
+            .field("access_token", &redacted(&self.access_token))
+            .field("token_type", &self.token_type)
+            .field("expires_at", &self.expires_at)
+            .field("state", &self.state)
+            .field("id_token", &self.id_token.as_deref().map(redacted))
+            .finish_non_exhaustive()
+    }
+}
+
+impl fmt::Debug for PutCredential {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PutCredential")
+            .field("provider", &self.provider)
+            .field("refresh_token", &redacted(&self.refresh_token))
+            .field("access_token", &self.access_token.as_deref().map(redacted))
+            .field("expires_in", &self.expires_in)
+            .field("scope", &self.scope)
+            .finish()
+    }
+}
+
+impl fmt::Debug for ExchangeCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ExchangeCode")
+            .field("provider", &self.provider)
+            .field("code", &redacted(&self.code))
+            .field("redirect_uri", &self.redirect_uri)
+            .field(
+                "code_verifier",
+                &self.code_verifier.as_deref().map(redacted),
+            )
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_output_never_shows_secrets() {
+        let put = PutCredential {
+            provider: "p".into(),
+            refresh_token: "rt-very-secret".into(),
+            access_token: Some("at-very-secret".into()),
+            expires_in: Some(60),
+            scope: None,
+        };
+        let code = ExchangeCode {
+            provider: "p".into(),
+            code: "code-very-secret".into(),
+            redirect_uri: "https://app/cb".into(),
+            code_verifier: Some("verifier-very-secret".into()),
+        };
+        let token = TokenResponse {
+            name: "c".into(),
+            access_token: "at-very-secret".into(),
+            token_type: "Bearer".into(),
+            expires_at: 0,
+            expires_in: 0,
+            scope: None,
+            id_token: Some("idt-very-secret".into()),
+            state: "active".into(),
+            warning: None,
+        };
+        let all = format!("{put:?} {code:?} {token:?} {put:#?}");
+        assert!(!all.contains("very-secret"), "{all}");
+        assert!(all.contains("sha256:"));
+    }
 }

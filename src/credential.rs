@@ -65,8 +65,10 @@ impl LifetimeSource {
     }
 }
 
-/// One credential as stored. Times are Unix milliseconds.
-#[derive(Debug, Clone)]
+/// One credential as stored. Times are Unix milliseconds. Its `Debug` shows
+/// fingerprints of the tokens and only the keys of `extra` (which holds the
+/// id_token).
+#[derive(Clone)]
 pub struct Credential {
     /// Unique name chosen by the operator.
     pub name: String,
@@ -102,6 +104,22 @@ pub struct Credential {
     pub created_at: i64,
     /// When the row last changed.
     pub updated_at: i64,
+}
+
+impl fmt::Debug for Credential {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Credential")
+            .field("name", &self.name)
+            .field("provider", &self.provider)
+            .field("generation", &self.generation)
+            .field("refresh_token", &self.refresh_token)
+            .field("access_token", &self.access_token)
+            .field("expires_at", &self.expires_at)
+            .field("extra_keys", &self.extra.keys().collect::<Vec<_>>())
+            .field("state", &self.state)
+            .field("last_error", &self.last_error)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Credential {
@@ -231,6 +249,20 @@ mod tests {
             LifetimeSource::ExpiresIn,
         );
         assert_eq!(c.refresh_expires_at, None);
+    }
+
+    #[test]
+    fn debug_shows_no_token_and_no_id_token() {
+        let mut c = Credential::new("c", "p", Some(Secret::new("rt-very-secret")), 0);
+        c.apply(
+            set(r#"{"access_token":"at-very-secret","id_token":"idt-very-secret"}"#),
+            0,
+            1,
+            LifetimeSource::ExpiresIn,
+        );
+        let shown = format!("{c:?}");
+        assert!(!shown.contains("very-secret"), "{shown}");
+        assert!(shown.contains("id_token"), "{shown}");
     }
 
     #[test]
