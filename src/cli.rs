@@ -1,6 +1,7 @@
 //! The command line (clap): `tokend daemon` runs the service; every other
 //! command talks to a running daemon over its socket, except `check-config`,
-//! which only reads the configuration. Exit codes: 0 success, 1 failure
+//! which only reads the configuration, and `rekey`, which re-encrypts the
+//! database while the daemon is stopped. Exit codes: 0 success, 1 failure
 //! (no token, daemon unreachable...), 2 usage or configuration error.
 
 use std::io::{IsTerminal, Read};
@@ -111,6 +112,28 @@ pub enum Command {
         /// The file [default: the daemon's default configuration path].
         file: Option<PathBuf>,
     },
+    /// Re-encrypt every stored token under a new key (or decrypt them), in
+    /// one transaction. Stop the daemon first: a database in use is refused.
+    #[command(group(clap::ArgGroup::new("target").required(true).args(["new_key", "decrypt"])))]
+    Rekey {
+        /// Configuration file naming the database and the current key
+        /// [default: the daemon's default; may be absent].
+        #[arg(long, short, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// Database file, overriding the configuration.
+        #[arg(long, value_name = "FILE")]
+        database: Option<PathBuf>,
+        /// The current key file, overriding the configuration (plaintext
+        /// rows need none).
+        #[arg(long, value_name = "FILE")]
+        key: Option<PathBuf>,
+        /// The new key file: 32 raw bytes, 64 hex digits or base64.
+        #[arg(long, value_name = "FILE")]
+        new_key: Option<PathBuf>,
+        /// Store the tokens unencrypted instead.
+        #[arg(long)]
+        decrypt: bool,
+    },
 }
 
 /// Parses arguments, runs the command, and maps the outcome to an exit code.
@@ -208,6 +231,23 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::CheckConfig { file } => check_config(file),
+        Command::Rekey {
+            config,
+            database,
+            key,
+            new_key,
+            ..
+        } => {
+            let report = daemon::rekey(daemon::RekeyOptions {
+                config,
+                database,
+                key,
+                new_key,
+            })
+            .await?;
+            println!("{report}");
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 

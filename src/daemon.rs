@@ -18,8 +18,9 @@ use crate::events::Kind;
 use crate::paths;
 use crate::provider::ProviderClient;
 use crate::refresh::{summary, Refresher, RefresherHandle};
+use crate::seal::{self, Key};
 use crate::server;
-use crate::store::Store;
+use crate::store::{Rekeyed, Store};
 use crate::systemd;
 use crate::token::now_ms;
 
@@ -64,8 +65,15 @@ pub async fn run(opts: DaemonOptions) -> anyhow::Result<()> {
     .context("cannot install signal handlers")?;
 
     check_files(config_path.as_deref(), &config, &database)?;
-    let store = Store::open(&database).await?;
-    let creds = store.load_all().await?;
+    let key = encryption_key(&config)?;
+    let store = Store::open_with(&database, key).await?;
+    let creds = match store.load_all().await {
+        Ok(creds) => creds,
+        Err(e) => {
+            store.close().await;
+            return Err(e.into());
+        }
+    };
     let client = ProviderClient::new().context("cannot build the HTTP client")?;
     let cancel = CancellationToken::new();
     let (refresher, handle) = Refresher::new(
@@ -211,6 +219,11 @@ async fn reload(opts: &DaemonOptions, handle: &RefresherHandle, running: &Config
             {
                 tracing::warn!("socket and database paths change only on restart");
             }
+            if config.daemon.encryption_key != running.daemon.encryption_key {
+                tracing::warn!(
+                    "the database encryption key changes only with `tokend rekey` and a restart"
+                );
+            }
             let providers = config.providers.len();
             match handle.reload(Arc::new(config)).await {
                 Ok(()) => event!(
@@ -232,4 +245,93 @@ async fn reload(opts: &DaemonOptions, handle: &RefresherHandle, running: &Config
             "new configuration rejected; keeping the old one"
         ),
     }
+}
+
+/// The database encryption key: the configured one, else the systemd
+/// credential `tokend-db-key` if the unit loads one, else none (logged, with
+/// how to turn encryption on).
+fn encryption_key(config: &Config) -> anyhow::Result<Option<Key>> {
+    match seal::resolve(config.daemon.encryption_key.as_deref())? {
+        Some(found) => {
+            tracing::info!(
+                tokend_key = found.key.id(),
+                "tokens are encrypted at rest with the key in {}{}",
+                found.path.display(),
+                if found.automatic {
+                    " (the tokend-db-key credential)"
+                } else {
+                    ""
+                }
+            );
+            Ok(Some(found.key))
+        }
+        None => {
+            tracing::info!(
+                "tokens are stored unencrypted in the database (mode 0600); to encrypt them, give a key with encryption_key_file or encryption_key_credential in [daemon], or load the systemd credential tokend-db-key (see README, Encryption at rest)"
+            );
+            Ok(None)
+        }
+    }
+}
+
+/// What `tokend rekey` works on.
+#[derive(Debug, Clone, Default)]
+pub struct RekeyOptions {
+    /// Configuration file naming the database and the current key; `None`
+    /// means the default path, which may be absent.
+    pub config: Option<PathBuf>,
+    /// Database path overriding the configuration.
+    pub database: Option<PathBuf>,
+    /// Current key file, overriding the configuration.
+    pub key: Option<PathBuf>,
+    /// New key file; `None` decrypts.
+    pub new_key: Option<PathBuf>,
+}
+
+/// Re-seals every token in the database under a new key (or none), with the
+/// daemon stopped. Returns a one-line report.
+pub async fn rekey(opts: RekeyOptions) -> anyhow::Result<String> {
+    // The configuration is needed only for what the command line leaves out.
+    let config = if opts.config.is_some() || opts.key.is_none() || opts.database.is_none() {
+        load(&DaemonOptions {
+            config: opts.config.clone(),
+            ..DaemonOptions::default()
+        })?
+        .0
+    } else {
+        Config::default()
+    };
+    let database = opts
+        .database
+        .clone()
+        .or_else(|| config.daemon.database.clone())
+        .unwrap_or_else(paths::default_database);
+    if !database.exists() {
+        anyhow::bail!(
+            "no database at {}: nothing to rekey (give --database FILE)",
+            database.display()
+        );
+    }
+    let old = match &opts.key {
+        Some(path) => Some(Key::load(path)?),
+        None => seal::resolve(config.daemon.encryption_key.as_deref())?.map(|k| k.key),
+    };
+    let new = opts.new_key.as_deref().map(Key::load).transpose()?;
+    let Rekeyed {
+        credentials,
+        were_sealed,
+        were_plaintext,
+    } = Store::rekey(&database, old.as_ref(), new.as_ref()).await?;
+    let was = format!("{were_sealed} were encrypted, {were_plaintext} plaintext");
+    Ok(match &new {
+        Some(k) => format!(
+            "{}: {credentials} credential(s) re-encrypted with key {} ({was}); configure that key before starting the daemon",
+            database.display(),
+            k.id()
+        ),
+        None => format!(
+            "{}: {credentials} credential(s) decrypted ({was}); tokens are now stored unencrypted: remove the key (encryption_key_file, encryption_key_credential, the tokend-db-key credential) before starting the daemon, or it encrypts them again",
+            database.display()
+        ),
+    })
 }

@@ -15,6 +15,7 @@ pub mod logging;
 pub mod paths;
 pub mod provider;
 pub mod refresh;
+pub mod seal;
 pub mod server;
 pub mod store;
 pub mod systemd;

@@ -6,20 +6,29 @@
 //! before the access token that came with it is served. Queries are runtime
 //! `sqlx::query` calls mapped by hand, so no `.sqlx/` offline data is needed
 //! to build.
+//!
+//! With a key ([`Store::open_with`]), the refresh token, the access token and
+//! the `id_token` kept in `extra` are sealed on every write and opened on
+//! every read (see [`crate::seal`]); plaintext values written before a key
+//! was configured are read as they are and sealed on their next write.
+//! Deleted content is overwritten (`secure_delete`), so a value replaced by
+//! its sealed form does not linger in the file's free space.
 
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{Map, Value};
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
-    SqliteSynchronous,
+    SqliteConnectOptions, SqliteJournalMode, SqliteLockingMode, SqlitePool, SqlitePoolOptions,
+    SqliteRow, SqliteSynchronous,
 };
-use sqlx::Row;
+use sqlx::{Connection, Row};
 
 use crate::credential::{Credential, State};
+use crate::seal::{self, Key, SealError};
 use crate::token::{LifetimeSource, Secret};
 
 /// Errors from the store.
@@ -63,6 +72,33 @@ pub enum StoreError {
         /// What is wrong.
         reason: String,
     },
+    /// A sealed token cannot be opened: no key, another key, or altered.
+    #[error("credential {name}: {column} is {reason}")]
+    Sealed {
+        /// The credential.
+        name: String,
+        /// The column (`refresh_token`, `access_token`, `id_token`).
+        column: &'static str,
+        /// Why it does not open.
+        reason: SealError,
+    },
+    /// Another process holds the database (a running daemon, another rekey).
+    #[error("{path} is in use by another process (a running tokend daemon, or `tokend rekey`): stop the daemon first (e.g. `systemctl stop tokend`) and try again; nothing was changed")]
+    InUse {
+        /// The database path.
+        path: PathBuf,
+    },
+}
+
+/// What [`Store::rekey`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rekeyed {
+    /// Credentials rewritten.
+    pub credentials: usize,
+    /// Of those, how many held sealed values before.
+    pub were_sealed: usize,
+    /// Of those, how many held plaintext values before (and no sealed one).
+    pub were_plaintext: usize,
 }
 
 // By hand rather than `#[from]`, which would also make the cause the error's
@@ -77,14 +113,20 @@ impl From<sqlx::Error> for StoreError {
 #[derive(Clone, Debug)]
 pub struct Store {
     pool: SqlitePool,
+    key: Option<Arc<Key>>,
 }
 
 impl Store {
-    /// Opens (creating with mode 0600 if needed) and migrates the database.
-    /// An existing file is inspected read-only first: a corrupt file, another
-    /// program's database or one written by a newer tokend is refused
-    /// without being modified.
+    /// Opens (creating with mode 0600 if needed) and migrates the database,
+    /// writing tokens unencrypted. An existing file is inspected read-only
+    /// first: a corrupt file, another program's database or one written by a
+    /// newer tokend is refused without being modified.
     pub async fn open(path: &Path) -> Result<Store, StoreError> {
+        Store::open_with(path, None).await
+    }
+
+    /// As [`Store::open`], sealing tokens under `key` when there is one.
+    pub async fn open_with(path: &Path, key: Option<Key>) -> Result<Store, StoreError> {
         inspect_existing(path).await?;
         prepare_file(path).map_err(|reason| StoreError::Prepare {
             path: path.to_path_buf(),
@@ -98,9 +140,17 @@ impl Store {
             // Our own writes take milliseconds; a longer lock is a fault
             // (a backup, another process) better retried than waited out.
             .busy_timeout(Duration::from_secs(1))
-            .foreign_keys(true);
+            .foreign_keys(true)
+            .pragma("secure_delete", "ON");
+        // Connections are never retired, so the pool keeps at least the one
+        // that connected (no `min_connections`: a second connection opened
+        // beside the first while it turns on WAL would find the file
+        // locked). Its lock on the file is what tells `tokend rekey` that a
+        // daemon is running.
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
+            .idle_timeout(None)
+            .max_lifetime(None)
             .connect_with(options)
             .await?;
         sqlx::migrate!("./migrations")
@@ -110,15 +160,33 @@ impl Store {
                 path: path.to_path_buf(),
                 reason,
             })?;
-        Ok(Store { pool })
+        Ok(Store {
+            pool,
+            key: key.map(Arc::new),
+        })
     }
 
-    /// Every credential, for start-up.
+    /// Every credential, for start-up. Fails, naming the credential, if a
+    /// sealed token does not open with this store's key (or without one).
     pub async fn load_all(&self) -> Result<Vec<Credential>, StoreError> {
         let rows = sqlx::query("SELECT * FROM credentials ORDER BY name")
             .fetch_all(&self.pool)
             .await?;
-        rows.iter().map(from_row).collect()
+        let key = self.key.as_deref();
+        let creds = rows
+            .iter()
+            .map(|row| from_row(row, key))
+            .collect::<Result<Vec<_>, _>>()?;
+        if key.is_some() {
+            let plain = rows.iter().filter(|row| has_plaintext(row)).count();
+            if plain > 0 {
+                tracing::warn!(
+                    tokend_credentials = plain,
+                    "{plain} credential(s) still have unencrypted tokens in the database; they are sealed on their next write, or run `tokend rekey` with the daemon stopped to seal them all now"
+                );
+            }
+        }
+        Ok(creds)
     }
 
     /// Inserts or replaces a credential, bumping its generation so a refresh
@@ -143,7 +211,7 @@ impl Store {
         )
         .bind(&c.name)
         .bind(&c.provider);
-        let row = bind_state(query, c)
+        let row = bind_state(query, c, self.key.as_deref())
             .bind(c.created_at)
             .fetch_one(&self.pool)
             .await?;
@@ -183,7 +251,7 @@ impl Store {
         )
         .bind(&c.name)
         .bind(c.generation);
-        let done = bind_state(query, c)
+        let done = bind_state(query, c, self.key.as_deref())
             .bind(c.updated_at)
             .execute(&self.pool)
             .await?;
@@ -206,6 +274,124 @@ impl Store {
             .await;
         self.pool.close().await;
     }
+
+    /// Re-seals every credential's tokens from `old` to `new` (`None`:
+    /// plaintext) in one transaction, so a crash leaves either every row as
+    /// it was or every row re-sealed. Plaintext values open with any key.
+    /// Holds an exclusive lock on the file throughout, and refuses
+    /// ([`StoreError::InUse`]) if a daemon has the database open. Then
+    /// compacts the file (`VACUUM`), so no old value survives in free pages.
+    pub async fn rekey(
+        path: &Path,
+        old: Option<&Key>,
+        new: Option<&Key>,
+    ) -> Result<Rekeyed, StoreError> {
+        inspect_existing(path).await?;
+        let in_use = |e: sqlx::Error| {
+            if is_busy(&e) {
+                StoreError::InUse {
+                    path: path.to_path_buf(),
+                }
+            } else {
+                StoreError::Sqlx(e)
+            }
+        };
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(false)
+            .locking_mode(SqliteLockingMode::Exclusive)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(Duration::from_millis(500))
+            .pragma("secure_delete", "ON");
+        let mut conn = sqlx::ConnectOptions::connect(&options)
+            .await
+            .map_err(in_use)?;
+        // In exclusive locking mode the first write takes the file's lock and
+        // keeps it until the connection closes.
+        sqlx::query("BEGIN IMMEDIATE")
+            .execute(&mut conn)
+            .await
+            .map_err(in_use)?;
+        sqlx::query("COMMIT").execute(&mut conn).await?;
+        sqlx::migrate!("./migrations")
+            .run(&mut conn)
+            .await
+            .map_err(|reason| StoreError::Migrate {
+                path: path.to_path_buf(),
+                reason,
+            })?;
+        let mut tx = conn.begin().await?;
+        let rows = sqlx::query(
+            "SELECT name, refresh_token, access_token, extra FROM credentials ORDER BY name",
+        )
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut done = Rekeyed {
+            credentials: 0,
+            were_sealed: 0,
+            were_plaintext: 0,
+        };
+        for row in &rows {
+            let name: String = row.try_get("name")?;
+            let mut sealed = false;
+            let mut plain = false;
+            let mut reseal = |column: &'static str,
+                              value: Option<String>|
+             -> Result<Option<String>, StoreError> {
+                let Some(v) = value else { return Ok(None) };
+                sealed |= seal::is_sealed(&v);
+                plain |= !seal::is_sealed(&v);
+                let opened =
+                    seal::open(old, &v, column, &name).map_err(|reason| StoreError::Sealed {
+                        name: name.clone(),
+                        column,
+                        reason,
+                    })?;
+                Ok(Some(seal::seal(new, &opened, column, &name)))
+            };
+            let refresh = reseal("refresh_token", row.try_get("refresh_token")?)?;
+            let access = reseal("access_token", row.try_get("access_token")?)?;
+            let extra: String = row.try_get("extra")?;
+            let mut extra: Map<String, Value> =
+                serde_json::from_str(&extra).map_err(|e| StoreError::Corrupt {
+                    name: name.clone(),
+                    reason: format!("extra is not JSON: {e}"),
+                })?;
+            if let Some(Value::String(id)) = extra.get_mut("id_token") {
+                if let Some(v) = reseal("id_token", Some(std::mem::take(id)))? {
+                    *id = v;
+                }
+            }
+            sqlx::query(
+                "UPDATE credentials SET refresh_token = ?2, access_token = ?3, extra = ?4
+                 WHERE name = ?1",
+            )
+            .bind(&name)
+            .bind(refresh)
+            .bind(access)
+            .bind(Value::Object(extra).to_string())
+            .execute(&mut *tx)
+            .await?;
+            done.credentials += 1;
+            if sealed {
+                done.were_sealed += 1;
+            } else if plain {
+                done.were_plaintext += 1;
+            }
+        }
+        tx.commit().await?;
+        // Committed; what follows only scrubs old values from free space.
+        for step in ["VACUUM", "PRAGMA wal_checkpoint(TRUNCATE)"] {
+            if let Err(e) = sqlx::query(step).execute(&mut conn).await {
+                tracing::warn!(
+                    "rekey committed, but `{step}` failed ({e}): old values may linger in the file's free pages until SQLite reuses them"
+                );
+            }
+        }
+        let _ = conn.close().await;
+        Ok(done)
+    }
 }
 
 /// Checks, read-only, that an existing non-empty file at `path` is a
@@ -223,14 +409,24 @@ async fn inspect_existing(path: &Path) -> Result<(), StoreError> {
         .filename(path)
         .read_only(true)
         .create_if_missing(false);
-    let mut conn = sqlx::ConnectOptions::connect(&options)
-        .await
-        .map_err(|e| unusable(format!("cannot be opened as SQLite ({e})")))?;
+    let in_use = || StoreError::InUse {
+        path: path.to_path_buf(),
+    };
+    let mut conn =
+        sqlx::ConnectOptions::connect(&options)
+            .await
+            .map_err(|e| match is_busy(&e) {
+                true => in_use(),
+                false => unusable(format!("cannot be opened as SQLite ({e})")),
+            })?;
     let tables: Vec<String> =
         sqlx::query_scalar("SELECT name FROM sqlite_master WHERE type = 'table'")
             .fetch_all(&mut conn)
             .await
-            .map_err(|e| unusable(format!("is not a SQLite database or is corrupt ({e})")))?;
+            .map_err(|e| match is_busy(&e) {
+                true => in_use(),
+                false => unusable(format!("is not a SQLite database or is corrupt ({e})")),
+            })?;
     let check: String = sqlx::query_scalar("PRAGMA quick_check")
         .fetch_one(&mut conn)
         .await
@@ -299,38 +495,74 @@ fn prepare_file(path: &Path) -> std::io::Result<()> {
     }
 }
 
+/// Whether SQLite said another connection holds a lock (SQLITE_BUSY or
+/// SQLITE_LOCKED, extended codes included).
+fn is_busy(e: &sqlx::Error) -> bool {
+    let code = match e {
+        sqlx::Error::Database(db) => db.code(),
+        _ => None,
+    };
+    code.and_then(|c| c.parse::<i32>().ok())
+        .is_some_and(|c| matches!(c & 0xff, 5 | 6))
+}
+
+/// Whether a row still holds a token written before encryption was on.
+fn has_plaintext(row: &SqliteRow) -> bool {
+    let plain = |v: Option<String>| v.is_some_and(|v| !seal::is_sealed(&v));
+    plain(row.try_get("refresh_token").ok().flatten())
+        || plain(row.try_get("access_token").ok().flatten())
+}
+
 type Query<'q> = sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments<'q>>;
 
 /// Binds parameters ?3 to ?14: the credential's tokens and state, in the
-/// column order both `replace` and `save_outcome` use.
-fn bind_state<'q>(query: Query<'q>, c: &'q Credential) -> Query<'q> {
+/// column order both `replace` and `save_outcome` use. Tokens are sealed
+/// under `key` when there is one.
+fn bind_state<'q>(query: Query<'q>, c: &'q Credential, key: Option<&Key>) -> Query<'q> {
+    let seal = |column: &str, s: &Secret| seal::seal(key, s.expose(), column, &c.name);
+    let mut extra = c.extra.clone();
+    if let Some(Value::String(id)) = extra.get_mut("id_token") {
+        *id = seal::seal(key, id, "id_token", &c.name);
+    }
     query
-        .bind(c.refresh_token.as_ref().map(Secret::expose))
-        .bind(c.access_token.as_ref().map(Secret::expose))
+        .bind(c.refresh_token.as_ref().map(|s| seal("refresh_token", s)))
+        .bind(c.access_token.as_ref().map(|s| seal("access_token", s)))
         .bind(&c.token_type)
         .bind(&c.scope)
         .bind(c.expires_at)
         .bind(c.lifetime_source.map(LifetimeSource::as_str))
         .bind(c.refresh_expires_at)
-        .bind(Value::Object(c.extra.clone()).to_string())
+        .bind(Value::Object(extra).to_string())
         .bind(c.state.as_str())
         .bind(&c.last_error)
         .bind(c.refresh_started_at)
         .bind(c.last_refresh_at)
 }
 
-fn from_row(row: &SqliteRow) -> Result<Credential, StoreError> {
+fn from_row(row: &SqliteRow, key: Option<&Key>) -> Result<Credential, StoreError> {
     let name: String = row.try_get("name")?;
     let corrupt = |reason: String| StoreError::Corrupt {
         name: name.clone(),
         reason,
     };
+    let open = |column: &'static str, stored: &str| {
+        seal::open(key, stored, column, &name).map_err(|reason| StoreError::Sealed {
+            name: name.clone(),
+            column,
+            reason,
+        })
+    };
     let state: String = row.try_get("state")?;
     let extra: String = row.try_get("extra")?;
-    let extra: Map<String, Value> =
+    let mut extra: Map<String, Value> =
         serde_json::from_str(&extra).map_err(|e| corrupt(format!("extra is not JSON: {e}")))?;
-    let secret = |col: &str| -> Result<Option<Secret>, sqlx::Error> {
-        Ok(row.try_get::<Option<String>, _>(col)?.map(Secret::new))
+    if let Some(Value::String(id)) = extra.get_mut("id_token") {
+        *id = open("id_token", id)?;
+    }
+    let secret = |column: &'static str| -> Result<Option<Secret>, StoreError> {
+        row.try_get::<Option<String>, _>(column)?
+            .map(|v| open(column, &v).map(Secret::new))
+            .transpose()
     };
     Ok(Credential {
         provider: row.try_get("provider")?,
@@ -395,6 +627,278 @@ mod tests {
         );
         assert!(store.delete("a").await.unwrap());
         assert!(!store.delete("a").await.unwrap());
+    }
+
+    /// The token columns and extra of every row, as stored.
+    async fn raw_rows(path: &Path) -> Vec<(String, Option<String>, Option<String>, String)> {
+        let opts = SqliteConnectOptions::new().filename(path).read_only(true);
+        let pool = SqlitePool::connect_with(opts).await.unwrap();
+        let rows = sqlx::query(
+            "SELECT name, refresh_token, access_token, extra FROM credentials ORDER BY name",
+        )
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+        pool.close().await;
+        rows.iter()
+            .map(|r| {
+                (
+                    r.get("name"),
+                    r.get("refresh_token"),
+                    r.get("access_token"),
+                    r.get("extra"),
+                )
+            })
+            .collect()
+    }
+
+    /// Every byte of the database and its WAL, lossily as text.
+    fn file_bytes(path: &Path) -> String {
+        let mut all = std::fs::read(path).unwrap();
+        if let Ok(wal) = std::fs::read(path.with_extension("db-wal")) {
+            all.extend(wal);
+        }
+        String::from_utf8_lossy(&all).into_owned()
+    }
+
+    fn cred(name: &str, rt: &str, at: &str, id_token: &str) -> Credential {
+        let mut c = Credential::new(name, "p", Some(Secret::new(rt)), 100);
+        c.access_token = Some(Secret::new(at));
+        c.extra.insert("id_token".into(), id_token.into());
+        c.extra.insert("jti".into(), "not-secret".into());
+        c
+    }
+
+    #[tokio::test]
+    async fn with_a_key_tokens_are_sealed_on_disk_and_open_on_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("k.db");
+        let key = Key::from_bytes([7; 32]);
+        let store = Store::open_with(&path, Some(Key::from_bytes([7; 32])))
+            .await
+            .unwrap();
+        let mut c = cred("mail", "rt-secret-one", "at-secret-one", "idt-secret-one");
+        c.generation = store.replace(&c).await.unwrap();
+        c.refresh_token = Some(Secret::new("rt-secret-two"));
+        c.access_token = Some(Secret::new("at-secret-two"));
+        assert!(store.save_outcome(&c).await.unwrap());
+
+        let loaded = store.load_all().await.unwrap();
+        assert_eq!(
+            loaded[0].refresh_token.as_ref().unwrap().expose(),
+            "rt-secret-two"
+        );
+        assert_eq!(
+            loaded[0].access_token.as_ref().unwrap().expose(),
+            "at-secret-two"
+        );
+        assert_eq!(loaded[0].extra["id_token"], "idt-secret-one");
+        assert_eq!(loaded[0].extra["jti"], "not-secret");
+
+        let (_, rt, at, extra) = raw_rows(&path).await.remove(0);
+        let extra: Map<String, Value> = serde_json::from_str(&extra).unwrap();
+        let id = extra["id_token"].as_str().unwrap();
+        for (column, v, plain) in [
+            ("refresh_token", rt.unwrap(), "rt-secret-two"),
+            ("access_token", at.unwrap(), "at-secret-two"),
+            ("id_token", id.to_string(), "idt-secret-one"),
+        ] {
+            assert!(seal::is_sealed(&v), "{column}: {v}");
+            assert_eq!(key.open(&v, column, "mail").unwrap(), plain);
+        }
+        assert_eq!(extra["jti"], "not-secret");
+        let bytes = file_bytes(&path);
+        assert!(bytes.contains("tk1:"));
+        assert!(!bytes.contains("-secret-"), "plaintext on disk");
+        store.close().await;
+        assert!(!file_bytes(&path).contains("-secret-"), "plaintext on disk");
+    }
+
+    #[tokio::test]
+    async fn sealed_rows_without_the_key_or_with_another_fail_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("k.db");
+        let store = Store::open_with(&path, Some(Key::random())).await.unwrap();
+        store
+            .replace(&cred("mail", "rt", "at", "idt"))
+            .await
+            .unwrap();
+        store.close().await;
+
+        let store = Store::open(&path).await.unwrap();
+        let err = store.load_all().await.unwrap_err();
+        assert!(
+            matches!(
+                err,
+                StoreError::Sealed {
+                    reason: SealError::NoKey,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        let msg = err.to_string();
+        assert!(msg.starts_with("credential mail: "), "{msg}");
+        assert!(
+            msg.contains("is encrypted, but no database encryption key is configured"),
+            "{msg}"
+        );
+        store.close().await;
+
+        let store = Store::open_with(&path, Some(Key::random())).await.unwrap();
+        let err = store.load_all().await.unwrap_err();
+        assert!(
+            matches!(
+                err,
+                StoreError::Sealed {
+                    reason: SealError::WrongKey { .. },
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(
+            err.to_string().contains("encrypted under a different key"),
+            "{err}"
+        );
+        store.close().await;
+    }
+
+    #[tokio::test]
+    async fn plaintext_rows_are_read_and_sealed_on_their_next_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.db");
+        let store = Store::open(&path).await.unwrap();
+        let mut c = cred("old", "rt-plain", "at-plain", "idt-plain");
+        c.generation = store.replace(&c).await.unwrap();
+        store.close().await;
+        let (_, rt, _, _) = raw_rows(&path).await.remove(0);
+        assert_eq!(rt.as_deref(), Some("rt-plain"));
+
+        let store = Store::open_with(&path, Some(Key::random())).await.unwrap();
+        let loaded = store.load_all().await.unwrap();
+        assert_eq!(
+            loaded[0].refresh_token.as_ref().unwrap().expose(),
+            "rt-plain"
+        );
+        assert_eq!(loaded[0].extra["id_token"], "idt-plain");
+        c.access_token = Some(Secret::new("at-next"));
+        assert!(store.save_outcome(&c).await.unwrap());
+        let (_, rt, at, extra) = raw_rows(&path).await.remove(0);
+        assert!(seal::is_sealed(&rt.unwrap()));
+        assert!(seal::is_sealed(&at.unwrap()));
+        assert!(extra.contains("\"id_token\":\"tk1:"), "{extra}");
+        assert_eq!(
+            store.load_all().await.unwrap()[0]
+                .refresh_token
+                .as_ref()
+                .unwrap()
+                .expose(),
+            "rt-plain"
+        );
+        store.close().await;
+        // secure_delete: the replaced plaintext does not linger in free space.
+        assert!(!file_bytes(&path).contains("rt-plain"));
+    }
+
+    #[tokio::test]
+    async fn rekey_reseals_all_rows_or_none_and_refuses_an_open_database() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.db");
+        let a = || Some(Key::from_bytes([1; 32]));
+        let b = || Some(Key::from_bytes([2; 32]));
+        // "p" is plaintext from before encryption, "q" and "r" sealed under a.
+        let store = Store::open(&path).await.unwrap();
+        store
+            .replace(&cred("p", "rt-p", "at-p", "id-p"))
+            .await
+            .unwrap();
+        store.close().await;
+        let store = Store::open_with(&path, a()).await.unwrap();
+        store
+            .replace(&cred("q", "rt-q", "at-q", "id-q"))
+            .await
+            .unwrap();
+        store
+            .replace(&cred("r", "rt-r", "at-r", "id-r"))
+            .await
+            .unwrap();
+
+        // A store (a daemon) has the file open: refused, nothing changed.
+        let before = raw_rows(&path).await;
+        let err = Store::rekey(&path, a().as_ref(), b().as_ref())
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StoreError::InUse { .. }), "{err}");
+        assert!(err.to_string().contains("stop the daemon first"), "{err}");
+        assert_eq!(raw_rows(&path).await, before);
+        store.close().await;
+
+        let done = Store::rekey(&path, a().as_ref(), b().as_ref())
+            .await
+            .unwrap();
+        assert_eq!(
+            done,
+            Rekeyed {
+                credentials: 3,
+                were_sealed: 2,
+                were_plaintext: 1
+            }
+        );
+        let store = Store::open_with(&path, b()).await.unwrap();
+        let loaded = store.load_all().await.unwrap();
+        let tokens: Vec<_> = loaded
+            .iter()
+            .map(|c| {
+                (
+                    c.refresh_token.as_ref().unwrap().expose(),
+                    c.extra["id_token"].as_str().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            tokens,
+            [("rt-p", "id-p"), ("rt-q", "id-q"), ("rt-r", "id-r")]
+        );
+        store.close().await;
+        assert!(
+            !file_bytes(&path).contains("rt-p"),
+            "VACUUM left the plaintext"
+        );
+        let store = Store::open_with(&path, a()).await.unwrap();
+        assert!(store.load_all().await.is_err(), "old key still opens");
+        store.close().await;
+
+        // One row under a third key: the whole rekey is refused, naming it,
+        // and every row stays as it was.
+        let store = Store::open_with(&path, Some(Key::random())).await.unwrap();
+        store
+            .replace(&cred("z", "rt-z", "at-z", "id-z"))
+            .await
+            .unwrap();
+        store.close().await;
+        let before = raw_rows(&path).await;
+        let err = Store::rekey(&path, b().as_ref(), a().as_ref())
+            .await
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("credential z: refresh_token is encrypted under a different key"),
+            "{err}"
+        );
+        assert_eq!(raw_rows(&path).await, before);
+        let store = Store::open(&path).await.unwrap();
+        store.delete("z").await.unwrap();
+        store.close().await;
+
+        // Decrypting for good.
+        let done = Store::rekey(&path, b().as_ref(), None).await.unwrap();
+        assert_eq!(done.were_sealed, 3);
+        for (name, rt, at, extra) in raw_rows(&path).await {
+            assert_eq!(rt.unwrap(), format!("rt-{name}"));
+            assert_eq!(at.unwrap(), format!("at-{name}"));
+            assert!(extra.contains(&format!("\"id-{name}\"")), "{extra}");
+        }
     }
 
     async fn refused_untouched(path: &Path, expect: &str) {

@@ -7,6 +7,7 @@ mod support;
 mod access;
 mod cli;
 mod crash;
+mod encryption;
 mod faults;
 mod journal;
 mod lifecycle;

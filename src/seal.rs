@@ -1,0 +1,612 @@
+//! Encryption at rest: sealing the tokens the store writes.
+//!
+//! A sealed value is the text `tk1:` followed by the standard base64 (RFC
+//! 4648, padded) of a random 24-byte nonce and the XChaCha20-Poly1305
+//! ciphertext with its 16-byte tag. The associated data binds the value to its
+//! credential and column (`tk1\0`, the column name's length as 4 big-endian
+//! bytes, the column name, the credential name), so a sealed value moved to
+//! another row or column does not open. Values without the prefix are
+//! plaintext, as written before encryption was turned on: they are read as
+//! they are and sealed on their next write.
+//!
+//! The key is 32 bytes read from a file: exactly 32 raw bytes, or a text file
+//! holding 64 hex digits or the base64 of 32 bytes (a trailing newline is
+//! ignored). A key file anyone but its owner may read or write is refused,
+//! unless it lies under `$CREDENTIALS_DIRECTORY`, which systemd protects.
+//! Pure apart from reading the key file.
+
+use std::io::Read;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD};
+use base64::Engine;
+use chacha20poly1305::aead::{Aead, Payload};
+use chacha20poly1305::{KeyInit, XChaCha20Poly1305, XNonce};
+use sha2::{Digest, Sha256};
+
+/// What every sealed value starts with (format version 1).
+pub const PREFIX: &str = "tk1:";
+
+/// The systemd credential used as the key when none is configured.
+pub const AUTO_CREDENTIAL: &str = "tokend-db-key";
+
+const NONCE_LEN: usize = 24;
+const TAG_LEN: usize = 16;
+/// A key file is a few dozen bytes; anything much larger is a mistake.
+const MAX_KEY_FILE: u64 = 4096;
+
+/// Errors loading a key, or opening a sealed value.
+#[derive(Debug, thiserror::Error)]
+pub enum SealError {
+    /// The key file is missing or cannot be read.
+    #[error("cannot read the database encryption key {path}: {reason}; check encryption_key_file or encryption_key_credential in [daemon] (and LoadCredential= or LoadCredentialEncrypted= in the unit)")]
+    KeyUnreadable {
+        /// The key file.
+        path: PathBuf,
+        /// Why.
+        reason: std::io::Error,
+    },
+    /// The key file holds something other than a 32-byte key.
+    #[error("database encryption key {path} holds {found}: expected exactly 32 raw bytes, 64 hex digits, or the base64 of 32 bytes (a trailing newline is ignored); create one with `head -c 32 /dev/urandom > FILE`")]
+    KeyFormat {
+        /// The key file.
+        path: PathBuf,
+        /// What it holds instead (never the content).
+        found: String,
+    },
+    /// The key file may be read or written by others.
+    #[error("database encryption key {path} has mode {mode:04o}: only its owner may read or write it; run `chmod 600 {path}`, or pass it as a systemd credential (LoadCredentialEncrypted=)")]
+    KeyPermissions {
+        /// The key file.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+    },
+    /// A sealed value was found but no key is configured.
+    #[error("encrypted, but no database encryption key is configured: configure the key it was sealed with (encryption_key_file or encryption_key_credential in [daemon], or the `tokend-db-key` systemd credential)")]
+    NoKey,
+    /// The AEAD refused the value: another key, or the value was altered or
+    /// moved from another row.
+    #[error("encrypted under a different key than the one configured (key {key_id}), or altered: configure the key it was sealed with; change keys only with `tokend rekey`")]
+    WrongKey {
+        /// Fingerprint of the configured key.
+        key_id: String,
+    },
+    /// The value has the prefix but is not a well-formed sealed value.
+    #[error("encrypted but malformed ({0}): the row was altered or truncated; restore a backup")]
+    Malformed(&'static str),
+}
+
+/// A 256-bit database encryption key. Its `Debug` shows only a fingerprint,
+/// and the key bytes are zeroed when it is dropped.
+pub struct Key {
+    cipher: XChaCha20Poly1305,
+    id: String,
+}
+
+impl std::fmt::Debug for Key {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Key")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Key {
+    /// A key from its 32 bytes.
+    pub fn from_bytes(mut bytes: [u8; 32]) -> Key {
+        let mut hash = Sha256::new();
+        hash.update(b"tokend key id\0");
+        hash.update(bytes);
+        let id = hash.finalize()[..4]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let cipher = XChaCha20Poly1305::new(&bytes.into());
+        wipe(&mut bytes);
+        Key { cipher, id }
+    }
+
+    /// A fresh random key (tests, and nothing else: keys belong in files).
+    pub fn random() -> Key {
+        let mut bytes = [0u8; 32];
+        rand::fill(&mut bytes);
+        Key::from_bytes(bytes)
+    }
+
+    /// Reads a key file, refusing one others may read or write unless it
+    /// lies under `$CREDENTIALS_DIRECTORY`.
+    pub fn load(path: &Path) -> Result<Key, SealError> {
+        let creds = std::env::var_os("CREDENTIALS_DIRECTORY").map(PathBuf::from);
+        Key::load_from(path, creds.as_deref())
+    }
+
+    /// [`Key::load`] with the credentials directory given.
+    pub fn load_from(path: &Path, credentials_dir: Option<&Path>) -> Result<Key, SealError> {
+        let unreadable = |reason| SealError::KeyUnreadable {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let mut file = std::fs::File::open(path).map_err(unreadable)?;
+        let mode = file.metadata().map_err(unreadable)?.permissions().mode() & 0o7777;
+        if mode & 0o077 != 0 && !credentials_dir.is_some_and(|dir| is_under(path, dir)) {
+            return Err(SealError::KeyPermissions {
+                path: path.to_path_buf(),
+                mode,
+            });
+        }
+        let mut content = Vec::new();
+        let read = (&mut file).take(MAX_KEY_FILE + 1).read_to_end(&mut content);
+        let parsed = read.map_err(unreadable).and_then(|_| {
+            parse_key(&content).map_err(|found| SealError::KeyFormat {
+                path: path.to_path_buf(),
+                found,
+            })
+        });
+        wipe(&mut content);
+        parsed.map(Key::from_bytes)
+    }
+
+    /// A short fingerprint of the key (not of the bytes themselves), for logs.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Seals `plaintext` as the `column` of credential `name`.
+    pub fn seal(&self, plaintext: &str, column: &str, name: &str) -> String {
+        let mut nonce = [0u8; NONCE_LEN];
+        rand::fill(&mut nonce);
+        let aad = associated_data(column, name);
+        let sealed = self
+            .cipher
+            .encrypt(
+                &XNonce::from(nonce),
+                Payload {
+                    msg: plaintext.as_bytes(),
+                    aad: &aad,
+                },
+            )
+            .expect("XChaCha20-Poly1305 seals any message shorter than 256 GiB");
+        let mut raw = Vec::with_capacity(NONCE_LEN + sealed.len());
+        raw.extend_from_slice(&nonce);
+        raw.extend_from_slice(&sealed);
+        format!("{PREFIX}{}", STANDARD.encode(raw))
+    }
+
+    /// Opens a value sealed by [`Key::seal`] for the same column and name.
+    pub fn open(&self, sealed: &str, column: &str, name: &str) -> Result<String, SealError> {
+        let body = sealed
+            .strip_prefix(PREFIX)
+            .ok_or(SealError::Malformed("no tk1: prefix"))?;
+        let raw = STANDARD
+            .decode(body)
+            .map_err(|_| SealError::Malformed("not base64"))?;
+        if raw.len() < NONCE_LEN + TAG_LEN {
+            return Err(SealError::Malformed("too short"));
+        }
+        let (nonce, ciphertext) = raw.split_at(NONCE_LEN);
+        let mut n = [0u8; NONCE_LEN];
+        n.copy_from_slice(nonce);
+        let aad = associated_data(column, name);
+        let plain = self
+            .cipher
+            .decrypt(
+                &XNonce::from(n),
+                Payload {
+                    msg: ciphertext,
+                    aad: &aad,
+                },
+            )
+            .map_err(|_| SealError::WrongKey {
+                key_id: self.id.clone(),
+            })?;
+        String::from_utf8(plain).map_err(|_| SealError::Malformed("not UTF-8"))
+    }
+}
+
+/// Whether a stored value is sealed (as opposed to plaintext from before
+/// encryption was turned on).
+pub fn is_sealed(stored: &str) -> bool {
+    stored.starts_with(PREFIX)
+}
+
+/// Seals `value` under `key`, or leaves it plaintext when there is no key.
+pub fn seal(key: Option<&Key>, value: &str, column: &str, name: &str) -> String {
+    match key {
+        Some(k) => k.seal(value, column, name),
+        None => value.to_string(),
+    }
+}
+
+/// Opens a stored value: a sealed one with `key` (failing without one), a
+/// plaintext one as it is.
+pub fn open(
+    key: Option<&Key>,
+    stored: &str,
+    column: &str,
+    name: &str,
+) -> Result<String, SealError> {
+    if !is_sealed(stored) {
+        return Ok(stored.to_string());
+    }
+    match key {
+        Some(k) => k.open(stored, column, name),
+        None => Err(SealError::NoKey),
+    }
+}
+
+/// A key found for the daemon, and where.
+#[derive(Debug)]
+pub struct LoadedKey {
+    /// The key.
+    pub key: Key,
+    /// The file it came from.
+    pub path: PathBuf,
+    /// True when found as `$CREDENTIALS_DIRECTORY/tokend-db-key` without
+    /// being configured.
+    pub automatic: bool,
+}
+
+/// The daemon's key: the configured file (which must then be usable), else
+/// `$CREDENTIALS_DIRECTORY/tokend-db-key` if it exists, else none.
+pub fn resolve(configured: Option<&Path>) -> Result<Option<LoadedKey>, SealError> {
+    let creds = std::env::var_os("CREDENTIALS_DIRECTORY").map(PathBuf::from);
+    resolve_in(configured, creds.as_deref())
+}
+
+/// [`resolve`] with the credentials directory given.
+pub fn resolve_in(
+    configured: Option<&Path>,
+    credentials_dir: Option<&Path>,
+) -> Result<Option<LoadedKey>, SealError> {
+    let (path, automatic) = match (configured, credentials_dir) {
+        (Some(path), _) => (path.to_path_buf(), false),
+        (None, Some(dir)) if dir.join(AUTO_CREDENTIAL).exists() => {
+            (dir.join(AUTO_CREDENTIAL), true)
+        }
+        (None, _) => return Ok(None),
+    };
+    let key = Key::load_from(&path, credentials_dir)?;
+    Ok(Some(LoadedKey {
+        key,
+        path,
+        automatic,
+    }))
+}
+
+/// `tk1\0`, the column's length (4 bytes, big-endian), the column, the
+/// credential name: unambiguous whatever the names hold.
+fn associated_data(column: &str, name: &str) -> Vec<u8> {
+    let len = u32::try_from(column.len())
+        .unwrap_or(u32::MAX)
+        .to_be_bytes();
+    [
+        b"tk1\0".as_slice(),
+        &len,
+        column.as_bytes(),
+        name.as_bytes(),
+    ]
+    .concat()
+}
+
+/// Reads the key out of a key file's content, or says what it holds instead
+/// (never quoting it).
+fn parse_key(content: &[u8]) -> Result<[u8; 32], String> {
+    let mut key = [0u8; 32];
+    if content.len() as u64 > MAX_KEY_FILE {
+        return Err(format!("more than {MAX_KEY_FILE} bytes"));
+    }
+    if content.len() == key.len() {
+        key.copy_from_slice(content);
+    } else {
+        let mut decoded = decode_text_key(content)?;
+        let n = decoded.len();
+        if n == key.len() {
+            key.copy_from_slice(&decoded);
+        }
+        wipe(&mut decoded);
+        if n != key.len() {
+            return Err(format!("the base64 of {n} bytes, not 32"));
+        }
+    }
+    if key.iter().all(|b| *b == 0) {
+        return Err("32 zero bytes, not a random key".into());
+    }
+    Ok(key)
+}
+
+/// Decodes a text key file: 64 hex digits or base64, one trailing newline
+/// ignored.
+fn decode_text_key(content: &[u8]) -> Result<Vec<u8>, String> {
+    let Ok(text) = std::str::from_utf8(content) else {
+        return Err(format!("{} bytes of binary data", content.len()));
+    };
+    let text = text.strip_suffix('\n').unwrap_or(text);
+    let text = text.strip_suffix('\r').unwrap_or(text);
+    if text.is_empty() {
+        return Err("nothing".into());
+    }
+    if text.bytes().all(|b| b.is_ascii_hexdigit()) {
+        if text.len() != 64 {
+            return Err(format!("{} hex digits, not 64", text.len()));
+        }
+        return (0..32)
+            .map(|i| u8::from_str_radix(&text[2 * i..2 * i + 2], 16))
+            .collect::<Result<Vec<u8>, _>>()
+            .map_err(|_| "invalid hex digits".to_string());
+    }
+    STANDARD
+        .decode(text)
+        .or_else(|_| STANDARD_NO_PAD.decode(text))
+        .map_err(|_| {
+            format!(
+                "{} bytes of text that are neither 64 hex digits nor base64",
+                content.len()
+            )
+        })
+}
+
+/// Whether `path` lies under `dir`, comparing resolved paths where they
+/// resolve (credentials directories are often reached through symlinks).
+fn is_under(path: &Path, dir: &Path) -> bool {
+    match (path.canonicalize(), dir.canonicalize()) {
+        (Ok(p), Ok(d)) => p.starts_with(d),
+        _ => path.starts_with(dir),
+    }
+}
+
+/// Overwrites key material before it is freed (best effort).
+fn wipe(bytes: &mut [u8]) {
+    for b in bytes.iter_mut() {
+        // SAFETY: a plain write through a valid, aligned &mut u8.
+        unsafe { std::ptr::write_volatile(b, 0) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::OpenOptionsExt;
+
+    const HEX: &str = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
+
+    fn key_bytes() -> [u8; 32] {
+        std::array::from_fn(|i| i as u8)
+    }
+
+    fn write_key(dir: &Path, name: &str, content: &[u8], mode: u32) -> PathBuf {
+        let path = dir.join(name);
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&path)
+            .and_then(|mut f| std::io::Write::write_all(&mut f, content))
+            .unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+        path
+    }
+
+    #[test]
+    fn round_trip_is_versioned_random_and_not_plaintext() {
+        let key = Key::random();
+        let a = key.seal("rt-secret-value", "refresh_token", "mail");
+        let b = key.seal("rt-secret-value", "refresh_token", "mail");
+        assert!(a.starts_with("tk1:") && is_sealed(&a), "{a}");
+        assert_ne!(a, b, "a fresh nonce per seal");
+        assert!(!a.contains("rt-secret"));
+        assert_eq!(
+            key.open(&a, "refresh_token", "mail").unwrap(),
+            "rt-secret-value"
+        );
+        assert_eq!(
+            open(Some(&key), &b, "refresh_token", "mail").unwrap(),
+            "rt-secret-value"
+        );
+        // 24-byte nonce + 15 bytes + 16-byte tag, base64.
+        let raw = STANDARD.decode(&a[4..]).unwrap();
+        assert_eq!(raw.len(), 24 + 15 + 16);
+        assert_eq!(seal(None, "plain", "access_token", "mail"), "plain");
+    }
+
+    #[test]
+    fn wrong_key_is_refused() {
+        let sealed = Key::random().seal("at", "access_token", "mail");
+        let other = Key::random();
+        let err = other.open(&sealed, "access_token", "mail").unwrap_err();
+        assert!(matches!(err, SealError::WrongKey { .. }), "{err}");
+        assert!(err.to_string().contains("different key"), "{err}");
+        assert!(err.to_string().contains(other.id()), "{err}");
+        let err = open(None, &sealed, "access_token", "mail").unwrap_err();
+        assert!(matches!(err, SealError::NoKey), "{err}");
+        assert!(
+            err.to_string().contains("no database encryption key"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn values_cannot_move_between_rows_or_columns() {
+        let key = Key::random();
+        let sealed = key.seal("rt", "refresh_token", "mail");
+        for (column, name) in [("access_token", "mail"), ("refresh_token", "backup")] {
+            let err = key.open(&sealed, column, name).unwrap_err();
+            assert!(matches!(err, SealError::WrongKey { .. }), "{column} {name}");
+        }
+        // No ambiguity where column and name meet.
+        let sealed = key.seal("x", "a", "b\0c");
+        assert!(key.open(&sealed, "a\0b", "c").is_err());
+    }
+
+    #[test]
+    fn tampered_or_truncated_values_are_refused() {
+        let key = Key::random();
+        let sealed = key.seal("access-token", "access_token", "mail");
+        let mut raw = STANDARD.decode(&sealed[4..]).unwrap();
+        for i in [0, 24, raw.len() - 1] {
+            raw[i] ^= 1;
+            let bad = format!("tk1:{}", STANDARD.encode(&raw));
+            assert!(matches!(
+                key.open(&bad, "access_token", "mail"),
+                Err(SealError::WrongKey { .. })
+            ));
+            raw[i] ^= 1;
+        }
+        for (bad, why) in [
+            ("tk1:!!!", "not base64"),
+            ("tk1:AAAA", "too short"),
+            ("tk1:", "too short"),
+        ] {
+            match key.open(bad, "access_token", "mail") {
+                Err(SealError::Malformed(w)) => assert_eq!(w, why),
+                other => panic!("{bad}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn plaintext_passes_through_and_is_recognised() {
+        let key = Key::random();
+        for plain in ["at-abc", "eyJhbGciOiJub25lIn0.e30.", "", "tk2:future"] {
+            assert!(!is_sealed(plain));
+            assert_eq!(open(Some(&key), plain, "access_token", "m").unwrap(), plain);
+            assert_eq!(open(None, plain, "access_token", "m").unwrap(), plain);
+        }
+    }
+
+    #[test]
+    fn debug_shows_only_a_fingerprint() {
+        let key = Key::from_bytes(key_bytes());
+        let debug = format!("{key:?}");
+        assert_eq!(debug, format!("Key {{ id: {:?}, .. }}", key.id()));
+        assert_eq!(key.id().len(), 8);
+        assert!(!debug.contains("0001020304"));
+        let same = Key::from_bytes(key_bytes());
+        assert_eq!(key.id(), same.id());
+        assert_ne!(key.id(), Key::random().id());
+    }
+
+    #[test]
+    fn key_files_raw_hex_and_base64_are_accepted() {
+        let dir = tempfile::tempdir().unwrap();
+        let b64 = STANDARD.encode(key_bytes());
+        let files = [
+            write_key(dir.path(), "raw", &key_bytes(), 0o600),
+            write_key(dir.path(), "hex", HEX.as_bytes(), 0o600),
+            write_key(dir.path(), "hex-nl", format!("{HEX}\n").as_bytes(), 0o400),
+            write_key(
+                dir.path(),
+                "HEX-crlf",
+                format!("{}\r\n", HEX.to_uppercase()).as_bytes(),
+                0o600,
+            ),
+            write_key(dir.path(), "b64", format!("{b64}\n").as_bytes(), 0o600),
+            write_key(
+                dir.path(),
+                "b64-nopad",
+                b64.trim_end_matches('=').as_bytes(),
+                0o600,
+            ),
+        ];
+        let expected = Key::from_bytes(key_bytes());
+        let sealed = expected.seal("v", "c", "n");
+        for f in &files {
+            let key = Key::load_from(f, None).unwrap_or_else(|e| panic!("{}: {e}", f.display()));
+            assert_eq!(key.id(), expected.id(), "{}", f.display());
+            assert_eq!(key.open(&sealed, "c", "n").unwrap(), "v");
+        }
+    }
+
+    #[test]
+    fn malformed_key_files_are_refused_without_quoting_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let cases: [(&str, Vec<u8>, &str); 7] = [
+            ("empty", vec![], "holds nothing"),
+            ("short", vec![0xffu8; 31], "31 bytes of binary data"),
+            (
+                "raw-nl",
+                [key_bytes().as_slice(), b"\n"].concat(),
+                "33 bytes of text",
+            ),
+            (
+                "hex63",
+                HEX.as_bytes()[..63].to_vec(),
+                "63 hex digits, not 64",
+            ),
+            (
+                "b64-16",
+                STANDARD.encode([9u8; 16]).into_bytes(),
+                "the base64 of 16 bytes, not 32",
+            ),
+            ("zeros", vec![0u8; 32], "32 zero bytes"),
+            ("two-lines", format!("{HEX}\n\n").into_bytes(), "neither"),
+        ];
+        for (name, content, expect) in cases {
+            let path = write_key(dir.path(), name, &content, 0o600);
+            let err = Key::load_from(&path, None).unwrap_err();
+            let msg = err.to_string();
+            assert!(matches!(err, SealError::KeyFormat { .. }), "{name}: {msg}");
+            assert!(msg.contains(expect), "{name}: {msg}");
+            assert!(msg.contains("head -c 32 /dev/urandom"), "{msg}");
+            assert!(!msg.contains(&HEX[..16]), "{msg}");
+        }
+        let big = write_key(dir.path(), "big", &vec![b'a'; 10_000], 0o600);
+        let err = Key::load_from(&big, None).unwrap_err();
+        assert!(err.to_string().contains("more than 4096 bytes"), "{err}");
+        let missing = dir.path().join("missing");
+        let err = Key::load_from(&missing, None).unwrap_err();
+        assert!(matches!(err, SealError::KeyUnreadable { .. }), "{err}");
+        assert!(err.to_string().contains("encryption_key_file"), "{err}");
+    }
+
+    #[test]
+    fn key_files_open_to_others_are_refused_outside_the_credentials_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, mode) in [("g-read", 0o640), ("o-read", 0o604), ("g-write", 0o620)] {
+            let path = write_key(dir.path(), name, HEX.as_bytes(), mode);
+            let err = Key::load_from(&path, None).unwrap_err();
+            assert!(matches!(err, SealError::KeyPermissions { .. }), "{err}");
+            let msg = err.to_string();
+            assert!(msg.contains(&format!("{mode:04o}")), "{msg}");
+            assert!(msg.contains("chmod 600"), "{msg}");
+            // Elsewhere is not good enough...
+            let other = tempfile::tempdir().unwrap();
+            assert!(Key::load_from(&path, Some(other.path())).is_err());
+            // ...but systemd's credentials directory is.
+            Key::load_from(&path, Some(dir.path())).unwrap();
+        }
+    }
+
+    #[test]
+    fn resolution_prefers_the_configured_file_then_the_credential() {
+        let creds = tempfile::tempdir().unwrap();
+        let elsewhere = tempfile::tempdir().unwrap();
+        let configured = write_key(elsewhere.path(), "k", HEX.as_bytes(), 0o600);
+
+        assert!(resolve_in(None, None).unwrap().is_none());
+        assert!(resolve_in(None, Some(creds.path())).unwrap().is_none());
+
+        let got = resolve_in(Some(&configured), None).unwrap().unwrap();
+        assert!(!got.automatic);
+        assert_eq!(got.path, configured);
+
+        // systemd makes credentials 0440 or so: fine there.
+        let auto = write_key(creds.path(), AUTO_CREDENTIAL, &[5u8; 32], 0o440);
+        let got = resolve_in(None, Some(creds.path())).unwrap().unwrap();
+        assert!(got.automatic);
+        assert_eq!(got.path, auto);
+        assert_eq!(got.key.id(), Key::from_bytes([5u8; 32]).id());
+
+        // A configured file wins over the credential, and must exist.
+        let got = resolve_in(Some(&configured), Some(creds.path()))
+            .unwrap()
+            .unwrap();
+        assert_eq!(got.path, configured);
+        let missing = elsewhere.path().join("missing");
+        assert!(matches!(
+            resolve_in(Some(&missing), Some(creds.path())),
+            Err(SealError::KeyUnreadable { .. })
+        ));
+    }
+}
