@@ -14,4 +14,5 @@ mod lifecycle;
 mod notify;
 mod robustness;
 mod seeds;
+mod system;
 mod units;
