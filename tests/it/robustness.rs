@@ -246,3 +246,95 @@ async fn outcome_unknown_against_a_strict_provider_says_so() {
     daemon.cli(&["get", "c"]).await.ok();
     daemon.finish(&[&fake]).await;
 }
+
+/// A small tmpfs mounted for one test, unmounted however the test ends.
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(at: &std::path::Path) -> Tmpfs {
+        std::fs::create_dir_all(at).unwrap();
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=8m,mode=0700", "tmpfs"])
+            .arg(at)
+            .status()
+            .expect("mount (util-linux) must be installed; the tests run as root");
+        assert!(ok.success(), "cannot mount a tmpfs at {}", at.display());
+        Tmpfs(at.to_path_buf())
+    }
+
+    /// Fills the file system to the last byte; returns the filler's path.
+    fn fill(&self) -> std::path::PathBuf {
+        use std::io::Write;
+        let path = self.0.join("filler");
+        let mut f = std::fs::File::create(&path).unwrap();
+        for chunk in [64 * 1024, 4096, 512, 1] {
+            let buf = vec![0u8; chunk];
+            while f.write_all(&buf).is_ok() {}
+        }
+        path
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_mid_run_loses_no_refresh_token() {
+    let fake =
+        FakeProvider::start(FakeConfig::new(Flavor::Didit).with_ttl(Duration::from_secs(20))).await;
+    let mut daemon = Daemon::prepare(FAST_DAEMON, &provider_toml("p", &fake));
+    let state = Tmpfs::mount(daemon.database.parent().unwrap());
+    daemon.spawn().await;
+    daemon.add("c", "p", &fake.issue_refresh_token()).await.ok();
+    let filler = state.fill();
+
+    // The proactive refresh happens while the disk is full: the new tokens
+    // are served from memory and the token never lapses.
+    let start = Instant::now();
+    while fake.refresh_count() < 2 || start.elapsed() < Duration::from_secs(1) {
+        assert!(
+            start.elapsed() < Duration::from_secs(25),
+            "no refresh while the disk is full"
+        );
+        let get = daemon.cli(&["get", "c"]).await;
+        get.ok();
+        let exp = fake
+            .access_token_expiry(get.stdout.trim())
+            .expect("issued token");
+        assert!(exp > SystemTime::now(), "expired token served");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    wait_until(
+        Duration::from_secs(5),
+        "the failed commit to show",
+        || async { daemon.status("c").await["uncommitted"] == true },
+    )
+    .await;
+    assert!(daemon.logs().contains("commit_failed"));
+
+    // Space again: the commit is retried and lands.
+    std::fs::remove_file(filler).unwrap();
+    wait_until(Duration::from_secs(15), "the commit to land", || async {
+        daemon.status("c").await["uncommitted"] == false
+    })
+    .await;
+    daemon.stop().await;
+    let alive = fake.current_refresh_tokens();
+    assert_eq!(alive.len(), 1);
+    assert_eq!(
+        stored_refresh_token(&daemon.database).await,
+        alive[0],
+        "the newest refresh token is on disk"
+    );
+    daemon.spawn().await;
+    daemon.cli(&["refresh", "c"]).await.ok();
+    assert_eq!(fake.reused_refresh_tokens(), 0);
+    daemon.finish(&[&fake]).await;
+    drop(state);
+}

@@ -83,6 +83,14 @@ impl Daemon {
     /// Starts a daemon whose configuration is `[daemon]` + `daemon_extra` +
     /// `providers`, and waits until its socket answers.
     pub async fn start(daemon_extra: &str, providers: &str) -> Daemon {
+        let mut d = Daemon::prepare(daemon_extra, providers);
+        d.spawn().await;
+        d
+    }
+
+    /// Lays out the files of a daemon without starting it, so a test can
+    /// arrange its directories first; [`Daemon::spawn`] starts it.
+    pub fn prepare(daemon_extra: &str, providers: &str) -> Daemon {
         let dir = tempfile::tempdir().expect("tempdir");
         let socket = dir.path().join("run/tokend.sock");
         let database = dir.path().join("state/tokend.db");
@@ -97,7 +105,6 @@ impl Daemon {
             child: None,
         };
         d.write_config(daemon_extra, providers);
-        d.spawn().await;
         d
     }
 
