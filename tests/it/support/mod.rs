@@ -96,7 +96,7 @@ impl Daemon {
         let database = dir.path().join("state/tokend.db");
         let config = dir.path().join("config.toml");
         let log = dir.path().join("daemon.log");
-        let mut d = Daemon {
+        let d = Daemon {
             dir,
             socket,
             database,
