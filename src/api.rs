@@ -47,20 +47,19 @@ pub struct TokenResponse {
 impl TokenResponse {
     /// Builds the response from a view holding a valid token.
     pub fn from_view(view: &View) -> Option<Self> {
-        let c = &view.cred;
-        let expires_at_ms = c.expires_at?;
+        let expires_at_ms = view.expires_at?;
         Some(TokenResponse {
-            name: c.name.clone(),
-            access_token: c.access_token.as_ref()?.expose().to_string(),
-            token_type: c.token_type.clone(),
+            name: view.name.to_string(),
+            access_token: view.access_token.as_ref()?.expose().to_string(),
+            token_type: view.token_type.to_string(),
             expires_at: expires_at_ms / 1000,
             expires_in: (expires_at_ms - now_ms()).max(0) / 1000,
-            scope: c.scope.clone(),
-            id_token: c
-                .extra
-                .get("id_token")
-                .and_then(|v| v.as_str())
-                .map(str::to_string),
+            scope: view.scope.as_deref().map(str::to_string),
+            id_token: view
+                .notes()
+                .id_token
+                .as_ref()
+                .map(|t| t.expose().to_string()),
             state: view.state_name().to_string(),
             warning: view.caveat(),
         })
@@ -121,27 +120,27 @@ pub struct CredentialStatus {
 
 impl From<&View> for CredentialStatus {
     fn from(view: &View) -> Self {
-        let c = &view.cred;
         let secs = |ms: i64| ms.div_euclid(1000);
+        let notes = view.notes();
         CredentialStatus {
-            name: c.name.clone(),
-            provider: c.provider.clone(),
+            name: view.name.to_string(),
+            provider: view.provider.to_string(),
             state: view.state_name().to_string(),
-            expires_at: c.expires_at.map(secs),
-            expires_in: c.expires_at.map(|e| secs(e - now_ms())),
-            refresh_token_expires_at: c.refresh_expires_at.map(secs),
-            last_refresh_at: c.last_refresh_at.map(secs),
+            expires_at: view.expires_at.map(secs),
+            expires_in: view.expires_at.map(|e| secs(e - now_ms())),
+            refresh_token_expires_at: notes.refresh_expires_at.map(secs),
+            last_refresh_at: view.last_refresh_at.map(secs),
             next_refresh_at: view.next_refresh_at.map(secs),
             refreshing: view.refreshing,
-            last_error: view.paused.clone().or_else(|| c.last_error.clone()),
-            lifetime_source: c.lifetime_source.map(|s| s.as_str().to_string()),
-            scope: c.scope.clone(),
-            token_type: c.token_type.clone(),
-            has_refresh_token: c.refresh_token.is_some(),
+            last_error: notes.paused.clone().or_else(|| notes.last_error.clone()),
+            lifetime_source: view.lifetime_source.map(|s| s.as_str().to_string()),
+            scope: view.scope.as_deref().map(str::to_string),
+            token_type: view.token_type.to_string(),
+            has_refresh_token: view.has_refresh_token,
             uncommitted: view.uncommitted,
-            warning: view.warning.clone(),
-            created_at: secs(c.created_at),
-            updated_at: secs(c.updated_at),
+            warning: notes.warning.clone(),
+            created_at: secs(view.created_at),
+            updated_at: secs(view.updated_at),
         }
     }
 }

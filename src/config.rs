@@ -28,19 +28,18 @@ pub struct Config {
     pub providers: BTreeMap<String, Arc<ProviderConfig>>,
     /// Per-credential readers (`[credentials.NAME] readers = [...]`),
     /// overriding the provider's.
-    pub credentials: BTreeMap<String, Vec<Grant>>,
+    pub credentials: BTreeMap<String, Arc<[Grant]>>,
 }
 
 impl Config {
     /// Who may read a credential: its own `readers` if configured, else its
-    /// provider's, else nobody but administrators.
-    pub fn readers<'a>(&'a self, credential: &str, provider: &str) -> &'a [Grant] {
-        if let Some(r) = self.credentials.get(credential) {
-            return r;
-        }
-        self.providers
-            .get(provider)
-            .map_or(&[], |p| p.readers.as_slice())
+    /// provider's, else nobody but administrators. `None` means nobody; the
+    /// lists are shared, so a million credentials hold a million pointers
+    /// to a handful of lists.
+    pub fn readers(&self, credential: &str, provider: &str) -> Option<&Arc<[Grant]>> {
+        self.credentials
+            .get(credential)
+            .or_else(|| self.providers.get(provider).map(|p| &p.readers))
     }
 }
 
@@ -110,7 +109,7 @@ pub struct ProviderConfig {
     pub refresh_token_warning: Duration,
     /// Who may read the tokens of this provider's credentials, unless a
     /// `[credentials.NAME]` table says otherwise.
-    pub readers: Vec<Grant>,
+    pub readers: Arc<[Grant]>,
 }
 
 /// Client authentication at the token endpoint (RFC 6749 §2.3).
@@ -511,7 +510,7 @@ pub fn parse_config(text: &str) -> Result<Config, ConfigErrors> {
             Ok(raw) => {
                 credentials.insert(
                     name,
-                    c.grants(line, &format!("{key}.readers"), &raw.readers),
+                    Arc::from(c.grants(line, &format!("{key}.readers"), &raw.readers)),
                 );
             }
             Err(e) => c.push(Some(line), key, e.message().trim().to_string()),
@@ -776,11 +775,11 @@ fn validate_provider(
         raw.refresh_token_warning.as_ref(),
         Duration::from_secs(3 * 86_400),
     );
-    let readers = c.grants(
+    let readers: Arc<[Grant]> = Arc::from(c.grants(
         line,
         &key("readers"),
         raw.readers.as_deref().unwrap_or_default(),
-    );
+    ));
     if raw.max_concurrent_refreshes == Some(0) {
         c.push(
             Some(line),
@@ -1219,15 +1218,15 @@ client_scret = "typo"
         assert_eq!(cfg.daemon.admin_gid, Some(0));
         assert_eq!(cfg.daemon.socket_gid, Some(0));
         assert_eq!(
-            cfg.readers("other", "a"),
+            **cfg.readers("other", "a").unwrap(),
             [
                 Grant::Uid(1000),
                 Grant::Gid(0),
                 Grant::Unit("backup.service".into())
             ]
         );
-        assert_eq!(cfg.readers("special", "a"), [Grant::Uid(0)]);
-        assert!(cfg.readers("x", "unknown").is_empty());
+        assert_eq!(**cfg.readers("special", "a").unwrap(), [Grant::Uid(0)]);
+        assert!(cfg.readers("x", "unknown").is_none());
         let p = problems("[credentials.c]\nreaders = [\"user:surely-nobody-here\"]\n");
         assert_eq!(
             (p[0].line, p[0].key.as_str()),

@@ -106,6 +106,17 @@ pub struct Credential {
     pub updated_at: i64,
 }
 
+/// A credential as the daemon loads it at start-up: no refresh token (the
+/// database keeps it, and a refresh reads it back) and, of the response
+/// extras, only the id_token (which the API serves).
+#[derive(Debug)]
+pub struct Loaded {
+    /// The credential, with `refresh_token` unset.
+    pub cred: Credential,
+    /// Whether the database holds a refresh token for it.
+    pub has_refresh_token: bool,
+}
+
 impl fmt::Debug for Credential {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Credential")

@@ -17,12 +17,15 @@ use crate::event;
 use crate::events::Kind;
 use crate::paths;
 use crate::provider::ProviderClient;
-use crate::refresh::{summary, Refresher, RefresherHandle};
+use crate::refresh::{Refresher, RefresherHandle};
 use crate::seal::{self, Key};
 use crate::server;
-use crate::store::{Rekeyed, Store};
+use crate::store::{GroupCommit, Rekeyed, Store};
 use crate::systemd;
-use crate::token::now_ms;
+
+/// Most row writes committed in one transaction (one fsync). Large enough
+/// that a burst of refreshes is limited by the providers, not by fsync.
+const COMMIT_BATCH: usize = 512;
 
 /// Where the daemon gets its configuration and files.
 #[derive(Debug, Clone, Default)]
@@ -67,22 +70,24 @@ pub async fn run(opts: DaemonOptions) -> anyhow::Result<()> {
     check_files(config_path.as_deref(), &config, &database)?;
     let key = encryption_key(&config)?;
     let store = Store::open_with(&database, key).await?;
-    let creds = match store.load_all().await {
-        Ok(creds) => creds,
+    let client = ProviderClient::new().context("cannot build the HTTP client")?;
+    let cancel = CancellationToken::new();
+    let commits = GroupCommit::start(store.clone(), COMMIT_BATCH);
+    let loaded = Refresher::load(
+        Arc::clone(&config),
+        store.clone(),
+        commits,
+        client,
+        cancel.clone(),
+    )
+    .await;
+    let (refresher, handle) = match loaded {
+        Ok(loaded) => loaded,
         Err(e) => {
             store.close().await;
             return Err(e.into());
         }
     };
-    let client = ProviderClient::new().context("cannot build the HTTP client")?;
-    let cancel = CancellationToken::new();
-    let (refresher, handle) = Refresher::new(
-        Arc::clone(&config),
-        store.clone(),
-        client,
-        creds,
-        cancel.clone(),
-    );
     let (listener, socket_file, socket) = listen(&opts, &config).await?;
     let refresher_task = tokio::spawn(refresher.run());
     let served = tokio::spawn(server::serve(
@@ -187,8 +192,7 @@ async fn listen(
 }
 
 fn status_line(handle: &RefresherHandle) -> String {
-    let views = handle.list();
-    summary(views.iter().map(|v| &**v), now_ms())
+    handle.summary()
 }
 
 /// Waits for SIGTERM/SIGINT, reloading the configuration on each SIGHUP.

@@ -12,12 +12,12 @@ use sha2::{Digest, Sha256};
 /// A string that must never reach a log: its `Debug` and `Display` print a
 /// fingerprint instead of the value.
 #[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
+pub struct Secret(Box<str>);
 
 impl Secret {
     /// Wraps a secret value.
     pub fn new(value: impl Into<String>) -> Self {
-        Secret(value.into())
+        Secret(value.into().into_boxed_str())
     }
 
     /// The secret itself, for the few places that must send or store it.

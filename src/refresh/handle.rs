@@ -8,37 +8,163 @@ use std::time::Duration;
 use dashmap::DashMap;
 use tokio::sync::{mpsc, oneshot};
 
+use crate::access::Grant;
 use crate::credential::{Credential, State};
 use crate::provider::Failure;
 use crate::store::StoreError;
-use crate::token::{now_ms, Secret};
+use crate::token::{now_ms, LifetimeSource, Secret};
 
-/// A published, immutable snapshot of one credential.
+/// A published, immutable snapshot of one credential: everything the socket
+/// API serves or shows, and nothing more. It holds no refresh token: that
+/// stays in the database and is read only when a refresh starts, so a
+/// million credentials cost memory for their access tokens and little else.
 #[derive(Debug, Clone)]
 pub struct View {
-    /// The credential as last committed (or, after a failed commit, as held
-    /// in memory).
-    pub cred: Credential,
-    /// Why refreshing is paused, if it is (provider missing or misconfigured).
-    pub paused: Option<String>,
+    /// Credential name (shared with the published map's key).
+    pub name: Arc<str>,
+    /// Provider name.
+    pub provider: Arc<str>,
+    /// The stored generation; bumped on every replacement.
+    pub generation: i64,
+    /// The current access token, if one was ever obtained.
+    pub access_token: Option<Secret>,
+    /// Token type, normally `Bearer`.
+    pub token_type: Arc<str>,
+    /// Granted scope.
+    pub scope: Option<Arc<str>>,
+    /// When the access token expires (Unix ms).
+    pub expires_at: Option<i64>,
+    /// When the last successful refresh was sent (Unix ms).
+    pub last_refresh_at: Option<i64>,
+    /// When the credential was first stored (Unix ms).
+    pub created_at: i64,
+    /// When its row last changed (Unix ms).
+    pub updated_at: i64,
     /// When the next refresh is due (Unix ms), if one is scheduled.
     pub next_refresh_at: Option<i64>,
+    /// Who may read its token (besides administrators).
+    pub readers: Arc<[Grant]>,
+    /// Lifecycle state as stored.
+    pub state: State,
+    /// Where `expires_at` came from.
+    pub lifetime_source: Option<LifetimeSource>,
+    /// Whether the database holds a refresh token for it.
+    pub has_refresh_token: bool,
     /// Whether a refresh is in flight now.
     pub refreshing: bool,
     /// Newer tokens than the database holds are kept in memory because
     /// committing them failed; the commit is being retried.
     pub uncommitted: bool,
+    /// Fields most credentials never have, boxed so they cost one pointer.
+    pub notes: Option<Box<Notes>>,
+    /// The refresher's slot number for it.
+    pub(crate) slot: u32,
+}
+
+/// The rarely set part of a [`View`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Notes {
+    /// The OpenID Connect ID token of the last response, if any.
+    pub id_token: Option<Secret>,
+    /// When the refresh token expires (Unix ms), if the provider said.
+    pub refresh_expires_at: Option<i64>,
+    /// The last failure, scrubbed of secrets.
+    pub last_error: Option<String>,
+    /// Why refreshing is paused, if it is (provider missing or misconfigured).
+    pub paused: Option<String>,
     /// Something the operator should know although the credential works
     /// (a refresh token about to expire).
     pub warning: Option<String>,
-    /// Who may read its token (besides administrators).
-    pub readers: Vec<crate::access::Grant>,
+}
+
+impl Notes {
+    /// `None` when there is nothing to note, so the common case allocates nothing.
+    pub fn boxed(self) -> Option<Box<Notes>> {
+        (self != Notes::default()).then(|| Box::new(self))
+    }
 }
 
 impl View {
+    /// The view of a credential record (as stored or just refreshed), with
+    /// no schedule and no flags yet. Strings shared by many credentials
+    /// (provider, token type, scope) come from `interner`.
+    pub fn of(
+        name: Arc<str>,
+        cred: &Credential,
+        interner: &mut Interner,
+        readers: Arc<[Grant]>,
+    ) -> View {
+        View {
+            name,
+            provider: interner.get(&cred.provider),
+            generation: cred.generation,
+            access_token: cred.access_token.clone(),
+            token_type: interner.get(&cred.token_type),
+            scope: cred.scope.as_deref().map(|s| interner.get(s)),
+            expires_at: cred.expires_at,
+            last_refresh_at: cred.last_refresh_at,
+            created_at: cred.created_at,
+            updated_at: cred.updated_at,
+            next_refresh_at: None,
+            readers,
+            state: cred.state,
+            lifetime_source: cred.lifetime_source,
+            has_refresh_token: cred.refresh_token.is_some(),
+            refreshing: false,
+            uncommitted: false,
+            slot: 0,
+            notes: Notes {
+                id_token: match cred.extra.get("id_token") {
+                    Some(serde_json::Value::String(id)) => Some(Secret::new(id.as_str())),
+                    _ => None,
+                },
+                refresh_expires_at: cred.refresh_expires_at,
+                last_error: cred.last_error.clone(),
+                paused: None,
+                warning: None,
+            }
+            .boxed(),
+        }
+    }
+
+    /// The notes, or empty ones.
+    pub fn notes(&self) -> &Notes {
+        static NONE: Notes = Notes {
+            id_token: None,
+            refresh_expires_at: None,
+            last_error: None,
+            paused: None,
+            warning: None,
+        };
+        self.notes.as_deref().unwrap_or(&NONE)
+    }
+
+    /// Changes the notes, dropping the box when they become empty.
+    pub fn edit_notes(&mut self, edit: impl FnOnce(&mut Notes)) {
+        let mut notes = self.notes.take().map(|b| *b).unwrap_or_default();
+        edit(&mut notes);
+        self.notes = notes.boxed();
+    }
+
+    /// Why refreshing is paused, if it is.
+    pub fn paused(&self) -> Option<&str> {
+        self.notes().paused.as_deref()
+    }
+
+    /// The access token if it is still valid for at least `min_valid_ms` at
+    /// `now`, whatever the state: an access token outlives a dead refresh
+    /// token, and serving it until it expires keeps clients working while a
+    /// human re-authorizes.
+    pub fn valid_token(&self, now: i64, min_valid_ms: i64) -> Option<&Secret> {
+        match (&self.access_token, self.expires_at) {
+            (Some(t), Some(exp)) if exp - now > min_valid_ms => Some(t),
+            _ => None,
+        }
+    }
+
     /// The state shown to users: `paused` overrides the stored state.
     pub fn state_name(&self) -> &'static str {
-        match (&self.paused, self.cred.state) {
+        match (self.paused(), self.state) {
             (_, State::NeedsReauth) => "needs_reauth",
             (Some(_), State::Active) => "paused",
             (None, State::Active) => "active",
@@ -49,21 +175,40 @@ impl View {
     /// credential needs re-authorization or is paused (its token is still
     /// served until it expires), or its refresh token is about to expire.
     pub fn caveat(&self) -> Option<String> {
-        let c = &self.cred;
-        match (&self.paused, c.state) {
+        let notes = self.notes();
+        match (&notes.paused, self.state) {
             (_, State::NeedsReauth) => Some(format!(
                 "credential `{}` needs re-authorization ({}); this token is served until it expires: add a new refresh token with `tokend add {} --provider {}`",
-                c.name,
-                c.last_error.as_deref().unwrap_or("the provider rejected the grant"),
-                c.name,
-                c.provider
+                self.name,
+                notes.last_error.as_deref().unwrap_or("the provider rejected the grant"),
+                self.name,
+                self.provider
             )),
             (Some(reason), _) => Some(format!(
                 "credential `{}` is paused: {reason}; this token is served until it expires",
-                c.name
+                self.name
             )),
-            (None, State::Active) => self.warning.clone(),
+            (None, State::Active) => notes.warning.clone(),
         }
+    }
+}
+
+/// Shares the strings many credentials have in common (provider names,
+/// token types, scopes), so each costs one reference, not one copy.
+#[derive(Default)]
+pub struct Interner {
+    strings: std::collections::HashSet<Arc<str>>,
+}
+
+impl Interner {
+    /// The shared copy of `s`.
+    pub fn get(&mut self, s: &str) -> Arc<str> {
+        if let Some(shared) = self.strings.get(s) {
+            return Arc::clone(shared);
+        }
+        let shared: Arc<str> = Arc::from(s);
+        self.strings.insert(Arc::clone(&shared));
+        shared
     }
 }
 
@@ -177,55 +322,87 @@ pub(super) enum Command {
     },
 }
 
-/// The one-line summary for `systemctl status`, e.g. "12 credentials: 11
-/// active, 1 needs re-auth; next refresh in 4m".
+/// Credentials counted by the state users see, kept up to date as views
+/// are published so the status line never needs a pass over all of them.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Tally {
+    active: usize,
+    needs_reauth: usize,
+    paused: usize,
+}
+
+impl Tally {
+    fn slot(&mut self, view: &View) -> &mut usize {
+        match view.state_name() {
+            "active" => &mut self.active,
+            "needs_reauth" => &mut self.needs_reauth,
+            _ => &mut self.paused,
+        }
+    }
+
+    /// Counts a view in.
+    pub fn add(&mut self, view: &View) {
+        *self.slot(view) += 1;
+    }
+
+    /// Counts a view out.
+    pub fn remove(&mut self, view: &View) {
+        let n = self.slot(view);
+        *n = n.saturating_sub(1);
+    }
+
+    /// The one-line summary for `systemctl status`, e.g. "12 credentials: 11
+    /// active, 1 needs re-auth; next refresh in 4m".
+    pub fn line(&self, next_refresh_at: Option<i64>, now: i64) -> String {
+        let total = self.active + self.needs_reauth + self.paused;
+        let mut out = format!("{total} credential{}", if total == 1 { "" } else { "s" });
+        let mut parts = Vec::new();
+        if total > 0 {
+            parts.push(format!("{} active", self.active));
+        }
+        if self.needs_reauth > 0 {
+            parts.push(format!(
+                "{} need{} re-auth",
+                self.needs_reauth,
+                if self.needs_reauth == 1 { "s" } else { "" }
+            ));
+        }
+        if self.paused > 0 {
+            parts.push(format!("{} paused", self.paused));
+        }
+        if !parts.is_empty() {
+            out.push_str(": ");
+            out.push_str(&parts.join(", "));
+        }
+        if let Some(at) = next_refresh_at {
+            let secs = ((at - now).max(0) + 999) / 1000;
+            out.push_str(&format!(
+                "; next refresh in {}",
+                humantime::format_duration(Duration::from_secs(secs as u64))
+            ));
+        }
+        out
+    }
+}
+
+/// The status line for a set of views (see [`Tally::line`]).
 pub fn summary<'a>(views: impl Iterator<Item = &'a View>, now: i64) -> String {
-    let (mut total, mut active, mut reauth, mut paused) = (0, 0, 0, 0);
+    let mut tally = Tally::default();
     let mut next: Option<i64> = None;
     for v in views {
-        total += 1;
-        match v.state_name() {
-            "active" => active += 1,
-            "needs_reauth" => reauth += 1,
-            _ => paused += 1,
-        }
+        tally.add(v);
         if let Some(at) = v.next_refresh_at {
             next = Some(next.map_or(at, |n| n.min(at)));
         }
     }
-    let mut out = format!("{total} credential{}", if total == 1 { "" } else { "s" });
-    let mut parts = Vec::new();
-    if total > 0 {
-        parts.push(format!("{active} active"));
-    }
-    if reauth > 0 {
-        parts.push(format!(
-            "{reauth} need{} re-auth",
-            if reauth == 1 { "s" } else { "" }
-        ));
-    }
-    if paused > 0 {
-        parts.push(format!("{paused} paused"));
-    }
-    if !parts.is_empty() {
-        out.push_str(": ");
-        out.push_str(&parts.join(", "));
-    }
-    if let Some(at) = next {
-        let secs = ((at - now).max(0) + 999) / 1000;
-        out.push_str(&format!(
-            "; next refresh in {}",
-            humantime::format_duration(Duration::from_secs(secs as u64))
-        ));
-    }
-    out
+    tally.line(next, now)
 }
 
 /// Cheap, cloneable handle for talking to the owner and reading its views.
 #[derive(Clone)]
 pub struct RefresherHandle {
     pub(super) tx: mpsc::Sender<Command>,
-    pub(super) published: Arc<DashMap<String, Arc<View>>>,
+    pub(super) published: Arc<DashMap<Arc<str>, Arc<View>>>,
     pub(super) policy: Arc<std::sync::RwLock<crate::access::Policy>>,
 }
 
@@ -250,8 +427,18 @@ impl RefresherHandle {
             .iter()
             .map(|v| Arc::clone(v.value()))
             .collect();
-        all.sort_by(|a, b| a.cred.name.cmp(&b.cred.name));
+        all.sort_by(|a, b| a.name.cmp(&b.name));
         all
+    }
+
+    /// The status line, from every published view (one pass, no sorting).
+    pub fn summary(&self) -> String {
+        let views: Vec<Arc<View>> = self
+            .published
+            .iter()
+            .map(|v| Arc::clone(v.value()))
+            .collect();
+        summary(views.iter().map(|v| &**v), now_ms())
     }
 
     /// Number of credentials.
@@ -270,7 +457,7 @@ impl RefresherHandle {
     pub async fn token(&self, name: &str, min_valid: Duration) -> Result<Arc<View>, RefreshError> {
         let min_valid_ms = min_valid.as_millis() as i64;
         if let Some(view) = self.view(name) {
-            if view.cred.valid_token(now_ms(), min_valid_ms).is_some() {
+            if view.valid_token(now_ms(), min_valid_ms).is_some() {
                 return Ok(view);
             }
         }
@@ -343,15 +530,15 @@ mod tests {
     fn view(state: State, paused: bool, next: Option<i64>) -> View {
         let mut cred = Credential::new("c", "p", None, 0);
         cred.state = state;
-        View {
-            cred,
-            paused: paused.then(|| "x".to_string()),
-            next_refresh_at: next,
-            refreshing: false,
-            uncommitted: false,
-            warning: None,
-            readers: Vec::new(),
-        }
+        let mut view = View::of(
+            Arc::from("c"),
+            &cred,
+            &mut Interner::default(),
+            Arc::from(Vec::new()),
+        );
+        view.next_refresh_at = next;
+        view.edit_notes(|n| n.paused = paused.then(|| "x".to_string()));
+        view
     }
 
     #[test]

@@ -11,10 +11,11 @@ use std::time::Duration;
 
 use tokio::sync::Semaphore;
 
+use super::View;
 use crate::config::ProviderConfig;
 use crate::credential::{Credential, State};
 use crate::provider::{Failure, FailureKind, Grant, ProviderClient};
-use crate::store::Store;
+use crate::store::{GroupCommit, Store};
 use crate::token::{expires_at_ms, now_ms, RefreshTiming};
 
 /// What a job tells the owner.
@@ -22,8 +23,12 @@ pub(super) enum Outcome {
     /// New tokens; `committed` is false if the database refused them (they
     /// are then only in memory).
     Refreshed { cred: Credential, committed: bool },
-    /// The refresh failed; `cred` carries the recorded error and state.
-    Failed { cred: Credential, failure: Failure },
+    /// The refresh failed. `cred` carries the recorded error and state, or
+    /// is `None` if the credential could not even be read.
+    Failed {
+        cred: Option<Credential>,
+        failure: Failure,
+    },
     /// A commit-only job (retrying tokens held in memory) finished.
     Committed { ok: bool },
     /// The credential was replaced or removed while the job ran.
@@ -31,35 +36,40 @@ pub(super) enum Outcome {
 }
 
 /// One job: a refresh (`refresh == true`), or only the retry of a commit
-/// that failed earlier (`uncommitted` with `refresh == false`).
+/// that failed earlier (`pending` with `refresh == false`).
 pub(super) struct Job {
+    pub commits: GroupCommit,
     pub store: Store,
     pub client: ProviderClient,
     /// `None` only for a commit retry of a credential whose provider was
     /// removed from the configuration.
     pub provider: Option<Arc<ProviderConfig>>,
-    pub cred: Credential,
+    pub name: Arc<str>,
+    pub generation: i64,
+    /// Tokens newer than the database's, held in memory since their commit
+    /// failed. They are the only copy of the newest refresh token.
+    pub pending: Option<Credential>,
+    /// An earlier refresh ended without a known outcome.
+    pub earlier_unknown: bool,
     pub refresh: bool,
-    /// The credential holds tokens the database does not have yet.
-    pub uncommitted: bool,
     pub global: Arc<Semaphore>,
     pub per_provider: Arc<Semaphore>,
 }
 
 impl Job {
     pub async fn run(mut self) -> Outcome {
-        if self.uncommitted {
-            match self.store.save_outcome(&self.cred).await {
-                Ok(true) => self.uncommitted = false,
+        let mut uncommitted = false;
+        if let Some(pending) = &self.pending {
+            match self.commits.save(pending.clone()).await {
+                Ok(true) => {}
                 Ok(false) => return Outcome::Superseded,
                 Err(e) => {
-                    tracing::warn!(tokend_credential = %self.cred.name, tokend_error = %e, "commit of tokens held in memory still failing")
+                    uncommitted = true;
+                    tracing::warn!(tokend_credential = %self.name, tokend_error = %e, "commit of tokens held in memory still failing");
                 }
             }
             if !self.refresh {
-                return Outcome::Committed {
-                    ok: !self.uncommitted,
-                };
+                return Outcome::Committed { ok: !uncommitted };
             }
         }
         // Provider slot first, so a rate-limited provider cannot hold global slots.
@@ -69,46 +79,68 @@ impl Job {
         let Ok(_permit) = Arc::clone(&self.global).acquire_owned().await else {
             return Outcome::Superseded;
         };
-        self.refresh().await
+        let sent_at = now_ms();
+        let cred = match self.pending.take() {
+            // Committed just now: the database and memory agree, but the
+            // attempt still has to be marked.
+            Some(_) if !uncommitted => self.begin(sent_at).await,
+            // The database is failing and holds an older refresh token than
+            // memory: refreshing with the newest one (the only one the
+            // provider still accepts) beats letting the access token die.
+            Some(cred) => Ok(cred),
+            None => self.begin(sent_at).await,
+        };
+        match cred {
+            Ok(cred) => self.refresh(cred, sent_at, uncommitted).await,
+            Err(outcome) => outcome,
+        }
     }
 
-    async fn refresh(mut self) -> Outcome {
+    /// Records durably that a refresh is about to be sent and reads the
+    /// credential back, refresh token included. If the mark cannot be
+    /// written, reads the credential anyway: the mark only helps a later
+    /// diagnosis, and a lapsed access token helps no one.
+    async fn begin(&self, at: i64) -> Result<Credential, Outcome> {
+        let marked = self
+            .commits
+            .begin(self.name.to_string(), self.generation, at)
+            .await;
+        let cred = match marked {
+            Ok(cred) => cred,
+            Err(e) => {
+                tracing::warn!(
+                    tokend_credential = %self.name, tokend_error = %e,
+                    "cannot record the refresh attempt in the database; refreshing anyway"
+                );
+                match self.store.load(&self.name).await {
+                    Ok(cred) => cred.filter(|c| c.generation == self.generation),
+                    Err(e) => {
+                        return Err(Outcome::Failed {
+                            cred: None,
+                            failure: failure(
+                                FailureKind::Transient,
+                                &format!("cannot read the credential from the database: {e}"),
+                            ),
+                        })
+                    }
+                }
+            }
+        };
+        cred.ok_or(Outcome::Superseded)
+    }
+
+    async fn refresh(self, mut cred: Credential, sent_at: i64, uncommitted: bool) -> Outcome {
         let Some(provider) = self.provider.clone() else {
             return Outcome::Superseded;
         };
-        let Some(refresh_token) = self.cred.refresh_token.clone() else {
-            return self
-                .fail(failure(
-                    FailureKind::Reauth,
-                    "the provider never issued a refresh token and the access token has expired",
-                ))
-                .await;
+        let Some(refresh_token) = cred.refresh_token.clone() else {
+            let f = failure(
+                FailureKind::Reauth,
+                "the provider never issued a refresh token and the access token has expired",
+            );
+            return self.fail(cred, f, uncommitted).await;
         };
-        // Set if an earlier attempt ended without a known outcome (a crash,
-        // or a timeout after the request was sent).
-        let earlier_unknown = self.cred.refresh_started_at.is_some();
-        let sent_at = now_ms();
-        if !self.uncommitted {
-            match self
-                .store
-                .mark_refresh_started(&self.cred.name, self.cred.generation, sent_at)
-                .await
-            {
-                Ok(true) => {}
-                Ok(false) => return Outcome::Superseded,
-                // The mark only tells a later start that this attempt was
-                // interrupted; the refresh token on record is retried either
-                // way. Refreshing without it beats letting the token lapse.
-                Err(e) => tracing::warn!(
-                    tokend_credential = %self.cred.name, tokend_error = %e,
-                    "cannot record the refresh attempt in the database; refreshing anyway"
-                ),
-            }
-        }
-        // When uncommitted, the newest refresh token lives only in memory and
-        // the database is failing: refreshing with it (the only one the
-        // provider still accepts) beats letting the access token die.
-        self.cred.refresh_started_at = Some(sent_at);
+        cred.refresh_started_at = Some(sent_at);
         let result = self
             .client
             .request(&provider, &Grant::Refresh { refresh_token })
@@ -116,22 +148,19 @@ impl Job {
         match result {
             Ok(set) => {
                 let (expires_at, source) = expires_at_ms(&set, sent_at, provider.default_lifetime);
-                self.cred.apply(set, sent_at, expires_at, source);
-                let committed = match self.store.save_outcome(&self.cred).await {
+                cred.apply(set, sent_at, expires_at, source);
+                let committed = match self.commits.save(cred.clone()).await {
                     Ok(true) => true,
                     Ok(false) => return Outcome::Superseded,
                     Err(e) => {
-                        tracing::error!(tokend_credential = %self.cred.name, tokend_error = %e, "commit of refreshed tokens failed");
+                        tracing::error!(tokend_credential = %self.name, tokend_error = %e, "commit of refreshed tokens failed");
                         false
                     }
                 };
-                Outcome::Refreshed {
-                    cred: self.cred,
-                    committed,
-                }
+                Outcome::Refreshed { cred, committed }
             }
             Err(mut f) => {
-                if f.kind == FailureKind::Reauth && earlier_unknown {
+                if f.kind == FailureKind::Reauth && self.earlier_unknown {
                     f.message.push_str(
                         "; an earlier refresh of this credential ended without a known outcome (tokend stopped, or the request timed out after it was sent), so the provider has probably rotated the refresh token then",
                     );
@@ -139,31 +168,31 @@ impl Job {
                 // Keep the mark when the provider may have processed the
                 // request: the next attempt (or the next start) knows then.
                 if !f.outcome_unknown {
-                    self.cred.refresh_started_at = None;
+                    cred.refresh_started_at = None;
                 }
-                self.fail(f).await
+                self.fail(cred, f, uncommitted).await
             }
         }
     }
 
-    async fn fail(mut self, failure: Failure) -> Outcome {
-        self.cred.last_error = Some(failure.message.clone());
-        self.cred.updated_at = now_ms();
+    async fn fail(self, mut cred: Credential, failure: Failure, uncommitted: bool) -> Outcome {
+        cred.last_error = Some(failure.message.clone());
+        cred.updated_at = now_ms();
         if failure.kind == FailureKind::Reauth {
-            self.cred.state = State::NeedsReauth;
-            self.cred.refresh_started_at = None;
+            cred.state = State::NeedsReauth;
+            cred.refresh_started_at = None;
         }
-        if !self.uncommitted {
-            match self.store.save_outcome(&self.cred).await {
+        if !uncommitted {
+            match self.commits.save(cred.clone()).await {
                 Ok(false) => return Outcome::Superseded,
                 Ok(true) => {}
                 Err(e) => {
-                    tracing::error!(tokend_credential = %self.cred.name, tokend_error = %e, "could not record the refresh failure")
+                    tracing::error!(tokend_credential = %self.name, tokend_error = %e, "could not record the refresh failure")
                 }
             }
         }
         Outcome::Failed {
-            cred: self.cred,
+            cred: Some(cred),
             failure,
         }
     }
@@ -205,14 +234,14 @@ fn failure(kind: FailureKind, message: &str) -> Failure {
 pub(super) fn refresh_due_at(
     timing: &RefreshTiming,
     provider: Option<&ProviderConfig>,
-    cred: &Credential,
+    cred: &View,
     now: i64,
     jitter: f64,
 ) -> i64 {
     let Some(expires_at) = cred.expires_at.filter(|_| cred.access_token.is_some()) else {
         return now;
     };
-    if cred.refresh_token.is_none() {
+    if !cred.has_refresh_token {
         // Nothing to refresh with: look again when the token dies, to mark
         // the credential as needing re-authorization.
         return expires_at;
@@ -223,7 +252,7 @@ pub(super) fn refresh_due_at(
     if let Some(keepalive) = provider.and_then(|p| p.keepalive) {
         at = at.min((issued + keepalive.as_millis() as i64).max(floor));
     }
-    if let Some(rt_expires) = cred.refresh_expires_at {
+    if let Some(rt_expires) = cred.notes().refresh_expires_at {
         let margin = ((rt_expires - issued) / 10).max(60_000);
         let before = rt_expires - margin;
         // Only if that point is still ahead: a provider that does not extend
@@ -239,11 +268,11 @@ pub(super) fn refresh_due_at(
 /// warning window left.
 pub(super) fn refresh_token_warning(
     provider: Option<&ProviderConfig>,
-    cred: &Credential,
+    cred: &View,
     now: i64,
 ) -> Option<String> {
     let window = provider.map_or(Duration::from_secs(3 * 86_400), |p| p.refresh_token_warning);
-    let rt_expires = cred.refresh_expires_at?;
+    let rt_expires = cred.notes().refresh_expires_at?;
     let left = rt_expires - now;
     (left < window.as_millis() as i64).then(|| {
         if left <= 0 {
@@ -263,13 +292,27 @@ mod tests {
     use crate::config::parse_config;
     use crate::token::{LifetimeSource, Secret};
 
-    fn cred(issued: i64, expires: i64) -> Credential {
+    fn view(c: &Credential) -> View {
+        View::of(
+            Arc::from(c.name.as_str()),
+            c,
+            &mut super::super::handle::Interner::default(),
+            Arc::from(Vec::new()),
+        )
+    }
+
+    fn cred(issued: i64, expires: i64) -> View {
         let mut c = Credential::new("c", "p", Some(Secret::new("rt")), issued);
         c.access_token = Some(Secret::new("at"));
         c.expires_at = Some(expires);
         c.lifetime_source = Some(LifetimeSource::ExpiresIn);
         c.last_refresh_at = Some(issued);
-        c
+        view(&c)
+    }
+
+    fn rt_expiring(mut v: View, at: i64) -> View {
+        v.edit_notes(|n| n.refresh_expires_at = Some(at));
+        v
     }
 
     fn provider(extra: &str) -> ProviderConfig {
@@ -290,30 +333,29 @@ mod tests {
         let p = provider("keepalive = \"10m\"");
         assert_eq!(refresh_due_at(&t, Some(&p), &c, 0, 0.0), 600_000);
         // A refresh token dying in 30 min is refreshed 10% of its life early.
-        let mut c2 = c.clone();
-        c2.refresh_expires_at = Some(1_800_000);
+        let c2 = rt_expiring(c.clone(), 1_800_000);
         assert_eq!(refresh_due_at(&t, None, &c2, 0, 0.0), 1_620_000);
         // ...but one already about to die does not cause a loop.
-        c2.refresh_expires_at = Some(30_000);
+        let c2 = rt_expiring(c2, 30_000);
         assert_eq!(refresh_due_at(&t, None, &c2, 0, 0.0), 2_880_000);
     }
 
     #[test]
     fn due_now_without_token_and_at_expiry_without_refresh_token() {
         let t = RefreshTiming::default();
-        let mut c = Credential::new("c", "p", Some(Secret::new("rt")), 0);
+        let c = view(&Credential::new("c", "p", Some(Secret::new("rt")), 0));
         assert_eq!(refresh_due_at(&t, None, &c, 77, 0.5), 77);
-        c = cred(0, 10_000);
-        c.refresh_token = None;
+        let mut c = cred(0, 10_000);
+        c.has_refresh_token = false;
         assert_eq!(refresh_due_at(&t, None, &c, 0, 0.5), 10_000);
     }
 
     #[test]
     fn warning_when_the_refresh_token_is_close_to_expiry() {
         let p = provider("refresh_token_warning = \"1h\"");
-        let mut c = cred(0, 1000);
+        let c = cred(0, 1000);
         assert_eq!(refresh_token_warning(Some(&p), &c, 0), None);
-        c.refresh_expires_at = Some(7_200_000);
+        let c = rt_expiring(c, 7_200_000);
         assert_eq!(refresh_token_warning(Some(&p), &c, 0), None);
         let w = refresh_token_warning(Some(&p), &c, 5_400_000).unwrap();
         assert!(w.contains("expires in 30m"), "{w}");

@@ -1,19 +1,25 @@
 //! The refresher: the one owner of live credential state.
 //!
-//! A single task ([`Refresher::run`]) holds every credential, decides when
-//! each is refreshed, and publishes an immutable [`View`] of each into a
+//! A single task ([`Refresher::run`]) holds every credential's published
+//! [`View`], decides when each is refreshed, and publishes a new view into a
 //! concurrent map that the socket API reads without waiting on anyone. Other
 //! tasks talk to it through a [`RefresherHandle`] (bounded channel, `oneshot`
 //! replies).
 //!
+//! Memory is what lets it hold a million credentials: per credential it keeps
+//! the view (access token, expiry, state; no refresh token) and a small
+//! [`Slot`] in a slab, and one entry in the schedule. Refresh tokens stay in
+//! the database; a refresh reads its credential back as it marks the attempt.
+//!
 //! The owner never awaits a token endpoint: each refresh runs as a [`job`]
 //! (at most one per credential, bounded per provider and overall) which
 //! records the attempt durably, calls the provider, commits the outcome and
-//! only then reports back. New tokens are published only after that report,
-//! so a rotated refresh token is on disk before the access token that came
-//! with it is served. If the commit fails, the tokens are kept in memory,
-//! served, and the commit is retried; no refresh ever sends a refresh token
-//! older than the newest one held.
+//! only then reports back. Writes go through the [`GroupCommit`] queue, so
+//! refreshes that finish together share one fsync. New tokens are published
+//! only after that report, so a rotated refresh token is on disk before the
+//! access token that came with it is served. If the commit fails, the tokens
+//! are kept in memory, served, and the commit is retried; no refresh ever
+//! sends a refresh token older than the newest one held.
 
 mod handle;
 mod job;
@@ -27,14 +33,18 @@ use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-pub use handle::{summary, ExchangeRequest, NewCredential, RefreshError, RefresherHandle, View};
+pub use handle::{
+    summary, ExchangeRequest, Interner, NewCredential, Notes, RefreshError, RefresherHandle, Tally,
+    View,
+};
 
+use crate::access::Grant;
 use crate::config::{Config, ProviderConfig};
-use crate::credential::{Credential, State};
+use crate::credential::{Credential, Loaded, State};
 use crate::event;
 use crate::events::Kind;
-use crate::provider::{Failure, FailureKind, Grant, ProviderClient};
-use crate::store::Store;
+use crate::provider::{Failure, FailureKind, ProviderClient};
+use crate::store::{GroupCommit, Store, StoreError};
 use crate::token::{backoff, now_ms, LifetimeSource, Secret};
 use handle::{Command, Reply};
 use job::{Job, Outcome};
@@ -46,7 +56,7 @@ const MAX_SLEEP_MS: i64 = 60_000;
 /// Results reported to the owner by the tasks it started.
 enum Report {
     Job {
-        name: String,
+        slot: u32,
         generation: i64,
         outcome: Outcome,
     },
@@ -70,38 +80,64 @@ enum Waiter {
     Settled { reply: Reply<Arc<View>> },
 }
 
-struct Entry {
-    cred: Credential,
-    provider: Option<Arc<ProviderConfig>>,
-    paused: Option<String>,
-    in_flight: bool,
-    /// Tokens newer than the database's are held here; commit retried.
-    uncommitted: bool,
-    /// When a refresh is due; `None` while none will happen on its own.
-    refresh_at: Option<i64>,
-    /// When to retry a failed commit.
-    commit_retry_at: Option<i64>,
-    /// The wake-up registered in the schedule: the earlier of the two above.
+/// The owner's private state for one credential, beside its published view
+/// (which carries the schedule, the flags and the notes users see).
+struct Slot {
+    /// The view as last published.
+    view: Arc<View>,
+    /// The wake-up registered in the schedule: the earlier of the refresh
+    /// (`view.next_refresh_at`) and a commit retry.
     next_at: Option<i64>,
     /// Consecutive transient refresh failures.
     attempt: u32,
+    /// The last refresh ended without a known outcome (a crash, or a
+    /// timeout after sending): a rejection now probably means the provider
+    /// rotated the token then.
+    earlier_unknown: bool,
+    /// What few credentials need at any moment.
+    rare: Option<Box<Rare>>,
+}
+
+/// The part of a [`Slot`] most credentials never use.
+#[derive(Default)]
+struct Rare {
+    /// Callers waiting for the next refresh attempt.
+    waiters: Vec<Waiter>,
+    /// Tokens newer than the database's, held since their commit failed.
+    pending: Option<Credential>,
+    /// When to retry that commit.
+    commit_retry_at: Option<i64>,
     /// Consecutive failed commits.
     commit_attempt: u32,
-    warning: Option<String>,
-    readers: Vec<crate::access::Grant>,
-    waiters: Vec<Waiter>,
+}
+
+impl Rare {
+    fn is_empty(&self) -> bool {
+        self.waiters.is_empty()
+            && self.pending.is_none()
+            && self.commit_retry_at.is_none()
+            && self.commit_attempt == 0
+    }
 }
 
 /// The owner task's state.
 pub struct Refresher {
     config: Arc<Config>,
     store: Store,
+    commits: GroupCommit,
     client: ProviderClient,
-    entries: HashMap<String, Entry>,
-    schedule: BTreeSet<(i64, String)>,
+    /// Credentials by slot number (`View::slot`); `None` is a free slot.
+    slots: Vec<Option<Slot>>,
+    free: Vec<u32>,
+    /// Wake-ups by time, then slot.
+    schedule: BTreeSet<(i64, u32)>,
     /// Providers that asked us (Retry-After) to stay away until then.
     blocked_until: HashMap<String, i64>,
-    published: Arc<DashMap<String, Arc<View>>>,
+    published: Arc<DashMap<Arc<str>, Arc<View>>>,
+    interner: Interner,
+    /// Shared by every credential nobody but administrators may read.
+    no_readers: Arc<[Grant]>,
+    tally: Tally,
     commands: mpsc::Receiver<Command>,
     reports_tx: mpsc::UnboundedSender<Report>,
     reports: mpsc::UnboundedReceiver<Report>,
@@ -110,119 +146,185 @@ pub struct Refresher {
     tasks: TaskTracker,
     cancel: CancellationToken,
     /// Something changed since the service manager's status line was sent.
-    status_dirty: std::cell::Cell<bool>,
+    status_dirty: bool,
     /// Shared with the handle: who administers.
     policy: Arc<std::sync::RwLock<crate::access::Policy>>,
 }
 
 impl Refresher {
-    /// Builds the owner from the stored credentials and returns it with its
-    /// handle. Call [`Refresher::run`] on a task of its own.
-    pub fn new(
+    /// Builds the owner from the stored credentials (streamed from `store`)
+    /// and returns it with its handle. Call [`Refresher::run`] on a task of
+    /// its own.
+    pub async fn load(
         config: Arc<Config>,
         store: Store,
+        commits: GroupCommit,
         client: ProviderClient,
-        creds: Vec<Credential>,
         cancel: CancellationToken,
-    ) -> (Refresher, RefresherHandle) {
+    ) -> Result<(Refresher, RefresherHandle), StoreError> {
         let (tx, commands) = mpsc::channel(1024);
         let (reports_tx, reports) = mpsc::unbounded_channel();
         let published = Arc::new(DashMap::new());
-        let provider_permits = provider_permits(&config);
         let policy = Arc::new(std::sync::RwLock::new(
             crate::access::Policy::for_this_process(config.daemon.admin_gid),
         ));
         let mut r = Refresher {
             policy: Arc::clone(&policy),
             global_permits: Arc::new(Semaphore::new(config.daemon.max_concurrent_refreshes)),
-            provider_permits,
+            provider_permits: provider_permits(&config),
             config,
-            store,
+            store: store.clone(),
+            commits,
             client,
-            entries: HashMap::new(),
+            slots: Vec::new(),
+            free: Vec::new(),
             schedule: BTreeSet::new(),
             blocked_until: HashMap::new(),
             published: Arc::clone(&published),
+            interner: Interner::default(),
+            no_readers: Arc::from(Vec::new()),
+            tally: Tally::default(),
             commands,
             reports_tx,
             reports,
             tasks: TaskTracker::new(),
             cancel,
-            status_dirty: std::cell::Cell::new(true),
+            status_dirty: true,
         };
         let now = now_ms();
-        for cred in creds {
-            r.load(cred, now);
-        }
-        (
-            r,
-            RefresherHandle {
-                tx,
-                published,
-                policy,
-            },
-        )
+        store
+            .load_each(|loaded| r.insert_loaded(loaded, now))
+            .await?;
+        r.slots.shrink_to_fit();
+        let handle = RefresherHandle {
+            tx,
+            published,
+            policy,
+        };
+        Ok((r, handle))
     }
 
-    fn load(&mut self, cred: Credential, now: i64) {
-        let name = cred.name.clone();
-        let mut entry = self.entry_for(cred, now);
-        if entry.cred.refresh_started_at.is_some() && entry.cred.state == State::Active {
+    fn insert_loaded(&mut self, loaded: Loaded, now: i64) {
+        let Loaded {
+            cred,
+            has_refresh_token,
+        } = loaded;
+        let interrupted = cred.refresh_started_at.is_some() && cred.state == State::Active;
+        let mut view = self.view_of(Arc::from(cred.name.as_str()), &cred, now);
+        view.has_refresh_token = has_refresh_token;
+        self.schedule_view(&mut view, now);
+        if interrupted {
             event!(
                 warn,
                 Kind::RefreshInterrupted,
-                tokend_credential = %name,
-                tokend_provider = %entry.cred.provider,
+                tokend_credential = %view.name,
+                tokend_provider = %view.provider,
                 "a refresh was in flight when tokend last stopped (or timed out after sending); retrying with the refresh token on record"
             );
-            if entry.refresh_at.is_some() {
-                entry.refresh_at = Some(now);
+            if view.next_refresh_at.is_some() {
+                view.next_refresh_at = Some(now);
             }
         }
-        if let Some(w) = &entry.warning {
-            event!(warn, Kind::RefreshTokenExpiring, tokend_credential = %name, tokend_provider = %entry.cred.provider, "{w}");
+        if let Some(w) = &view.notes().warning {
+            event!(warn, Kind::RefreshTokenExpiring, tokend_credential = %view.name, tokend_provider = %view.provider, "{w}");
         }
-        self.entries.insert(name.clone(), entry);
-        self.reschedule(&name);
-        self.publish(&name);
-    }
-
-    fn entry_for(&self, cred: Credential, now: i64) -> Entry {
-        let provider = self.config.providers.get(&cred.provider).cloned();
-        let paused = provider.is_none().then(|| missing_provider(&cred.provider));
-        let refresh_at = (paused.is_none() && cred.state == State::Active)
-            .then(|| self.due_at(provider.as_deref(), &cred, now));
-        Entry {
-            warning: job::refresh_token_warning(provider.as_deref(), &cred, now),
-            readers: self.config.readers(&cred.name, &cred.provider).to_vec(),
-            cred,
-            provider,
-            paused,
-            in_flight: false,
-            uncommitted: false,
-            refresh_at,
-            commit_retry_at: None,
-            next_at: None,
-            attempt: 0,
-            commit_attempt: 0,
-            waiters: Vec::new(),
+        let id = self.insert(view);
+        if let Some(slot) = self.slot_mut(id) {
+            slot.earlier_unknown = interrupted;
         }
     }
 
-    fn due_at(&self, provider: Option<&ProviderConfig>, cred: &Credential, now: i64) -> i64 {
+    /// The view of `cred` as the configuration sees it: readers, and paused
+    /// if its provider is gone. No schedule yet ([`Refresher::schedule_view`]).
+    fn view_of(&mut self, name: Arc<str>, cred: &Credential, now: i64) -> View {
+        let readers = self
+            .config
+            .readers(&cred.name, &cred.provider)
+            .cloned()
+            .unwrap_or_else(|| Arc::clone(&self.no_readers));
+        let mut view = View::of(name, cred, &mut self.interner, readers);
+        self.configure_view(&mut view, now);
+        view
+    }
+
+    /// Re-derives what the configuration decides: readers, pause for a
+    /// missing provider, the refresh-token warning.
+    fn configure_view(&self, view: &mut View, now: i64) {
+        let provider = self.provider(view);
+        view.readers = self
+            .config
+            .readers(&view.name, &view.provider)
+            .cloned()
+            .unwrap_or_else(|| Arc::clone(&self.no_readers));
+        let warning = job::refresh_token_warning(provider.as_deref(), view, now);
+        let paused = provider.is_none().then(|| missing_provider(&view.provider));
+        view.edit_notes(|n| {
+            n.warning = warning;
+            if paused.is_some() {
+                n.paused = paused;
+            }
+        });
+    }
+
+    /// Sets `next_refresh_at` for an active, unpaused credential.
+    fn schedule_view(&self, view: &mut View, now: i64) {
+        view.next_refresh_at = (view.paused().is_none() && view.state == State::Active)
+            .then(|| self.due_at(view, now));
+    }
+
+    fn provider(&self, view: &View) -> Option<Arc<ProviderConfig>> {
+        self.config.providers.get(&*view.provider).cloned()
+    }
+
+    fn due_at(&self, view: &View, now: i64) -> i64 {
         job::refresh_due_at(
             &self.config.daemon.timing,
-            provider,
-            cred,
+            self.config.providers.get(&*view.provider).map(|p| &**p),
+            view,
             now,
             rand::random::<f64>(),
         )
     }
 
+    /// Adds a credential in a free slot, schedules and publishes it.
+    fn insert(&mut self, mut view: View) -> u32 {
+        let id = match self.free.pop() {
+            Some(id) => id,
+            None => {
+                self.slots.push(None);
+                (self.slots.len() - 1) as u32
+            }
+        };
+        view.slot = id;
+        self.slots[id as usize] = Some(Slot {
+            view: Arc::new(view),
+            next_at: None,
+            attempt: 0,
+            earlier_unknown: false,
+            rare: None,
+        });
+        self.reschedule(id);
+        self.publish(id);
+        id
+    }
+
+    fn slot(&self, id: u32) -> Option<&Slot> {
+        self.slots.get(id as usize).and_then(Option::as_ref)
+    }
+
+    fn slot_mut(&mut self, id: u32) -> Option<&mut Slot> {
+        self.slots.get_mut(id as usize).and_then(Option::as_mut)
+    }
+
+    fn id_of(&self, name: &str) -> Option<u32> {
+        self.published.get(name).map(|v| v.slot)
+    }
+
     /// Runs until cancelled, then waits (bounded) for in-flight refreshes.
     ///
     /// This loop also pets the systemd watchdog: if it hangs, the pings stop
-    /// and systemd restarts the daemon.
+    /// and systemd restarts the daemon. When nothing changes it wakes only
+    /// for the next refresh, the watchdog, or the 60 s clock check.
     pub async fn run(mut self) {
         let mut watchdog = crate::systemd::watchdog_interval().map(tokio::time::interval);
         let mut status = tokio::time::interval(Duration::from_secs(1));
@@ -243,19 +345,22 @@ impl Refresher {
                     None => break,
                 },
                 _ = tick(&mut watchdog) => crate::systemd::watchdog(),
-                _ = status.tick() => self.send_status(),
+                // At most once a second, and only after a change.
+                _ = status.tick(), if self.status_dirty => self.send_status(),
                 _ = tokio::time::sleep(Duration::from_millis(sleep_ms as u64)) => {}
             }
         }
         self.shutdown().await;
     }
 
-    fn send_status(&self) {
-        if self.status_dirty.replace(false) {
-            let now = now_ms();
-            let views: Vec<View> = self.entries.values().map(Entry::view).collect();
-            crate::systemd::status(&summary(views.iter(), now));
-        }
+    fn send_status(&mut self) {
+        self.status_dirty = false;
+        let next = self
+            .schedule
+            .first()
+            .and_then(|(_, id)| self.slot(*id))
+            .and_then(|s| s.view.next_refresh_at);
+        crate::systemd::status(&self.tally.line(next, now_ms()));
     }
 
     /// Applies a new configuration (see [`RefresherHandle::reload`]).
@@ -269,39 +374,38 @@ impl Refresher {
             self.global_permits = Arc::new(Semaphore::new(config.daemon.max_concurrent_refreshes));
         }
         self.config = config;
-        let names: Vec<String> = self.entries.keys().cloned().collect();
-        for name in names {
-            let Some(old) = self.entries.remove(&name) else {
+        for id in 0..self.slots.len() as u32 {
+            let Some(old) = self.slot(id).map(|s| Arc::clone(&s.view)) else {
                 continue;
             };
-            let mut entry = self.entry_for(old.cred, now);
-            // Keep what the reload does not change.
-            entry.in_flight = old.in_flight;
-            entry.uncommitted = old.uncommitted;
-            entry.commit_retry_at = old.commit_retry_at;
-            entry.commit_attempt = old.commit_attempt;
-            entry.waiters = old.waiters;
-            if old.paused.is_none() && entry.paused.is_none() && old.refresh_at.is_some() {
-                // Unchanged standing: keep the schedule (and any backoff).
-                entry.refresh_at = old.refresh_at;
-                entry.attempt = old.attempt;
+            let mut view = (*old).clone();
+            // A pause is re-derived from the new configuration: a provider
+            // that is back (or was fixed) resumes.
+            view.edit_notes(|n| n.paused = None);
+            self.configure_view(&mut view, now);
+            let unchanged =
+                old.paused().is_none() && view.paused().is_none() && old.next_refresh_at.is_some();
+            if !unchanged {
+                self.schedule_view(&mut view, now);
+                if let Some(slot) = self.slot_mut(id) {
+                    slot.attempt = 0;
+                }
             }
-            if let Some(at) = old.next_at {
-                self.schedule.remove(&(at, name.clone()));
-            }
-            self.entries.insert(name.clone(), entry);
-            self.reschedule(&name);
-            self.publish(&name);
+            // Unchanged standing: the schedule (and any backoff) is kept.
+            self.set_view(id, view);
         }
     }
 
     async fn shutdown(mut self) {
-        for entry in self.entries.values_mut() {
-            for w in entry.waiters.drain(..) {
+        for slot in self.slots.iter_mut().flatten() {
+            let Some(rare) = slot.rare.as_mut() else {
+                continue;
+            };
+            for w in rare.waiters.drain(..) {
                 w.answer(Err(RefreshError::ShuttingDown));
             }
-            if entry.uncommitted {
-                event!(error, Kind::CommitFailed, tokend_credential = %entry.cred.name, tokend_provider = %entry.cred.provider,
+            if rare.pending.is_some() {
+                event!(error, Kind::CommitFailed, tokend_credential = %slot.view.name, tokend_provider = %slot.view.provider,
                     "stopping with tokens that could not be committed; the database holds an older refresh token");
             }
         }
@@ -322,50 +426,104 @@ impl Refresher {
     }
 
     fn start_due(&mut self, now: i64) {
-        while let Some((at, name)) = self.schedule.first().cloned() {
+        while let Some(&(at, id)) = self.schedule.first() {
             if at > now {
                 break;
             }
             self.schedule.pop_first();
-            let Some(e) = self.entries.get_mut(&name) else {
+            let Some(slot) = self.slot_mut(id) else {
                 continue;
             };
-            e.next_at = None;
-            let refresh = e.refresh_at.is_some_and(|r| r <= now);
-            if refresh || e.uncommitted {
-                self.start_job(&name, refresh, now);
+            slot.next_at = None;
+            let refresh = slot.view.next_refresh_at.is_some_and(|r| r <= now);
+            let pending = slot.rare.as_ref().is_some_and(|r| r.pending.is_some());
+            if refresh || pending {
+                self.start_job(id, refresh, now);
             }
-            self.reschedule(&name);
+            self.reschedule(id);
         }
     }
 
-    /// Registers the entry's next wake-up: its refresh or commit retry.
-    fn reschedule(&mut self, name: &str) {
-        let Some(e) = self.entries.get_mut(name) else {
+    /// Registers the slot's next wake-up: its refresh or commit retry.
+    fn reschedule(&mut self, id: u32) {
+        let Some(slot) = self.slots.get_mut(id as usize).and_then(Option::as_mut) else {
             return;
         };
-        if let Some(old) = e.next_at.take() {
-            self.schedule.remove(&(old, name.to_string()));
+        if let Some(old) = slot.next_at.take() {
+            self.schedule.remove(&(old, id));
         }
-        if e.in_flight {
+        if slot.view.refreshing {
             return;
         }
-        let retry = e.commit_retry_at.filter(|_| e.uncommitted);
-        let next = match (e.refresh_at, retry) {
+        let retry = slot
+            .rare
+            .as_ref()
+            .filter(|r| r.pending.is_some())
+            .and_then(|r| r.commit_retry_at);
+        let next = match (slot.view.next_refresh_at, retry) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
         if let Some(at) = next {
-            e.next_at = Some(at);
-            self.schedule.insert((at, name.to_string()));
+            slot.next_at = Some(at);
+            self.schedule.insert((at, id));
         }
     }
 
-    fn publish(&self, name: &str) {
-        if let Some(e) = self.entries.get(name) {
-            self.published.insert(name.to_string(), Arc::new(e.view()));
-            self.status_dirty.set(true);
+    /// Replaces the slot's view, reschedules and publishes it.
+    fn set_view(&mut self, id: u32, view: View) {
+        if let Some(slot) = self.slot_mut(id) {
+            slot.view = Arc::new(view);
         }
+        self.reschedule(id);
+        self.publish(id);
+    }
+
+    /// Changes the slot's view in place (a copy, if readers hold the old
+    /// one), then reschedules and publishes it.
+    fn edit_view(&mut self, id: u32, edit: impl FnOnce(&mut View)) {
+        let Some(slot) = self.slot_mut(id) else {
+            return;
+        };
+        edit(Arc::make_mut(&mut slot.view));
+        self.reschedule(id);
+        self.publish(id);
+    }
+
+    fn publish(&mut self, id: u32) {
+        let Some(slot) = self.slot(id) else {
+            return;
+        };
+        let view = Arc::clone(&slot.view);
+        self.tally.add(&view);
+        if let Some(old) = self.published.insert(Arc::clone(&view.name), view) {
+            self.tally.remove(&old);
+        }
+        self.status_dirty = true;
+    }
+
+    fn rare(&mut self, id: u32) -> Option<&mut Rare> {
+        let slot = self.slot_mut(id)?;
+        Some(slot.rare.get_or_insert_with(Box::default))
+    }
+
+    /// Drops the slot's rare part once it holds nothing.
+    fn tidy(&mut self, id: u32) {
+        if let Some(slot) = self.slot_mut(id) {
+            if slot.rare.as_ref().is_some_and(|r| r.is_empty()) {
+                slot.rare = None;
+            }
+        }
+    }
+
+    fn take_waiters(&mut self, id: u32) -> Vec<Waiter> {
+        let waiters = self
+            .slot_mut(id)
+            .and_then(|s| s.rare.as_mut())
+            .map(|r| std::mem::take(&mut r.waiters))
+            .unwrap_or_default();
+        self.tidy(id);
+        waiters
     }
 
     fn provider_block(&self, provider: &str, now: i64) -> Option<i64> {
@@ -378,23 +536,26 @@ impl Refresher {
     /// Starts a job unless one is in flight: a refresh (which first retries
     /// any failed commit), or only the commit retry. A refresh for a provider
     /// in a Retry-After window is postponed to its end instead.
-    fn start_job(&mut self, name: &str, refresh: bool, now: i64) {
-        let Some(e) = self.entries.get_mut(name) else {
+    fn start_job(&mut self, id: u32, refresh: bool, now: i64) {
+        let Some(slot) = self.slot(id) else {
             return;
         };
-        if e.in_flight {
+        if slot.view.refreshing {
             return;
         }
-        let provider = e.provider.clone();
+        let view = Arc::clone(&slot.view);
+        let provider = self.provider(&view);
         if provider.is_none() {
             // Nothing can refresh it until a reload brings the provider back:
             // it must not stay scheduled (that would wake us in a loop).
-            e.refresh_at = None;
-            let reason = e
-                .paused
-                .get_or_insert_with(|| missing_provider(&e.cred.provider))
-                .clone();
-            self.answer_all(name, |n| RefreshError::Paused {
+            let reason = view
+                .paused()
+                .map_or_else(|| missing_provider(&view.provider), str::to_string);
+            self.edit_view(id, |v| {
+                v.next_refresh_at = None;
+                v.edit_notes(|n| n.paused = Some(reason.clone()));
+            });
+            self.answer_all(id, |n| RefreshError::Paused {
                 name: n.to_string(),
                 reason: reason.clone(),
             });
@@ -402,10 +563,7 @@ impl Refresher {
         let refresh = refresh && provider.is_some();
         if let (true, Some(p)) = (refresh, &provider) {
             if let Some(until) = self.provider_block(&p.name, now) {
-                if let Some(e) = self.entries.get_mut(name) {
-                    e.refresh_at = Some(until);
-                }
-                self.reschedule(name);
+                self.edit_view(id, |v| v.next_refresh_at = Some(until));
                 return;
             }
         }
@@ -413,33 +571,34 @@ impl Refresher {
             || Arc::new(Semaphore::new(1)),
             |p| self.permits_for(&p.name),
         );
-        let Some(e) = self.entries.get_mut(name) else {
+        let Some(slot) = self.slot(id) else {
             return;
         };
-        if !refresh && !e.uncommitted {
-            self.reschedule(name);
+        let pending = slot.rare.as_ref().and_then(|r| r.pending.clone());
+        if !refresh && pending.is_none() {
+            self.reschedule(id);
             return;
         }
-        e.in_flight = true;
         let job = Job {
+            commits: self.commits.clone(),
             store: self.store.clone(),
             client: self.client.clone(),
-            cred: e.cred.clone(),
+            name: Arc::clone(&view.name),
+            generation: view.generation,
+            pending,
+            earlier_unknown: slot.earlier_unknown,
             refresh,
-            uncommitted: e.uncommitted,
             global: Arc::clone(&self.global_permits),
             per_provider,
             provider,
         };
-        let generation = e.cred.generation;
+        let generation = view.generation;
         let reports = self.reports_tx.clone();
-        let name = name.to_string();
-        self.reschedule(&name);
-        self.publish(&name);
+        self.edit_view(id, |v| v.refreshing = true);
         self.tasks.spawn(async move {
             let outcome = job.run().await;
             let _ = reports.send(Report::Job {
-                name,
+                slot: id,
                 generation,
                 outcome,
             });
@@ -453,11 +612,12 @@ impl Refresher {
             .unwrap_or_else(|| Arc::new(Semaphore::new(1)))
     }
 
-    fn answer_all(&mut self, name: &str, err: impl Fn(&str) -> RefreshError) {
-        if let Some(e) = self.entries.get_mut(name) {
-            for w in e.waiters.drain(..) {
-                w.answer(Err(err(name)));
-            }
+    fn answer_all(&mut self, id: u32, err: impl Fn(&str) -> RefreshError) {
+        let Some(name) = self.slot(id).map(|s| Arc::clone(&s.view.name)) else {
+            return;
+        };
+        for w in self.take_waiters(id) {
+            w.answer(Err(err(&name)));
         }
     }
 
@@ -498,39 +658,41 @@ impl Refresher {
     /// Answers `waiter` from the current token if it is good enough, else
     /// queues it on the next refresh, starting one if needed.
     fn ensure(&mut self, name: &str, now: i64, waiter: Waiter, force: bool) {
-        let Some(e) = self.entries.get_mut(name) else {
+        let Some((id, view)) = self
+            .id_of(name)
+            .and_then(|id| Some((id, Arc::clone(&self.slot(id)?.view))))
+        else {
             waiter.answer(Err(RefreshError::NotFound(name.to_string())));
             return;
         };
         let good_enough = match &waiter {
-            Waiter::Token { min_valid_ms, .. } => e.cred.valid_token(now, *min_valid_ms).is_some(),
-            Waiter::Settled { .. } => e.cred.valid_token(now, 0).is_some(),
+            Waiter::Token { min_valid_ms, .. } => view.valid_token(now, *min_valid_ms).is_some(),
+            Waiter::Settled { .. } => view.valid_token(now, 0).is_some(),
             Waiter::Attempt { .. } => false,
         };
         if good_enough {
-            waiter.answer(Ok(Arc::new(e.view())));
+            waiter.answer(Ok(view));
             return;
         }
+        let has_provider = self.config.providers.contains_key(&*view.provider);
         if !force {
-            if let Err(err) = e.blocked_reason() {
+            if let Err(err) = blocked_reason(&view) {
                 waiter.answer(Err(err));
                 return;
             }
-        } else if e.provider.is_some() {
-            e.paused = None;
+        } else if has_provider && view.paused().is_some() {
+            self.edit_view(id, |v| v.edit_notes(|n| n.paused = None));
         }
-        let blocked = e
-            .provider
-            .as_ref()
-            .and_then(|p| self.blocked_until.get(&p.name))
-            .copied()
-            .filter(|until| *until > now && !e.in_flight);
+        let blocked = has_provider
+            .then(|| self.provider_block(&view.provider, now))
+            .flatten()
+            .filter(|_| !view.refreshing);
         if let Some(until) = blocked {
-            let view = Arc::new(e.view());
             let reason = format!(
                 "the provider asked tokend (Retry-After) not to call it for another {}s",
                 (until - now + 999) / 1000
             );
+            let view = self.slot(id).map_or(view, |s| Arc::clone(&s.view));
             match waiter {
                 Waiter::Settled { reply } => reply.send(Ok(view)).unwrap_or(()),
                 other => other.answer(Err(RefreshError::Unavailable {
@@ -540,8 +702,10 @@ impl Refresher {
             }
             return;
         }
-        e.waiters.push(waiter);
-        self.start_job(name, true, now);
+        if let Some(rare) = self.rare(id) {
+            rare.waiters.push(waiter);
+        }
+        self.start_job(id, true, now);
     }
 
     async fn put(&mut self, new: NewCredential, now: i64) -> Result<String, RefreshError> {
@@ -563,24 +727,39 @@ impl Refresher {
 
     /// Stores `cred` as a new generation, carrying waiters over from the
     /// credential it replaces, and schedules it.
-    async fn replace(&mut self, mut cred: Credential) -> Result<(), RefreshError> {
+    async fn replace(&mut self, mut cred: Credential) -> Result<u32, RefreshError> {
         let now = now_ms();
-        if let Some(old) = self.entries.get(&cred.name) {
-            cred.created_at = old.cred.created_at;
+        let old = self.id_of(&cred.name);
+        if let Some(slot) = old.and_then(|id| self.slot(id)) {
+            cred.created_at = slot.view.created_at;
         }
         cred.generation = self.store.replace(&cred).await?;
-        let name = cred.name.clone();
-        let mut entry = self.entry_for(cred, now);
-        if let Some(old) = self.entries.remove(&name) {
-            if let Some(at) = old.next_at {
-                self.schedule.remove(&(at, name.clone()));
+        let name = old.and_then(|id| self.slot(id)).map_or_else(
+            || Arc::from(cred.name.as_str()),
+            |s| Arc::clone(&s.view.name),
+        );
+        let mut view = self.view_of(name, &cred, now);
+        self.schedule_view(&mut view, now);
+        match old {
+            Some(id) => {
+                view.slot = id;
+                if let Some(slot) = self.slot_mut(id) {
+                    // A job for the old generation may still run; its report
+                    // is dropped, and the new generation starts afresh.
+                    slot.attempt = 0;
+                    slot.earlier_unknown = false;
+                    if let Some(rare) = slot.rare.as_mut() {
+                        rare.pending = None;
+                        rare.commit_retry_at = None;
+                        rare.commit_attempt = 0;
+                    }
+                }
+                self.tidy(id);
+                self.set_view(id, view);
+                Ok(id)
             }
-            entry.waiters = old.waiters;
+            None => Ok(self.insert(view)),
         }
-        self.entries.insert(name.clone(), entry);
-        self.reschedule(&name);
-        self.publish(&name);
-        Ok(())
     }
 
     fn exchange(&mut self, req: ExchangeRequest, reply: Reply<Arc<View>>) {
@@ -595,7 +774,7 @@ impl Refresher {
         let client = self.client.clone();
         let reports = self.reports_tx.clone();
         self.tasks.spawn(async move {
-            let grant = Grant::Exchange {
+            let grant = crate::provider::Grant::Exchange {
                 code: req.code,
                 redirect_uri: req.redirect_uri,
                 code_verifier: req.code_verifier,
@@ -610,20 +789,23 @@ impl Refresher {
     }
 
     async fn remove(&mut self, name: &str) -> Result<(), RefreshError> {
-        if !self.entries.contains_key(name) {
+        let Some(id) = self.id_of(name) else {
             return Err(RefreshError::NotFound(name.to_string()));
-        }
+        };
         self.store.delete(name).await?;
-        if let Some(e) = self.entries.remove(name) {
-            if let Some(at) = e.next_at {
-                self.schedule.remove(&(at, name.to_string()));
+        if let Some(slot) = self.slots.get_mut(id as usize).and_then(Option::take) {
+            if let Some(at) = slot.next_at {
+                self.schedule.remove(&(at, id));
             }
-            for w in e.waiters {
+            for w in slot.rare.map(|r| r.waiters).unwrap_or_default() {
                 w.answer(Err(RefreshError::NotFound(name.to_string())));
             }
+            self.free.push(id);
         }
-        self.published.remove(name);
-        self.status_dirty.set(true);
+        if let Some((_, old)) = self.published.remove(name) {
+            self.tally.remove(&old);
+        }
+        self.status_dirty = true;
         event!(info, Kind::CredentialRemoved, tokend_credential = %name, "credential removed");
         Ok(())
     }
@@ -643,28 +825,24 @@ impl Refresher {
                 let _ = reply.send(outcome);
             }
             Report::Job {
-                name,
+                slot: id,
                 generation,
                 outcome,
             } => {
-                let Some(e) = self
-                    .entries
-                    .get_mut(&name)
-                    .filter(|e| e.cred.generation == generation)
-                else {
+                if self
+                    .slot(id)
+                    .is_none_or(|s| s.view.generation != generation)
+                {
                     return;
-                };
-                e.in_flight = false;
-                match outcome {
-                    Outcome::Superseded => {}
-                    Outcome::Committed { ok } => self.on_committed(&name, ok, now),
-                    Outcome::Refreshed { cred, committed } => {
-                        self.on_refreshed(&name, cred, committed, now)
-                    }
-                    Outcome::Failed { cred, failure } => self.on_failed(&name, cred, failure, now),
                 }
-                self.reschedule(&name);
-                self.publish(&name);
+                match outcome {
+                    Outcome::Superseded => self.edit_view(id, |v| v.refreshing = false),
+                    Outcome::Committed { ok } => self.on_committed(id, ok, now),
+                    Outcome::Refreshed { cred, committed } => {
+                        self.on_refreshed(id, cred, committed, now)
+                    }
+                    Outcome::Failed { cred, failure } => self.on_failed(id, cred, failure, now),
+                }
             }
         }
     }
@@ -678,42 +856,49 @@ impl Refresher {
             event!(warn, Kind::NoRefreshToken, tokend_credential = %name, tokend_provider = %cred.provider,
                 "the provider issued no refresh token (was offline access requested?); the access token is served until it expires, then the credential needs re-authorization");
         }
-        self.replace(cred).await?;
+        let id = self.replace(cred).await?;
         event!(info, Kind::CredentialExchanged, tokend_credential = %name, "authorization code exchanged");
-        self.entries
-            .get(name)
-            .map(|e| Arc::new(e.view()))
+        self.slot(id)
+            .map(|s| Arc::clone(&s.view))
             .ok_or_else(|| RefreshError::NotFound(name.to_string()))
     }
 
-    fn on_committed(&mut self, name: &str, ok: bool, now: i64) {
-        let (base, cap) = (
+    fn retry_limits(&self) -> (Duration, Duration) {
+        (
             self.config.daemon.retry_initial,
             self.config.daemon.retry_max,
-        );
-        let Some(e) = self.entries.get_mut(name) else {
+        )
+    }
+
+    fn on_committed(&mut self, id: u32, ok: bool, now: i64) {
+        let (base, cap) = self.retry_limits();
+        let Some(rare) = self.rare(id) else {
             return;
         };
         if ok {
-            e.uncommitted = false;
-            e.commit_attempt = 0;
-            e.commit_retry_at = None;
-            event!(info, Kind::CommitRecovered, tokend_credential = %name, "tokens held in memory are now committed");
+            rare.pending = None;
+            rare.commit_attempt = 0;
+            rare.commit_retry_at = None;
         } else {
-            e.commit_retry_at = Some(now + commit_backoff(e, base, cap));
+            rare.commit_retry_at = Some(now + commit_backoff(rare, base, cap));
+        }
+        self.tidy(id);
+        self.edit_view(id, |v| {
+            v.refreshing = false;
+            v.uncommitted = !ok;
+        });
+        if ok {
+            let name = self.slot(id).map(|s| Arc::clone(&s.view.name));
+            event!(info, Kind::CommitRecovered, tokend_credential = %name.unwrap_or_default(), "tokens held in memory are now committed");
         }
     }
 
-    fn on_refreshed(&mut self, name: &str, cred: Credential, committed: bool, now: i64) {
-        let (base, cap) = (
-            self.config.daemon.retry_initial,
-            self.config.daemon.retry_max,
-        );
-        let provider = self.entries.get(name).and_then(|e| e.provider.clone());
-        let due = self.due_at(provider.as_deref(), &cred, now);
-        let Some(e) = self.entries.get_mut(name) else {
+    fn on_refreshed(&mut self, id: u32, cred: Credential, committed: bool, now: i64) {
+        let (base, cap) = self.retry_limits();
+        let Some(old) = self.slot(id).map(|s| Arc::clone(&s.view)) else {
             return;
         };
+        let name = Arc::clone(&old.name);
         let expires_in = (cred.expires_at.unwrap_or(now) - now) / 1000;
         event!(
             info,
@@ -724,108 +909,162 @@ impl Refresher {
             tokend_expires_in = expires_in,
             "access token refreshed"
         );
-        let warning = job::refresh_token_warning(provider.as_deref(), &cred, now);
-        if warning.is_some() && warning != e.warning {
+        let mut view = self.view_of(Arc::clone(&name), &cred, now);
+        view.slot = id;
+        let warning = view.notes().warning.clone();
+        if warning.is_some() && warning != old.notes().warning {
             event!(warn, Kind::RefreshTokenExpiring, tokend_credential = %name, tokend_provider = %cred.provider, "{}", warning.as_deref().unwrap_or_default());
         }
-        e.warning = warning;
-        e.cred = cred;
-        e.attempt = 0;
-        // A provider removed by a reload while this refresh ran stays removed.
-        if e.provider.is_some() {
-            e.paused = None;
-            e.refresh_at = Some(due);
+        // A provider removed by a reload while this refresh ran stays removed
+        // (`view_of` pauses it); otherwise the refresh lifts any pause.
+        self.schedule_view(&mut view, now);
+        let was_uncommitted = old.uncommitted;
+        view.uncommitted = !committed;
+        if let Some(slot) = self.slot_mut(id) {
+            slot.attempt = 0;
+            slot.earlier_unknown = false;
         }
         if committed {
-            if e.uncommitted {
+            if let Some(rare) = self.slot_mut(id).and_then(|s| s.rare.as_mut()) {
+                rare.pending = None;
+                rare.commit_attempt = 0;
+                rare.commit_retry_at = None;
+            }
+            if was_uncommitted {
                 event!(info, Kind::CommitRecovered, tokend_credential = %name, "tokens held in memory are now committed");
             }
-            e.uncommitted = false;
-            e.commit_attempt = 0;
-            e.commit_retry_at = None;
         } else {
             event!(error, Kind::CommitFailed, tokend_credential = %name,
                 "could not commit the new tokens to the database; serving them from memory and retrying the commit (check disk space, permissions and locks)");
-            e.uncommitted = true;
-            e.commit_retry_at = Some(now + commit_backoff(e, base, cap));
+            if let Some(rare) = self.rare(id) {
+                rare.pending = Some(cred);
+                rare.commit_retry_at = Some(now + commit_backoff(rare, base, cap));
+            }
         }
-        let view = Arc::new(e.view());
-        for w in std::mem::take(&mut e.waiters) {
-            w.answer_after(&view, now, None);
+        self.tidy(id);
+        self.set_view(id, view);
+        self.answer_waiters(id, now, None);
+    }
+
+    fn answer_waiters(&mut self, id: u32, now: i64, failure: Option<&Failure>) {
+        let Some(view) = self.slot(id).map(|s| Arc::clone(&s.view)) else {
+            return;
+        };
+        for w in self.take_waiters(id) {
+            w.answer_after(&view, now, failure.map(|f| (f, &*view.provider)));
         }
     }
 
-    fn on_failed(&mut self, name: &str, cred: Credential, failure: Failure, now: i64) {
-        let (base, cap) = (
-            self.config.daemon.retry_initial,
-            self.config.daemon.retry_max,
-        );
+    fn on_failed(&mut self, id: u32, cred: Option<Credential>, failure: Failure, now: i64) {
+        let (base, cap) = self.retry_limits();
+        let Some(old) = self.slot(id).map(|s| Arc::clone(&s.view)) else {
+            return;
+        };
         if let (Some(ra), FailureKind::Transient) = (failure.retry_after, failure.kind) {
             let until = now + ra.as_millis() as i64;
             let entry = self
                 .blocked_until
-                .entry(cred.provider.clone())
+                .entry(old.provider.to_string())
                 .or_insert(until);
             *entry = (*entry).max(until);
         }
-        let Some(e) = self.entries.get_mut(name) else {
-            return;
-        };
-        e.cred = cred;
+        let mut view = (*old).clone();
+        view.refreshing = false;
+        if let Some(c) = &cred {
+            view.state = c.state;
+            view.updated_at = c.updated_at;
+        }
+        let earlier_unknown = cred.as_ref().map_or_else(
+            || self.slot(id).is_some_and(|s| s.earlier_unknown),
+            |c| c.refresh_started_at.is_some(),
+        );
+        view.edit_notes(|n| n.last_error = Some(failure.message.clone()));
+        let name = Arc::clone(&view.name);
+        let provider = Arc::clone(&view.provider);
+        let mut attempt = self.slot(id).map_or(0, |s| s.attempt);
         match failure.kind {
             FailureKind::Reauth => {
-                e.refresh_at = None;
+                view.next_refresh_at = None;
                 event!(
                     error, Kind::NeedsReauth,
-                    tokend_credential = %name, tokend_provider = %e.cred.provider,
+                    tokend_credential = %name, tokend_provider = %provider,
                     tokend_error = %failure.message,
-                    "the provider rejected the refresh token; credential needs re-authorization: run `tokend add {name} --provider {}` with a new refresh token, or `tokend exchange`",
-                    e.cred.provider
+                    "the provider rejected the refresh token; credential needs re-authorization: run `tokend add {name} --provider {provider}` with a new refresh token, or `tokend exchange`"
                 );
             }
             FailureKind::Misconfigured => {
-                e.refresh_at = None;
-                e.paused = Some(format!(
-                    "{}; fix providers.{} in the configuration and restart, or run `tokend refresh {name}`",
-                    failure.message, e.cred.provider
-                ));
+                view.next_refresh_at = None;
+                view.edit_notes(|n| {
+                    n.paused = Some(format!(
+                        "{}; fix providers.{provider} in the configuration and restart, or run `tokend refresh {name}`",
+                        failure.message
+                    ))
+                });
                 event!(
                     error, Kind::ProviderMisconfigured,
-                    tokend_credential = %name, tokend_provider = %e.cred.provider,
+                    tokend_credential = %name, tokend_provider = %provider,
                     tokend_error = %failure.message,
                     "the provider rejected the client itself; refreshing is paused until the provider configuration is fixed"
                 );
             }
             FailureKind::Transient => {
-                let delay = backoff(e.attempt, base, cap, rand::random::<f64>());
-                e.attempt = e.attempt.saturating_add(1);
+                let delay = backoff(attempt, base, cap, rand::random::<f64>());
+                attempt = attempt.saturating_add(1);
                 let mut at = now + delay.as_millis() as i64;
                 // Never let the current token die without having tried again.
-                if let Some(exp) = e.cred.expires_at.filter(|exp| *exp > now) {
+                if let Some(exp) = view.expires_at.filter(|exp| *exp > now) {
                     at = at.min(exp);
                 }
                 if let Some(ra) = failure.retry_after {
                     at = at.max(now + ra.as_millis() as i64);
                 }
-                e.refresh_at = Some(at);
+                view.next_refresh_at = Some(at);
                 event!(
                     warn, Kind::RefreshFailed,
-                    tokend_credential = %name, tokend_provider = %e.cred.provider,
-                    tokend_error = %failure.message, tokend_attempt = e.attempt, tokend_retry_in_ms = at - now,
+                    tokend_credential = %name, tokend_provider = %provider,
+                    tokend_error = %failure.message, tokend_attempt = attempt, tokend_retry_in_ms = at - now,
                     tokend_outcome_unknown = failure.outcome_unknown,
                     "refresh failed; will retry"
                 );
             }
         }
-        if e.uncommitted && e.commit_retry_at.is_none() {
-            e.commit_retry_at = Some(now + commit_backoff(e, base, cap));
+        if let Some(slot) = self.slot_mut(id) {
+            slot.attempt = attempt;
+            slot.earlier_unknown = earlier_unknown;
         }
-        let view = Arc::new(e.view());
-        let provider = e.cred.provider.clone();
-        for w in std::mem::take(&mut e.waiters) {
-            w.answer_after(&view, now, Some((&failure, &provider)));
+        if let Some(rare) = self.slot_mut(id).and_then(|s| s.rare.as_mut()) {
+            if rare.pending.is_some() {
+                // The job refreshed from the tokens held in memory: keep the
+                // recorded error with them.
+                if let (Some(p), Some(c)) = (rare.pending.as_mut(), cred) {
+                    *p = c;
+                }
+                if rare.commit_retry_at.is_none() {
+                    rare.commit_retry_at = Some(now + commit_backoff(rare, base, cap));
+                }
+            }
         }
+        self.set_view(id, view);
+        self.answer_waiters(id, now, Some(&failure));
     }
+}
+
+/// Why a credential will not be refreshed on its own, if it will not.
+fn blocked_reason(view: &View) -> Result<(), RefreshError> {
+    if view.state == State::NeedsReauth {
+        return Err(RefreshError::NeedsReauth {
+            name: view.name.to_string(),
+            provider: view.provider.to_string(),
+            reason: view.notes().last_error.clone().unwrap_or_default(),
+        });
+    }
+    if let Some(reason) = view.paused() {
+        return Err(RefreshError::Paused {
+            name: view.name.to_string(),
+            reason: reason.to_string(),
+        });
+    }
+    Ok(())
 }
 
 /// One semaphore per provider, bounding its refreshes in flight.
@@ -858,44 +1097,11 @@ async fn tick(interval: &mut Option<tokio::time::Interval>) {
     }
 }
 
-fn commit_backoff(e: &mut Entry, base: Duration, cap: Duration) -> i64 {
-    let delay = backoff(e.commit_attempt, base, cap, rand::random::<f64>());
-    e.commit_attempt = e.commit_attempt.saturating_add(1);
+fn commit_backoff(rare: &mut Rare, base: Duration, cap: Duration) -> i64 {
+    let delay = backoff(rare.commit_attempt, base, cap, rand::random::<f64>());
+    rare.commit_attempt = rare.commit_attempt.saturating_add(1);
     delay.as_millis() as i64
 }
-
-impl Entry {
-    fn view(&self) -> View {
-        View {
-            cred: self.cred.clone(),
-            paused: self.paused.clone(),
-            next_refresh_at: self.refresh_at,
-            refreshing: self.in_flight,
-            uncommitted: self.uncommitted,
-            warning: self.warning.clone(),
-            readers: self.readers.clone(),
-        }
-    }
-
-    /// Why this credential will not be refreshed on its own, if it will not.
-    fn blocked_reason(&self) -> Result<(), RefreshError> {
-        if self.cred.state == State::NeedsReauth {
-            return Err(RefreshError::NeedsReauth {
-                name: self.cred.name.clone(),
-                provider: self.cred.provider.clone(),
-                reason: self.cred.last_error.clone().unwrap_or_default(),
-            });
-        }
-        if let Some(reason) = &self.paused {
-            return Err(RefreshError::Paused {
-                name: self.cred.name.clone(),
-                reason: reason.clone(),
-            });
-        }
-        Ok(())
-    }
-}
-
 impl Waiter {
     fn answer(self, result: Result<Arc<View>, RefreshError>) {
         let reply = match self {
@@ -908,7 +1114,7 @@ impl Waiter {
 
     /// Answers after a refresh attempt; `failure` is set if it failed.
     fn answer_after(self, view: &Arc<View>, now: i64, failure: Option<(&Failure, &str)>) {
-        let name = view.cred.name.clone();
+        let name = view.name.to_string();
         let error = |f: &Failure, provider: &str| match f.kind {
             FailureKind::Reauth => RefreshError::NeedsReauth {
                 name: name.clone(),
@@ -938,12 +1144,12 @@ impl Waiter {
                 min_valid_ms,
                 reply,
             } => {
-                let result = if view.cred.valid_token(now, min_valid_ms).is_some() {
+                let result = if view.valid_token(now, min_valid_ms).is_some() {
                     Ok(Arc::clone(view))
                 } else if let Some((f, p)) = failure {
                     Err(error(f, p))
                 } else {
-                    let secs = (view.cred.expires_at.unwrap_or(now) - now) / 1000;
+                    let secs = (view.expires_at.unwrap_or(now) - now) / 1000;
                     Err(RefreshError::Unavailable {
                         name: name.clone(),
                         reason: format!(

@@ -27,9 +27,12 @@ use sqlx::sqlite::{
 };
 use sqlx::{Connection, Row};
 
-use crate::credential::{Credential, State};
+use crate::credential::{Credential, Loaded, State};
+
+mod batch;
 use crate::seal::{self, Key, SealError};
 use crate::token::{LifetimeSource, Secret};
+pub use batch::GroupCommit;
 
 /// Errors from the store.
 #[derive(Debug, thiserror::Error)]
@@ -166,27 +169,56 @@ impl Store {
         })
     }
 
-    /// Every credential, for start-up. Fails, naming the credential, if a
-    /// sealed token does not open with this store's key (or without one).
+    /// Every credential, in full (refresh tokens included). For tests and
+    /// tools; the daemon streams lighter records with [`Store::load_each`].
     pub async fn load_all(&self) -> Result<Vec<Credential>, StoreError> {
         let rows = sqlx::query("SELECT * FROM credentials ORDER BY name")
             .fetch_all(&self.pool)
             .await?;
         let key = self.key.as_deref();
-        let creds = rows
-            .iter()
-            .map(|row| from_row(row, key))
-            .collect::<Result<Vec<_>, _>>()?;
-        if key.is_some() {
-            let plain = rows.iter().filter(|row| has_plaintext(row)).count();
-            if plain > 0 {
-                tracing::warn!(
-                    tokend_credentials = plain,
-                    "{plain} credential(s) still have unencrypted tokens in the database; they are sealed on their next write, or run `tokend rekey` with the daemon stopped to seal them all now"
-                );
-            }
+        rows.iter().map(|row| from_row(row, key)).collect()
+    }
+
+    /// Streams every credential to `each`, for start-up, without its refresh
+    /// token (only whether there is one) and without response extras other
+    /// than the id_token: the daemon does not keep those in memory. Returns
+    /// how many there were. Fails, naming the credential, if a sealed token
+    /// does not open with this store's key (or without one).
+    pub async fn load_each(&self, mut each: impl FnMut(Loaded)) -> Result<usize, StoreError> {
+        use futures::TryStreamExt as _;
+        let key = self.key.as_deref();
+        let mut rows = sqlx::query(
+            "SELECT name, provider, generation, refresh_token, access_token,
+                token_type, scope, expires_at, lifetime_source, refresh_expires_at,
+                json_extract(extra, '$.id_token'), state, last_error, refresh_started_at,
+                last_refresh_at, created_at, updated_at
+             FROM credentials",
+        )
+        .fetch(&self.pool);
+        let (mut count, mut plain) = (0, 0);
+        while let Some(row) = rows.try_next().await? {
+            let (loaded, plaintext) = loaded_from_row(&row, key)?;
+            plain += usize::from(plaintext);
+            count += 1;
+            each(loaded);
         }
-        Ok(creds)
+        if key.is_some() && plain > 0 {
+            tracing::warn!(
+                tokend_credentials = plain,
+                "{plain} credential(s) still have unencrypted tokens in the database; they are sealed on their next write, or run `tokend rekey` with the daemon stopped to seal them all now"
+            );
+        }
+        Ok(count)
+    }
+
+    /// One credential in full, refresh token included; `None` if absent.
+    pub async fn load(&self, name: &str) -> Result<Option<Credential>, StoreError> {
+        let row = sqlx::query("SELECT * FROM credentials WHERE name = ?1")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|row| from_row(&row, self.key.as_deref()))
+            .transpose()
     }
 
     /// Inserts or replaces a credential, bumping its generation so a refresh
@@ -506,13 +538,6 @@ fn is_busy(e: &sqlx::Error) -> bool {
         .is_some_and(|c| matches!(c & 0xff, 5 | 6))
 }
 
-/// Whether a row still holds a token written before encryption was on.
-fn has_plaintext(row: &SqliteRow) -> bool {
-    let plain = |v: Option<String>| v.is_some_and(|v| !seal::is_sealed(&v));
-    plain(row.try_get("refresh_token").ok().flatten())
-        || plain(row.try_get("access_token").ok().flatten())
-}
-
 type Query<'q> = sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments<'q>>;
 
 /// Binds parameters ?3 to ?14: the credential's tokens and state, in the
@@ -585,6 +610,70 @@ fn from_row(row: &SqliteRow, key: Option<&Key>) -> Result<Credential, StoreError
         updated_at: row.try_get("updated_at")?,
         name,
     })
+}
+
+/// Decodes a row of [`Store::load_each`]'s query (by column position, which
+/// is what keeps loading a million rows quick). Also says whether the row
+/// still holds a token in clear.
+fn loaded_from_row(row: &SqliteRow, key: Option<&Key>) -> Result<(Loaded, bool), StoreError> {
+    let name: String = row.try_get(0)?;
+    let open = |column: &'static str, stored: String| {
+        seal::open(key, &stored, column, &name).map_err(|reason| StoreError::Sealed {
+            name: name.clone(),
+            column,
+            reason,
+        })
+    };
+    // The refresh token is opened only to prove it opens (a sealed value
+    // that does not must stop start-up, not the first refresh), then dropped.
+    let refresh_token: Option<String> = row.try_get(3)?;
+    let access_token: Option<String> = row.try_get(4)?;
+    let plaintext = [&refresh_token, &access_token]
+        .into_iter()
+        .flatten()
+        .any(|v| !seal::is_sealed(v));
+    let has_refresh_token = match refresh_token {
+        Some(rt) => open("refresh_token", rt).map(|_| true)?,
+        None => false,
+    };
+    let access_token = access_token
+        .map(|v| open("access_token", v).map(Secret::new))
+        .transpose()?;
+    let mut extra = Map::new();
+    if let Some(id) = row.try_get::<Option<String>, _>(10)? {
+        extra.insert("id_token".into(), Value::String(open("id_token", id)?));
+    }
+    let state: String = row.try_get(11)?;
+    let state = State::from_str(&state).map_err(|reason| StoreError::Corrupt {
+        name: name.clone(),
+        reason,
+    })?;
+    let cred = Credential {
+        provider: row.try_get(1)?,
+        generation: row.try_get(2)?,
+        refresh_token: None,
+        access_token,
+        token_type: row.try_get(5)?,
+        scope: row.try_get(6)?,
+        expires_at: row.try_get(7)?,
+        lifetime_source: row
+            .try_get::<Option<String>, _>(8)?
+            .map(|s| LifetimeSource::parse(&s)),
+        refresh_expires_at: row.try_get(9)?,
+        extra,
+        state,
+        last_error: row.try_get(12)?,
+        refresh_started_at: row.try_get(13)?,
+        last_refresh_at: row.try_get(14)?,
+        created_at: row.try_get(15)?,
+        updated_at: row.try_get(16)?,
+        name,
+    };
+    let loaded = Loaded {
+        cred,
+        has_refresh_token,
+    };
+    Ok((loaded, plaintext))
 }
 
 #[cfg(test)]
