@@ -58,6 +58,8 @@ enum Report {
     Job {
         slot: u32,
         generation: i64,
+        /// The provider whose in-flight count the job held.
+        provider: Arc<str>,
         outcome: Outcome,
     },
     Exchanged {
@@ -94,6 +96,8 @@ struct Slot {
     /// timeout after sending): a rejection now probably means the provider
     /// rotated the token then.
     earlier_unknown: bool,
+    /// Due, and waiting in its provider's ready queue for a free slot.
+    queued: bool,
     /// What few credentials need at any moment.
     rare: Option<Box<Rare>>,
 }
@@ -133,6 +137,14 @@ pub struct Refresher {
     schedule: BTreeSet<(i64, u32)>,
     /// Providers that asked us (Retry-After) to stay away until then.
     blocked_until: HashMap<String, i64>,
+    /// Due refreshes waiting for their provider (or the daemon) to have a
+    /// refresh slot free, oldest first. Jobs are started only when they
+    /// can run, so a million credentials falling due at once (after a long
+    /// downtime) cost a queue entry each, not a task each.
+    ready: HashMap<Arc<str>, std::collections::VecDeque<u32>>,
+    /// Jobs running, in all and per provider.
+    running: usize,
+    running_by_provider: HashMap<Arc<str>, usize>,
     published: Arc<DashMap<Arc<str>, Arc<View>>>,
     interner: Interner,
     /// Shared by every credential nobody but administrators may read.
@@ -180,6 +192,9 @@ impl Refresher {
             free: Vec::new(),
             schedule: BTreeSet::new(),
             blocked_until: HashMap::new(),
+            ready: HashMap::new(),
+            running: 0,
+            running_by_provider: HashMap::new(),
             published: Arc::clone(&published),
             interner: Interner::default(),
             no_readers: Arc::from(Vec::new()),
@@ -301,6 +316,7 @@ impl Refresher {
             next_at: None,
             attempt: 0,
             earlier_unknown: false,
+            queued: false,
             rare: None,
         });
         self.reschedule(id);
@@ -331,6 +347,7 @@ impl Refresher {
         status.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let now = now_ms();
+            self.start_ready(now);
             self.start_due(now);
             let sleep_ms = self
                 .schedule
@@ -437,10 +454,57 @@ impl Refresher {
             slot.next_at = None;
             let refresh = slot.view.next_refresh_at.is_some_and(|r| r <= now);
             let pending = slot.rare.as_ref().is_some_and(|r| r.pending.is_some());
+            let provider = Arc::clone(&slot.view.provider);
+            if refresh && !pending && self.saturated(&provider) {
+                if let Some(slot) = self.slot_mut(id) {
+                    slot.queued = true;
+                }
+                self.ready.entry(provider).or_default().push_back(id);
+                continue;
+            }
             if refresh || pending {
                 self.start_job(id, refresh, now);
             }
             self.reschedule(id);
+        }
+    }
+
+    /// Whether a scheduled refresh for `provider` must wait for a job to end.
+    fn saturated(&self, provider: &str) -> bool {
+        let cap = self
+            .config
+            .providers
+            .get(provider)
+            .map_or(1, |p| p.max_concurrent_refreshes);
+        self.running >= self.config.daemon.max_concurrent_refreshes
+            || self.running_by_provider.get(provider).copied().unwrap_or(0) >= cap
+    }
+
+    /// Starts queued refreshes while their providers have room.
+    fn start_ready(&mut self, now: i64) {
+        if self.ready.is_empty() {
+            return;
+        }
+        let providers: Vec<Arc<str>> = self.ready.keys().cloned().collect();
+        for provider in providers {
+            while !self.saturated(&provider) {
+                let Some(id) = self.ready.get_mut(&provider).and_then(|q| q.pop_front()) else {
+                    break;
+                };
+                let Some(slot) = self.slot_mut(id).filter(|s| s.queued) else {
+                    // Started on demand meanwhile, or removed.
+                    continue;
+                };
+                slot.queued = false;
+                // A replacement or reload may have moved it meanwhile.
+                if slot.view.next_refresh_at.is_some_and(|at| at <= now) {
+                    self.start_job(id, true, now);
+                }
+                self.reschedule(id);
+            }
+            if self.ready.get(&provider).is_some_and(|q| q.is_empty()) {
+                self.ready.remove(&provider);
+            }
         }
     }
 
@@ -452,7 +516,7 @@ impl Refresher {
         if let Some(old) = slot.next_at.take() {
             self.schedule.remove(&(old, id));
         }
-        if slot.view.refreshing {
+        if slot.view.refreshing || slot.queued {
             return;
         }
         let retry = slot
@@ -545,6 +609,9 @@ impl Refresher {
         }
         let view = Arc::clone(&slot.view);
         let provider = self.provider(&view);
+        if let Some(slot) = self.slot_mut(id) {
+            slot.queued = false;
+        }
         if provider.is_none() {
             // Nothing can refresh it until a reload brings the provider back:
             // it must not stay scheduled (that would wake us in a loop).
@@ -595,11 +662,18 @@ impl Refresher {
         let generation = view.generation;
         let reports = self.reports_tx.clone();
         self.edit_view(id, |v| v.refreshing = true);
+        let provider = Arc::clone(&view.provider);
+        self.running += 1;
+        *self
+            .running_by_provider
+            .entry(Arc::clone(&provider))
+            .or_default() += 1;
         self.tasks.spawn(async move {
             let outcome = job.run().await;
             let _ = reports.send(Report::Job {
                 slot: id,
                 generation,
+                provider,
                 outcome,
             });
         });
@@ -827,8 +901,13 @@ impl Refresher {
             Report::Job {
                 slot: id,
                 generation,
+                provider,
                 outcome,
             } => {
+                self.running = self.running.saturating_sub(1);
+                if let Some(n) = self.running_by_provider.get_mut(&provider) {
+                    *n = n.saturating_sub(1);
+                }
                 if self
                     .slot(id)
                     .is_none_or(|s| s.view.generation != generation)
