@@ -13,6 +13,7 @@ mod journal;
 mod lifecycle;
 mod notify;
 mod robustness;
+mod scale;
 mod seeds;
 mod system;
 mod units;

@@ -503,6 +503,42 @@ impl FakeProvider {
             .unwrap_or(0)
     }
 
+    /// Mints `n` fresh valid refresh tokens, each starting its own family, in
+    /// one go (one lock, one pass): the scale benchmark needs tens of
+    /// thousands. Returns `(token, family)` pairs, as
+    /// [`FakeProvider::issue_refresh_token_family`] does one at a time.
+    pub fn issue_refresh_tokens(&self, n: usize) -> Vec<(String, u64)> {
+        let mut st = self.inner.lock();
+        let now = SystemTime::now();
+        (0..n)
+            .map(|_| {
+                let family = st.new_family();
+                (self.inner.mint_refresh_token(&mut st, now, family), family)
+            })
+            .collect()
+    }
+
+    /// The wall-clock time at which each successful refresh was carried out,
+    /// with the family of the token it spent, in the order they happened
+    /// (the same refreshes [`FakeProvider::refresh_count`] counts). Lets a
+    /// benchmark compare them with the instant a refresh was planned for.
+    pub fn refresh_wall_times(&self) -> Vec<(u64, SystemTime)> {
+        self.inner.lock().refresh_log.clone()
+    }
+
+    /// The refresh token each family holds right now: the valid one (with
+    /// strict rotation, at most one per family). Families whose tokens are
+    /// all used or revoked are absent.
+    pub fn current_refresh_tokens_by_family(&self) -> HashMap<u64, String> {
+        self.inner
+            .lock()
+            .refresh_tokens
+            .iter()
+            .filter(|(_, e)| e.state == RtState::Valid)
+            .map(|(t, e)| (e.family, t.clone()))
+            .collect()
+    }
+
     /// Mints a single-use authorization code bound to `redirect_uri`, with an
     /// optional S256 PKCE challenge; the exchange returns a refresh token only
     /// if `offline`.
@@ -674,6 +710,13 @@ struct State {
     codes: HashMap<String, CodeGrant>,
     access_tokens: HashMap<String, SystemTime>,
     secrets: Vec<String>,
+    /// The same strings as `secrets`, for an O(1) duplicate check: a linear
+    /// scan made every mint O(tokens issued), which throttled the fake in
+    /// the scale benchmark's bursts of tens of thousands of refreshes.
+    secret_set: HashSet<String>,
+    /// Wall-clock time and grant family of every successful refresh, in
+    /// order (see [`FakeProvider::refresh_wall_times`]).
+    refresh_log: Vec<(u64, SystemTime)>,
     refresh_count: usize,
     exchange_count: usize,
     request_times: Vec<Instant>,
@@ -694,7 +737,7 @@ impl State {
     }
 
     fn add_secret(&mut self, s: String) {
-        if !s.is_empty() && !self.secrets.contains(&s) {
+        if !s.is_empty() && self.secret_set.insert(s.clone()) {
             self.secrets.push(s);
         }
     }
@@ -1021,6 +1064,7 @@ impl Inner {
                     .then(|| self.mint_refresh_token(&mut st, SystemTime::now(), family));
                 st.refresh_count += 1;
                 *st.family_refreshes.entry(family).or_default() += 1;
+                st.refresh_log.push((family, SystemTime::now()));
                 Ok(self.token_response(&mut st, new_rt, false))
             }
             Grant::Exchange {
