@@ -112,6 +112,9 @@ impl From<sqlx::Error> for StoreError {
     }
 }
 
+/// Rows per query while loading at start-up.
+const LOAD_PAGE: i64 = 4096;
+
 /// Handle on the database; cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Store {
@@ -185,22 +188,34 @@ impl Store {
     /// how many there were. Fails, naming the credential, if a sealed token
     /// does not open with this store's key (or without one).
     pub async fn load_each(&self, mut each: impl FnMut(Loaded)) -> Result<usize, StoreError> {
-        use futures::TryStreamExt as _;
         let key = self.key.as_deref();
-        let mut rows = sqlx::query(
-            "SELECT name, provider, generation, refresh_token, access_token,
-                token_type, scope, expires_at, lifetime_source, refresh_expires_at,
-                json_extract(extra, '$.id_token'), state, last_error, refresh_started_at,
-                last_refresh_at, created_at, updated_at
-             FROM credentials",
-        )
-        .fetch(&self.pool);
         let (mut count, mut plain) = (0, 0);
-        while let Some(row) = rows.try_next().await? {
-            let (loaded, plaintext) = loaded_from_row(&row, key)?;
-            plain += usize::from(plaintext);
-            count += 1;
-            each(loaded);
+        let mut after = i64::MIN;
+        // Pages by rowid rather than one streamed query: sqlx's SQLite worker
+        // runs ahead of its consumer, so a single query would hold every
+        // row's decoded values in memory at once (gigabytes at a million).
+        loop {
+            let rows = sqlx::query(
+                "SELECT name, provider, generation, refresh_token, access_token,
+                    token_type, scope, expires_at, lifetime_source, refresh_expires_at,
+                    json_extract(extra, '$.id_token'), state, last_error, refresh_started_at,
+                    last_refresh_at, created_at, updated_at, rowid
+                 FROM credentials WHERE rowid > ?1 ORDER BY rowid LIMIT ?2",
+            )
+            .bind(after)
+            .bind(LOAD_PAGE)
+            .fetch_all(&self.pool)
+            .await?;
+            for row in &rows {
+                let (loaded, plaintext) = loaded_from_row(row, key)?;
+                plain += usize::from(plaintext);
+                count += 1;
+                each(loaded);
+            }
+            match rows.last() {
+                Some(last) if rows.len() as i64 == LOAD_PAGE => after = last.try_get(17)?,
+                _ => break,
+            }
         }
         if key.is_some() && plain > 0 {
             tracing::warn!(
