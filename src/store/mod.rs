@@ -31,6 +31,10 @@ use crate::credential::{Credential, State};
 use crate::seal::{self, Key, SealError};
 use crate::token::{LifetimeSource, Secret};
 
+mod batch;
+
+pub use batch::{GroupCommit, GroupStats};
+
 /// Errors from the store.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -88,6 +92,10 @@ pub enum StoreError {
         /// The database path.
         path: PathBuf,
     },
+    /// A grouped commit failed: every request that was in it gets the same
+    /// error, shown as it is.
+    #[error(transparent)]
+    Shared(Arc<StoreError>),
 }
 
 /// What [`Store::rekey`] did.
