@@ -401,9 +401,10 @@ struct Counters {
 
 /// A queue that commits the begins and saves of many refreshes together:
 /// one task takes the first waiting request and every other one already
-/// queued (up to a maximum), runs them in one transaction, and answers
-/// each. Nothing waits on a timer, so a lone request costs one commit, as
-/// it would without the queue; batches form from the requests that arrive
+/// queued (up to a maximum, after one `yield_now` so that runnable tasks
+/// can add theirs), runs them in one transaction, and answers each.
+/// Nothing waits on a timer, so a lone request costs one commit, as it
+/// would without the queue; batches form from the requests that arrive
 /// while the previous transaction is being fsynced.
 ///
 /// Requests are applied in arrival order: a save and then a begin of the
@@ -509,7 +510,22 @@ async fn run(
 ) {
     let mut batch = Vec::new();
     // Waits for one request, then takes those already queued, never more.
+    // (recv_many returns 0 only once every handle is gone.)
     while requests.recv_many(&mut batch, max_batch).await > 0 {
+        // One yield lets tasks that are already runnable (typically the
+        // waiters the last commit just answered) queue their next request
+        // first, so that the commit after a big one does not leave with
+        // only the first request to arrive. It is not a timer: a lone
+        // request waits microseconds, not for a deadline.
+        if batch.len() < max_batch {
+            tokio::task::yield_now().await;
+            while batch.len() < max_batch {
+                let Ok(request) = requests.try_recv() else {
+                    break;
+                };
+                batch.push(request);
+            }
+        }
         counters.transactions.fetch_add(1, Ordering::Relaxed);
         counters
             .requests
