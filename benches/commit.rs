@@ -9,9 +9,11 @@
 //!
 //! A real SQLite file in a temporary directory, opened with `Store::open`
 //! (WAL, `synchronous=FULL`: every commit is fsynced), holds 10,000
-//! credentials (quick: 2,000) with an 800-byte access token each. Every
-//! scenario starts from a checkpointed, empty WAL, warms up, then counts
-//! what completes in a fixed window:
+//! credentials (quick: 2,000) with an 800-byte access token each. The run
+//! goes in rounds (quick: one), each running every scenario in turn for a
+//! slice of 0.3 s warm-up and 1 s counted, so that the disk's drifting
+//! latency hits all scenarios alike; each slice starts from a checkpointed,
+//! empty WAL. The scenarios:
 //!
 //! - (a) one `save_outcome` at a time: one commit, one fsync per refresh;
 //! - (b) `save_outcome` from 64 concurrent tasks (what concurrency alone
@@ -27,8 +29,9 @@
 //!
 //! Each task works on its own credentials, so no two writes of one
 //! credential are in flight together, as in the daemon. It prints a
-//! Markdown table and writes JSON to `<target dir>/bench-commit.json`. It
-//! asserts no timing: a missed target is reported, not failed.
+//! Markdown table (with each ratio's spread over the rounds) and writes JSON
+//! to `<target dir>/bench-commit.json`. It asserts no timing: a missed
+//! target is reported, not failed.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -78,9 +81,12 @@ struct Sizes {
     quick: bool,
     /// Credentials in the database.
     credentials: usize,
-    /// Before each window, not counted.
+    /// Rounds: each runs every scenario once, in turn, so that drift (the
+    /// disk's latency moves with other load) hits all scenarios alike.
+    rounds: usize,
+    /// Before each counted slice, not counted.
     warmup: Duration,
-    /// The counted window of each scenario.
+    /// The counted slice of each scenario in each round.
     window: Duration,
 }
 
@@ -88,12 +94,14 @@ impl Sizes {
     const FULL: Sizes = Sizes {
         quick: false,
         credentials: 10_000,
-        warmup: Duration::from_secs(1),
-        window: Duration::from_secs(5),
+        rounds: 5,
+        warmup: Duration::from_millis(300),
+        window: Duration::from_secs(1),
     };
     const QUICK: Sizes = Sizes {
         quick: true,
         credentials: 2_000,
+        rounds: 1,
         warmup: Duration::from_millis(200),
         window: Duration::from_millis(700),
     };
@@ -207,17 +215,45 @@ const SCENARIOS: [Scenario; 7] = [
     },
 ];
 
-/// What one scenario measured.
-struct Measured {
-    /// Refreshes whose writes all committed in the window, per second.
-    refreshes_per_sec: f64,
-    /// Latency of one refresh's writes (ns), p50 and p99.
-    p50_ns: f64,
-    p99_ns: f64,
+/// What one slice of one scenario measured.
+struct Slice {
+    /// Latency (ns) of each refresh whose writes all committed in the slice.
+    latencies: Vec<u64>,
     /// Writes that failed (the run goes on; a daemon would retry).
     errors: u64,
-    /// Grouped scenarios: the queue's counts over the whole run.
+    /// Grouped scenarios: the queue's counts, warm-up included.
     group: Option<GroupStats>,
+}
+
+/// What one scenario measured over all rounds.
+#[derive(Default)]
+struct Measured {
+    latencies: Vec<u64>,
+    /// Refreshes per second in each round.
+    per_round: Vec<f64>,
+    errors: u64,
+    group: Option<GroupStats>,
+}
+
+impl Measured {
+    fn add(&mut self, slice: Slice, window: Duration) {
+        self.per_round
+            .push(slice.latencies.len() as f64 / window.as_secs_f64());
+        self.latencies.extend(slice.latencies);
+        self.errors += slice.errors;
+        if let Some(g) = slice.group {
+            let sum = self.group.get_or_insert_with(GroupStats::default);
+            sum.transactions += g.transactions;
+            sum.requests += g.requests;
+            sum.failed += g.failed;
+        }
+    }
+
+    /// Refreshes whose writes all committed, per counted second.
+    fn refreshes_per_sec(&self) -> f64 {
+        let n = self.per_round.len().max(1) as f64;
+        self.per_round.iter().sum::<f64>() / n
+    }
 }
 
 /// Per task: the latencies of refreshes completed in the window, and errors.
@@ -235,21 +271,25 @@ async fn run(sizes: Sizes, only: &[String]) -> Result<(), Error> {
     Store::open(&path).await?.close().await;
     insert_credentials(&path, sizes.credentials).await?;
 
-    let mut results = Vec::new();
-    for s in SCENARIOS
+    let chosen: Vec<&Scenario> = SCENARIOS
         .iter()
         .filter(|s| only.is_empty() || only.iter().any(|o| o == s.id))
-    {
-        eprintln!(
-            "commit: ({}) {}, {} task(s), {:?}",
-            s.id, s.what, s.tasks, sizes.window
-        );
-        // A fresh store per scenario: the last one's close checkpointed the
-        // WAL, so each starts from an empty one.
-        let store = Store::open(&path).await?;
-        let m = measure(&store, s, sizes).await?;
-        store.close().await;
-        results.push((s, m));
+        .collect();
+    let mut results: Vec<(&Scenario, Measured)> =
+        chosen.iter().map(|s| (*s, Measured::default())).collect();
+    for round in 1..=sizes.rounds {
+        for (s, m) in &mut results {
+            eprintln!(
+                "commit: round {round}/{}: ({}) {}, {} task(s)",
+                sizes.rounds, s.id, s.what, s.tasks
+            );
+            // A fresh store per slice: the last one's close checkpointed
+            // the WAL, so each starts from an empty one.
+            let store = Store::open(&path).await?;
+            let slice = measure(&store, s, sizes).await?;
+            store.close().await;
+            m.add(slice, sizes.window);
+        }
     }
     let store = Store::open(&path).await?;
     let stored = store.load_all().await?;
@@ -262,7 +302,7 @@ async fn run(sizes: Sizes, only: &[String]) -> Result<(), Error> {
         )
         .into());
     }
-    report(sizes, &results)
+    report(sizes, results)
 }
 
 /// Inserts `n` credentials in one transaction, bypassing the store (the
@@ -287,9 +327,9 @@ async fn insert_credentials(path: &Path, n: usize) -> Result<(), Error> {
     Ok(())
 }
 
-/// Runs one scenario: `s.tasks` tasks, each refreshing its own share of the
-/// credentials round and round until the window closes.
-async fn measure(store: &Store, s: &Scenario, sizes: Sizes) -> Result<Measured, Error> {
+/// Runs one slice of a scenario: `s.tasks` tasks, each refreshing its own
+/// share of the credentials, round and round, until the slice ends.
+async fn measure(store: &Store, s: &Scenario, sizes: Sizes) -> Result<Slice, Error> {
     let creds = store.load_all().await?;
     let group = s
         .work
@@ -320,11 +360,8 @@ async fn measure(store: &Store, s: &Scenario, sizes: Sizes) -> Result<Measured, 
         latencies.extend(ns);
         errors += e;
     }
-    let (p50_ns, p99_ns) = percentiles(&mut latencies);
-    Ok(Measured {
-        refreshes_per_sec: latencies.len() as f64 / sizes.window.as_secs_f64(),
-        p50_ns,
-        p99_ns,
+    Ok(Slice {
+        latencies,
         errors,
         group: group.map(|g| g.stats()),
     })
@@ -445,18 +482,25 @@ fn percentiles(ns: &mut [u64]) -> (f64, f64) {
 // ---------------------------------------------------------------------------
 // The report.
 
-fn report(sizes: Sizes, results: &[(&Scenario, Measured)]) -> Result<(), Error> {
-    let rate = |id: &str| {
-        results
-            .iter()
-            .find(|(s, _)| s.id == id)
-            .map_or(f64::NAN, |(_, m)| m.refreshes_per_sec)
+fn report(sizes: Sizes, mut results: Vec<(&Scenario, Measured)>) -> Result<(), Error> {
+    let find = |id: &str| results.iter().find(|(s, _)| s.id == id).map(|(_, m)| m);
+    let rate = |id: &str| find(id).map_or(f64::NAN, Measured::refreshes_per_sec);
+    // Each round's ratio, against the same round of the baseline.
+    let round_ratios = |m: &Measured, id: &str| -> Vec<f64> {
+        find(id).map_or_else(Vec::new, |b| {
+            m.per_round
+                .iter()
+                .zip(&b.per_round)
+                .map(|(x, y)| x / y)
+                .collect()
+        })
     };
     let single = rate("a");
     let mut rows = Vec::new();
-    for (s, m) in results {
+    for (s, m) in &results {
         let base = rate(s.baseline);
-        let ratio = m.refreshes_per_sec / base;
+        let ratio = m.refreshes_per_sec() / base;
+        let per_round = round_ratios(m, s.baseline);
         let (txns, per_txn) = m.group.map_or((None, None), |g| {
             (
                 Some(g.transactions),
@@ -468,13 +512,13 @@ fn report(sizes: Sizes, results: &[(&Scenario, Measured)]) -> Result<(), Error> 
             "what": s.what,
             "writes_per_refresh": s.work.writes(),
             "tasks": s.tasks,
-            "refreshes_per_sec": m.refreshes_per_sec,
-            "rows_per_sec": m.refreshes_per_sec * s.work.writes() as f64,
-            "ratio_to_a": m.refreshes_per_sec / single,
+            "refreshes_per_sec": m.refreshes_per_sec(),
+            "refreshes_per_sec_per_round": m.per_round,
+            "rows_per_sec": m.refreshes_per_sec() * s.work.writes() as f64,
+            "ratio_to_a": m.refreshes_per_sec() / single,
             "baseline": s.baseline,
             "ratio_to_baseline": ratio,
-            "p50_ms": m.p50_ns / 1e6,
-            "p99_ms": m.p99_ns / 1e6,
+            "ratio_to_baseline_per_round": per_round,
             "errors": m.errors,
             "transactions": txns,
             "requests_per_transaction": per_txn,
@@ -482,6 +526,12 @@ fn report(sizes: Sizes, results: &[(&Scenario, Measured)]) -> Result<(), Error> 
             "target": s.target.map(|t| format!("≥ {t}× ({})", s.baseline)),
             "met": s.target.filter(|_| ratio.is_finite()).map(|t| ratio >= t),
         }));
+    }
+    // Latency percentiles last: they sort the samples in place.
+    for ((_, m), row) in results.iter_mut().zip(&mut rows) {
+        let (p50, p99) = percentiles(&mut m.latencies);
+        row["p50_ms"] = json!(p50 / 1e6);
+        row["p99_ms"] = json!(p99 / 1e6);
     }
 
     let machine = machine();
@@ -494,8 +544,8 @@ fn report(sizes: Sizes, results: &[(&Scenario, Measured)]) -> Result<(), Error> 
         machine["kernel"].as_str().unwrap_or("?"),
     );
     println!(
-        "{} credentials, {}-byte access tokens, WAL + synchronous=FULL; {:?} warm-up and {:?} counted per scenario; group commit at most {MAX_BATCH} requests per transaction",
-        sizes.credentials, ACCESS_TOKEN_BYTES, sizes.warmup, sizes.window
+        "{} credentials, {}-byte access tokens, WAL + synchronous=FULL; {} round(s), each running every scenario in turn for {:?} warm-up + {:?} counted; group commit at most {MAX_BATCH} requests per transaction",
+        sizes.credentials, ACCESS_TOKEN_BYTES, sizes.rounds, sizes.warmup, sizes.window
     );
     println!();
     print!("{}", table(&rows));
@@ -509,6 +559,7 @@ fn report(sizes: Sizes, results: &[(&Scenario, Measured)]) -> Result<(), Error> 
         "machine": machine,
         "sizes": {
             "credentials": sizes.credentials,
+            "rounds": sizes.rounds,
             "warmup_secs": sizes.warmup.as_secs_f64(),
             "window_secs": sizes.window.as_secs_f64(),
             "tasks": TASKS,
@@ -535,6 +586,19 @@ fn table(rows: &[Value]) -> String {
         }
     };
     let f = |r: &Value, k: &str| r[k].as_f64().unwrap_or(f64::NAN);
+    let spread = |v: &Value| {
+        let all: Vec<f64> = v
+            .as_array()
+            .map(|a| a.iter().filter_map(Value::as_f64).collect())
+            .unwrap_or_default();
+        let min = all.iter().copied().fold(f64::INFINITY, f64::min);
+        let max = all.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        if all.is_empty() {
+            "—".to_string()
+        } else {
+            format!("{min:.2}–{max:.2}×")
+        }
+    };
     // A ratio whose baseline was not run is null in the JSON.
     let times = |r: &Value, k: &str| r[k].as_f64().map_or("—".into(), |v| format!("{v:.2}×"));
     let mut lines = vec![[
@@ -545,6 +609,7 @@ fn table(rows: &[Value]) -> String {
         "× (a)",
         "baseline",
         "× baseline",
+        "rounds min–max",
         "p50 ms",
         "p99 ms",
         "requests/txn",
@@ -567,6 +632,7 @@ fn table(rows: &[Value]) -> String {
             times(r, "ratio_to_a"),
             format!("({})", r["baseline"].as_str().unwrap_or("?")),
             times(r, "ratio_to_baseline"),
+            spread(&r["ratio_to_baseline_per_round"]),
             num(f(r, "p50_ms")),
             num(f(r, "p99_ms")),
             r["requests_per_transaction"]
