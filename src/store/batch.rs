@@ -175,8 +175,18 @@ impl Store {
         Ok(found.iter().map(Found::matched).collect())
     }
 
-    /// Runs `ops` in one `BEGIN IMMEDIATE` ... `COMMIT`.
+    /// Runs `ops` in one transaction, committed (one fsync) before it
+    /// returns.
     async fn apply_committed(&self, ops: &[Op<'_>]) -> Result<Vec<Found>, StoreError> {
+        // One statement is its own transaction (SQLite's autocommit: all or
+        // nothing, committed when it completes). Leaving out BEGIN and
+        // COMMIT spares two trips through sqlx's worker thread, which is
+        // most of what a lone request would otherwise pay over a plain
+        // `save_outcome`.
+        if single_statement(ops) {
+            let mut conn = self.pool.acquire().await?;
+            return Ok(apply(&mut conn, ops, self.key.as_deref()).await?);
+        }
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let found = apply(&mut tx, ops, self.key.as_deref()).await?;
         tx.commit().await?;
@@ -206,6 +216,21 @@ async fn apply(
         start = end;
     }
     Ok(found)
+}
+
+/// Whether [`apply`] runs `ops` as one statement: distinct names, one kind
+/// of op, one chunk.
+fn single_statement(ops: &[Op<'_>]) -> bool {
+    let begins = ops
+        .iter()
+        .filter(|op| matches!(op, Op::Begin { .. }))
+        .count();
+    let fits = match (begins, ops.len() - begins) {
+        (0, saves) => saves <= SAVE_ROWS,
+        (begins, 0) => begins <= BEGIN_ROWS,
+        _ => false,
+    };
+    fits && segment_end(ops, 0) == ops.len()
 }
 
 /// The end of the longest run of `ops` from `start` in which no name
@@ -822,6 +847,12 @@ mod tests {
         assert_eq!(segment_end(&ops, 0), 2);
         assert_eq!(segment_end(&ops, 2), 4);
         assert_eq!(segment_end(&ops, 4), 5);
+        assert!(!single_statement(&ops));
+        assert!(single_statement(&ops[..2]));
+        assert!(!single_statement(&ops[1..3]), "two kinds");
+        assert!(!single_statement(&ops[3..5]), "a name twice");
+        let saves = vec![Op::Save(&c); SAVE_ROWS + 1];
+        assert!(!single_statement(&saves), "two chunks");
     }
 
     #[tokio::test]
@@ -1000,6 +1031,30 @@ mod tests {
         .await
         .unwrap();
         assert_eq!(marked, 0, "a failed batch wrote something");
+
+        // The same with saves only, which go as one statement without
+        // BEGIN: the statement is all or nothing.
+        let saves = (0..5)
+            .map(|i| {
+                let mut c = Credential::new(&format!("c{i}"), "p", None, 100);
+                c.generation = 1;
+                refreshed(&c, "rt-new", 600)
+            })
+            .chain([refreshed(&poison, "rt-q", 600)])
+            .collect();
+        let answers = spawn_requests(&group, saves, vec![]).join_all().await;
+        assert_eq!(answers.len(), 6);
+        for answer in answers {
+            let err = answer.unwrap_err();
+            assert!(err.to_string().contains("poisoned by the test"), "{err}");
+        }
+        let written: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM credentials WHERE refresh_token = 'rt-new'")
+                .fetch_one(&store.pool)
+                .await
+                .unwrap();
+        assert_eq!(written, 0, "a failed statement wrote something");
+        assert_eq!(group.stats().failed, 2);
 
         // The queue keeps serving after a failure.
         let c = group.begin("c0".into(), 1, 950).await.unwrap().unwrap();
