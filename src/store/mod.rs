@@ -29,10 +29,12 @@ use sqlx::{Connection, Row};
 
 use crate::credential::{Credential, Loaded, State};
 
-mod batch;
 use crate::seal::{self, Key, SealError};
 use crate::token::{LifetimeSource, Secret};
-pub use batch::GroupCommit;
+
+mod batch;
+
+pub use batch::{GroupCommit, GroupStats};
 
 /// Errors from the store.
 #[derive(Debug, thiserror::Error)]
@@ -91,6 +93,10 @@ pub enum StoreError {
         /// The database path.
         path: PathBuf,
     },
+    /// A grouped commit failed: every request that was in it gets the same
+    /// error, shown as it is.
+    #[error(transparent)]
+    Shared(Arc<StoreError>),
 }
 
 /// What [`Store::rekey`] did.
