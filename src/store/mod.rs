@@ -33,6 +33,7 @@ use crate::seal::{self, Key, SealError};
 use crate::token::{LifetimeSource, Secret};
 
 mod batch;
+mod scan;
 
 pub use batch::{GroupCommit, GroupStats};
 
@@ -93,6 +94,9 @@ pub enum StoreError {
         /// The database path.
         path: PathBuf,
     },
+    /// The start-up scan of the credentials failed.
+    #[error("cannot read the credentials from the database: {0}; check the file with `sqlite3 FILE 'PRAGMA integrity_check'` or restore a backup")]
+    Load(String),
     /// A grouped commit failed: every request that was in it gets the same
     /// error, shown as it is.
     #[error(transparent)]
@@ -118,8 +122,11 @@ impl From<sqlx::Error> for StoreError {
     }
 }
 
-/// Rows per query while loading at start-up.
-const LOAD_PAGE: i64 = 4096;
+impl From<scan::ScanError> for StoreError {
+    fn from(e: scan::ScanError) -> Self {
+        StoreError::Load(e.0)
+    }
+}
 
 /// Handle on the database; cheap to clone.
 #[derive(Clone, Debug)]
@@ -196,33 +203,27 @@ impl Store {
     pub async fn load_each(&self, mut each: impl FnMut(Loaded)) -> Result<usize, StoreError> {
         let key = self.key.as_deref();
         let (mut count, mut plain) = (0, 0);
-        let mut after = i64::MIN;
-        // Pages by rowid rather than one streamed query: sqlx's SQLite worker
-        // runs ahead of its consumer, so a single query would hold every
-        // row's decoded values in memory at once (gigabytes at a million).
-        loop {
-            let rows = sqlx::query(
-                "SELECT name, provider, generation, refresh_token, access_token,
-                    token_type, scope, expires_at, lifetime_source, refresh_expires_at,
-                    json_extract(extra, '$.id_token'), state, last_error, refresh_started_at,
-                    last_refresh_at, created_at, updated_at, rowid
-                 FROM credentials WHERE rowid > ?1 ORDER BY rowid LIMIT ?2",
-            )
-            .bind(after)
-            .bind(LOAD_PAGE)
-            .fetch_all(&self.pool)
-            .await?;
-            for row in &rows {
-                let (loaded, plaintext) = loaded_from_row(row, key)?;
+        let mut conn = self.pool.acquire().await?;
+        let mut handle = conn.lock_handle().await?;
+        // This blocks the runtime thread for the length of the scan (about
+        // a second per 300k rows), which only happens before the socket
+        // serves anything.
+        scan::scan(
+            handle.as_raw_handle(),
+            "SELECT name, provider, generation, refresh_token, access_token,
+                token_type, scope, expires_at, lifetime_source, refresh_expires_at,
+                json_extract(extra, '$.id_token'), state, last_error, refresh_started_at,
+                last_refresh_at, created_at, updated_at
+             FROM credentials",
+            |row| {
+                let (loaded, plaintext) = loaded_from_columns(row, key)?;
                 plain += usize::from(plaintext);
                 count += 1;
                 each(loaded);
-            }
-            match rows.last() {
-                Some(last) if rows.len() as i64 == LOAD_PAGE => after = last.try_get(17)?,
-                _ => break,
-            }
-        }
+                Ok::<_, StoreError>(())
+            },
+        )?;
+        drop(handle);
         if key.is_some() && plain > 0 {
             tracing::warn!(
                 tokend_credentials = plain,
@@ -633,23 +634,30 @@ fn from_row(row: &SqliteRow, key: Option<&Key>) -> Result<Credential, StoreError
     })
 }
 
-/// Decodes a row of [`Store::load_each`]'s query (by column position, which
-/// is what keeps loading a million rows quick). Also says whether the row
-/// still holds a token in clear.
-fn loaded_from_row(row: &SqliteRow, key: Option<&Key>) -> Result<(Loaded, bool), StoreError> {
-    let name: String = row.try_get(0)?;
-    let open = |column: &'static str, stored: String| {
-        seal::open(key, &stored, column, &name).map_err(|reason| StoreError::Sealed {
+/// Decodes a row of [`Store::load_each`]'s query. Also says whether the
+/// row still holds a token in clear.
+fn loaded_from_columns(
+    row: &scan::Columns<'_>,
+    key: Option<&Key>,
+) -> Result<(Loaded, bool), StoreError> {
+    let name = row.text(0)?.unwrap_or_default().to_string();
+    let corrupt = |reason: String| StoreError::Corrupt {
+        name: name.clone(),
+        reason,
+    };
+    let open = |column: &'static str, stored: &str| {
+        seal::open(key, stored, column, &name).map_err(|reason| StoreError::Sealed {
             name: name.clone(),
             column,
             reason,
         })
     };
+    let required = |i, what: &str| row.int(i).ok_or_else(|| corrupt(format!("{what} is NULL")));
     // The refresh token is opened only to prove it opens (a sealed value
     // that does not must stop start-up, not the first refresh), then dropped.
-    let refresh_token: Option<String> = row.try_get(3)?;
-    let access_token: Option<String> = row.try_get(4)?;
-    let plaintext = [&refresh_token, &access_token]
+    let refresh_token = row.text(3)?;
+    let access_token = row.text(4)?;
+    let plaintext = [refresh_token, access_token]
         .into_iter()
         .flatten()
         .any(|v| !seal::is_sealed(v));
@@ -661,34 +669,28 @@ fn loaded_from_row(row: &SqliteRow, key: Option<&Key>) -> Result<(Loaded, bool),
         .map(|v| open("access_token", v).map(Secret::new))
         .transpose()?;
     let mut extra = Map::new();
-    if let Some(id) = row.try_get::<Option<String>, _>(10)? {
+    if let Some(id) = row.text(10)? {
         extra.insert("id_token".into(), Value::String(open("id_token", id)?));
     }
-    let state: String = row.try_get(11)?;
-    let state = State::from_str(&state).map_err(|reason| StoreError::Corrupt {
-        name: name.clone(),
-        reason,
-    })?;
+    let state = State::from_str(row.text(11)?.unwrap_or_default()).map_err(&corrupt)?;
     let cred = Credential {
-        provider: row.try_get(1)?,
-        generation: row.try_get(2)?,
+        provider: row.text(1)?.unwrap_or_default().to_string(),
+        generation: required(2, "generation")?,
         refresh_token: None,
         access_token,
-        token_type: row.try_get(5)?,
-        scope: row.try_get(6)?,
-        expires_at: row.try_get(7)?,
-        lifetime_source: row
-            .try_get::<Option<String>, _>(8)?
-            .map(|s| LifetimeSource::parse(&s)),
-        refresh_expires_at: row.try_get(9)?,
+        token_type: row.text(5)?.unwrap_or("Bearer").to_string(),
+        scope: row.text(6)?.map(str::to_string),
+        expires_at: row.int(7),
+        lifetime_source: row.text(8)?.map(LifetimeSource::parse),
+        refresh_expires_at: row.int(9),
         extra,
         state,
-        last_error: row.try_get(12)?,
-        refresh_started_at: row.try_get(13)?,
-        last_refresh_at: row.try_get(14)?,
-        created_at: row.try_get(15)?,
-        updated_at: row.try_get(16)?,
-        name,
+        last_error: row.text(12)?.map(str::to_string),
+        refresh_started_at: row.int(13),
+        last_refresh_at: row.int(14),
+        created_at: required(15, "created_at")?,
+        updated_at: required(16, "updated_at")?,
+        name: name.clone(),
     };
     let loaded = Loaded {
         cred,
