@@ -38,14 +38,14 @@ pub struct DaemonOptions {
     pub database: Option<PathBuf>,
 }
 
-/// Hands the memory freed after loading (query pages, decoded rows) back to
-/// the kernel. glibc keeps freed heap for reuse, so without this a daemon
-/// that loaded a million rows would report their transient peak as its
-/// resident size for the rest of its life.
+/// Hands the memory freed after loading (decoded rows, SQLite's buffers)
+/// back to the kernel. glibc keeps freed heap for reuse, so without this a
+/// daemon that loaded a million rows would keep their transient peak
+/// resident for the rest of its life.
 fn release_freed_memory() {
     #[cfg(target_env = "gnu")]
-    // SAFETY: malloc_trim only walks the allocator's own free lists; it has
-    // no preconditions and is safe to call at any time from any thread.
+    // SAFETY: malloc_trim only walks glibc's own free lists; it has no
+    // preconditions and is safe to call at any time from any thread.
     unsafe {
         libc::malloc_trim(0);
     }

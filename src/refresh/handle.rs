@@ -24,8 +24,6 @@ pub struct View {
     pub name: Arc<str>,
     /// Provider name.
     pub provider: Arc<str>,
-    /// The stored generation; bumped on every replacement.
-    pub generation: i64,
     /// The current access token, if one was ever obtained.
     pub access_token: Option<Secret>,
     /// Token type, normally `Bearer`.
@@ -97,7 +95,6 @@ impl View {
         View {
             name,
             provider: interner.get(&cred.provider),
-            generation: cred.generation,
             access_token: cred.access_token.clone(),
             token_type: interner.get(&cred.token_type),
             scope: cred.scope.as_deref().map(|s| interner.get(s)),

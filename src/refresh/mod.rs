@@ -24,7 +24,8 @@
 mod handle;
 mod job;
 
-use std::collections::{BTreeSet, HashMap};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -87,6 +88,8 @@ enum Waiter {
 struct Slot {
     /// The view as last published.
     view: Arc<View>,
+    /// The stored generation; a job's report for another one is stale.
+    generation: i64,
     /// The wake-up registered in the schedule: the earlier of the refresh
     /// (`view.next_refresh_at`) and a commit retry.
     next_at: Option<i64>,
@@ -133,8 +136,11 @@ pub struct Refresher {
     /// Credentials by slot number (`View::slot`); `None` is a free slot.
     slots: Vec<Option<Slot>>,
     free: Vec<u32>,
-    /// Wake-ups by time, then slot.
-    schedule: BTreeSet<(i64, u32)>,
+    /// Wake-ups, earliest first. An entry is current only while its slot's
+    /// `next_at` still says that time: moving a wake-up pushes a new entry
+    /// and leaves the old one to be skipped (16 bytes per credential, where
+    /// a B-tree set took about 26).
+    schedule: BinaryHeap<Reverse<(i64, u32)>>,
     /// Providers that asked us (Retry-After) to stay away until then.
     blocked_until: HashMap<String, i64>,
     /// Due refreshes waiting for their provider (or the daemon) to have a
@@ -190,7 +196,7 @@ impl Refresher {
             client,
             slots: Vec::new(),
             free: Vec::new(),
-            schedule: BTreeSet::new(),
+            schedule: BinaryHeap::new(),
             blocked_until: HashMap::new(),
             ready: HashMap::new(),
             running: 0,
@@ -243,7 +249,7 @@ impl Refresher {
         if let Some(w) = &view.notes().warning {
             event!(warn, Kind::RefreshTokenExpiring, tokend_credential = %view.name, tokend_provider = %view.provider, "{w}");
         }
-        let id = self.insert(view);
+        let id = self.insert(view, cred.generation);
         if let Some(slot) = self.slot_mut(id) {
             slot.earlier_unknown = interrupted;
         }
@@ -302,7 +308,7 @@ impl Refresher {
     }
 
     /// Adds a credential in a free slot, schedules and publishes it.
-    fn insert(&mut self, mut view: View) -> u32 {
+    fn insert(&mut self, mut view: View, generation: i64) -> u32 {
         let id = match self.free.pop() {
             Some(id) => id,
             None => {
@@ -313,6 +319,7 @@ impl Refresher {
         view.slot = id;
         self.slots[id as usize] = Some(Slot {
             view: Arc::new(view),
+            generation,
             next_at: None,
             attempt: 0,
             earlier_unknown: false,
@@ -350,8 +357,7 @@ impl Refresher {
             self.start_ready(now);
             self.start_due(now);
             let sleep_ms = self
-                .schedule
-                .first()
+                .next_wakeup()
                 .map_or(MAX_SLEEP_MS, |(at, _)| (at - now).clamp(0, MAX_SLEEP_MS));
             tokio::select! {
                 biased;
@@ -373,9 +379,8 @@ impl Refresher {
     fn send_status(&mut self) {
         self.status_dirty = false;
         let next = self
-            .schedule
-            .first()
-            .and_then(|(_, id)| self.slot(*id))
+            .next_wakeup()
+            .and_then(|(_, id)| self.slot(id))
             .and_then(|s| s.view.next_refresh_at);
         crate::systemd::status(&self.tally.line(next, now_ms()));
     }
@@ -443,11 +448,11 @@ impl Refresher {
     }
 
     fn start_due(&mut self, now: i64) {
-        while let Some(&(at, id)) = self.schedule.first() {
+        while let Some((at, id)) = self.next_wakeup() {
             if at > now {
                 break;
             }
-            self.schedule.pop_first();
+            self.schedule.pop();
             let Some(slot) = self.slot_mut(id) else {
                 continue;
             };
@@ -513,9 +518,7 @@ impl Refresher {
         let Some(slot) = self.slots.get_mut(id as usize).and_then(Option::as_mut) else {
             return;
         };
-        if let Some(old) = slot.next_at.take() {
-            self.schedule.remove(&(old, id));
-        }
+        slot.next_at = None;
         if slot.view.refreshing || slot.queued {
             return;
         }
@@ -530,8 +533,33 @@ impl Refresher {
         };
         if let Some(at) = next {
             slot.next_at = Some(at);
-            self.schedule.insert((at, id));
+            self.schedule.push(Reverse((at, id)));
+            if self.schedule.len() > 2 * self.slots.len() + 1024 {
+                self.compact_schedule();
+            }
         }
+    }
+
+    /// The earliest current wake-up, dropping stale entries on the way.
+    fn next_wakeup(&mut self) -> Option<(i64, u32)> {
+        while let Some(&Reverse((at, id))) = self.schedule.peek() {
+            if self.slot(id).is_some_and(|s| s.next_at == Some(at)) {
+                return Some((at, id));
+            }
+            self.schedule.pop();
+        }
+        None
+    }
+
+    /// Drops every stale entry, so moved wake-ups cannot pile up.
+    fn compact_schedule(&mut self) {
+        let slots = &self.slots;
+        self.schedule.retain(|Reverse((at, id))| {
+            slots
+                .get(*id as usize)
+                .and_then(Option::as_ref)
+                .is_some_and(|s| s.next_at == Some(*at))
+        });
     }
 
     /// Replaces the slot's view, reschedules and publishes it.
@@ -651,7 +679,7 @@ impl Refresher {
             store: self.store.clone(),
             client: self.client.clone(),
             name: Arc::clone(&view.name),
-            generation: view.generation,
+            generation: slot.generation,
             pending,
             earlier_unknown: slot.earlier_unknown,
             refresh,
@@ -659,7 +687,7 @@ impl Refresher {
             per_provider,
             provider,
         };
-        let generation = view.generation;
+        let generation = slot.generation;
         let reports = self.reports_tx.clone();
         self.edit_view(id, |v| v.refreshing = true);
         let provider = Arc::clone(&view.provider);
@@ -820,6 +848,7 @@ impl Refresher {
                 if let Some(slot) = self.slot_mut(id) {
                     // A job for the old generation may still run; its report
                     // is dropped, and the new generation starts afresh.
+                    slot.generation = cred.generation;
                     slot.attempt = 0;
                     slot.earlier_unknown = false;
                     if let Some(rare) = slot.rare.as_mut() {
@@ -832,7 +861,7 @@ impl Refresher {
                 self.set_view(id, view);
                 Ok(id)
             }
-            None => Ok(self.insert(view)),
+            None => Ok(self.insert(view, cred.generation)),
         }
     }
 
@@ -868,9 +897,6 @@ impl Refresher {
         };
         self.store.delete(name).await?;
         if let Some(slot) = self.slots.get_mut(id as usize).and_then(Option::take) {
-            if let Some(at) = slot.next_at {
-                self.schedule.remove(&(at, id));
-            }
             for w in slot.rare.map(|r| r.waiters).unwrap_or_default() {
                 w.answer(Err(RefreshError::NotFound(name.to_string())));
             }
@@ -908,10 +934,7 @@ impl Refresher {
                 if let Some(n) = self.running_by_provider.get_mut(&provider) {
                     *n = n.saturating_sub(1);
                 }
-                if self
-                    .slot(id)
-                    .is_none_or(|s| s.view.generation != generation)
-                {
+                if self.slot(id).is_none_or(|s| s.generation != generation) {
                     return;
                 }
                 match outcome {
