@@ -278,15 +278,28 @@ pub async fn set_due(db: &Path, names: &[String], due: i64) -> Result<(), Error>
 pub async fn committed_since(db: &Path, prefix: &str, since: i64) -> Result<usize, Error> {
     let mut conn = open_db(db)?.connect().await?;
     let n: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM credentials WHERE name LIKE ?1 || '%'
-            AND last_refresh_at > ?2 AND refresh_started_at IS NULL",
+        "SELECT count(*) FROM credentials WHERE name >= ?1 AND name < ?2
+            AND last_refresh_at > ?3 AND refresh_started_at IS NULL",
     )
     .bind(prefix)
+    .bind(prefix_end(prefix))
     .bind(since)
     .fetch_one(&mut conn)
     .await?;
     conn.close().await?;
     Ok(n as usize)
+}
+
+/// The first string after every string starting with `prefix` (an ASCII
+/// prefix not ending in 0x7f): a range on the primary key finds the rows
+/// through its index, where `LIKE 'prefix%'` (case-insensitive) would scan
+/// a million rows on every poll.
+fn prefix_end(prefix: &str) -> String {
+    let mut end = prefix.as_bytes().to_vec();
+    if let Some(last) = end.last_mut() {
+        *last += 1;
+    }
+    String::from_utf8_lossy(&end).into_owned()
 }
 
 /// The refresh token on record for every credential named `prefix*`.
@@ -296,9 +309,10 @@ pub async fn stored_refresh_tokens(
 ) -> Result<HashMap<String, String>, Error> {
     let mut conn = open_db(db)?.connect().await?;
     let rows = sqlx::query(
-        "SELECT name, refresh_token FROM credentials WHERE name LIKE ?1 || '%' ORDER BY name",
+        "SELECT name, refresh_token FROM credentials WHERE name >= ?1 AND name < ?2 ORDER BY name",
     )
     .bind(prefix)
+    .bind(prefix_end(prefix))
     .fetch_all(&mut conn)
     .await?;
     conn.close().await?;
