@@ -40,6 +40,8 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection, SqliteJournalMode, Sq
 use sqlx::{ConnectOptions as _, Connection as _, Row as _};
 use tokio::net::UnixDatagram;
 use tokio::process::{Child, Command};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
 
 use super::fake_provider::FakeProvider;
 
@@ -276,15 +278,28 @@ pub async fn set_due(db: &Path, names: &[String], due: i64) -> Result<(), Error>
 pub async fn committed_since(db: &Path, prefix: &str, since: i64) -> Result<usize, Error> {
     let mut conn = open_db(db)?.connect().await?;
     let n: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM credentials WHERE name LIKE ?1 || '%'
-            AND last_refresh_at > ?2 AND refresh_started_at IS NULL",
+        "SELECT count(*) FROM credentials WHERE name >= ?1 AND name < ?2
+            AND last_refresh_at > ?3 AND refresh_started_at IS NULL",
     )
     .bind(prefix)
+    .bind(prefix_end(prefix))
     .bind(since)
     .fetch_one(&mut conn)
     .await?;
     conn.close().await?;
     Ok(n as usize)
+}
+
+/// The first string after every string starting with `prefix` (an ASCII
+/// prefix not ending in 0x7f): a range on the primary key finds the rows
+/// through its index, where `LIKE 'prefix%'` (case-insensitive) would scan
+/// a million rows on every poll.
+fn prefix_end(prefix: &str) -> String {
+    let mut end = prefix.as_bytes().to_vec();
+    if let Some(last) = end.last_mut() {
+        *last += 1;
+    }
+    String::from_utf8_lossy(&end).into_owned()
 }
 
 /// The refresh token on record for every credential named `prefix*`.
@@ -294,9 +309,10 @@ pub async fn stored_refresh_tokens(
 ) -> Result<HashMap<String, String>, Error> {
     let mut conn = open_db(db)?.connect().await?;
     let rows = sqlx::query(
-        "SELECT name, refresh_token FROM credentials WHERE name LIKE ?1 || '%' ORDER BY name",
+        "SELECT name, refresh_token FROM credentials WHERE name >= ?1 AND name < ?2 ORDER BY name",
     )
     .bind(prefix)
+    .bind(prefix_end(prefix))
     .fetch_all(&mut conn)
     .await?;
     conn.close().await?;
@@ -383,20 +399,27 @@ impl Layout {
     }
 }
 
+/// How long a daemon may take to stop: its own `shutdown_timeout` (10 s)
+/// plus closing the database, with room to spare.
+const STOP_TIMEOUT: Duration = Duration::from_secs(120);
+
 /// A running `tokend daemon`, killed if dropped while still running (so an
 /// error anywhere never leaves one behind).
 pub struct Daemon {
     child: Child,
     pid: i32,
-    notify: UnixDatagram,
+    /// When `READY=1` arrived, set by the task reading the notify socket.
+    ready: watch::Receiver<Option<Instant>>,
+    reader: JoinHandle<()>,
     spawned: Instant,
     log: PathBuf,
 }
 
 impl Daemon {
     /// Starts `tokend daemon --config C --database D --log stderr` with
-    /// `NOTIFY_SOCKET` pointing at a fresh datagram socket of ours. `rust_log`
-    /// `None` keeps the default level (info).
+    /// `NOTIFY_SOCKET` pointing at a fresh datagram socket of ours, read for
+    /// the daemon's whole life. `rust_log` `None` keeps the default level
+    /// (info).
     pub async fn spawn(
         bin: &Path,
         layout: &Layout,
@@ -422,17 +445,32 @@ impl Daemon {
             .stdout(Stdio::null())
             .stderr(log)
             .kill_on_drop(true);
+        // SAFETY: prctl(2) is async-signal-safe and touches nothing of ours.
+        // The daemon gets SIGKILL if this thread dies, so even a bench killed
+        // by a signal (no destructors run) leaves no daemon behind. The
+        // thread that spawns is the one running `block_on` (the bench's main
+        // thread, the test's thread), which outlives every daemon.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == -1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
         match rust_log {
             Some(filter) => cmd.env("RUST_LOG", filter),
             None => cmd.env_remove("RUST_LOG"),
         };
+        let (ready_tx, ready) = watch::channel(None);
         let spawned = Instant::now();
         let child = cmd.spawn()?;
         let pid = child.id().ok_or("tokend exited at once")? as i32;
         Ok(Daemon {
             child,
             pid,
-            notify,
+            ready,
+            reader: tokio::spawn(read_notifications(notify, ready_tx)),
             spawned,
             log: layout.log.clone(),
         })
@@ -443,49 +481,67 @@ impl Daemon {
         self.pid
     }
 
-    /// Waits for `READY=1` and returns the time since spawn. Fails if the
-    /// daemon exits first or `within` passes.
+    /// Waits for `READY=1` and returns the time from spawn to its arrival.
+    /// Fails if the daemon exits first or `within` passes.
     pub async fn wait_ready(&mut self, within: Duration) -> Result<Duration, Error> {
         let deadline = self.spawned + within;
-        let mut buf = vec![0u8; 4096];
         loop {
+            if let Some(at) = *self.ready.borrow() {
+                return Ok(at - self.spawned);
+            }
             if let Some(status) = self.child.try_wait()? {
                 let log = std::fs::read_to_string(&self.log).unwrap_or_default();
-                let tail: String = log.lines().rev().take(20).collect::<Vec<_>>().join("\n");
-                return Err(
-                    format!("tokend exited before READY=1 ({status}); log tail:\n{tail}").into(),
-                );
+                let tail: Vec<&str> = log.lines().rev().take(20).collect();
+                return Err(format!(
+                    "tokend exited before READY=1 ({status}); log tail, newest first:\n{}",
+                    tail.join("\n")
+                )
+                .into());
             }
             if Instant::now() > deadline {
                 return Err(format!("tokend sent no READY=1 within {within:?}").into());
             }
-            let got =
-                tokio::time::timeout(Duration::from_millis(100), self.notify.recv(&mut buf)).await;
-            if let Ok(n) = got {
-                let n = n?;
-                if String::from_utf8_lossy(&buf[..n])
-                    .lines()
-                    .any(|l| l == "READY=1")
-                {
-                    return Ok(self.spawned.elapsed());
-                }
-            }
+            let _ = tokio::time::timeout(Duration::from_millis(100), self.ready.changed()).await;
         }
     }
 
     /// SIGTERM, then waits for a clean exit; returns how long stopping took.
-    pub async fn stop(mut self, within: Duration) -> Result<Duration, Error> {
+    pub async fn stop(mut self) -> Result<Duration, Error> {
         let start = Instant::now();
         // SAFETY: kill(2) on our own child, which is not reaped yet (we hold
         // its `Child` and have not waited on it).
         unsafe { libc::kill(self.pid, libc::SIGTERM) };
-        let status = tokio::time::timeout(within, self.child.wait())
+        let status = tokio::time::timeout(STOP_TIMEOUT, self.child.wait())
             .await
-            .map_err(|_| format!("tokend did not stop within {within:?} of SIGTERM"))??;
+            .map_err(|_| format!("tokend did not stop within {STOP_TIMEOUT:?} of SIGTERM"))??;
         if !status.success() {
             return Err(format!("tokend exited with {status}").into());
         }
         Ok(start.elapsed())
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
+}
+
+/// Reads every notification, as the service manager would, noting when
+/// `READY=1` arrives. It must keep reading: the daemon's `sd_notify` is a
+/// blocking send, so a full queue (10 datagrams by default,
+/// `net.unix.max_dgram_qlen`) would block the daemon's threads.
+async fn read_notifications(sock: UnixDatagram, ready: watch::Sender<Option<Instant>>) {
+    let mut buf = vec![0u8; 4096];
+    while let Ok(n) = sock.recv(&mut buf).await {
+        let now = Instant::now();
+        if ready.borrow().is_none()
+            && String::from_utf8_lossy(&buf[..n])
+                .lines()
+                .any(|l| l == "READY=1")
+        {
+            ready.send_replace(Some(now));
+        }
     }
 }
 
@@ -666,7 +722,7 @@ pub struct ScaleParams {
     /// Also fetch `GET /v1/credentials` and check every name is listed
     /// (fine at 10k, a 400 MB answer at 1M).
     pub list_all: bool,
-    /// Upper bound on any start or stop.
+    /// Upper bound on any start (spawn to `READY=1`).
     pub start_timeout: Duration,
 }
 
@@ -790,7 +846,7 @@ pub async fn run_scale(
     if p.list_all {
         out.listed = Some(listed_names(&layout.socket, p.n, k).await?);
     }
-    out.stop = d.stop(p.start_timeout).await?;
+    out.stop = d.stop().await?;
 
     // 2. Burst: K due at T, a little after the second start should be ready.
     let t = now_ms() + (out.ready.as_millis() as i64) * 3 / 2 + p.lead.as_millis() as i64;
@@ -818,7 +874,7 @@ pub async fn run_scale(
     out.mem_after_burst = mem(d.pid())?;
     out.burst_cpu_secs =
         cpu_ticks(d.pid())?.saturating_sub(ticks_ready) as f64 / clock_ticks_per_sec();
-    out.stop2 = d.stop(p.start_timeout).await?;
+    out.stop2 = d.stop().await?;
 
     // Correctness: each burst credential refreshed once, its rotated token
     // on disk; nothing else asked of the provider.
@@ -960,7 +1016,7 @@ pub async fn run_refresh_burst(
     }
     out.cpu_secs = cpu_ticks(d.pid())? as f64 / clock_ticks_per_sec();
     out.mem_after = mem(d.pid())?;
-    d.stop(p.start_timeout).await?;
+    d.stop().await?;
 
     let (span, per_family) = fake_span(fake, &families);
     out.refreshed = per_family.len();
