@@ -4,6 +4,7 @@
 //! database while the daemon is stopped. Exit codes: 0 success, 1 failure
 //! (no token, daemon unreachable...), 2 usage or configuration error.
 
+use std::future::Future;
 use std::io::{IsTerminal, Read};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -11,6 +12,7 @@ use std::process::ExitCode;
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use hyper::Method;
+use tokio::runtime::Builder;
 
 use crate::api::{CredentialStatus, ExchangeCode, PutCredential, TokenResponse};
 use crate::client::{path_segment, Client, ClientError};
@@ -138,27 +140,8 @@ pub enum Command {
 
 /// Parses arguments, runs the command, and maps the outcome to an exit code.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
-    crate::logging::init(match &cli.command {
-        Command::Daemon { log, .. } => *log,
-        _ => LogTarget::Stderr,
-    });
-    let runtime = match &cli.command {
-        Command::Daemon { .. } => tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build(),
-        _ => tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build(),
-    };
-    let runtime = match runtime {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("tokend: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(run(cli)) {
+    let Cli { socket, command } = Cli::parse();
+    match run(socket, command) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("tokend: {e:#}");
@@ -168,35 +151,38 @@ pub fn main() -> ExitCode {
     }
 }
 
-async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    let socket = cli
-        .socket
-        .clone()
-        .unwrap_or_else(paths::default_client_socket);
-    let client = Client::new(&socket);
-    match cli.command {
+/// Runs one command. Only `daemon` and `rekey` start a tokio runtime and a
+/// log subscriber: the commands that talk to the socket are blocking and log
+/// nothing, and a CLI call's cost is mostly its start-up.
+fn run(socket: Option<PathBuf>, command: Command) -> anyhow::Result<ExitCode> {
+    // The socket default stats files, so it is worked out only when used.
+    let client = || Client::new(&socket.clone().unwrap_or_else(paths::default_client_socket));
+    match command {
         Command::Daemon {
-            config, database, ..
+            config,
+            database,
+            log,
         } => {
-            daemon::run(DaemonOptions {
+            crate::logging::init(log);
+            let options = DaemonOptions {
                 config,
-                socket: cli.socket,
+                socket,
                 database,
-            })
-            .await?;
+            };
+            block_on(Builder::new_multi_thread(), daemon::run(options))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Get {
             name,
             min_valid,
             json,
-        } => get(&client, &name, min_valid, json).await,
-        Command::Status { name, json } => status(&client, name.as_deref(), json).await,
+        } => get(&client(), &name, min_valid, json),
+        Command::Status { name, json } => status(&client(), name.as_deref(), json),
         Command::Add {
             name,
             provider,
             refresh_token_file,
-        } => add(&client, &name, provider, refresh_token_file).await,
+        } => add(&client(), &name, provider, refresh_token_file),
         Command::Exchange {
             name,
             provider,
@@ -211,12 +197,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 code_verifier,
             };
             let path = format!("/v1/credentials/{}/exchange", path_segment(&name));
-            let st: CredentialStatus = client.call(Method::POST, &path, Some(&body)).await?;
+            let st: CredentialStatus = client().call_blocking(Method::POST, &path, Some(&body))?;
             report_added(&st, "created")
         }
         Command::Refresh { name } => {
             let path = format!("/v1/credentials/{}/refresh", path_segment(&name));
-            let st: CredentialStatus = client.call(Method::POST, &path, None::<&()>).await?;
+            let st: CredentialStatus = client().call_blocking(Method::POST, &path, None::<&()>)?;
             println!(
                 "{}: refreshed, expires in {}",
                 st.name,
@@ -226,7 +212,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Remove { name } => {
             let path = format!("/v1/credentials/{}", path_segment(&name));
-            client.call_empty(Method::DELETE, &path).await?;
+            client().call_empty_blocking(Method::DELETE, &path)?;
             println!("{name}: removed");
             Ok(ExitCode::SUCCESS)
         }
@@ -238,20 +224,33 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             new_key,
             ..
         } => {
-            let report = daemon::rekey(daemon::RekeyOptions {
+            crate::logging::init(LogTarget::Stderr);
+            let options = daemon::RekeyOptions {
                 config,
                 database,
                 key,
                 new_key,
-            })
-            .await?;
+            };
+            let report = block_on(Builder::new_current_thread(), daemon::rekey(options))?;
             println!("{report}");
             Ok(ExitCode::SUCCESS)
         }
     }
 }
 
-async fn get(
+/// Runs `task` on a runtime made by `builder` with every driver enabled.
+fn block_on<T>(
+    mut builder: Builder,
+    task: impl Future<Output = anyhow::Result<T>>,
+) -> anyhow::Result<T> {
+    let runtime = builder
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(task)
+}
+
+fn get(
     client: &Client,
     name: &str,
     min_valid: Option<u64>,
@@ -261,7 +260,7 @@ async fn get(
     if let Some(secs) = min_valid {
         path.push_str(&format!("?min_valid={secs}"));
     }
-    let token: TokenResponse = client.call(Method::GET, &path, None::<&()>).await?;
+    let token: TokenResponse = client.call_blocking(Method::GET, &path, None::<&()>)?;
     if let Some(warning) = &token.warning {
         eprintln!("tokend: warning: {warning}");
     }
@@ -273,17 +272,13 @@ async fn get(
     Ok(ExitCode::SUCCESS)
 }
 
-async fn status(client: &Client, name: Option<&str>, json: bool) -> anyhow::Result<ExitCode> {
+fn status(client: &Client, name: Option<&str>, json: bool) -> anyhow::Result<ExitCode> {
     let list: Vec<CredentialStatus> = match name {
         Some(n) => {
             let path = format!("/v1/credentials/{}", path_segment(n));
-            vec![client.call(Method::GET, &path, None::<&()>).await?]
+            vec![client.call_blocking(Method::GET, &path, None::<&()>)?]
         }
-        None => {
-            client
-                .call(Method::GET, "/v1/credentials", None::<&()>)
-                .await?
-        }
+        None => client.call_blocking(Method::GET, "/v1/credentials", None::<&()>)?,
     };
     if json {
         let out = match name {
@@ -366,7 +361,7 @@ fn human(secs: i64) -> String {
     }
 }
 
-async fn add(
+fn add(
     client: &Client,
     name: &str,
     provider: String,
@@ -398,7 +393,7 @@ async fn add(
         scope: None,
     };
     let path = format!("/v1/credentials/{}", path_segment(name));
-    let st: CredentialStatus = client.call(Method::PUT, &path, Some(&body)).await?;
+    let st: CredentialStatus = client.call_blocking(Method::PUT, &path, Some(&body))?;
     report_added(&st, "added")
 }
 
