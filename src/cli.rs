@@ -4,6 +4,7 @@
 //! database while the daemon is stopped. Exit codes: 0 success, 1 failure
 //! (no token, daemon unreachable...), 2 usage or configuration error.
 
+use std::ffi::OsString;
 use std::future::Future;
 use std::io::{IsTerminal, Read};
 use std::path::PathBuf;
@@ -140,7 +141,7 @@ pub enum Command {
 
 /// Parses arguments, runs the command, and maps the outcome to an exit code.
 pub fn main() -> ExitCode {
-    let Cli { socket, command } = Cli::parse();
+    let Cli { socket, command } = plain_get(std::env::args_os()).unwrap_or_else(Cli::parse);
     match run(socket, command) {
         Ok(code) => code,
         Err(e) => {
@@ -149,6 +150,29 @@ pub fn main() -> ExitCode {
             ExitCode::from(if usage { 2 } else { 1 })
         }
     }
+}
+
+/// `tokend get NAME` and nothing else, read without clap, or `None`.
+///
+/// It is the call scripts make most, and for so short a process clap's parse
+/// is costly: it builds every subcommand and argument, with tens of kilobytes
+/// of heap and a stack frame of about 32 KB, which the process must fault in.
+/// Any other form (any flag, a name that starts with `-`, a name that is not
+/// UTF-8) goes through clap, which reads this form the same way.
+fn plain_get(args: impl IntoIterator<Item = OsString>) -> Option<Cli> {
+    let mut args = args.into_iter().skip(1);
+    let (Some(command), Some(name), None) = (args.next(), args.next(), args.next()) else {
+        return None;
+    };
+    let name = name.into_string().ok()?;
+    (command == "get" && !name.starts_with('-')).then_some(Cli {
+        socket: None,
+        command: Command::Get {
+            name,
+            min_valid: None,
+            json: false,
+        },
+    })
 }
 
 /// Runs one command. Only `daemon` and `rekey` start a tokio runtime and a
@@ -163,13 +187,12 @@ fn run(socket: Option<PathBuf>, command: Command) -> anyhow::Result<ExitCode> {
             database,
             log,
         } => {
-            crate::logging::init(log);
             let options = DaemonOptions {
                 config,
                 socket,
                 database,
             };
-            block_on(Builder::new_multi_thread(), daemon::run(options))?;
+            run_daemon(options, log)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Get {
@@ -224,18 +247,28 @@ fn run(socket: Option<PathBuf>, command: Command) -> anyhow::Result<ExitCode> {
             new_key,
             ..
         } => {
-            crate::logging::init(LogTarget::Stderr);
             let options = daemon::RekeyOptions {
                 config,
                 database,
                 key,
                 new_key,
             };
-            let report = block_on(Builder::new_current_thread(), daemon::rekey(options))?;
-            println!("{report}");
+            println!("{}", run_rekey(options)?);
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// `tokend daemon`: logs as asked, on a multi-threaded runtime.
+fn run_daemon(options: DaemonOptions, log: LogTarget) -> anyhow::Result<()> {
+    crate::logging::init(log);
+    block_on(Builder::new_multi_thread(), daemon::run(options))
+}
+
+/// `tokend rekey`: logs to stderr, on one thread.
+fn run_rekey(options: daemon::RekeyOptions) -> anyhow::Result<String> {
+    crate::logging::init(LogTarget::Stderr);
+    block_on(Builder::new_current_thread(), daemon::rekey(options))
 }
 
 /// Runs `task` on a runtime made by `builder` with every driver enabled.
@@ -446,5 +479,53 @@ impl ClientError {
     /// Whether the daemon answered "needs re-authorization".
     pub fn is_needs_reauth(&self) -> bool {
         matches!(self, ClientError::Api { body, .. } if body.error == "needs_reauth")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn argv(args: &[&str]) -> Vec<OsString> {
+        args.iter().map(OsString::from).collect()
+    }
+
+    #[test]
+    fn plain_get_reads_what_clap_reads() {
+        for args in [
+            &["tokend", "get", "c"][..],
+            &["tokend", "get", "a b/ü"],
+            &["tokend", "get", ""],
+            &["tokend", "get", "help"],
+            &["tokend", "get", "get"],
+        ] {
+            let plain = plain_get(argv(args)).expect("the plain form");
+            let clap = Cli::try_parse_from(argv(args)).expect("valid for clap");
+            assert_eq!(format!("{plain:?}"), format!("{clap:?}"), "{args:?}");
+        }
+    }
+
+    #[test]
+    fn plain_get_leaves_every_other_form_to_clap() {
+        for args in [
+            &["tokend"][..],
+            &["tokend", "get"],
+            &["tokend", "get", "-h"],
+            &["tokend", "get", "--json"],
+            &["tokend", "get", "c", "--json"],
+            &["tokend", "get", "--min-valid", "60"],
+            &["tokend", "--socket", "/s", "get", "c"],
+            &["tokend", "status", "c"],
+            &["tokend", "Get", "c"],
+        ] {
+            assert!(plain_get(argv(args)).is_none(), "{args:?}");
+        }
+        use std::os::unix::ffi::OsStringExt;
+        let not_utf8 = vec![
+            OsString::from("tokend"),
+            OsString::from("get"),
+            OsString::from_vec(vec![0x66, 0xff]),
+        ];
+        assert!(plain_get(not_utf8).is_none());
     }
 }
