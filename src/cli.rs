@@ -4,6 +4,8 @@
 //! database while the daemon is stopped. Exit codes: 0 success, 1 failure
 //! (no token, daemon unreachable...), 2 usage or configuration error.
 
+use std::ffi::OsString;
+use std::future::Future;
 use std::io::{IsTerminal, Read};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -11,6 +13,7 @@ use std::process::ExitCode;
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use hyper::Method;
+use tokio::runtime::Builder;
 
 use crate::api::{CredentialStatus, ExchangeCode, PutCredential, TokenResponse};
 use crate::client::{path_segment, Client, ClientError};
@@ -138,27 +141,8 @@ pub enum Command {
 
 /// Parses arguments, runs the command, and maps the outcome to an exit code.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
-    crate::logging::init(match &cli.command {
-        Command::Daemon { log, .. } => *log,
-        _ => LogTarget::Stderr,
-    });
-    let runtime = match &cli.command {
-        Command::Daemon { .. } => tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build(),
-        _ => tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build(),
-    };
-    let runtime = match runtime {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("tokend: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(run(cli)) {
+    let Cli { socket, command } = plain_get(std::env::args_os()).unwrap_or_else(Cli::parse);
+    match run(socket, command) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("tokend: {e:#}");
@@ -168,35 +152,60 @@ pub fn main() -> ExitCode {
     }
 }
 
-async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    let socket = cli
-        .socket
-        .clone()
-        .unwrap_or_else(paths::default_client_socket);
-    let client = Client::new(&socket);
-    match cli.command {
+/// `tokend get NAME` and nothing else, read without clap, or `None`.
+///
+/// It is the call scripts make most, and for so short a process clap's parse
+/// is costly: it builds every subcommand and argument, with tens of kilobytes
+/// of heap and a stack frame of about 32 KB, which the process must fault in.
+/// Any other form (any flag, a name that starts with `-`, a name that is not
+/// UTF-8) goes through clap, which reads this form the same way.
+fn plain_get(args: impl IntoIterator<Item = OsString>) -> Option<Cli> {
+    let mut args = args.into_iter().skip(1);
+    let (Some(command), Some(name), None) = (args.next(), args.next(), args.next()) else {
+        return None;
+    };
+    let name = name.into_string().ok()?;
+    (command == "get" && !name.starts_with('-')).then_some(Cli {
+        socket: None,
+        command: Command::Get {
+            name,
+            min_valid: None,
+            json: false,
+        },
+    })
+}
+
+/// Runs one command. Only `daemon` and `rekey` start a tokio runtime and a
+/// log subscriber: the commands that talk to the socket are blocking and log
+/// nothing, and a CLI call's cost is mostly its start-up.
+fn run(socket: Option<PathBuf>, command: Command) -> anyhow::Result<ExitCode> {
+    // The socket default stats files, so it is worked out only when used.
+    let client = || Client::new(&socket.clone().unwrap_or_else(paths::default_client_socket));
+    match command {
         Command::Daemon {
-            config, database, ..
+            config,
+            database,
+            log,
         } => {
-            daemon::run(DaemonOptions {
+            let options = DaemonOptions {
                 config,
-                socket: cli.socket,
+                socket,
                 database,
-            })
-            .await?;
+            };
+            run_daemon(options, log)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Get {
             name,
             min_valid,
             json,
-        } => get(&client, &name, min_valid, json).await,
-        Command::Status { name, json } => status(&client, name.as_deref(), json).await,
+        } => get(&client(), &name, min_valid, json),
+        Command::Status { name, json } => status(&client(), name.as_deref(), json),
         Command::Add {
             name,
             provider,
             refresh_token_file,
-        } => add(&client, &name, provider, refresh_token_file).await,
+        } => add(&client(), &name, provider, refresh_token_file),
         Command::Exchange {
             name,
             provider,
@@ -211,12 +220,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 code_verifier,
             };
             let path = format!("/v1/credentials/{}/exchange", path_segment(&name));
-            let st: CredentialStatus = client.call(Method::POST, &path, Some(&body)).await?;
+            let st: CredentialStatus = client().call_blocking(Method::POST, &path, Some(&body))?;
             report_added(&st, "created")
         }
         Command::Refresh { name } => {
             let path = format!("/v1/credentials/{}/refresh", path_segment(&name));
-            let st: CredentialStatus = client.call(Method::POST, &path, None::<&()>).await?;
+            let st: CredentialStatus = client().call_blocking(Method::POST, &path, None::<&()>)?;
             println!(
                 "{}: refreshed, expires in {}",
                 st.name,
@@ -226,7 +235,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Remove { name } => {
             let path = format!("/v1/credentials/{}", path_segment(&name));
-            client.call_empty(Method::DELETE, &path).await?;
+            client().call_empty_blocking(Method::DELETE, &path)?;
             println!("{name}: removed");
             Ok(ExitCode::SUCCESS)
         }
@@ -238,20 +247,43 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             new_key,
             ..
         } => {
-            let report = daemon::rekey(daemon::RekeyOptions {
+            let options = daemon::RekeyOptions {
                 config,
                 database,
                 key,
                 new_key,
-            })
-            .await?;
-            println!("{report}");
+            };
+            println!("{}", run_rekey(options)?);
             Ok(ExitCode::SUCCESS)
         }
     }
 }
 
-async fn get(
+/// `tokend daemon`: logs as asked, on a multi-threaded runtime.
+fn run_daemon(options: DaemonOptions, log: LogTarget) -> anyhow::Result<()> {
+    crate::logging::init(log);
+    block_on(Builder::new_multi_thread(), daemon::run(options))
+}
+
+/// `tokend rekey`: logs to stderr, on one thread.
+fn run_rekey(options: daemon::RekeyOptions) -> anyhow::Result<String> {
+    crate::logging::init(LogTarget::Stderr);
+    block_on(Builder::new_current_thread(), daemon::rekey(options))
+}
+
+/// Runs `task` on a runtime made by `builder` with every driver enabled.
+fn block_on<T>(
+    mut builder: Builder,
+    task: impl Future<Output = anyhow::Result<T>>,
+) -> anyhow::Result<T> {
+    let runtime = builder
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(task)
+}
+
+fn get(
     client: &Client,
     name: &str,
     min_valid: Option<u64>,
@@ -261,7 +293,7 @@ async fn get(
     if let Some(secs) = min_valid {
         path.push_str(&format!("?min_valid={secs}"));
     }
-    let token: TokenResponse = client.call(Method::GET, &path, None::<&()>).await?;
+    let token: TokenResponse = client.call_blocking(Method::GET, &path, None::<&()>)?;
     if let Some(warning) = &token.warning {
         eprintln!("tokend: warning: {warning}");
     }
@@ -273,17 +305,13 @@ async fn get(
     Ok(ExitCode::SUCCESS)
 }
 
-async fn status(client: &Client, name: Option<&str>, json: bool) -> anyhow::Result<ExitCode> {
+fn status(client: &Client, name: Option<&str>, json: bool) -> anyhow::Result<ExitCode> {
     let list: Vec<CredentialStatus> = match name {
         Some(n) => {
             let path = format!("/v1/credentials/{}", path_segment(n));
-            vec![client.call(Method::GET, &path, None::<&()>).await?]
+            vec![client.call_blocking(Method::GET, &path, None::<&()>)?]
         }
-        None => {
-            client
-                .call(Method::GET, "/v1/credentials", None::<&()>)
-                .await?
-        }
+        None => client.call_blocking(Method::GET, "/v1/credentials", None::<&()>)?,
     };
     if json {
         let out = match name {
@@ -366,7 +394,7 @@ fn human(secs: i64) -> String {
     }
 }
 
-async fn add(
+fn add(
     client: &Client,
     name: &str,
     provider: String,
@@ -398,7 +426,7 @@ async fn add(
         scope: None,
     };
     let path = format!("/v1/credentials/{}", path_segment(name));
-    let st: CredentialStatus = client.call(Method::PUT, &path, Some(&body)).await?;
+    let st: CredentialStatus = client.call_blocking(Method::PUT, &path, Some(&body))?;
     report_added(&st, "added")
 }
 
@@ -451,5 +479,53 @@ impl ClientError {
     /// Whether the daemon answered "needs re-authorization".
     pub fn is_needs_reauth(&self) -> bool {
         matches!(self, ClientError::Api { body, .. } if body.error == "needs_reauth")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn argv(args: &[&str]) -> Vec<OsString> {
+        args.iter().map(OsString::from).collect()
+    }
+
+    #[test]
+    fn plain_get_reads_what_clap_reads() {
+        for args in [
+            &["tokend", "get", "c"][..],
+            &["tokend", "get", "a b/ü"],
+            &["tokend", "get", ""],
+            &["tokend", "get", "help"],
+            &["tokend", "get", "get"],
+        ] {
+            let plain = plain_get(argv(args)).expect("the plain form");
+            let clap = Cli::try_parse_from(argv(args)).expect("valid for clap");
+            assert_eq!(format!("{plain:?}"), format!("{clap:?}"), "{args:?}");
+        }
+    }
+
+    #[test]
+    fn plain_get_leaves_every_other_form_to_clap() {
+        for args in [
+            &["tokend"][..],
+            &["tokend", "get"],
+            &["tokend", "get", "-h"],
+            &["tokend", "get", "--json"],
+            &["tokend", "get", "c", "--json"],
+            &["tokend", "get", "--min-valid", "60"],
+            &["tokend", "--socket", "/s", "get", "c"],
+            &["tokend", "status", "c"],
+            &["tokend", "Get", "c"],
+        ] {
+            assert!(plain_get(argv(args)).is_none(), "{args:?}");
+        }
+        use std::os::unix::ffi::OsStringExt;
+        let not_utf8 = vec![
+            OsString::from("tokend"),
+            OsString::from("get"),
+            OsString::from_vec(vec![0x66, 0xff]),
+        ];
+        assert!(plain_get(not_utf8).is_none());
     }
 }
