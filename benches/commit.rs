@@ -33,7 +33,10 @@
 //! to `<target dir>/bench-commit.json`. It asserts no timing: a missed
 //! target is reported, not failed.
 
-use std::path::{Path, PathBuf};
+#[path = "common/report.rs"]
+mod report;
+
+use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -534,7 +537,7 @@ fn report(sizes: Sizes, mut results: Vec<(&Scenario, Measured)>) -> Result<(), E
         row["p99_ms"] = json!(p99 / 1e6);
     }
 
-    let machine = machine();
+    let machine = report::machine();
     println!();
     println!(
         "tokend durable commits ({} run) on {}, {} CPUs, Linux {}",
@@ -568,7 +571,7 @@ fn report(sizes: Sizes, mut results: Vec<(&Scenario, Measured)>) -> Result<(), E
         },
         "rows": rows,
     });
-    let out = target_dir().join("bench-commit.json");
+    let out = report::target_dir().join("bench-commit.json");
     std::fs::write(&out, serde_json::to_string_pretty(&json)? + "\n")?;
     println!("JSON written to {}", out.display());
     Ok(())
@@ -646,59 +649,5 @@ fn table(rows: &[Value]) -> String {
                 .to_string(),
         ]);
     }
-    let cols = lines[0].len();
-    let width: Vec<usize> = (0..cols)
-        .map(|c| {
-            lines
-                .iter()
-                .map(|l| l[c].chars().count())
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
-    let fmt_line = |l: &[String]| {
-        let cells: Vec<String> = l
-            .iter()
-            .enumerate()
-            .map(|(c, s)| format!("{s}{}", " ".repeat(width[c] - s.chars().count())))
-            .collect();
-        format!("| {} |\n", cells.join(" | "))
-    };
-    let mut out = fmt_line(&lines[0]);
-    let sep: Vec<String> = width.iter().map(|w| "-".repeat(*w)).collect();
-    out.push_str(&format!("|-{}-|\n", sep.join("-|-")));
-    for l in &lines[1..] {
-        out.push_str(&fmt_line(l));
-    }
-    out
-}
-
-/// Where the JSON goes: the target dir this bench was built in (the bench
-/// binary is `<target>/<profile>/deps/commit-<hash>`).
-fn target_dir() -> PathBuf {
-    std::env::current_exe()
-        .ok()
-        .and_then(|exe| {
-            let deps = exe.parent()?;
-            (deps.file_name()? == "deps").then(|| deps.parent()?.parent().map(Path::to_path_buf))?
-        })
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target"))
-}
-
-/// nproc, CPU model and kernel release.
-fn machine() -> Value {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split_once(':'))
-                .map(|(_, v)| v.trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown CPU".into());
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_else(|_| "unknown".into());
-    let nproc = std::thread::available_parallelism().map_or(0, |n| n.get());
-    json!({ "nproc": nproc, "cpu": cpu, "kernel": kernel, "arch": std::env::consts::ARCH })
+    report::markdown(&lines)
 }

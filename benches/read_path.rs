@@ -30,10 +30,13 @@
 #[path = "../tests/it/support/fake_provider.rs"]
 mod fake_provider;
 
+#[path = "common/report.rs"]
+mod report;
+
 use std::convert::Infallible;
 use std::io::{Read as _, Write as _};
 use std::os::unix::fs::OpenOptionsExt as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
@@ -227,18 +230,6 @@ fn wait_for_socket(p: &mut Proc, socket: &Path, log: &Path) -> Result<(), Error>
         }
         std::thread::sleep(Duration::from_millis(10));
     }
-}
-
-/// Where the JSON goes: the target dir this bench was built in (the bench
-/// binary is `<target>/<profile>/deps/read_path-<hash>`).
-fn target_dir() -> PathBuf {
-    std::env::current_exe()
-        .ok()
-        .and_then(|exe| {
-            let deps = exe.parent()?;
-            (deps.file_name()? == "deps").then(|| deps.parent()?.parent().map(Path::to_path_buf))?
-        })
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target"))
 }
 
 // ---------------------------------------------------------------------------
@@ -611,7 +602,7 @@ fn run(sizes: Sizes) -> Result<(), Error> {
         None,
     ));
 
-    let machine = machine();
+    let machine = report::machine();
     println!();
     println!(
         "tokend read path ({} run) on {}, {} CPUs, Linux {}",
@@ -669,7 +660,7 @@ fn run(sizes: Sizes) -> Result<(), Error> {
             "met": r.target.map(|(_, m)| m),
         })).collect::<Vec<_>>(),
     });
-    let out = target_dir().join("bench-read_path.json");
+    let out = report::target_dir().join("bench-read_path.json");
     std::fs::write(&out, serde_json::to_string_pretty(&json)? + "\n")?;
     println!("JSON written to {}", out.display());
     Ok(())
@@ -722,47 +713,5 @@ fn table(rows: &[Row]) -> String {
             }),
         ]);
     }
-    let cols = lines[0].len();
-    let width: Vec<usize> = (0..cols)
-        .map(|c| {
-            lines
-                .iter()
-                .map(|l| l[c].chars().count())
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
-    let fmt_line = |l: &[String]| {
-        let cells: Vec<String> = l
-            .iter()
-            .enumerate()
-            .map(|(c, s)| format!("{s}{}", " ".repeat(width[c] - s.chars().count())))
-            .collect();
-        format!("| {} |\n", cells.join(" | "))
-    };
-    let mut out = fmt_line(&lines[0]);
-    let sep: Vec<String> = width.iter().map(|w| "-".repeat(*w)).collect();
-    out.push_str(&format!("|-{}-|\n", sep.join("-|-")));
-    for l in &lines[1..] {
-        out.push_str(&fmt_line(l));
-    }
-    out
-}
-
-/// nproc, CPU model and kernel release.
-fn machine() -> Value {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split_once(':'))
-                .map(|(_, v)| v.trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown CPU".into());
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_else(|_| "unknown".into());
-    let nproc = std::thread::available_parallelism().map_or(0, |n| n.get());
-    json!({ "nproc": nproc, "cpu": cpu, "kernel": kernel, "arch": std::env::consts::ARCH })
+    report::markdown(&lines)
 }

@@ -42,6 +42,9 @@ mod fake_provider;
 #[path = "scale/scenario.rs"]
 mod scenario;
 
+#[path = "common/report.rs"]
+mod report;
+
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -381,7 +384,7 @@ fn run(plan: &Plan) -> Result<bool, Error> {
 
     let rows = table_rows(plan, &empty, &scales, &burst, &ceil);
     let (checks, all_ok) = checks(&scales, &burst, &ceil, &rejections);
-    let machine = machine();
+    let machine = report::machine();
     println!();
     println!(
         "tokend scale ({} run) on {}, {} CPUs, Linux {}",
@@ -453,7 +456,7 @@ fn run(plan: &Plan) -> Result<bool, Error> {
         "checks": checks,
         "rows": rows.iter().map(row_json).collect::<Vec<_>>(),
     });
-    let out = target_dir().join("bench-scale.json");
+    let out = report::target_dir().join("bench-scale.json");
     std::fs::write(&out, serde_json::to_string_pretty(&json)? + "\n")?;
     println!("JSON written to {}", out.display());
     Ok(all_ok)
@@ -749,30 +752,7 @@ fn table(rows: &[Row]) -> String {
                 .map_or_else(dash, |(_, m)| if m { "yes" } else { "NO" }.to_string()),
         ]);
     }
-    let width: Vec<usize> = (0..lines[0].len())
-        .map(|c| {
-            lines
-                .iter()
-                .map(|l| l[c].chars().count())
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
-    let fmt_line = |l: &[String]| {
-        let cells: Vec<String> = l
-            .iter()
-            .enumerate()
-            .map(|(c, s)| format!("{s}{}", " ".repeat(width[c] - s.chars().count())))
-            .collect();
-        format!("| {} |\n", cells.join(" | "))
-    };
-    let mut out = fmt_line(&lines[0]);
-    let sep: Vec<String> = width.iter().map(|w| "-".repeat(*w)).collect();
-    out.push_str(&format!("|-{}-|\n", sep.join("-|-")));
-    for l in &lines[1..] {
-        out.push_str(&fmt_line(l));
-    }
-    out
+    report::markdown(&lines)
 }
 
 // ---------------------------------------------------------------------------
@@ -850,34 +830,4 @@ fn scale_json(s: &ScaleOutcome) -> Value {
 
 fn ceiling_json(c: &Ceiling) -> Value {
     json!({ "client_rps": c.client_rps, "fake_rps": c.fake_rps, "errors": c.errors })
-}
-
-/// Where the JSON goes: the target dir this bench was built in (the bench
-/// binary is `<target>/<profile>/deps/scale-<hash>`).
-fn target_dir() -> PathBuf {
-    std::env::current_exe()
-        .ok()
-        .and_then(|exe| {
-            let deps = exe.parent()?;
-            (deps.file_name()? == "deps").then(|| deps.parent()?.parent().map(Path::to_path_buf))?
-        })
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target"))
-}
-
-/// nproc, CPU model and kernel release.
-fn machine() -> Value {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split_once(':'))
-                .map(|(_, v)| v.trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown CPU".into());
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_else(|_| "unknown".into());
-    let nproc = std::thread::available_parallelism().map_or(0, |n| n.get());
-    json!({ "nproc": nproc, "cpu": cpu, "kernel": kernel, "arch": std::env::consts::ARCH })
 }
