@@ -540,11 +540,8 @@ fn report(sizes: Sizes, mut results: Vec<(&Scenario, Measured)>) -> Result<(), E
     let machine = report::machine();
     println!();
     println!(
-        "tokend durable commits ({} run) on {}, {} CPUs, Linux {}",
-        if sizes.quick { "quick" } else { "full" },
-        machine["cpu"].as_str().unwrap_or("?"),
-        machine["nproc"],
-        machine["kernel"].as_str().unwrap_or("?"),
+        "{}",
+        report::headline("durable commits", sizes.quick, &machine)
     );
     println!(
         "{} credentials, {}-byte access tokens, WAL + synchronous=FULL; {} round(s), each running every scenario in turn for {:?} warm-up + {:?} counted; group commit at most {MAX_BATCH} requests per transaction",

@@ -33,6 +33,8 @@ mod fake_provider;
 #[path = "common/report.rs"]
 mod report;
 
+use report::Row;
+
 use std::convert::Infallible;
 use std::io::{Read as _, Write as _};
 use std::os::unix::fs::OpenOptionsExt as _;
@@ -357,19 +359,6 @@ fn time_process(cmd: &mut Command, check: &dyn Fn(&[u8]) -> bool) -> Result<u64,
 // ---------------------------------------------------------------------------
 // The run.
 
-/// One line of the table.
-struct Row {
-    metric: String,
-    unit: &'static str,
-    tokend: f64,
-    baseline_name: &'static str,
-    baseline: f64,
-    /// tokend / baseline.
-    ratio: f64,
-    /// (text, met) when issue 6 sets a target for this line.
-    target: Option<(&'static str, bool)>,
-}
-
 fn run(sizes: Sizes) -> Result<(), Error> {
     let tokend_bin = Path::new(env!("CARGO_BIN_EXE_tokend"));
     let me = std::env::current_exe()?;
@@ -529,9 +518,7 @@ fn run(sizes: Sizes) -> Result<(), Error> {
             metric: format!("token read latency {name}"),
             unit: "µs",
             tokend: us(t),
-            baseline_name: "bare hyper",
-            baseline: us(f),
-            ratio,
+            baseline: Some(("bare hyper", us(f))),
             target: target.map(|(text, max)| (text, ratio <= max)),
         });
     };
@@ -547,9 +534,7 @@ fn run(sizes: Sizes) -> Result<(), Error> {
             ),
             unit: "req/s",
             tokend: t,
-            baseline_name: "bare hyper",
-            baseline: f,
-            ratio,
+            baseline: Some(("bare hyper", f)),
             target: (clients == 32).then_some(("≥ 0.70×", ratio >= 0.70)),
         });
     }
@@ -560,9 +545,7 @@ fn run(sizes: Sizes) -> Result<(), Error> {
                 metric: metric.to_string(),
                 unit: "ms",
                 tokend: ms(t),
-                baseline_name: name,
-                baseline: ms(b),
-                ratio,
+                baseline: Some((name, ms(b))),
                 target: target.map(|(text, max)| (text, ratio <= max)),
             }
         };
@@ -604,13 +587,7 @@ fn run(sizes: Sizes) -> Result<(), Error> {
 
     let machine = report::machine();
     println!();
-    println!(
-        "tokend read path ({} run) on {}, {} CPUs, Linux {}",
-        if sizes.quick { "quick" } else { "full" },
-        machine["cpu"].as_str().unwrap_or("?"),
-        machine["nproc"],
-        machine["kernel"].as_str().unwrap_or("?"),
-    );
+    println!("{}", report::headline("read path", sizes.quick, &machine));
     println!(
         "latency: {} sequential requests per server on one keep-alive connection; throughput: {:?} per point; processes: {} runs each; token response {} bytes",
         sizes.latency_requests,
@@ -619,7 +596,7 @@ fn run(sizes: Sizes) -> Result<(), Error> {
         body.len()
     );
     println!();
-    print!("{}", table(&rows));
+    print!("{}", report::table(&rows));
     println!();
     println!("refreshes during measurement: {refreshes_during} (expected 0)");
 
@@ -649,16 +626,7 @@ fn run(sizes: Sizes) -> Result<(), Error> {
             "bin_true": pct_json(&p_true, 1e6),
         },
         "refreshes_during_measurement": refreshes_during,
-        "rows": rows.iter().map(|r| json!({
-            "metric": r.metric,
-            "unit": r.unit,
-            "tokend": r.tokend,
-            "baseline_name": r.baseline_name,
-            "baseline": r.baseline,
-            "ratio": r.ratio,
-            "target": r.target.map(|(t, _)| t),
-            "met": r.target.map(|(_, m)| m),
-        })).collect::<Vec<_>>(),
+        "rows": rows.iter().map(Row::json).collect::<Vec<_>>(),
     });
     let out = report::target_dir().join("bench-read_path.json");
     std::fs::write(&out, serde_json::to_string_pretty(&json)? + "\n")?;
@@ -674,44 +642,4 @@ fn pct_json(p: &Pct, per_unit: f64) -> Value {
         "mean": p.mean / per_unit,
         "n": p.n,
     })
-}
-
-/// A Markdown table (pastes into BENCHMARKS.md as it is).
-fn table(rows: &[Row]) -> String {
-    let num = |v: f64| {
-        if v >= 1000.0 {
-            format!("{v:.0}")
-        } else if v >= 10.0 {
-            format!("{v:.1}")
-        } else {
-            format!("{v:.2}")
-        }
-    };
-    let mut lines = vec![[
-        "metric",
-        "unit",
-        "tokend",
-        "baseline",
-        "baseline value",
-        "ratio",
-        "target",
-        "met",
-    ]
-    .map(String::from)
-    .to_vec()];
-    for r in rows {
-        lines.push(vec![
-            r.metric.clone(),
-            r.unit.to_string(),
-            num(r.tokend),
-            r.baseline_name.to_string(),
-            num(r.baseline),
-            format!("{:.2}×", r.ratio),
-            r.target.map_or("—".into(), |(t, _)| t.to_string()),
-            r.target.map_or("—".into(), |(_, m)| {
-                if m { "yes" } else { "NO" }.to_string()
-            }),
-        ]);
-    }
-    report::markdown(&lines)
 }

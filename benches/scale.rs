@@ -45,6 +45,8 @@ mod scenario;
 #[path = "common/report.rs"]
 mod report;
 
+use report::Row;
+
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -386,19 +388,13 @@ fn run(plan: &Plan) -> Result<bool, Error> {
     let (checks, all_ok) = checks(&scales, &burst, &ceil, &rejections);
     let machine = report::machine();
     println!();
-    println!(
-        "tokend scale ({} run) on {}, {} CPUs, Linux {}",
-        if plan.quick { "quick" } else { "full" },
-        machine["cpu"].as_str().unwrap_or("?"),
-        machine["nproc"],
-        machine["kernel"].as_str().unwrap_or("?"),
-    );
+    println!("{}", report::headline("scale", plan.quick, &machine));
     println!(
         "burst K = {} per N; refresh burst M = {m}; max_concurrent_refreshes = {} (daemon, provider and ceiling client); idle window {:?}; memory budget = access-token bytes + {BUDGET_PER_CREDENTIAL} B × N + 30 MiB",
         plan.burst, plan.concurrency, plan.idle
     );
     println!();
-    print!("{}", table(&rows));
+    print!("{}", report::table(&rows));
     println!();
     for s in std::iter::once(&empty).chain(&scales) {
         println!("{}", detail_line(s));
@@ -454,7 +450,7 @@ fn run(plan: &Plan) -> Result<bool, Error> {
         },
         "checks_ok": all_ok,
         "checks": checks,
-        "rows": rows.iter().map(row_json).collect::<Vec<_>>(),
+        "rows": rows.iter().map(Row::json).collect::<Vec<_>>(),
     });
     let out = report::target_dir().join("bench-scale.json");
     std::fs::write(&out, serde_json::to_string_pretty(&json)? + "\n")?;
@@ -590,25 +586,6 @@ fn checks(
 // ---------------------------------------------------------------------------
 // The table.
 
-/// One line of the table.
-struct Row {
-    metric: String,
-    unit: &'static str,
-    tokend: f64,
-    /// (name, value) when there is a same-run baseline.
-    baseline: Option<(&'static str, f64)>,
-    /// (text, met) when issue 6 sets a target for this line.
-    target: Option<(&'static str, bool)>,
-}
-
-impl Row {
-    fn ratio(&self) -> Option<f64> {
-        self.baseline
-            .filter(|(_, b)| *b > 0.0)
-            .map(|(_, b)| self.tokend / b)
-    }
-}
-
 fn table_rows(
     plan: &Plan,
     empty: &ScaleOutcome,
@@ -711,74 +688,8 @@ fn table_rows(
     rows
 }
 
-/// A Markdown table (pastes into BENCHMARKS.md as it is).
-fn table(rows: &[Row]) -> String {
-    let num = |v: f64| {
-        if v.is_nan() {
-            "—".to_string()
-        } else if v.abs() >= 1000.0 {
-            format!("{v:.0}")
-        } else if v.abs() >= 10.0 {
-            format!("{v:.1}")
-        } else if v.abs() >= 0.1 || v == 0.0 {
-            format!("{v:.2}")
-        } else {
-            format!("{v:.3}")
-        }
-    };
-    let dash = || "—".to_string();
-    let mut lines = vec![[
-        "metric",
-        "unit",
-        "tokend",
-        "baseline",
-        "baseline value",
-        "ratio",
-        "target",
-        "met",
-    ]
-    .map(String::from)
-    .to_vec()];
-    for r in rows {
-        lines.push(vec![
-            r.metric.clone(),
-            r.unit.to_string(),
-            num(r.tokend),
-            r.baseline.map_or_else(dash, |(name, _)| name.to_string()),
-            r.baseline.map_or_else(dash, |(_, v)| num(v)),
-            r.ratio().map_or_else(dash, |x| format!("{x:.2}×")),
-            r.target.map_or_else(dash, |(t, _)| t.to_string()),
-            r.target
-                .map_or_else(dash, |(_, m)| if m { "yes" } else { "NO" }.to_string()),
-        ]);
-    }
-    report::markdown(&lines)
-}
-
 // ---------------------------------------------------------------------------
 // JSON and the machine.
-
-fn row_json(r: &Row) -> Value {
-    json!({
-        "metric": r.metric,
-        "unit": r.unit,
-        "tokend": finite(r.tokend),
-        "baseline_name": r.baseline.map(|(n, _)| n),
-        "baseline": r.baseline.map(|(_, v)| finite(v)),
-        "ratio": r.ratio().map(finite),
-        "target": r.target.map(|(t, _)| t),
-        "met": r.target.map(|(_, m)| m),
-    })
-}
-
-/// NaN (no samples) as JSON null.
-fn finite(v: f64) -> Value {
-    if v.is_finite() {
-        json!(v)
-    } else {
-        Value::Null
-    }
-}
 
 fn mem_json(m: &scenario::Mem) -> Value {
     json!({ "rss_kb": m.rss_kb, "rss_anon_kb": m.anon_kb, "hwm_kb": m.hwm_kb })
@@ -812,10 +723,10 @@ fn scale_json(s: &ScaleOutcome) -> Value {
         "ready2_secs": s.ready2.as_secs_f64(),
         "ready2_after_t": s.ready2_after_t,
         "lateness_ms": {
-            "p50": finite(pct(&s.lateness_ms, 0.50)),
-            "p99": finite(pct(&s.lateness_ms, 0.99)),
-            "max": finite(pct(&s.lateness_ms, 1.0)),
-            "min": finite(s.lateness_ms.first().copied().unwrap_or(f64::NAN)),
+            "p50": report::finite(pct(&s.lateness_ms, 0.50)),
+            "p99": report::finite(pct(&s.lateness_ms, 0.99)),
+            "max": report::finite(pct(&s.lateness_ms, 1.0)),
+            "min": report::finite(s.lateness_ms.first().copied().unwrap_or(f64::NAN)),
             "n": s.lateness_ms.len(),
         },
         "committed_after_t_secs": s.committed_after_t.map(|d| d.as_secs_f64()),

@@ -2,9 +2,113 @@
 //! goes, and the description of the machine they ran on. Included by each
 //! bench with `#[path]`.
 
+// Each bench uses only part of it (`commit` has no ratio table).
+#![allow(dead_code)]
+
 use std::path::{Path, PathBuf};
 
 use serde_json::{json, Value};
+
+/// One line of a bench's results table: tokend's figure, the same-run
+/// baseline it is compared with, and the issue-6 target, if any.
+pub struct Row {
+    pub metric: String,
+    pub unit: &'static str,
+    pub tokend: f64,
+    /// (name, value) when there is a same-run baseline.
+    pub baseline: Option<(&'static str, f64)>,
+    /// (text, met) when issue 6 sets a target for this line.
+    pub target: Option<(&'static str, bool)>,
+}
+
+impl Row {
+    /// tokend / baseline, when there is a (non-zero) baseline.
+    pub fn ratio(&self) -> Option<f64> {
+        self.baseline
+            .filter(|(_, b)| *b > 0.0)
+            .map(|(_, b)| self.tokend / b)
+    }
+
+    /// The row as JSON; NaN (no samples) as null.
+    pub fn json(&self) -> Value {
+        json!({
+            "metric": self.metric,
+            "unit": self.unit,
+            "tokend": finite(self.tokend),
+            "baseline_name": self.baseline.map(|(n, _)| n),
+            "baseline": self.baseline.map(|(_, v)| finite(v)),
+            "ratio": self.ratio().map(finite),
+            "target": self.target.map(|(t, _)| t),
+            "met": self.target.map(|(_, m)| m),
+        })
+    }
+}
+
+/// NaN or infinity as JSON null.
+pub fn finite(v: f64) -> Value {
+    if v.is_finite() {
+        json!(v)
+    } else {
+        Value::Null
+    }
+}
+
+/// The results table: metric, unit, tokend, baseline, ratio, target, met.
+pub fn table(rows: &[Row]) -> String {
+    let dash = || "—".to_string();
+    let mut lines = vec![[
+        "metric",
+        "unit",
+        "tokend",
+        "baseline",
+        "baseline value",
+        "ratio",
+        "target",
+        "met",
+    ]
+    .map(String::from)
+    .to_vec()];
+    for r in rows {
+        lines.push(vec![
+            r.metric.clone(),
+            r.unit.to_string(),
+            number(r.tokend),
+            r.baseline.map_or_else(dash, |(name, _)| name.to_string()),
+            r.baseline.map_or_else(dash, |(_, v)| number(v)),
+            r.ratio().map_or_else(dash, |x| format!("{x:.2}×")),
+            r.target.map_or_else(dash, |(t, _)| t.to_string()),
+            r.target
+                .map_or_else(dash, |(_, m)| if m { "yes" } else { "NO" }.to_string()),
+        ]);
+    }
+    markdown(&lines)
+}
+
+/// A figure with as many decimals as its size deserves.
+pub fn number(v: f64) -> String {
+    if v.is_nan() {
+        "—".to_string()
+    } else if v.abs() >= 1000.0 {
+        format!("{v:.0}")
+    } else if v.abs() >= 10.0 {
+        format!("{v:.1}")
+    } else if v.abs() >= 0.1 || v == 0.0 {
+        format!("{v:.2}")
+    } else {
+        format!("{v:.3}")
+    }
+}
+
+/// The first line of a bench's report: what ran, and on what.
+pub fn headline(what: &str, quick: bool, machine: &Value) -> String {
+    format!(
+        "tokend {what} ({} run) on {}, {} CPUs, Linux {}",
+        if quick { "quick" } else { "full" },
+        machine["cpu"].as_str().unwrap_or("?"),
+        machine["nproc"],
+        machine["kernel"].as_str().unwrap_or("?"),
+    )
+}
 
 /// A Markdown table from rows of cells, the first row being the header,
 /// with columns padded so it reads as well in a terminal as pasted into
