@@ -258,12 +258,9 @@ impl Refresher {
     /// The view of `cred` as the configuration sees it: readers, and paused
     /// if its provider is gone. No schedule yet ([`Refresher::schedule_view`]).
     fn view_of(&mut self, name: Arc<str>, cred: &Credential, now: i64) -> View {
-        let readers = self
-            .config
-            .readers(&cred.name, &cred.provider)
-            .cloned()
-            .unwrap_or_else(|| Arc::clone(&self.no_readers));
-        let mut view = View::of(name, cred, &mut self.interner, readers);
+        // `configure_view` sets the real readers.
+        let no_readers = Arc::clone(&self.no_readers);
+        let mut view = View::of(name, cred, &mut self.interner, no_readers);
         self.configure_view(&mut view, now);
         view
     }
