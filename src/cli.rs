@@ -17,7 +17,7 @@ use tokio::runtime::Builder;
 
 use crate::api::{CredentialStatus, ExchangeCode, PutCredential, TokenResponse};
 use crate::client::{path_segment, Client, ClientError};
-use crate::config::{load_config, ConfigError};
+use crate::config::ConfigError;
 use crate::daemon::{self, DaemonOptions};
 use crate::logging::LogTarget;
 use crate::paths;
@@ -453,8 +453,14 @@ fn report_added(st: &CredentialStatus, verb: &str) -> anyhow::Result<ExitCode> {
 
 fn check_config(file: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     let path = file.unwrap_or_else(paths::default_config);
-    match load_config(&path) {
-        Ok(cfg) => {
+    // The daemon's own loading, file checks included: what passes here, the
+    // daemon accepts.
+    let options = DaemonOptions {
+        config: Some(path.clone()),
+        ..DaemonOptions::default()
+    };
+    match daemon::load(&options) {
+        Ok((cfg, _)) => {
             let names: Vec<_> = cfg.providers.keys().map(String::as_str).collect();
             println!(
                 "{}: ok, {} provider(s){}{}",
@@ -465,12 +471,14 @@ fn check_config(file: Option<PathBuf>) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
-        Err(ConfigError::Invalid(errors)) => {
-            eprintln!("{errors}");
-            eprintln!("{}: {} problem(s)", path.display(), errors.problems.len());
-            Ok(ExitCode::from(2))
-        }
-        Err(e) => Err(e.into()),
+        Err(e) => match e.downcast_ref::<ConfigError>() {
+            Some(ConfigError::Invalid(errors)) => {
+                eprintln!("{errors}");
+                eprintln!("{}: {} problem(s)", path.display(), errors.problems.len());
+                Ok(ExitCode::from(2))
+            }
+            _ => Err(e),
+        },
     }
 }
 

@@ -26,6 +26,10 @@ use crate::api::ErrorBody;
 /// request timeout (75 s), so its answer, even a timeout, gets through.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(90);
 
+/// Names the one more uid, besides root, the caller's own and the `tokend`
+/// system user, that the client accepts as the daemon.
+pub const DAEMON_UID_VAR: &str = "TOKEND_DAEMON_UID";
+
 /// Largest response head accepted; the daemon's are a few hundred bytes.
 const MAX_HEAD_BYTES: usize = 64 * 1024;
 /// Most response headers accepted.
@@ -43,6 +47,15 @@ pub enum ClientError {
         path: PathBuf,
         /// Why.
         reason: std::io::Error,
+    },
+    /// The process listening on the socket is not one the client trusts
+    /// with secrets; nothing was sent.
+    #[error("refusing to talk to {path}: the process listening there runs as uid {uid}, which is neither root, you, nor the `tokend` system user, so it may have taken the daemon's place; nothing was sent (if that daemon is yours, set {DAEMON_UID_VAR}={uid})")]
+    Untrusted {
+        /// Socket path.
+        path: PathBuf,
+        /// The listener's uid, from the kernel.
+        uid: u32,
     },
     /// The exchange broke off.
     #[error("talking to tokend failed: {0}")]
@@ -176,9 +189,33 @@ impl Client {
             .set_write_timeout(Some(self.timeout))
             .map_err(connect_error)?;
         match socket.connect(&addr) {
-            Ok(()) => Ok(socket.into()),
+            Ok(()) => {
+                let stream: UnixStream = socket.into();
+                self.check_peer(&stream)?;
+                Ok(stream)
+            }
             Err(e) if is_timeout(&e) => Err(ClientError::Timeout(self.timeout)),
             Err(e) => Err(connect_error(e)),
+        }
+    }
+
+    /// Checks, before anything is written, that the kernel says the socket's
+    /// listener runs as a uid that may be the daemon: anyone else who got a
+    /// socket of their own onto the path (a directory others can write, a
+    /// squatted `/tmp/tokend-UID`) must not receive a refresh token or an
+    /// authorization code.
+    fn check_peer(&self, stream: &UnixStream) -> Result<(), ClientError> {
+        let uid = peer_uid(stream).map_err(|reason| ClientError::Connect {
+            path: self.socket.clone(),
+            reason,
+        })?;
+        if trusted_daemon_uid(uid) {
+            Ok(())
+        } else {
+            Err(ClientError::Untrusted {
+                path: self.socket.clone(),
+                uid,
+            })
         }
     }
 
@@ -189,6 +226,50 @@ impl Client {
             ClientError::Http(e.to_string())
         }
     }
+}
+
+/// The uid of the process at the other end of `stream` (`SO_PEERCRED`: for
+/// a listening socket, whoever called `listen`).
+fn peer_uid(stream: &UnixStream) -> io::Result<u32> {
+    use std::os::fd::AsRawFd;
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `cred`, which is a
+    // live, properly sized and aligned ucred.
+    let done = unsafe {
+        libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut cred as *mut libc::ucred).cast(),
+            &mut len,
+        )
+    };
+    if done != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(cred.uid)
+}
+
+/// Whether a daemon running as `uid` may be trusted: root, the caller
+/// itself, the `tokend` system user, or `$TOKEND_DAEMON_UID`. The cheap
+/// cases come first, so a user's `tokend get` looks nothing up.
+fn trusted_daemon_uid(uid: u32) -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if uid == 0 || uid == unsafe { libc::geteuid() } {
+        return true;
+    }
+    let configured = std::env::var(DAEMON_UID_VAR)
+        .ok()
+        .and_then(|v| v.trim().parse::<u32>().ok());
+    if configured == Some(uid) {
+        return true;
+    }
+    matches!(nix::unistd::User::from_name("tokend"), Ok(Some(u)) if u.uid.as_raw() == uid)
 }
 
 /// A socket timeout shows as `WouldBlock` (EAGAIN) on Linux, `TimedOut` elsewhere.

@@ -920,6 +920,14 @@ fn resolve_secret(
 }
 
 fn read_secret_file(c: &mut Collector<'_>, line: usize, key: &str, path: &Path) -> Option<Secret> {
+    // Whoever could change the file could change the secret (and so which
+    // client the provider sees): refuse it, as the configuration file itself.
+    if let Err(e) = crate::fsguard::check_read_file(path) {
+        if !matches!(e, crate::fsguard::UnsafeFile::Io { .. }) {
+            c.push(Some(line), key, e.to_string());
+            return None;
+        }
+    }
     match std::fs::read_to_string(path) {
         Ok(s) => {
             let s = s.trim_end_matches(['\n', '\r']);

@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{load_config, Config};
 use crate::event;
 use crate::events::Kind;
+use crate::fsguard;
 use crate::paths;
 use crate::provider::ProviderClient;
 use crate::refresh::{Refresher, RefresherHandle};
@@ -38,6 +39,53 @@ pub struct DaemonOptions {
     pub database: Option<PathBuf>,
 }
 
+/// Descriptors kept for everything but API connections: the database and
+/// its companions, the lock, outbound HTTPS, the journal, signals.
+const FD_RESERVE: u64 = 64;
+
+/// Raises the soft `RLIMIT_NOFILE` to the hard limit (systemd's
+/// `LimitNOFILE=` sets both; a shell's default soft limit of 1024 is too low
+/// for thousands of idle clients) and returns the soft limit in force.
+pub(crate) fn raise_fd_limit() -> u64 {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct we pass and nothing else.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        tracing::warn!("cannot read the open-file limit; assuming 1024");
+        return 1024;
+    }
+    if limit.rlim_cur < limit.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: limit.rlim_max,
+            rlim_max: limit.rlim_max,
+        };
+        // SAFETY: setrlimit reads the struct we pass and nothing else.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            limit.rlim_cur = limit.rlim_max;
+        } else {
+            tracing::warn!(
+                soft = limit.rlim_cur,
+                hard = limit.rlim_max,
+                "cannot raise the open-file limit ({}); fewer API connections are served at once",
+                std::io::Error::last_os_error()
+            );
+        }
+    }
+    limit.rlim_cur
+}
+
+/// The API connection cap for a descriptor limit: [`server::MAX_CONNECTIONS`], or
+/// fewer so that connections never take the descriptors the database and
+/// the token endpoints need.
+pub(crate) fn connection_cap(fd_limit: u64) -> usize {
+    let room = fd_limit.saturating_sub(FD_RESERVE).max(1);
+    usize::try_from(room)
+        .unwrap_or(usize::MAX)
+        .min(server::MAX_CONNECTIONS)
+}
+
 /// Hands the memory freed after loading (decoded rows, SQLite's buffers)
 /// back to the kernel. glibc keeps freed heap for reuse, so without this a
 /// daemon that loaded a million rows would keep their transient peak
@@ -51,8 +99,11 @@ fn release_freed_memory() {
     }
 }
 
-/// Loads the configuration: an explicit file must exist; the default file
-/// may be absent, in which case the daemon runs with no providers.
+/// Loads the configuration and runs every check on the files it involves
+/// ([`check_config_files`]): an explicit file must exist; the default file
+/// may be absent, in which case the daemon runs with no providers. Start-up,
+/// SIGHUP and `tokend check-config` all go through here, so none of them
+/// accepts a configuration another refuses.
 pub fn load(opts: &DaemonOptions) -> anyhow::Result<(Config, Option<PathBuf>)> {
     let (path, explicit) = match &opts.config {
         Some(p) => (p.clone(), true),
@@ -61,7 +112,41 @@ pub fn load(opts: &DaemonOptions) -> anyhow::Result<(Config, Option<PathBuf>)> {
     if !explicit && !path.exists() {
         return Ok((Config::default(), None));
     }
-    Ok((load_config(&path)?, Some(path)))
+    // Checked before it is read: its directories are then trusted, so what
+    // is read is what was checked.
+    fsguard::check_read_file(&path)?;
+    let config = load_config(&path)?;
+    check_config_files(&path, &config)?;
+    Ok((config, Some(path)))
+}
+
+/// Refuses a configuration that exposes or lets others change what tokend
+/// trusts: a configuration file holding an inline client secret that every
+/// user may read, or a configured key file owned by another user or
+/// writable by every user (client secret files are checked as they are
+/// read, see `config`; the database and the socket where they are opened).
+fn check_config_files(path: &Path, config: &Config) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let inline: Vec<&str> = config
+        .providers
+        .values()
+        .filter(|p| p.inline_secret)
+        .map(|p| p.name.as_str())
+        .collect();
+    let mode = std::fs::metadata(path)?.permissions().mode();
+    if !inline.is_empty() && mode & 0o004 != 0 {
+        anyhow::bail!(
+            "{} holds client secrets (providers {}) but is readable by every user (mode {:o}); run `chmod o-r {}`, or move the secrets to client_secret_file or client_secret_credential",
+            path.display(),
+            inline.join(", "),
+            mode & 0o777,
+            path.display()
+        );
+    }
+    if let Some(key) = &config.daemon.encryption_key {
+        fsguard::check_read_file(key)?;
+    }
+    Ok(())
 }
 
 /// Runs the daemon until SIGTERM or SIGINT.
@@ -80,7 +165,7 @@ pub async fn run(opts: DaemonOptions) -> anyhow::Result<()> {
     ])
     .context("cannot install signal handlers")?;
 
-    check_files(config_path.as_deref(), &config, &database)?;
+    let fd_limit = raise_fd_limit();
     let key = encryption_key(&config)?;
     let store = Store::open_with(&database, key).await?;
     let client = ProviderClient::new().context("cannot build the HTTP client")?;
@@ -108,6 +193,7 @@ pub async fn run(opts: DaemonOptions) -> anyhow::Result<()> {
         listener,
         server::router(handle.clone()),
         cancel.clone(),
+        connection_cap(fd_limit),
     ));
     event!(
         info,
@@ -138,44 +224,6 @@ pub async fn run(opts: DaemonOptions) -> anyhow::Result<()> {
     store.close().await;
     drop(socket_file);
     tracing::info!("tokend stopped");
-    Ok(())
-}
-
-/// Refuses to run with secrets exposed by file modes: a world-readable
-/// configuration file holding an inline client secret, or a database
-/// directory others may write to (they could swap the database).
-fn check_files(config_path: Option<&Path>, config: &Config, database: &Path) -> anyhow::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    if let Some(path) = config_path {
-        let inline: Vec<&str> = config
-            .providers
-            .values()
-            .filter(|p| p.inline_secret)
-            .map(|p| p.name.as_str())
-            .collect();
-        let mode = std::fs::metadata(path)?.permissions().mode();
-        if !inline.is_empty() && mode & 0o004 != 0 {
-            anyhow::bail!(
-                "{} holds client secrets (providers {}) but is readable by every user (mode {:o}); run `chmod o-r {}`, or move the secrets to client_secret_file or client_secret_credential",
-                path.display(),
-                inline.join(", "),
-                mode & 0o777,
-                path.display()
-            );
-        }
-    }
-    let dir = database.parent().filter(|d| !d.as_os_str().is_empty());
-    if let Some(meta) = dir.and_then(|d| std::fs::metadata(d).ok()) {
-        let mode = meta.permissions().mode();
-        // World-writable without the sticky bit: anyone could replace the file.
-        if mode & 0o002 != 0 && mode & 0o1000 == 0 {
-            anyhow::bail!(
-                "the database directory {} is writable by every user (mode {:o}); run `chmod o-w` on it or choose another database path",
-                dir.map(|d| d.display().to_string()).unwrap_or_default(),
-                mode & 0o7777
-            );
-        }
-    }
     Ok(())
 }
 

@@ -11,6 +11,7 @@ pub mod config;
 pub mod credential;
 pub mod daemon;
 pub mod events;
+pub(crate) mod fsguard;
 pub mod logging;
 pub mod paths;
 pub mod provider;

@@ -33,6 +33,7 @@ use crate::access::Peer;
 use crate::api::{CredentialStatus, ErrorBody, ExchangeCode, Health, PutCredential, TokenResponse};
 use crate::event;
 use crate::events::Kind;
+use crate::fsguard;
 use crate::refresh::{ExchangeRequest, NewCredential, RefreshError, RefresherHandle};
 use crate::token::Secret;
 
@@ -56,6 +57,15 @@ pub enum ServerError {
     /// The path exists and is not a socket.
     #[error("{0} exists and is not a socket; remove it or choose another socket path")]
     NotASocket(PathBuf),
+    /// The socket's directory could be written by another user, who could
+    /// then put a socket of their own in its place.
+    #[error("refusing the socket {path}: {reason}")]
+    Unsafe {
+        /// The socket path.
+        path: PathBuf,
+        /// What is wrong with its directory.
+        reason: crate::fsguard::UnsafeFile,
+    },
     /// Binding failed.
     #[error("cannot listen on {path}: {reason}")]
     Bind {
@@ -79,7 +89,11 @@ impl Drop for SocketFile {
 }
 
 /// Binds the API socket at `path` with mode 0660 and, if given, group `gid`
-/// (the readers' group).
+/// (the readers' group). Its directory must be owned by root or this user
+/// and not writable by every user ([`fsguard::check_private_dir`]), so no
+/// one else can put their own socket in its place. A missing directory is
+/// created with mode 0700, or 0750 and group `gid` so the group's members
+/// can reach the socket.
 pub async fn bind(
     path: &Path,
     gid: Option<u32>,
@@ -88,16 +102,21 @@ pub async fn bind(
         path: path.to_path_buf(),
         reason,
     };
-    if let Some(dir) = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty() && !d.exists())
-    {
+    let dir = fsguard::parent_dir(path);
+    if !dir.exists() {
         std::fs::DirBuilder::new()
             .recursive(true)
-            .mode(0o700)
+            .mode(if gid.is_some() { 0o750 } else { 0o700 })
             .create(dir)
             .map_err(bind_err)?;
+        if let Some(gid) = gid {
+            std::os::unix::fs::chown(dir, None, Some(gid)).map_err(bind_err)?;
+        }
     }
+    fsguard::check_private_dir(dir).map_err(|reason| ServerError::Unsafe {
+        path: path.to_path_buf(),
+        reason,
+    })?;
     match std::fs::symlink_metadata(path) {
         Ok(meta) if !meta.file_type().is_socket() => {
             return Err(ServerError::NotASocket(path.to_path_buf()))
@@ -153,9 +172,16 @@ pub fn router(handle: RefresherHandle) -> Router {
 }
 
 /// Serves `router` on `listener` until `cancel` fires, then lets open
-/// requests finish (briefly) and returns.
-pub async fn serve(listener: UnixListener, router: Router, cancel: CancellationToken) {
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+/// requests finish (briefly) and returns. At most `max_connections` are
+/// served at once (at most [`MAX_CONNECTIONS`], and below the descriptor
+/// limit).
+pub async fn serve(
+    listener: UnixListener,
+    router: Router,
+    cancel: CancellationToken,
+    max_connections: usize,
+) {
+    let slots = Arc::new(Semaphore::new(max_connections));
     let connections = TaskTracker::new();
     loop {
         let stream = tokio::select! {
@@ -172,7 +198,7 @@ pub async fn serve(listener: UnixListener, router: Router, cancel: CancellationT
         };
         let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
             tracing::warn!(
-                max = MAX_CONNECTIONS,
+                max = max_connections,
                 "too many open API connections; closing a new one"
             );
             continue;

@@ -14,7 +14,7 @@
 //! Deleted content is overwritten (`secure_delete`), so a value replaced by
 //! its sealed form does not linger in the file's free space.
 
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::Arc;
@@ -28,6 +28,7 @@ use sqlx::sqlite::{
 use sqlx::{Connection, Row};
 
 use crate::credential::{Credential, Loaded, State};
+use crate::fsguard::{self, Create, UnsafeFile};
 
 use crate::seal::{self, Key, SealError};
 use crate::token::{LifetimeSource, Secret};
@@ -89,10 +90,21 @@ pub enum StoreError {
         reason: SealError,
     },
     /// Another process holds the database (a running daemon, another rekey).
-    #[error("{path} is in use by another process (a running tokend daemon, or `tokend rekey`): stop the daemon first (e.g. `systemctl stop tokend`) and try again; nothing was changed")]
+    #[error("{path} is in use by {holder} (a running tokend daemon, or `tokend rekey`): stop the daemon first (e.g. `systemctl stop tokend`) and try again; nothing was changed")]
     InUse {
         /// The database path.
         path: PathBuf,
+        /// Who holds it: `tokend pid N` from the lock file, else "another process".
+        holder: String,
+    },
+    /// The database, a file beside it or a directory above it could be read
+    /// or replaced by another user; nothing was opened.
+    #[error("refusing the database {path}: {reason}")]
+    Unsafe {
+        /// The database path.
+        path: PathBuf,
+        /// What is wrong.
+        reason: UnsafeFile,
     },
     /// The start-up scan of the credentials failed.
     #[error("cannot read the credentials from the database: {0}; check the file with `sqlite3 FILE 'PRAGMA integrity_check'` or restore a backup")]
@@ -133,6 +145,82 @@ impl From<scan::ScanError> for StoreError {
 pub struct Store {
     pool: SqlitePool,
     key: Option<Arc<Key>>,
+    /// The database's lock, held until [`Store::close`].
+    lock: Arc<std::sync::Mutex<Option<DbLock>>>,
+}
+
+/// The exclusive `flock` on `DATABASE.lock` that makes one process (a daemon
+/// or `tokend rekey`) the database's only user. The file holds the holder's
+/// pid, so a refused process can name it. The kernel drops the lock when the
+/// process dies, however it dies.
+#[derive(Debug)]
+struct DbLock {
+    _file: std::fs::File,
+}
+
+impl DbLock {
+    fn acquire(database: &Path) -> Result<DbLock, StoreError> {
+        use std::io::{Read, Seek, Write};
+        let mut path = database.as_os_str().to_owned();
+        path.push(".lock");
+        let path = PathBuf::from(path);
+        let unsafe_file = |reason| StoreError::Unsafe {
+            path: database.to_path_buf(),
+            reason,
+        };
+        let prepare = |reason| StoreError::Prepare {
+            path: path.clone(),
+            reason,
+        };
+        let mut file = fsguard::open_private(&path, Create::IfMissing)
+            .map_err(unsafe_file)?
+            .ok_or_else(|| prepare(std::io::ErrorKind::NotFound.into()))?;
+        if !fsguard::try_lock_exclusive(&file).map_err(prepare)? {
+            let mut text = String::new();
+            let _ = (&mut file).take(32).read_to_string(&mut text);
+            let holder = match text.trim().parse::<u32>() {
+                Ok(pid) => format!("tokend pid {pid} (it holds {})", path.display()),
+                Err(_) => format!("another process (it holds {})", path.display()),
+            };
+            return Err(StoreError::InUse {
+                path: database.to_path_buf(),
+                holder,
+            });
+        }
+        file.set_len(0).map_err(prepare)?;
+        file.rewind().map_err(prepare)?;
+        writeln!(file, "{}", std::process::id()).map_err(prepare)?;
+        Ok(DbLock { _file: file })
+    }
+}
+
+/// Everything done before SQLite sees the file: the directory rules, the
+/// lock, and the database, `-wal` and `-shm` (if present) checked and
+/// tightened. Creates a missing directory with mode 0700.
+fn guard(path: &Path) -> Result<DbLock, StoreError> {
+    let unsafe_file = |reason| StoreError::Unsafe {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let dir = fsguard::parent_dir(path);
+    if !dir.exists() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|reason| StoreError::Prepare {
+                path: path.to_path_buf(),
+                reason,
+            })?;
+    }
+    fsguard::check_private_dir(dir).map_err(unsafe_file)?;
+    let lock = DbLock::acquire(path)?;
+    for suffix in ["", "-wal", "-shm"] {
+        let mut file = path.as_os_str().to_owned();
+        file.push(suffix);
+        fsguard::open_private(Path::new(&file), Create::No).map_err(unsafe_file)?;
+    }
+    Ok(lock)
 }
 
 impl Store {
@@ -146,11 +234,9 @@ impl Store {
 
     /// As [`Store::open`], sealing tokens under `key` when there is one.
     pub async fn open_with(path: &Path, key: Option<Key>) -> Result<Store, StoreError> {
+        let lock = guard(path)?;
         inspect_existing(path).await?;
-        prepare_file(path).map_err(|reason| StoreError::Prepare {
-            path: path.to_path_buf(),
-            reason,
-        })?;
+        prepare_file(path)?;
         let options = SqliteConnectOptions::new()
             .filename(path)
             .create_if_missing(false)
@@ -182,6 +268,7 @@ impl Store {
         Ok(Store {
             pool,
             key: key.map(Arc::new),
+            lock: Arc::new(std::sync::Mutex::new(Some(lock))),
         })
     }
 
@@ -321,30 +408,36 @@ impl Store {
         Ok(done.rows_affected() == 1)
     }
 
-    /// Checkpoints the WAL and closes every connection.
+    /// Checkpoints the WAL, closes every connection and releases the lock.
     pub async fn close(&self) {
         let _ = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
             .execute(&self.pool)
             .await;
         self.pool.close().await;
+        if let Ok(mut lock) = self.lock.lock() {
+            lock.take();
+        }
     }
 
     /// Re-seals every credential's tokens from `old` to `new` (`None`:
     /// plaintext) in one transaction, so a crash leaves either every row as
     /// it was or every row re-sealed. Plaintext values open with any key.
-    /// Holds an exclusive lock on the file throughout, and refuses
-    /// ([`StoreError::InUse`]) if a daemon has the database open. Then
+    /// Takes the database's lock file as a daemon does, and SQLite's
+    /// exclusive lock, throughout; refuses ([`StoreError::InUse`]) if a
+    /// daemon has the database open. Then
     /// compacts the file (`VACUUM`), so no old value survives in free pages.
     pub async fn rekey(
         path: &Path,
         old: Option<&Key>,
         new: Option<&Key>,
     ) -> Result<Rekeyed, StoreError> {
+        let _lock = guard(path)?;
         inspect_existing(path).await?;
         let in_use = |e: sqlx::Error| {
             if is_busy(&e) {
                 StoreError::InUse {
                     path: path.to_path_buf(),
+                    holder: "another process".into(),
                 }
             } else {
                 StoreError::Sqlx(e)
@@ -465,6 +558,7 @@ async fn inspect_existing(path: &Path) -> Result<(), StoreError> {
         .create_if_missing(false);
     let in_use = || StoreError::InUse {
         path: path.to_path_buf(),
+        holder: "another process".into(),
     };
     let mut conn =
         sqlx::ConnectOptions::connect(&options)
@@ -514,39 +608,16 @@ async fn inspect_existing(path: &Path) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Creates the database file with mode 0600 (and its directory with 0700) so
-/// SQLite, which gives the WAL and shm files the database's mode, never
-/// creates anything readable by others. Tightens a file found too open.
-fn prepare_file(path: &Path) -> std::io::Result<()> {
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        if !dir.exists() {
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(dir)?;
-        }
-    }
-    match std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-    {
-        Ok(_) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-            let mode = std::fs::metadata(path)?.permissions().mode();
-            if mode & 0o077 != 0 {
-                tracing::warn!(
-                    path = %path.display(),
-                    mode = format!("{:o}", mode & 0o777),
-                    "database file was readable by others; setting mode 0600"
-                );
-                std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-            }
-            Ok(())
-        }
-        Err(e) => Err(e),
-    }
+/// Creates the database file with mode 0600 (`O_NOFOLLOW`, its directory
+/// already checked by [`guard`]) so SQLite, which gives the WAL and shm files
+/// the database's mode, never creates anything readable by others.
+fn prepare_file(path: &Path) -> Result<(), StoreError> {
+    fsguard::open_private(path, Create::IfMissing)
+        .map(drop)
+        .map_err(|reason| StoreError::Unsafe {
+            path: path.to_path_buf(),
+            reason,
+        })
 }
 
 /// Whether SQLite said another connection holds a lock (SQLITE_BUSY or
