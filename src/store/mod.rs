@@ -773,6 +773,7 @@ fn loaded_from_columns(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     #[tokio::test]
     async fn file_is_private_and_rows_round_trip_with_generation_guard() {
@@ -1145,5 +1146,43 @@ mod tests {
         Store::open(&path).await.unwrap().close().await;
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
+    }
+
+    #[tokio::test]
+    async fn one_store_per_database_and_the_refusal_names_the_holder() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("l.db");
+        let store = Store::open(&path).await.unwrap();
+        let err = Store::open(&path).await.unwrap_err();
+        let pid = format!("tokend pid {}", std::process::id());
+        assert!(matches!(err, StoreError::InUse { .. }), "{err}");
+        assert!(err.to_string().contains(&pid), "{err}");
+        let err = Store::rekey(&path, None, None).await.unwrap_err();
+        assert!(err.to_string().contains(&pid), "{err}");
+        let lock = dir.path().join("l.db.lock");
+        let mode = std::fs::metadata(&lock).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        store.close().await;
+        Store::open(&path).await.unwrap().close().await;
+    }
+
+    #[tokio::test]
+    async fn linked_or_foreign_database_files_are_refused_untouched() {
+        let dir = tempfile::tempdir().unwrap();
+        let real = dir.path().join("real.db");
+        Store::open(&real).await.unwrap().close().await;
+        let link = dir.path().join("link.db");
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        let err = Store::open(&link).await.unwrap_err();
+        assert!(err.to_string().contains("symbolic link"), "{err}");
+        if fsguard::euid() != 0 {
+            return; // giving a file away needs root; the tests run as root
+        }
+        let wal = dir.path().join("real.db-wal");
+        std::fs::write(&wal, b"").unwrap();
+        std::os::unix::fs::chown(&wal, Some(65534), Some(65534)).unwrap();
+        let err = Store::open(&real).await.unwrap_err();
+        assert!(matches!(err, StoreError::Unsafe { .. }), "{err}");
+        assert!(err.to_string().contains("owned by uid 65534"), "{err}");
     }
 }
