@@ -9,6 +9,7 @@ mod cli;
 mod crash;
 mod encryption;
 mod faults;
+mod hardening;
 mod journal;
 mod lifecycle;
 mod notify;
