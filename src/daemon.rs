@@ -144,7 +144,11 @@ fn check_config_files(path: &Path, config: &Config) -> anyhow::Result<()> {
         );
     }
     if let Some(key) = &config.daemon.encryption_key {
-        fsguard::check_read_file(key)?;
+        // A missing or unreadable key is for `seal` to report, in its words.
+        match fsguard::check_read_file(key) {
+            Err(fsguard::UnsafeFile::Io { .. }) | Ok(()) => {}
+            Err(e) => return Err(e.into()),
+        }
     }
     Ok(())
 }

@@ -159,6 +159,12 @@ async fn one_daemon_per_database_and_rekey_waits_for_it() {
     assert!(!other_socket.exists());
     // The first one keeps serving.
     daemon.cli(&["status"]).await.ok();
+    // Another database on the same socket: refused by the live socket.
+    let other_db = daemon.dir.path().join("other/tokend.db");
+    write_config(&second, &daemon.socket, &other_db, FAST_DAEMON);
+    let (code, err) = daemon_refuses(&second).await;
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("already listening"), "{err}");
 
     let db = daemon.database.display().to_string();
     let (code, err) =
