@@ -113,8 +113,12 @@ pub fn load(opts: &DaemonOptions) -> anyhow::Result<(Config, Option<PathBuf>)> {
         return Ok((Config::default(), None));
     }
     // Checked before it is read: its directories are then trusted, so what
-    // is read is what was checked.
-    fsguard::check_read_file(&path)?;
+    // is read is what was checked. A file that cannot be read at all is
+    // for `load_config` to report.
+    match fsguard::check_read_file(&path) {
+        Err(fsguard::UnsafeFile::Io { .. }) | Ok(()) => {}
+        Err(e) => return Err(e.into()),
+    }
     let config = load_config(&path)?;
     check_config_files(&path, &config)?;
     Ok((config, Some(path)))
@@ -404,4 +408,32 @@ pub async fn rekey(opts: RekeyOptions) -> anyhow::Result<String> {
             database.display()
         ),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_connection_cap_stays_below_the_descriptor_limit() {
+        assert_eq!(connection_cap(1024), 960);
+        assert_eq!(connection_cap(20_000), server::MAX_CONNECTIONS);
+        assert_eq!(connection_cap(u64::MAX), server::MAX_CONNECTIONS);
+        assert_eq!(connection_cap(10), 1);
+    }
+
+    #[test]
+    fn the_soft_descriptor_limit_ends_at_the_hard_one() {
+        let soft = raise_fd_limit();
+        let mut limit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit writes into the struct we pass and nothing else.
+        assert_eq!(
+            unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) },
+            0
+        );
+        assert_eq!((soft, limit.rlim_cur), (limit.rlim_max, limit.rlim_max));
+    }
 }

@@ -34,7 +34,9 @@ pub fn default_database() -> PathBuf {
 
 /// The socket: `$TOKEND_SOCKET`, `$RUNTIME_DIRECTORY/tokend.sock`,
 /// `$XDG_RUNTIME_DIR/tokend/tokend.sock`, `/run/tokend/tokend.sock` for root,
-/// else `/tmp/tokend-$UID/tokend.sock`.
+/// else `/tmp/tokend-$UID/tokend.sock`. Another user can create that last
+/// directory first: the daemon then refuses it (`server::bind`), and the CLI
+/// refuses whoever listens there (`client`'s peer check).
 pub fn default_socket() -> PathBuf {
     if let Some(path) = env_dir("TOKEND_SOCKET") {
         return path;

@@ -67,8 +67,8 @@ async fn check_config(config: &Path) -> (Option<i32>, String) {
         .output()
         .await
         .unwrap();
-    let text = String::from_utf8_lossy(&out.stderr).into_owned()
-        + &String::from_utf8_lossy(&out.stdout);
+    let text =
+        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
     (out.status.code(), text)
 }
 
@@ -167,8 +167,7 @@ async fn one_daemon_per_database_and_rekey_waits_for_it() {
     assert!(err.contains("already listening"), "{err}");
 
     let db = daemon.database.display().to_string();
-    let (code, err) =
-        run_to_exit(&["rekey", "--database", &db, "--decrypt"], &daemon.config).await;
+    let (code, err) = run_to_exit(&["rekey", "--database", &db, "--decrypt"], &daemon.config).await;
     assert_eq!(code, Some(1), "{err}");
     assert!(err.contains(&format!("tokend pid {pid}")), "{err}");
     daemon.cli(&["status"]).await.ok();
@@ -177,7 +176,10 @@ async fn one_daemon_per_database_and_rekey_waits_for_it() {
         std::fs::metadata(&lock).unwrap().permissions().mode() & 0o777,
         0o600
     );
-    assert_eq!(std::fs::read_to_string(&lock).unwrap().trim(), pid.to_string());
+    assert_eq!(
+        std::fs::read_to_string(&lock).unwrap().trim(),
+        pid.to_string()
+    );
     daemon.finish(&[]).await;
 }
 
@@ -191,9 +193,11 @@ async fn reload_and_check_config_refuse_what_start_up_refuses() {
     // Same content with an inline client_secret, now readable by every user.
     chmod(&daemon.config, 0o644);
     daemon.signal(libc::SIGHUP);
-    wait_until(Duration::from_secs(10), "the reload to be refused", || async {
-        daemon.logs().contains("new configuration rejected")
-    })
+    wait_until(
+        Duration::from_secs(10),
+        "the reload to be refused",
+        || async { daemon.logs().contains("new configuration rejected") },
+    )
     .await;
     let logs = daemon.logs();
     assert!(logs.contains("readable by every user"), "{logs}");
@@ -248,7 +252,11 @@ async fn writable_or_foreign_configuration_secret_and_key_files_are_refused() {
     // The configuration file, writable by every user, or another user's.
     write_config(&config, &socket, &db, "");
     chmod(&config, 0o602);
-    refused("o+w config", format!("{} is writable by every user", config.display())).await;
+    refused(
+        "o+w config",
+        format!("{} is writable by every user", config.display()),
+    )
+    .await;
     chmod(&config, 0o600);
     give_away(&config);
     refused("foreign config", "owned by uid 65534".into()).await;
@@ -258,14 +266,23 @@ async fn writable_or_foreign_configuration_secret_and_key_files_are_refused() {
     write_config(&config, &socket, &db, &with_secret_file);
     assert_eq!(check_config(&config).await.0, Some(0));
     chmod(&secret, 0o602);
-    refused("o+w secret", format!("{} is writable by every user", secret.display())).await;
+    refused(
+        "o+w secret",
+        format!("{} is writable by every user", secret.display()),
+    )
+    .await;
     chmod(&secret, 0o600);
     give_away(&secret);
     refused("foreign secret", "owned by uid 65534".into()).await;
     std::os::unix::fs::chown(&secret, Some(0), Some(0)).unwrap();
 
     // The database key file (mode 0600, so only its owner is wrong).
-    write_config(&config, &socket, &db, &format!("encryption_key_file = {key:?}\n"));
+    write_config(
+        &config,
+        &socket,
+        &db,
+        &format!("encryption_key_file = {key:?}\n"),
+    );
     assert_eq!(check_config(&config).await.0, Some(0));
     give_away(&key);
     refused("foreign key", "owned by uid 65534".into()).await;
