@@ -64,7 +64,7 @@ pub enum ServerError {
         /// The socket path.
         path: PathBuf,
         /// What is wrong with its directory.
-        reason: crate::fsguard::UnsafeFile,
+        reason: fsguard::UnsafeFile,
     },
     /// Binding failed.
     #[error("cannot listen on {path}: {reason}")]
