@@ -269,7 +269,7 @@ fn trusted_daemon_uid(uid: u32) -> bool {
     if configured == Some(uid) {
         return true;
     }
-    matches!(nix::unistd::User::from_name("tokend"), Ok(Some(u)) if u.uid.as_raw() == uid)
+    crate::fsguard::system_user_uid() == Some(uid)
 }
 
 /// A socket timeout shows as `WouldBlock` (EAGAIN) on Linux, `TimedOut` elsewhere.

@@ -2,13 +2,15 @@
 //! could touch: the database and its companions, the lock file, the socket's
 //! directory, the configuration and the secret files it names.
 //!
-//! The rules, for a daemon whose effective uid is `euid`:
+//! The rules, for a daemon whose effective uid is `euid` (the `tokend` system
+//! user, if there is one, is trusted like `euid`, so that root can run
+//! `tokend rekey` on the system daemon's database):
 //!
 //! - a file tokend keeps (database, `-wal`, `-shm`, lock) is a regular file,
 //!   never a symbolic link (opened with `O_NOFOLLOW`), owned by root or
 //!   `euid`, and tightened to 0600 if found more open;
-//! - a file tokend reads (configuration, client secret, key) is a regular file
-//!   owned by root or `euid` and not writable by every user (`o+w`). A
+//! - a file tokend reads (configuration, client secret, key) is owned by root
+//!   or `euid` and not writable by every user (`o+w`). A
 //!   symbolic link on its way is followed only if it is owned by root or
 //!   `euid`;
 //! - every directory above either is owned by root or `euid`, and if every
@@ -39,7 +41,7 @@ pub enum UnsafeFile {
         path: PathBuf,
     },
     /// Owned by a user other than root and the daemon's own.
-    #[error("{path} is owned by uid {owner}, neither root nor tokend's uid {euid}: that user could read or replace it; remove it or `chown {euid} {path}`, or choose another path")]
+    #[error("{path} is owned by uid {owner}, neither root, tokend's uid {euid} nor the `tokend` system user: that user could read or replace it; remove it or `chown {euid} {path}`, or choose another path")]
     ForeignOwner {
         /// The file or directory.
         path: PathBuf,
@@ -89,8 +91,21 @@ pub(crate) fn euid() -> u32 {
     unsafe { libc::geteuid() }
 }
 
-fn trusted(owner: u32) -> bool {
-    owner == 0 || owner == euid()
+/// The uid of the `tokend` system user, if there is one (looked up once).
+pub(crate) fn system_user_uid() -> Option<u32> {
+    static UID: std::sync::OnceLock<Option<u32>> = std::sync::OnceLock::new();
+    *UID.get_or_init(|| {
+        nix::unistd::User::from_name("tokend")
+            .ok()
+            .flatten()
+            .map(|u| u.uid.as_raw())
+    })
+}
+
+/// Root, the effective uid, or the `tokend` system user: root runs
+/// `tokend rekey` on the system daemon's files, owned by that user.
+pub(crate) fn trusted(owner: u32) -> bool {
+    owner == 0 || owner == euid() || system_user_uid() == Some(owner)
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> UnsafeFile + '_ {
@@ -184,7 +199,7 @@ pub(crate) fn check_private_dir(dir: &Path) -> Result<(), UnsafeFile> {
 }
 
 /// Checks a file tokend reads (configuration, client secret, key): trusted
-/// directories above it, trusted owner, regular, not writable by every user.
+/// directories above it, trusted owner, not writable by every user.
 /// Files under `$CREDENTIALS_DIRECTORY` pass unchecked.
 pub(crate) fn check_read_file(path: &Path) -> Result<(), UnsafeFile> {
     if under_credentials_dir(path) {
@@ -196,11 +211,8 @@ pub(crate) fn check_read_file(path: &Path) -> Result<(), UnsafeFile> {
         check_owner(path, &link)?;
     }
     let meta = std::fs::metadata(path).map_err(io_err(path))?;
-    if !meta.is_file() {
-        return Err(UnsafeFile::NotRegular {
-            path: path.to_path_buf(),
-        });
-    }
+    // Not necessarily a regular file: `--key <(systemd-creds decrypt ...)`
+    // hands over a pipe.
     check_owner(path, &meta)?;
     let mode = meta.permissions().mode() & 0o7777;
     if mode & 0o002 != 0 {

@@ -90,7 +90,7 @@ pub enum StoreError {
         reason: SealError,
     },
     /// Another process holds the database (a running daemon, another rekey).
-    #[error("{path} is in use by {holder} (a running tokend daemon, or `tokend rekey`): stop the daemon first (e.g. `systemctl stop tokend`) and try again; nothing was changed")]
+    #[error("{path} is in use by {holder}: stop the daemon first (e.g. `systemctl stop tokend`) and try again; nothing was changed")]
     InUse {
         /// The database path.
         path: PathBuf,
@@ -175,12 +175,13 @@ impl DbLock {
         let mut file = fsguard::open_private(&path, Create::IfMissing)
             .map_err(unsafe_file)?
             .ok_or_else(|| prepare(std::io::ErrorKind::NotFound.into()))?;
+        give_to_directory_owner(&file, fsguard::parent_dir(database)).map_err(prepare)?;
         if !fsguard::try_lock_exclusive(&file).map_err(prepare)? {
             let mut text = String::new();
             let _ = (&mut file).take(32).read_to_string(&mut text);
             let holder = match text.trim().parse::<u32>() {
-                Ok(pid) => format!("tokend pid {pid} (it holds {})", path.display()),
-                Err(_) => format!("another process (it holds {})", path.display()),
+                Ok(pid) => format!("tokend pid {pid}, which holds {}", path.display()),
+                Err(_) => format!("another tokend, which holds {}", path.display()),
             };
             return Err(StoreError::InUse {
                 path: database.to_path_buf(),
@@ -192,6 +193,21 @@ impl DbLock {
         writeln!(file, "{}", std::process::id()).map_err(prepare)?;
         Ok(DbLock { _file: file })
     }
+}
+
+/// When root (`tokend rekey` on the system daemon's database) creates the
+/// lock file, gives it to the owner of the directory, as SQLite does with
+/// the `-wal` and `-shm`, so the daemon can open it afterwards.
+fn give_to_directory_owner(file: &std::fs::File, dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    if fsguard::euid() != 0 {
+        return Ok(());
+    }
+    let owner = std::fs::metadata(dir)?.uid();
+    if file.metadata()?.uid() != owner && fsguard::trusted(owner) {
+        std::os::unix::fs::fchown(file, Some(owner), None)?;
+    }
+    Ok(())
 }
 
 /// Everything done before SQLite sees the file: the directory rules, the
@@ -437,7 +453,7 @@ impl Store {
             if is_busy(&e) {
                 StoreError::InUse {
                     path: path.to_path_buf(),
-                    holder: "another process".into(),
+                    holder: "another process (a running tokend daemon, or `tokend rekey`)".into(),
                 }
             } else {
                 StoreError::Sqlx(e)
@@ -558,7 +574,7 @@ async fn inspect_existing(path: &Path) -> Result<(), StoreError> {
         .create_if_missing(false);
     let in_use = || StoreError::InUse {
         path: path.to_path_buf(),
-        holder: "another process".into(),
+        holder: "another process (a running tokend daemon, or `tokend rekey`)".into(),
     };
     let mut conn =
         sqlx::ConnectOptions::connect(&options)
