@@ -523,7 +523,9 @@ fn exchange_secrets(
         .context("cannot read the authorization code from stdin")?;
     let (code, from_stdin) = split_code_input(&text)?;
     match (from_stdin, verifier) {
-        (Some(_), Some(_)) => bail!("two PKCE code verifiers given, on stdin and with --code-verifier; give one"),
+        (Some(_), Some(_)) => {
+            bail!("two PKCE code verifiers given, on stdin and with --code-verifier; give one")
+        }
         (v, given) => Ok((code, v.or(given))),
     }
 }
@@ -657,7 +659,13 @@ mod tests {
         // Known flags stay flags.
         assert!(Cli::try_parse_from(argv(&["tokend", "get", "x", "--json"])).is_ok());
         let cli = Cli::try_parse_from(argv(&["tokend", "status", "--json"])).unwrap();
-        assert!(matches!(cli.command, Command::Status { name: None, json: true }));
+        assert!(matches!(
+            cli.command,
+            Command::Status {
+                name: None,
+                json: true
+            }
+        ));
     }
 
     #[test]
