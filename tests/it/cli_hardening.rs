@@ -113,3 +113,104 @@ async fn a_closed_stdout_ends_every_command_quietly() {
     }
     daemon.finish(&[&fake]).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rejected_certificate_is_logged_once_by_tokend_without_dependency_paths() {
+    use std::time::Duration;
+
+    use tokio::process::Command;
+
+    use crate::support::wait_until;
+
+    // A TLS endpoint on loopback with a self-signed certificate, which the
+    // platform verifier rejects (and logs at error from its own code).
+    let dir = tempfile::tempdir().unwrap();
+    let (key, cert) = (dir.path().join("key.pem"), dir.path().join("cert.pem"));
+    let made = Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
+        .args(["ec_paramgen_curve:prime256v1", "-nodes", "-days", "1"])
+        .args(["-subj", "/CN=127.0.0.1", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .await
+        .expect("run openssl req");
+    assert!(made.success(), "openssl req: {made}");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let _tls = Command::new("openssl")
+        .args(["s_server", "-quiet", "-www", "-accept"])
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("-cert")
+        .arg(&cert)
+        .arg("-key")
+        .arg(&key)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("run openssl s_server");
+    wait_until(Duration::from_secs(10), "the TLS endpoint", || async {
+        tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+    })
+    .await;
+
+    // The daemon with the default log filter: no RUST_LOG.
+    let daemon = Daemon::prepare(
+        FAST_DAEMON,
+        &format!(
+            "[providers.p]\ntoken_url = \"https://127.0.0.1:{port}/token\"\nclient_auth = \"none\"\n"
+        ),
+    );
+    let log = std::fs::File::create(&daemon.log).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tokend"))
+        .args(["daemon", "--log", "stderr", "--config"])
+        .arg(&daemon.config)
+        .env_remove("RUST_LOG")
+        .env_remove("TOKEND_SOCKET")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn tokend");
+    wait_until(Duration::from_secs(20), "the daemon's socket", || async {
+        tokio::net::UnixStream::connect(&daemon.socket)
+            .await
+            .is_ok()
+    })
+    .await;
+    let add = daemon.add("c", "p", "a-refresh-token").await;
+    assert_eq!(add.code, 1, "{add:?}");
+    assert!(add.stderr.contains("certificate"), "{add:?}");
+    wait_until(
+        Duration::from_secs(10),
+        "a second failed refresh",
+        || async { daemon.logs().matches("refresh failed").count() >= 2 },
+    )
+    .await;
+    child.kill().await.expect("kill tokend");
+
+    let logs = daemon.logs();
+    assert!(
+        logs.contains("certificate"),
+        "tokend names the reason: {logs}"
+    );
+    for absent in [
+        ".cargo/registry",
+        "log.file",
+        "failed to verify TLS",
+        "ERROR",
+    ] {
+        assert!(!logs.contains(absent), "`{absent}` in the log: {logs}");
+    }
+}
