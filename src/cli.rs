@@ -105,7 +105,8 @@ pub enum Command {
         #[arg(long, value_name = "FILE", allow_hyphen_values = true)]
         refresh_token_file: Option<PathBuf>,
     },
-    /// Create a credential by exchanging an authorization code.
+    /// Create a credential by exchanging an authorization code, read from
+    /// stdin (the PKCE verifier on a second line) unless --code is given.
     Exchange {
         /// Credential name.
         #[arg(allow_hyphen_values = true)]
