@@ -728,6 +728,7 @@ mod tests {
             &["tokend", "get", "--json"],
             &["tokend", "get", "c", "--json"],
             &["tokend", "get", "--min-valid", "60"],
+            &["tokend", "get", "-tABC"],
             &["tokend", "--socket", "/s", "get", "c"],
             &["tokend", "status", "c"],
             &["tokend", "Get", "c"],
