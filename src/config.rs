@@ -510,7 +510,7 @@ impl Collector<'_> {
             self.push(
                 Some(line),
                 path,
-                format!("must be a table, not a {}", value.get_ref().type_str()),
+                format!("must be a table; found {}", value.get_ref().type_str()),
             );
         }
         table
@@ -1225,7 +1225,7 @@ fn request_template(
                 other => c.push(
                     line,
                     key,
-                    format!("must be a string, not a {}", other.type_str()),
+                    format!("must be a string; found {}", other.type_str()),
                 ),
             }
         }
