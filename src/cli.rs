@@ -560,8 +560,8 @@ fn check_config(file: Option<PathBuf>) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Err(ConfigError::Invalid(errors)) => {
-            errln!("{errors}");
-            errln!("{}: {} problem(s)", path.display(), errors.problems.len());
+            eprintln!("{errors}");
+            eprintln!("{}: {} problem(s)", path.display(), errors.problems.len());
             Ok(ExitCode::from(2))
         }
         Err(e) => Err(e.into()),
