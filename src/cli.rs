@@ -3,10 +3,15 @@
 //! which only reads the configuration, and `rekey`, which re-encrypts the
 //! database while the daemon is stopped. Exit codes: 0 success, 1 failure
 //! (no token, daemon unreachable...), 2 usage or configuration error.
+//!
+//! Every value an option or argument takes may begin with `-`: authorization
+//! codes and PKCE verifiers are base64url, and one in 64 begins with it.
+//! Output goes through [`outln!`], so a reader that closes the pipe early
+//! (`tokend status | head -1`) ends the command quietly with status 0.
 
 use std::ffi::OsString;
 use std::future::Future;
-use std::io::{IsTerminal, Read};
+use std::io::{self, IsTerminal, Read, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -21,7 +26,21 @@ use crate::config::ConfigError;
 use crate::daemon::{self, DaemonOptions};
 use crate::logging::LogTarget;
 use crate::paths;
-use crate::token::now_ms;
+use crate::token::{now_ms, Secret};
+
+/// Prints a line on stdout; a closed stdout ends the command (see [`main`]).
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        emit(&format!("{}\n", format_args!($($arg)*)))
+    };
+}
+
+/// Prints a line on stderr, ignoring failure: there is nowhere left to say so.
+macro_rules! errln {
+    ($($arg:tt)*) => {
+        let _ = writeln!(io::stderr(), $($arg)*);
+    };
+}
 
 /// tokend keeps OAuth2 access tokens fresh and hands them to local programs.
 #[derive(Debug, Parser)]
@@ -29,7 +48,7 @@ use crate::token::now_ms;
 pub struct Cli {
     /// The daemon's socket [default: $TOKEND_SOCKET, else the daemon's default
     /// path, else /run/tokend/tokend.sock if that exists].
-    #[arg(long, global = true, value_name = "PATH")]
+    #[arg(long, global = true, value_name = "PATH", allow_hyphen_values = true)]
     pub socket: Option<PathBuf>,
     /// What to do.
     #[command(subcommand)]
@@ -43,22 +62,23 @@ pub enum Command {
     Daemon {
         /// Configuration file [default: $CONFIGURATION_DIRECTORY/config.toml or
         /// ~/.config/tokend/config.toml; may be absent].
-        #[arg(long, short, value_name = "FILE")]
+        #[arg(long, short, value_name = "FILE", allow_hyphen_values = true)]
         config: Option<PathBuf>,
         /// Database file, overriding the configuration.
-        #[arg(long, value_name = "FILE")]
+        #[arg(long, value_name = "FILE", allow_hyphen_values = true)]
         database: Option<PathBuf>,
         /// Where to log: the journal if stderr is connected to it (auto),
         /// the journal, or stderr.
-        #[arg(long, value_enum, default_value_t = LogTarget::Auto)]
+        #[arg(long, value_enum, default_value_t = LogTarget::Auto, allow_hyphen_values = true)]
         log: LogTarget,
     },
     /// Print a credential's current access token.
     Get {
         /// Credential name.
+        #[arg(allow_hyphen_values = true)]
         name: String,
         /// Refresh first if the token would expire within this many seconds.
-        #[arg(long, value_name = "SECS")]
+        #[arg(long, value_name = "SECS", allow_hyphen_values = true)]
         min_valid: Option<u64>,
         /// Print the whole token response as JSON.
         #[arg(long)]
@@ -67,6 +87,7 @@ pub enum Command {
     /// Show credentials and their state (never secrets).
     Status {
         /// Only this credential.
+        #[arg(allow_hyphen_values = true)]
         name: Option<String>,
         /// JSON output.
         #[arg(long)]
@@ -75,44 +96,53 @@ pub enum Command {
     /// Add or replace a credential from a refresh token read from stdin.
     Add {
         /// Credential name.
+        #[arg(allow_hyphen_values = true)]
         name: String,
         /// Provider name from the configuration.
-        #[arg(long, short)]
+        #[arg(long, short, allow_hyphen_values = true)]
         provider: String,
         /// Read the refresh token from this file instead of stdin.
-        #[arg(long, value_name = "FILE")]
+        #[arg(long, value_name = "FILE", allow_hyphen_values = true)]
         refresh_token_file: Option<PathBuf>,
     },
-    /// Create a credential by exchanging an authorization code.
+    /// Create a credential by exchanging an authorization code, read from
+    /// stdin (the PKCE verifier on a second line) unless --code is given.
     Exchange {
         /// Credential name.
+        #[arg(allow_hyphen_values = true)]
         name: String,
         /// Provider name from the configuration.
-        #[arg(long, short)]
+        #[arg(long, short, allow_hyphen_values = true)]
         provider: String,
-        /// The authorization code.
-        #[arg(long)]
-        code: String,
+        /// The authorization code. Without it, the code is read from stdin
+        /// (first line) and the PKCE code verifier from the second line, if
+        /// any: other users see command-line arguments in `ps`.
+        #[arg(long, allow_hyphen_values = true, value_parser = secret_arg)]
+        code: Option<Secret>,
         /// The redirect URI used in the authorization request.
-        #[arg(long)]
+        #[arg(long, allow_hyphen_values = true)]
         redirect_uri: String,
-        /// The PKCE code verifier, if the authorization used PKCE.
-        #[arg(long)]
-        code_verifier: Option<String>,
+        /// The PKCE code verifier, if the authorization used PKCE (better
+        /// given on stdin's second line, see --code).
+        #[arg(long, allow_hyphen_values = true, value_parser = secret_arg)]
+        code_verifier: Option<Secret>,
     },
     /// Refresh a credential now.
     Refresh {
         /// Credential name.
+        #[arg(allow_hyphen_values = true)]
         name: String,
     },
     /// Delete a credential.
     Remove {
         /// Credential name.
+        #[arg(allow_hyphen_values = true)]
         name: String,
     },
     /// Check a configuration file and report every problem.
     CheckConfig {
         /// The file [default: the daemon's default configuration path].
+        #[arg(allow_hyphen_values = true)]
         file: Option<PathBuf>,
     },
     /// Re-encrypt every stored token under a new key (or decrypt them), in
@@ -121,17 +151,17 @@ pub enum Command {
     Rekey {
         /// Configuration file naming the database and the current key
         /// [default: the daemon's default; may be absent].
-        #[arg(long, short, value_name = "FILE")]
+        #[arg(long, short, value_name = "FILE", allow_hyphen_values = true)]
         config: Option<PathBuf>,
         /// Database file, overriding the configuration.
-        #[arg(long, value_name = "FILE")]
+        #[arg(long, value_name = "FILE", allow_hyphen_values = true)]
         database: Option<PathBuf>,
         /// The current key file, overriding the configuration (plaintext
         /// rows need none).
-        #[arg(long, value_name = "FILE")]
+        #[arg(long, value_name = "FILE", allow_hyphen_values = true)]
         key: Option<PathBuf>,
         /// The new key file: 32 raw bytes, 64 hex digits or base64.
-        #[arg(long, value_name = "FILE")]
+        #[arg(long, value_name = "FILE", allow_hyphen_values = true)]
         new_key: Option<PathBuf>,
         /// Store the tokens unencrypted instead.
         #[arg(long)]
@@ -144,12 +174,36 @@ pub fn main() -> ExitCode {
     let Cli { socket, command } = plain_get(std::env::args_os()).unwrap_or_else(Cli::parse);
     match run(socket, command) {
         Ok(code) => code,
+        // The reader has all it wanted (`tokend status | head`), as ripgrep
+        // treats it.
+        Err(e) if e.is::<StdoutClosed>() => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("tokend: {e:#}");
+            errln!("tokend: {e:#}");
             let usage = e.downcast_ref::<ConfigError>().is_some();
             ExitCode::from(if usage { 2 } else { 1 })
         }
     }
+}
+
+/// Stdout was closed by its reader: not a failure, nothing left to print.
+#[derive(Debug, thiserror::Error)]
+#[error("stdout is closed")]
+struct StdoutClosed;
+
+/// Writes `text` to stdout at once.
+fn emit(text: &str) -> anyhow::Result<()> {
+    let mut out = io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Err(StdoutClosed.into()),
+        Err(e) => Err(anyhow::Error::new(e).context("cannot write to stdout")),
+    }
+}
+
+/// Takes a secret argument (`--code`) without keeping a plain copy, so the
+/// parsed command's `Debug` shows a fingerprint.
+fn secret_arg(value: &str) -> Result<Secret, std::convert::Infallible> {
+    Ok(Secret::new(value))
 }
 
 /// `tokend get NAME` and nothing else, read without clap, or `None`.
@@ -213,11 +267,12 @@ fn run(socket: Option<PathBuf>, command: Command) -> anyhow::Result<ExitCode> {
             redirect_uri,
             code_verifier,
         } => {
+            let (code, code_verifier) = exchange_secrets(code, code_verifier)?;
             let body = ExchangeCode {
                 provider,
-                code,
+                code: code.expose().to_string(),
                 redirect_uri,
-                code_verifier,
+                code_verifier: code_verifier.map(|v| v.expose().to_string()),
             };
             let path = format!("/v1/credentials/{}/exchange", path_segment(&name));
             let st: CredentialStatus = client().call_blocking(Method::POST, &path, Some(&body))?;
@@ -226,17 +281,17 @@ fn run(socket: Option<PathBuf>, command: Command) -> anyhow::Result<ExitCode> {
         Command::Refresh { name } => {
             let path = format!("/v1/credentials/{}/refresh", path_segment(&name));
             let st: CredentialStatus = client().call_blocking(Method::POST, &path, None::<&()>)?;
-            println!(
+            outln!(
                 "{}: refreshed, expires in {}",
                 st.name,
                 human_in(st.expires_in)
-            );
+            )?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Remove { name } => {
             let path = format!("/v1/credentials/{}", path_segment(&name));
             client().call_empty_blocking(Method::DELETE, &path)?;
-            println!("{name}: removed");
+            outln!("{name}: removed")?;
             Ok(ExitCode::SUCCESS)
         }
         Command::CheckConfig { file } => check_config(file),
@@ -253,7 +308,7 @@ fn run(socket: Option<PathBuf>, command: Command) -> anyhow::Result<ExitCode> {
                 key,
                 new_key,
             };
-            println!("{}", run_rekey(options)?);
+            outln!("{}", run_rekey(options)?)?;
             Ok(ExitCode::SUCCESS)
         }
     }
@@ -295,12 +350,12 @@ fn get(
     }
     let token: TokenResponse = client.call_blocking(Method::GET, &path, None::<&()>)?;
     if let Some(warning) = &token.warning {
-        eprintln!("tokend: warning: {warning}");
+        errln!("tokend: warning: {warning}");
     }
     if json {
-        println!("{}", serde_json::to_string_pretty(&token)?);
+        outln!("{}", serde_json::to_string_pretty(&token)?)?;
     } else {
-        println!("{}", token.access_token);
+        outln!("{}", token.access_token)?;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -318,11 +373,11 @@ fn status(client: &Client, name: Option<&str>, json: bool) -> anyhow::Result<Exi
             Some(_) => serde_json::to_string_pretty(&list[0])?,
             None => serde_json::to_string_pretty(&list)?,
         };
-        println!("{out}");
+        outln!("{out}")?;
     } else if list.is_empty() {
-        println!("no credentials; add one with `tokend add NAME --provider P`");
+        outln!("no credentials; add one with `tokend add NAME --provider P`")?;
     } else {
-        print!("{}", status_table(&list));
+        emit(&status_table(&list))?;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -405,7 +460,7 @@ fn add(
             .with_context(|| format!("cannot read {}", path.display()))?,
         None => {
             if std::io::stdin().is_terminal() {
-                eprintln!("paste the refresh token, then press Enter and Ctrl-D:");
+                errln!("paste the refresh token, then press Enter and Ctrl-D:");
             }
             let mut s = String::new();
             std::io::stdin()
@@ -433,15 +488,15 @@ fn add(
 fn report_added(st: &CredentialStatus, verb: &str) -> anyhow::Result<ExitCode> {
     let usable = st.state == "active" && st.expires_in.is_some_and(|s| s > 0);
     if usable {
-        println!(
+        outln!(
             "{}: {verb} (provider {}), access token expires in {}",
             st.name,
             st.provider,
             human_in(st.expires_in)
-        );
+        )?;
         Ok(ExitCode::SUCCESS)
     } else {
-        eprintln!(
+        errln!(
             "tokend: {}: stored, but no token yet: {} ({})",
             st.name,
             st.state,
@@ -449,6 +504,45 @@ fn report_added(st: &CredentialStatus, verb: &str) -> anyhow::Result<ExitCode> {
         );
         Ok(ExitCode::FAILURE)
     }
+}
+
+/// The code and verifier of `tokend exchange`: from the options, else from
+/// stdin, the code on the first line and the verifier on the second.
+fn exchange_secrets(
+    code: Option<Secret>,
+    verifier: Option<Secret>,
+) -> anyhow::Result<(Secret, Option<Secret>)> {
+    if let Some(code) = code {
+        return Ok((code, verifier));
+    }
+    if io::stdin().is_terminal() {
+        errln!("paste the authorization code, and on a second line the PKCE code verifier if the authorization used PKCE, then press Enter and Ctrl-D:");
+    }
+    let mut text = String::new();
+    io::stdin()
+        .read_to_string(&mut text)
+        .context("cannot read the authorization code from stdin")?;
+    let (code, from_stdin) = split_code_input(&text)?;
+    match (from_stdin, verifier) {
+        (Some(_), Some(_)) => {
+            bail!("two PKCE code verifiers given, on stdin and with --code-verifier; give one")
+        }
+        (v, given) => Ok((code, v.or(given))),
+    }
+}
+
+/// Splits `tokend exchange`'s stdin: the code, then the verifier if present.
+fn split_code_input(text: &str) -> anyhow::Result<(Secret, Option<Secret>)> {
+    let mut lines = text.lines().map(str::trim);
+    let code = lines.next().unwrap_or_default();
+    let verifier = lines.next().filter(|v| !v.is_empty());
+    if code.is_empty() {
+        bail!("no authorization code given: pipe it on stdin (the PKCE verifier, if any, on a second line) or use --code");
+    }
+    if lines.any(|l| !l.is_empty()) {
+        bail!("stdin holds more than two lines: give the authorization code on the first and the PKCE code verifier, if any, on the second");
+    }
+    Ok((Secret::new(code), verifier.map(Secret::new)))
 }
 
 fn check_config(file: Option<PathBuf>) -> anyhow::Result<ExitCode> {
@@ -462,13 +556,13 @@ fn check_config(file: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     match daemon::load(&options) {
         Ok((cfg, _)) => {
             let names: Vec<_> = cfg.providers.keys().map(String::as_str).collect();
-            println!(
+            outln!(
                 "{}: ok, {} provider(s){}{}",
                 path.display(),
                 names.len(),
                 if names.is_empty() { "" } else { ": " },
                 names.join(", ")
-            );
+            )?;
             Ok(ExitCode::SUCCESS)
         }
         Err(e) => match e.downcast_ref::<ConfigError>() {
@@ -499,6 +593,126 @@ mod tests {
     }
 
     #[test]
+    fn every_value_argument_takes_a_leading_hyphen() {
+        use clap::CommandFactory;
+        let top = Cli::command();
+        let mut checked = 0;
+        for cmd in std::iter::once(&top).chain(top.get_subcommands()) {
+            for arg in cmd.get_arguments() {
+                if arg.get_action().takes_values() {
+                    assert!(
+                        arg.is_allow_hyphen_values_set(),
+                        "`tokend {} {}` refuses a value starting with '-'",
+                        cmd.get_name(),
+                        arg.get_id()
+                    );
+                    checked += 1;
+                }
+            }
+        }
+        assert!(checked >= 20, "only {checked} value arguments found");
+    }
+
+    #[test]
+    fn hyphen_led_values_parse_as_values() {
+        let cli = Cli::try_parse_from(argv(&[
+            "tokend",
+            "--socket",
+            "-s.sock",
+            "exchange",
+            "-name",
+            "--provider",
+            "-p",
+            "--code",
+            "-tABC",
+            "--redirect-uri",
+            "-r",
+            "--code-verifier",
+            "--v-",
+        ]))
+        .expect("hyphen-led values");
+        let Command::Exchange {
+            name,
+            provider,
+            code,
+            redirect_uri,
+            code_verifier,
+        } = cli.command
+        else {
+            panic!("not exchange: {:?}", cli.command)
+        };
+        assert_eq!(cli.socket, Some(PathBuf::from("-s.sock")));
+        assert_eq!(
+            (name.as_str(), provider.as_str(), redirect_uri.as_str()),
+            ("-name", "-p", "-r")
+        );
+        assert_eq!(code.as_ref().map(Secret::expose), Some("-tABC"));
+        assert_eq!(code_verifier.as_ref().map(Secret::expose), Some("--v-"));
+        for (args, want) in [
+            (&["tokend", "get", "-tABC"][..], "-tABC"),
+            (&["tokend", "get", "--json", "-x"], "-x"),
+            (&["tokend", "refresh", "-x"], "-x"),
+            (&["tokend", "remove", "-x"], "-x"),
+            (&["tokend", "add", "-x", "-p", "-q"], "-x"),
+        ] {
+            let cli = Cli::try_parse_from(argv(args)).expect("valid");
+            let name = match cli.command {
+                Command::Get { name, .. }
+                | Command::Refresh { name }
+                | Command::Remove { name }
+                | Command::Add { name, .. } => name,
+                other => panic!("{other:?}"),
+            };
+            assert_eq!(name, want, "{args:?}");
+        }
+        // Known flags stay flags.
+        assert!(Cli::try_parse_from(argv(&["tokend", "get", "x", "--json"])).is_ok());
+        let cli = Cli::try_parse_from(argv(&["tokend", "status", "--json"])).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Status {
+                name: None,
+                json: true
+            }
+        ));
+    }
+
+    #[test]
+    fn exchange_stdin_holds_the_code_then_the_verifier() {
+        let (code, verifier) = split_code_input("-tABC\n").unwrap();
+        assert_eq!((code.expose(), verifier), ("-tABC", None));
+        let (code, verifier) = split_code_input("-tABC\r\n-v~.\n\n").unwrap();
+        assert_eq!(
+            (code.expose(), verifier.as_ref().map(Secret::expose)),
+            ("-tABC", Some("-v~."))
+        );
+        for bad in ["", "\n", "a\nb\nc\n", "a\n\nc"] {
+            assert!(split_code_input(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn parsed_exchange_debug_shows_no_code() {
+        let cli = Cli::try_parse_from(argv(&[
+            "tokend",
+            "exchange",
+            "n",
+            "-p",
+            "p",
+            "--code",
+            "the-code-value",
+            "--redirect-uri",
+            "u",
+            "--code-verifier",
+            "the-verifier-value",
+        ]))
+        .unwrap();
+        let debug = format!("{cli:?}");
+        assert!(!debug.contains("the-code-value"), "{debug}");
+        assert!(!debug.contains("the-verifier-value"), "{debug}");
+    }
+
+    #[test]
     fn plain_get_reads_what_clap_reads() {
         for args in [
             &["tokend", "get", "c"][..],
@@ -522,6 +736,7 @@ mod tests {
             &["tokend", "get", "--json"],
             &["tokend", "get", "c", "--json"],
             &["tokend", "get", "--min-valid", "60"],
+            &["tokend", "get", "-tABC"],
             &["tokend", "--socket", "/s", "get", "c"],
             &["tokend", "status", "c"],
             &["tokend", "Get", "c"],

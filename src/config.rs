@@ -4,15 +4,21 @@
 //! [`parse_config`] is pure apart from resolving client secrets (file,
 //! environment, systemd credential), so tests build configurations from
 //! strings. Validation collects every problem, each with the line and key it
-//! concerns, instead of stopping at the first.
+//! concerns, instead of stopping at the first: a table that does not read
+//! whole is read again one key at a time, so every unknown key and every
+//! value of the wrong type is reported at its own line and under its own
+//! name. Every numeric setting has bounds (see "bounds" below).
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use serde::de::DeserializeOwned;
 use serde::Deserialize;
+use toml::de::{DeTable, DeValue, ValueDeserializer};
 use toml::Spanned;
 use url::Url;
 
@@ -241,7 +247,8 @@ pub struct ConfigErrors {
 /// One configuration problem and where it is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Problem {
-    /// 1-based line of the table or value concerned, when known.
+    /// 1-based line of the key concerned (of its table if the key is
+    /// missing), when known.
     pub line: Option<usize>,
     /// Dotted key path, e.g. `providers.didit.client_auth`.
     pub key: String,
@@ -306,21 +313,15 @@ impl Default for Config {
 }
 
 // ---- raw shape -------------------------------------------------------------
+//
+// Every field is optional: a table that does not read whole is read again one
+// key at a time (`Collector::table`), and a missing required key is the
+// validation's to report.
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawTop {
-    daemon: Option<Spanned<toml::Value>>,
-    #[serde(default)]
-    providers: BTreeMap<String, Spanned<toml::Value>>,
-    #[serde(default)]
-    credentials: BTreeMap<String, Spanned<toml::Value>>,
-}
-
-#[derive(Deserialize)]
+#[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RawCredential {
-    readers: Vec<String>,
+    readers: Option<Vec<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -345,10 +346,12 @@ struct RawDaemon {
     encryption_key_credential: Option<String>,
 }
 
-#[derive(Deserialize)]
+/// A provider's keys but its sub-tables ([`PROVIDER_TABLES`]), which are read
+/// on their own so that their keys have their own lines.
+#[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RawProvider {
-    token_url: String,
+    token_url: Option<String>,
     client_id: Option<String>,
     client_secret: Option<String>,
     client_secret_file: Option<PathBuf>,
@@ -356,9 +359,6 @@ struct RawProvider {
     client_secret_credential: Option<String>,
     client_auth: Option<String>,
     scope: Option<String>,
-    refresh: Option<RawRequest>,
-    exchange: Option<RawRequest>,
-    response: Option<RawResponse>,
     reauth_errors: Option<Vec<String>>,
     default_lifetime: Option<RawDuration>,
     request_timeout: Option<RawDuration>,
@@ -370,7 +370,10 @@ struct RawProvider {
     readers: Option<Vec<String>>,
 }
 
-#[derive(Deserialize)]
+/// The sub-tables of `[providers.NAME]`.
+const PROVIDER_TABLES: [&str; 3] = ["refresh", "exchange", "response"];
+
+#[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RawRequest {
     encoding: Option<String>,
@@ -378,7 +381,7 @@ struct RawRequest {
     headers: Option<toml::Table>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RawResponse {
     access_token: Option<String>,
@@ -389,11 +392,62 @@ struct RawResponse {
 }
 
 /// A duration as whole seconds or a human string ("90s", "5m", "1h 30m").
-#[derive(Deserialize, Clone)]
-#[serde(untagged)]
+#[derive(Clone)]
 enum RawDuration {
     Seconds(u64),
     Text(String),
+}
+
+impl<'de> Deserialize<'de> for RawDuration {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = RawDuration;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a duration: whole seconds, or a string such as \"90s\" or \"5m\"")
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<RawDuration, E> {
+                Ok(RawDuration::Seconds(v))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<RawDuration, E> {
+                u64::try_from(v)
+                    .map(RawDuration::Seconds)
+                    .map_err(|_| E::custom(format!("`{v}` is negative; a duration is 0 or more")))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<RawDuration, E> {
+                Ok(RawDuration::Text(v.to_string()))
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
+}
+
+// ---- bounds ----------------------------------------------------------------
+//
+// Every numeric setting has a range: below it the setting means nothing or
+// stops tokend working (a zero timeout, a body cap no response fits in),
+// above it no deployment has a use for it and the millisecond arithmetic
+// would have to be trusted with it.
+
+const DAY: u64 = 86_400;
+const CONCURRENCY: RangeInclusive<usize> = 1..=4096;
+const RESPONSE_BYTES: RangeInclusive<usize> = 1024..=64 << 20;
+const MIN_REFRESH_INTERVAL: RangeInclusive<Duration> = ms(100)..=secs(3600);
+const MAX_REFRESH_MARGIN: RangeInclusive<Duration> = secs(1)..=secs(30 * DAY);
+const RETRY_INITIAL: RangeInclusive<Duration> = ms(10)..=secs(3600);
+const RETRY_MAX: RangeInclusive<Duration> = ms(10)..=secs(DAY);
+const SHUTDOWN_TIMEOUT: RangeInclusive<Duration> = ms(100)..=secs(3600);
+const LIFETIME: RangeInclusive<Duration> = secs(1)..=secs(366 * DAY);
+const REQUEST_TIMEOUT: RangeInclusive<Duration> = ms(100)..=secs(600);
+const KEEPALIVE: RangeInclusive<Duration> = secs(60)..=secs(366 * DAY);
+const REFRESH_TOKEN_WARNING: RangeInclusive<Duration> = secs(0)..=secs(366 * DAY);
+
+const fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+const fn secs(n: u64) -> Duration {
+    Duration::from_secs(n)
 }
 
 // ---- validation ------------------------------------------------------------
@@ -401,6 +455,26 @@ enum RawDuration {
 struct Collector<'a> {
     text: &'a str,
     problems: Vec<Problem>,
+}
+
+/// A table being validated: its dotted path and where it and each of its
+/// keys are, so that a problem points at its key's own line.
+struct Scope {
+    path: String,
+    line: usize,
+    keys: BTreeMap<String, usize>,
+}
+
+impl Scope {
+    /// The line of `key`, or of the table if the key is absent.
+    fn line(&self, key: &str) -> Option<usize> {
+        Some(self.keys.get(key).copied().unwrap_or(self.line))
+    }
+
+    /// The dotted path of `key`.
+    fn key(&self, key: &str) -> String {
+        format!("{}.{key}", self.path)
+    }
 }
 
 impl Collector<'_> {
@@ -419,18 +493,78 @@ impl Collector<'_> {
         });
     }
 
-    fn grants(&mut self, line: usize, key: &str, rules: &[String]) -> Vec<Grant> {
+    /// A problem with `key` of the table `s`, at the key's line.
+    fn problem(&mut self, s: &Scope, key: &str, message: impl Into<String>) {
+        self.push(s.line(key), s.key(key), message);
+    }
+
+    /// `value` as a table, or a problem at `line`.
+    fn subtable<'v, 'i>(
+        &mut self,
+        line: usize,
+        path: &str,
+        value: &'v Spanned<DeValue<'i>>,
+    ) -> Option<&'v DeTable<'i>> {
+        let table = value.get_ref().as_table();
+        if table.is_none() {
+            self.push(
+                Some(line),
+                path,
+                format!("must be a table; found {}", value.get_ref().type_str()),
+            );
+        }
+        table
+    }
+
+    /// Reads `table`, found at `line` under `path`, into `T`. A table that
+    /// does not read whole is read one key at a time, so that every unknown
+    /// key and every value of the wrong type is reported, each at its own
+    /// line; the keys that read are kept.
+    fn table<T: DeserializeOwned + Default>(
+        &mut self,
+        path: &str,
+        line: usize,
+        table: &DeTable<'_>,
+    ) -> (T, Scope) {
+        let scope = Scope {
+            path: path.to_string(),
+            line,
+            keys: table
+                .iter()
+                .map(|(k, _)| (k.get_ref().to_string(), self.line_of(k.span().start)))
+                .collect(),
+        };
+        let read = |t: DeTable<'_>| {
+            T::deserialize(ValueDeserializer::from(Spanned::new(
+                0..0,
+                DeValue::Table(t),
+            )))
+        };
+        if let Ok(whole) = read(table.clone()) {
+            return (whole, scope);
+        }
+        let mut good = DeTable::new();
+        for (k, v) in table {
+            let mut one = DeTable::new();
+            one.insert(k.clone(), v.clone());
+            match read(one) {
+                Ok(_) => {
+                    good.insert(k.clone(), v.clone());
+                }
+                Err(e) => self.problem(&scope, k.get_ref(), e.message().trim()),
+            }
+        }
+        (read(good).unwrap_or_default(), scope)
+    }
+
+    fn grants(&mut self, s: &Scope, key: &str, rules: &[String]) -> Vec<Grant> {
         rules
             .iter()
-            .filter_map(|r| {
-                Grant::parse(r)
-                    .map_err(|e| self.push(Some(line), key, e))
-                    .ok()
-            })
+            .filter_map(|r| Grant::parse(r).map_err(|e| self.problem(s, key, e)).ok())
             .collect()
     }
 
-    fn group(&mut self, line: usize, key: &str, name: Option<&str>) -> Option<u32> {
+    fn group(&mut self, s: &Scope, key: &str, name: Option<&str>) -> Option<u32> {
         let name = name?;
         if let Ok(gid) = name.parse::<u32>() {
             return Some(gid);
@@ -439,34 +573,69 @@ impl Collector<'_> {
             Ok(Grant::Gid(gid)) => Some(gid),
             Ok(_) => None,
             Err(e) => {
-                self.push(Some(line), key, e);
+                self.problem(s, key, e);
                 None
             }
         }
     }
 
+    /// A duration setting: `default` if absent; a value that does not parse
+    /// or lies outside `range` is a problem.
     fn duration(
         &mut self,
-        line: usize,
+        s: &Scope,
         key: &str,
         raw: Option<&RawDuration>,
         default: Duration,
+        range: RangeInclusive<Duration>,
     ) -> Duration {
-        match raw {
-            None => default,
-            Some(RawDuration::Seconds(s)) => Duration::from_secs(*s),
+        let value = match raw {
+            None => return default,
+            Some(RawDuration::Seconds(n)) => Duration::from_secs(*n),
             Some(RawDuration::Text(t)) => match humantime::parse_duration(t) {
                 Ok(d) => d,
                 Err(e) => {
-                    self.push(
-                        Some(line),
+                    self.problem(
+                        s,
                         key,
                         format!("`{t}` is not a duration ({e}); write e.g. 30, \"90s\" or \"5m\""),
                     );
-                    default
+                    return default;
                 }
             },
+        };
+        if !range.contains(&value) {
+            self.problem(
+                s,
+                key,
+                format!(
+                    "must be between {} and {}",
+                    humantime::format_duration(*range.start()),
+                    humantime::format_duration(*range.end())
+                ),
+            );
         }
+        value
+    }
+
+    /// A count setting: `default` if absent; outside `range` is a problem.
+    fn count(
+        &mut self,
+        s: &Scope,
+        key: &str,
+        raw: Option<usize>,
+        default: usize,
+        range: RangeInclusive<usize>,
+    ) -> usize {
+        let Some(value) = raw else { return default };
+        if !range.contains(&value) {
+            self.problem(
+                s,
+                key,
+                format!("must be between {} and {}", range.start(), range.end()),
+            );
+        }
+        value
     }
 }
 
@@ -477,8 +646,8 @@ pub fn parse_config(text: &str) -> Result<Config, ConfigErrors> {
         text,
         problems: Vec::new(),
     };
-    let top: RawTop = match toml::from_str(text) {
-        Ok(top) => top,
+    let root = match DeTable::parse(text) {
+        Ok(root) => root,
         Err(e) => {
             let line = e.span().map(|s| c.line_of(s.start));
             c.push(line, "(file)", e.message().to_string());
@@ -488,32 +657,76 @@ pub fn parse_config(text: &str) -> Result<Config, ConfigErrors> {
             });
         }
     };
-    let (daemon, defaults) = validate_daemon(&mut c, top.daemon);
+    let mut daemon_table = None;
     let mut providers = BTreeMap::new();
-    for (name, value) in top.providers {
-        let line = c.line_of(value.span().start);
-        let key = format!("providers.{name}");
-        match value.into_inner().try_into::<RawProvider>() {
-            Ok(raw) => {
-                if let Some(p) = validate_provider(&mut c, &name, line, raw, &defaults) {
-                    providers.insert(name, Arc::new(p));
-                }
+    let mut credentials = BTreeMap::new();
+    let (mut provider_tables, mut credential_tables) = (Vec::new(), Vec::new());
+    for (key, value) in root.get_ref() {
+        let line = c.line_of(key.span().start);
+        let section = key.get_ref().as_ref();
+        let tables = match section {
+            "daemon" => {
+                daemon_table = c.subtable(line, section, value).map(|t| (line, t));
+                continue;
             }
-            Err(e) => c.push(Some(line), key, e.message().trim().to_string()),
+            "providers" => &mut provider_tables,
+            "credentials" => &mut credential_tables,
+            other => {
+                c.push(
+                    Some(line),
+                    other,
+                    "unknown table; the tables are daemon, providers.NAME and credentials.NAME",
+                );
+                continue;
+            }
+        };
+        let Some(entries) = c.subtable(line, section, value) else {
+            continue;
+        };
+        for (name, value) in entries {
+            let line = c.line_of(name.span().start);
+            let path = format!("{section}.{}", name.get_ref());
+            if let Some(table) = c.subtable(line, &path, value) {
+                tables.push((name.get_ref().to_string(), path, line, table));
+            }
         }
     }
-    let mut credentials = BTreeMap::new();
-    for (name, value) in top.credentials {
-        let line = c.line_of(value.span().start);
-        let key = format!("credentials.{name}");
-        match value.into_inner().try_into::<RawCredential>() {
-            Ok(raw) => {
-                credentials.insert(
-                    name,
-                    Arc::from(c.grants(line, &format!("{key}.readers"), &raw.readers)),
-                );
+    let (daemon, defaults) = validate_daemon(&mut c, daemon_table);
+    for (name, path, line, table) in provider_tables {
+        let (own, nested): (DeTable<'_>, DeTable<'_>) = table
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .partition(|(k, _)| !PROVIDER_TABLES.contains(&k.get_ref().as_ref()));
+        let (raw, scope) = c.table::<RawProvider>(&path, line, &own);
+        let mut sub = Subtables::default();
+        for (key, value) in &nested {
+            let line = c.line_of(key.span().start);
+            let path = format!("{path}.{}", key.get_ref());
+            let Some(table) = c.subtable(line, &path, value) else {
+                continue;
+            };
+            match key.get_ref().as_ref() {
+                "refresh" => sub.refresh = Some(c.table(&path, line, table)),
+                "exchange" => sub.exchange = Some(c.table(&path, line, table)),
+                _ => sub.response = Some(c.table(&path, line, table)),
             }
-            Err(e) => c.push(Some(line), key, e.message().trim().to_string()),
+        }
+        if let Some(p) = validate_provider(&mut c, &name, &scope, raw, sub, &defaults) {
+            providers.insert(name, Arc::new(p));
+        }
+    }
+    for (name, path, line, table) in credential_tables {
+        let (raw, scope) = c.table::<RawCredential>(&path, line, table);
+        match raw.readers {
+            Some(readers) => {
+                let grants = c.grants(&scope, "readers", &readers);
+                credentials.insert(name, Arc::from(grants));
+            }
+            None => c.problem(
+                &scope,
+                "readers",
+                "missing; list who may read this credential, e.g. readers = [\"user:backup\"]",
+            ),
         }
     }
     if c.problems.is_empty() {
@@ -531,6 +744,14 @@ pub fn parse_config(text: &str) -> Result<Config, ConfigErrors> {
     }
 }
 
+/// A provider's sub-tables, each with where its keys are.
+#[derive(Default)]
+struct Subtables {
+    refresh: Option<(RawRequest, Scope)>,
+    exchange: Option<(RawRequest, Scope)>,
+    response: Option<(RawResponse, Scope)>,
+}
+
 /// Provider settings whose defaults the `[daemon]` table sets.
 struct ProviderDefaults {
     default_lifetime: Duration,
@@ -540,35 +761,34 @@ struct ProviderDefaults {
 
 fn validate_daemon(
     c: &mut Collector<'_>,
-    raw: Option<Spanned<toml::Value>>,
+    table: Option<(usize, &DeTable<'_>)>,
 ) -> (DaemonConfig, ProviderDefaults) {
-    let (line, raw) = match raw {
-        None => (1, RawDaemon::default()),
-        Some(v) => {
-            let line = c.line_of(v.span().start);
-            match v.into_inner().try_into::<RawDaemon>() {
-                Ok(raw) => (line, raw),
-                Err(e) => {
-                    c.push(Some(line), "daemon", e.message().trim().to_string());
-                    (line, RawDaemon::default())
-                }
-            }
-        }
+    let (raw, s) = match table {
+        Some((line, table)) => c.table::<RawDaemon>("daemon", line, table),
+        None => (
+            RawDaemon::default(),
+            Scope {
+                path: "daemon".into(),
+                line: 1,
+                keys: BTreeMap::new(),
+            },
+        ),
     };
     let base = RefreshTiming::default();
     let remaining = raw.refresh_remaining.unwrap_or(base.remaining_fraction);
     if !(0.05..=0.9).contains(&remaining) {
-        c.push(
-            Some(line),
-            "daemon.refresh_remaining",
+        c.problem(
+            &s,
+            "refresh_remaining",
             "must be between 0.05 and 0.9 (the fraction of a token's lifetime left when it is refreshed)",
         );
     }
     let jitter = raw.refresh_jitter.unwrap_or(base.jitter_fraction);
-    if !(0.0..=0.5).contains(&jitter) || remaining + jitter > 0.95 {
-        c.push(
-            Some(line),
-            "daemon.refresh_jitter",
+    let sum_checked = (0.05..=0.9).contains(&remaining);
+    if !(0.0..=0.5).contains(&jitter) || (sum_checked && remaining + jitter > 0.95) {
+        c.problem(
+            &s,
+            "refresh_jitter",
             "must be between 0 and 0.5, and refresh_remaining + refresh_jitter at most 0.95",
         );
     }
@@ -576,50 +796,50 @@ fn validate_daemon(
         remaining_fraction: remaining,
         jitter_fraction: jitter,
         min_interval: c.duration(
-            line,
-            "daemon.min_refresh_interval",
+            &s,
+            "min_refresh_interval",
             raw.min_refresh_interval.as_ref(),
             base.min_interval,
+            MIN_REFRESH_INTERVAL,
         ),
         max_margin: c.duration(
-            line,
-            "daemon.max_refresh_margin",
+            &s,
+            "max_refresh_margin",
             raw.max_refresh_margin.as_ref(),
             base.max_margin,
+            MAX_REFRESH_MARGIN,
         ),
     };
-    let max_concurrent_refreshes = raw.max_concurrent_refreshes.unwrap_or(16);
-    if max_concurrent_refreshes == 0 {
-        c.push(
-            Some(line),
-            "daemon.max_concurrent_refreshes",
-            "must be at least 1",
-        );
-    }
+    let max_concurrent_refreshes = c.count(
+        &s,
+        "max_concurrent_refreshes",
+        raw.max_concurrent_refreshes,
+        16,
+        CONCURRENCY,
+    );
+    let before = c.problems.len();
     let retry_initial = c.duration(
-        line,
-        "daemon.retry_initial",
+        &s,
+        "retry_initial",
         raw.retry_initial.as_ref(),
         Duration::from_secs(1),
+        RETRY_INITIAL,
     );
     let retry_max = c.duration(
-        line,
-        "daemon.retry_max",
+        &s,
+        "retry_max",
         raw.retry_max.as_ref(),
         Duration::from_secs(300),
+        RETRY_MAX,
     );
-    if retry_initial.is_zero() || retry_max < retry_initial {
-        c.push(
-            Some(line),
-            "daemon.retry_initial",
-            "must be above zero and not above retry_max",
-        );
+    if c.problems.len() == before && retry_max < retry_initial {
+        c.problem(&s, "retry_initial", "must not be above retry_max");
     }
     let encryption_key = match (&raw.encryption_key_file, &raw.encryption_key_credential) {
         (Some(_), Some(_)) => {
-            c.push(
-                Some(line),
-                "daemon.encryption_key_file",
+            c.problem(
+                &s,
+                "encryption_key_file",
                 "give the encryption key one way only: encryption_key_file or encryption_key_credential",
             );
             None
@@ -628,9 +848,9 @@ fn validate_daemon(
         (None, Some(name)) => match std::env::var_os("CREDENTIALS_DIRECTORY") {
             Some(dir) => Some(Path::new(&dir).join(name)),
             None => {
-                c.push(
-                    Some(line),
-                    "daemon.encryption_key_credential",
+                c.problem(
+                    &s,
+                    "encryption_key_credential",
                     "$CREDENTIALS_DIRECTORY is not set: run under systemd with LoadCredential=, or use encryption_key_file",
                 );
                 None
@@ -639,8 +859,8 @@ fn validate_daemon(
         (None, None) => None,
     };
     let daemon = DaemonConfig {
-        admin_gid: c.group(line, "daemon.admin_group", raw.admin_group.as_deref()),
-        socket_gid: c.group(line, "daemon.socket_group", raw.socket_group.as_deref()),
+        admin_gid: c.group(&s, "admin_group", raw.admin_group.as_deref()),
+        socket_gid: c.group(&s, "socket_group", raw.socket_group.as_deref()),
         encryption_key,
         socket: raw.socket,
         database: raw.database,
@@ -649,26 +869,35 @@ fn validate_daemon(
         retry_initial,
         retry_max,
         shutdown_timeout: c.duration(
-            line,
-            "daemon.shutdown_timeout",
+            &s,
+            "shutdown_timeout",
             raw.shutdown_timeout.as_ref(),
             Duration::from_secs(10),
+            SHUTDOWN_TIMEOUT,
         ),
     };
     let defaults = ProviderDefaults {
         default_lifetime: c.duration(
-            line,
-            "daemon.default_lifetime",
+            &s,
+            "default_lifetime",
             raw.default_lifetime.as_ref(),
             Duration::from_secs(3600),
+            LIFETIME,
         ),
         request_timeout: c.duration(
-            line,
-            "daemon.request_timeout",
+            &s,
+            "request_timeout",
             raw.request_timeout.as_ref(),
             Duration::from_secs(30),
+            REQUEST_TIMEOUT,
         ),
-        max_response_bytes: raw.max_response_bytes.unwrap_or(1 << 20),
+        max_response_bytes: c.count(
+            &s,
+            "max_response_bytes",
+            raw.max_response_bytes,
+            1 << 20,
+            RESPONSE_BYTES,
+        ),
     };
     (daemon, defaults)
 }
@@ -676,11 +905,11 @@ fn validate_daemon(
 fn validate_provider(
     c: &mut Collector<'_>,
     name: &str,
-    line: usize,
+    s: &Scope,
     raw: RawProvider,
+    sub: Subtables,
     defaults: &ProviderDefaults,
 ) -> Option<ProviderConfig> {
-    let key = |k: &str| format!("providers.{name}.{k}");
     let before = c.problems.len();
     if name.is_empty()
         || !name
@@ -688,19 +917,19 @@ fn validate_provider(
             .all(|ch| ch.is_ascii_alphanumeric() || "-_.".contains(ch))
     {
         c.push(
-            Some(line),
-            format!("providers.{name}"),
+            Some(s.line),
+            s.path.clone(),
             "provider names may only contain letters, digits, '-', '_' and '.'",
         );
     }
-    let token_url = check_url(
-        c,
-        line,
-        &key("token_url"),
-        &raw.token_url,
-        raw.allow_insecure_http,
-    );
-    let client_secret = resolve_secret(c, line, name, &raw);
+    let token_url = match &raw.token_url {
+        Some(url) => check_url(c, s, url, raw.allow_insecure_http),
+        None => {
+            c.problem(s, "token_url", "missing; give the provider's token endpoint, e.g. token_url = \"https://login.example/oauth/token\"");
+            None
+        }
+    };
+    let client_secret = resolve_secret(c, s, &raw);
     let client_auth = match raw.client_auth.as_deref().unwrap_or("basic") {
         "basic" | "client_secret_basic" => ClientAuth::Basic,
         "basic_urlencoded" => ClientAuth::BasicUrlencoded,
@@ -708,32 +937,32 @@ fn validate_provider(
         "none" => ClientAuth::None,
         "digirunner" => ClientAuth::DigiRunner,
         other => {
-            c.push(
-                Some(line),
-                key("client_auth"),
+            c.problem(
+                s,
+                "client_auth",
                 format!("unknown value `{other}`; use basic, basic_urlencoded, body, none or digirunner"),
             );
             ClientAuth::Basic
         }
     };
-    check_auth_inputs(c, line, name, client_auth, &raw.client_id, &client_secret);
+    check_auth_inputs(c, s, client_auth, &raw.client_id, &client_secret);
     let refresh = request_template(
         c,
-        line,
-        &key("refresh"),
-        raw.refresh,
+        s,
+        "refresh",
+        sub.refresh,
         RequestTemplate::default_refresh(),
         "refresh_token",
     );
     let exchange = request_template(
         c,
-        line,
-        &key("exchange"),
-        raw.exchange,
+        s,
+        "exchange",
+        sub.exchange,
         RequestTemplate::default_exchange(),
         "code",
     );
-    let response = raw.response.map_or_else(ResponseFields::default, |r| {
+    let response = sub.response.map_or_else(ResponseFields::default, |(r, _)| {
         let d = ResponseFields::default();
         ResponseFields {
             access_token: r.access_token.unwrap_or(d.access_token),
@@ -744,49 +973,46 @@ fn validate_provider(
         }
     });
     let default_lifetime = c.duration(
-        line,
-        &key("default_lifetime"),
+        s,
+        "default_lifetime",
         raw.default_lifetime.as_ref(),
         defaults.default_lifetime,
+        LIFETIME,
     );
     let request_timeout = c.duration(
-        line,
-        &key("request_timeout"),
+        s,
+        "request_timeout",
         raw.request_timeout.as_ref(),
         defaults.request_timeout,
+        REQUEST_TIMEOUT,
     );
-    if default_lifetime.is_zero() || request_timeout.is_zero() {
-        c.push(
-            Some(line),
-            key("default_lifetime"),
-            "default_lifetime and request_timeout must be above zero",
-        );
-    }
     let keepalive = raw
         .keepalive
         .as_ref()
-        .map(|k| c.duration(line, &key("keepalive"), Some(k), Duration::ZERO));
-    if keepalive.is_some_and(|k| k < Duration::from_secs(60)) {
-        c.push(Some(line), key("keepalive"), "must be at least 60s");
-    }
+        .map(|k| c.duration(s, "keepalive", Some(k), Duration::ZERO, KEEPALIVE));
     let refresh_token_warning = c.duration(
-        line,
-        &key("refresh_token_warning"),
+        s,
+        "refresh_token_warning",
         raw.refresh_token_warning.as_ref(),
-        Duration::from_secs(3 * 86_400),
+        Duration::from_secs(3 * DAY),
+        REFRESH_TOKEN_WARNING,
     );
-    let readers: Arc<[Grant]> = Arc::from(c.grants(
-        line,
-        &key("readers"),
-        raw.readers.as_deref().unwrap_or_default(),
-    ));
-    if raw.max_concurrent_refreshes == Some(0) {
-        c.push(
-            Some(line),
-            key("max_concurrent_refreshes"),
-            "must be at least 1",
-        );
-    }
+    let readers: Arc<[Grant]> =
+        Arc::from(c.grants(s, "readers", raw.readers.as_deref().unwrap_or_default()));
+    let max_response_bytes = c.count(
+        s,
+        "max_response_bytes",
+        raw.max_response_bytes,
+        defaults.max_response_bytes,
+        RESPONSE_BYTES,
+    );
+    let max_concurrent_refreshes = c.count(
+        s,
+        "max_concurrent_refreshes",
+        raw.max_concurrent_refreshes,
+        4,
+        CONCURRENCY,
+    );
     if c.problems.len() > before {
         return None;
     }
@@ -806,10 +1032,8 @@ fn validate_provider(
             .unwrap_or_else(|| vec!["invalid_grant".into(), "invalid_token".into()]),
         default_lifetime,
         request_timeout,
-        max_response_bytes: raw
-            .max_response_bytes
-            .unwrap_or(defaults.max_response_bytes),
-        max_concurrent_refreshes: raw.max_concurrent_refreshes.unwrap_or(4),
+        max_response_bytes,
+        max_concurrent_refreshes,
         keepalive,
         refresh_token_warning,
         readers,
@@ -818,15 +1042,15 @@ fn validate_provider(
 
 fn check_url(
     c: &mut Collector<'_>,
-    line: usize,
-    key: &str,
+    s: &Scope,
     raw: &str,
     allow_insecure_http: Option<bool>,
 ) -> Option<Url> {
+    let key = "token_url";
     let url = match Url::parse(raw) {
         Ok(url) => url,
         Err(e) => {
-            c.push(Some(line), key, format!("`{raw}` is not a URL ({e})"));
+            c.problem(s, key, format!("`{raw}` is not a URL ({e})"));
             return None;
         }
     };
@@ -840,58 +1064,53 @@ fn check_url(
         "https" => Some(url),
         "http" if loopback || allow_insecure_http == Some(true) => Some(url),
         "http" => {
-            c.push(
-                Some(line),
+            c.problem(
+                s,
                 key,
                 "plain http would send client secrets and tokens in clear text; use https, or set allow_insecure_http = true if you really mean it",
             );
             None
         }
         other => {
-            c.push(
-                Some(line),
-                key,
-                format!("unsupported scheme `{other}`; use https"),
-            );
+            c.problem(s, key, format!("unsupported scheme `{other}`; use https"));
             None
         }
     }
 }
 
-fn resolve_secret(
-    c: &mut Collector<'_>,
-    line: usize,
-    name: &str,
-    raw: &RawProvider,
-) -> Option<Secret> {
-    let key = |k: &str| format!("providers.{name}.{k}");
+fn resolve_secret(c: &mut Collector<'_>, s: &Scope, raw: &RawProvider) -> Option<Secret> {
     let given = [
-        raw.client_secret.is_some(),
-        raw.client_secret_file.is_some(),
-        raw.client_secret_env.is_some(),
-        raw.client_secret_credential.is_some(),
+        ("client_secret", raw.client_secret.is_some()),
+        ("client_secret_file", raw.client_secret_file.is_some()),
+        ("client_secret_env", raw.client_secret_env.is_some()),
+        (
+            "client_secret_credential",
+            raw.client_secret_credential.is_some(),
+        ),
     ];
-    if given.iter().filter(|g| **g).count() > 1 {
-        c.push(
-            Some(line),
-            key("client_secret"),
+    let mut given = given.iter().filter(|(_, g)| *g).map(|(k, _)| *k);
+    if let (Some(_), Some(second)) = (given.next(), given.next()) {
+        c.problem(
+            s,
+            second,
             "give the client secret one way only: client_secret, client_secret_file, client_secret_env or client_secret_credential",
         );
         return None;
     }
-    if let Some(s) = &raw.client_secret {
-        return Some(Secret::new(s.clone()));
+    if let Some(v) = &raw.client_secret {
+        return Some(Secret::new(v.clone()));
     }
     if let Some(path) = &raw.client_secret_file {
-        return read_secret_file(c, line, &key("client_secret_file"), path);
+        let key = "client_secret_file";
+        return read_secret_file(c, s.line(key).unwrap_or(s.line), &s.key(key), path);
     }
     if let Some(var) = &raw.client_secret_env {
         return match std::env::var(var) {
             Ok(v) if !v.is_empty() => Some(Secret::new(v)),
             _ => {
-                c.push(
-                    Some(line),
-                    key("client_secret_env"),
+                c.problem(
+                    s,
+                    "client_secret_env",
                     format!("environment variable {var} is not set or empty"),
                 );
                 None
@@ -899,17 +1118,18 @@ fn resolve_secret(
         };
     }
     if let Some(cred) = &raw.client_secret_credential {
+        let key = "client_secret_credential";
         return match std::env::var_os("CREDENTIALS_DIRECTORY") {
             Some(dir) => read_secret_file(
                 c,
-                line,
-                &key("client_secret_credential"),
+                s.line(key).unwrap_or(s.line),
+                &s.key(key),
                 &Path::new(&dir).join(cred),
             ),
             None => {
-                c.push(
-                    Some(line),
-                    key("client_secret_credential"),
+                c.problem(
+                    s,
+                    key,
                     "$CREDENTIALS_DIRECTORY is not set: run under systemd with LoadCredential=, or use client_secret_file",
                 );
                 None
@@ -951,25 +1171,27 @@ fn read_secret_file(c: &mut Collector<'_>, line: usize, key: &str, path: &Path) 
 
 fn check_auth_inputs(
     c: &mut Collector<'_>,
-    line: usize,
-    name: &str,
+    s: &Scope,
     auth: ClientAuth,
     client_id: &Option<String>,
     secret: &Option<Secret>,
 ) {
-    let key = format!("providers.{name}.client_auth");
     let needs_secret = matches!(
         auth,
         ClientAuth::Basic | ClientAuth::BasicUrlencoded | ClientAuth::Body
     );
     let needs_id = needs_secret || auth == ClientAuth::DigiRunner;
     if needs_id && client_id.is_none() {
-        c.push(Some(line), key.clone(), "this client_auth needs client_id");
+        c.problem(s, "client_auth", "this client_auth needs client_id");
     }
-    if needs_secret && secret.is_none() && !c.problems.iter().any(|p| p.key.contains("secret")) {
-        c.push(
-            Some(line),
-            key,
+    let secret_reported = c
+        .problems
+        .iter()
+        .any(|p| p.key.starts_with(&s.key("client_secret")));
+    if needs_secret && secret.is_none() && !secret_reported {
+        c.problem(
+            s,
+            "client_auth",
             "this client_auth needs a client secret (client_secret, client_secret_file, client_secret_env or client_secret_credential); for a public client use client_auth = \"none\"",
         );
     }
@@ -977,36 +1199,42 @@ fn check_auth_inputs(
 
 fn request_template(
     c: &mut Collector<'_>,
-    line: usize,
-    key: &str,
-    raw: Option<RawRequest>,
+    provider: &Scope,
+    name: &str,
+    raw: Option<(RawRequest, Scope)>,
     default: RequestTemplate,
     required: &str,
 ) -> RequestTemplate {
-    let Some(raw) = raw else { return default };
+    let Some((raw, s)) = raw else { return default };
     let encoding = match raw.encoding.as_deref() {
         None | Some("form") => Encoding::Form,
         Some("json") => Encoding::Json,
         Some(other) => {
-            c.push(
-                Some(line),
-                format!("{key}.encoding"),
+            c.problem(
+                &s,
+                "encoding",
                 format!("unknown encoding `{other}`; use form or json"),
             );
             Encoding::Form
         }
     };
-    let mut table = |name: &str, t: Option<toml::Table>| -> Option<Vec<(String, String)>> {
+    let mut table = |part: &str, t: Option<toml::Table>| -> Option<Vec<(String, String)>> {
         let t = t?;
+        let line = s.line(part);
         let mut out = Vec::new();
         for (k, v) in t {
+            let key = format!("{}.{k}", s.key(part));
             match v {
-                toml::Value::String(s) => {
-                    check_placeholders(c, line, &format!("{key}.{name}.{k}"), &s);
-                    out.push((k, s));
+                toml::Value::String(v) => {
+                    check_placeholders(c, line, &key, &v);
+                    out.push((k, v));
                 }
                 toml::Value::Integer(i) => out.push((k, i.to_string())),
-                _ => c.push(Some(line), format!("{key}.{name}.{k}"), "must be a string"),
+                other => c.push(
+                    line,
+                    key,
+                    format!("must be a string; found {}", other.type_str()),
+                ),
             }
         }
         Some(out)
@@ -1018,15 +1246,15 @@ fn request_template(
     };
     if !template.mentions(required) {
         c.push(
-            Some(line),
-            key,
+            s.line("fields"),
+            provider.key(name),
             format!("no field or header sends {{{required}}}; add e.g. {required} = \"{{{required}}}\" to fields"),
         );
     }
     template
 }
 
-fn check_placeholders(c: &mut Collector<'_>, line: usize, key: &str, value: &str) {
+fn check_placeholders(c: &mut Collector<'_>, line: Option<usize>, key: &str, value: &str) {
     let mut rest = value;
     while let Some(start) = rest.find('{') {
         let after = &rest[start + 1..];
@@ -1037,7 +1265,7 @@ fn check_placeholders(c: &mut Collector<'_>, line: usize, key: &str, value: &str
             && !PLACEHOLDERS.contains(&name)
         {
             c.push(
-                Some(line),
+                line,
                 key,
                 format!(
                     "unknown placeholder {{{name}}}; known: {}",
@@ -1126,24 +1354,176 @@ client_scret = "typo"
         let p = problems(text);
         let keys: Vec<_> = p.iter().map(|p| (p.line, p.key.as_str())).collect();
         assert!(
-            keys.contains(&(Some(2), "daemon.refresh_remaining")),
+            keys.contains(&(Some(3), "daemon.refresh_remaining")),
             "{p:?}"
         );
-        assert!(keys.contains(&(Some(5), "providers.a.token_url")), "{p:?}");
+        assert!(keys.contains(&(Some(6), "providers.a.token_url")), "{p:?}");
         assert!(
-            keys.contains(&(Some(5), "providers.a.client_auth")),
+            keys.contains(&(Some(8), "providers.a.client_auth")),
             "{p:?}"
         );
         let b = p
             .iter()
-            .find(|p| p.key == "providers.b")
+            .find(|p| p.key == "providers.b.client_scret")
             .expect("b reported");
-        assert_eq!(b.line, Some(10));
+        assert_eq!(b.line, Some(12));
         assert!(
             b.message.contains("unknown field `client_scret`"),
             "{}",
             b.message
         );
+    }
+
+    /// `(line, key)` of every problem, in order.
+    fn where_(text: &str) -> Vec<(usize, String)> {
+        problems(text)
+            .into_iter()
+            .map(|p| (p.line.expect("a line"), p.key))
+            .collect()
+    }
+
+    #[test]
+    fn every_bad_key_of_a_table_is_reported_at_its_own_line() {
+        let text = "\
+[daemon]
+socket = \"/s\"
+max_response_bytes = \"big\"
+retry_max = -5
+typo_one = 1
+max_concurrent_refreshes = 0
+
+[providers.a]
+token_url = \"https://a.example/t\"
+client_auth = \"none\"
+max_response_bytes = 0
+request_timeout = 0
+clientid = \"x\"
+keepalive = true
+readers = \"uid:1\"
+";
+        assert_eq!(
+            where_(text),
+            [
+                (3, "daemon.max_response_bytes".to_string()),
+                (4, "daemon.retry_max".into()),
+                (5, "daemon.typo_one".into()),
+                (6, "daemon.max_concurrent_refreshes".into()),
+                (11, "providers.a.max_response_bytes".into()),
+                (12, "providers.a.request_timeout".into()),
+                (13, "providers.a.clientid".into()),
+                (14, "providers.a.keepalive".into()),
+                (15, "providers.a.readers".into()),
+            ]
+        );
+        let p = problems(text);
+        let message = |key: &str| &p.iter().find(|p| p.key == key).unwrap().message;
+        assert!(
+            message("daemon.max_response_bytes").contains("invalid type: string \"big\""),
+            "{p:?}"
+        );
+        assert!(message("daemon.retry_max").contains("negative"), "{p:?}");
+        assert!(
+            message("providers.a.clientid").contains("unknown field"),
+            "{p:?}"
+        );
+        assert!(
+            message("providers.a.max_response_bytes").contains("between 1024 and"),
+            "{p:?}"
+        );
+        assert!(
+            message("providers.a.request_timeout").contains("between 100ms and 10m"),
+            "{p:?}"
+        );
+        // As check-config prints them.
+        let shown = parse_config(text).unwrap_err().to_string();
+        assert!(
+            shown.contains("config:14: providers.a.keepalive: invalid type: boolean `true`, expected a duration"),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn sub_tables_and_credentials_report_their_keys_lines() {
+        let text = "\
+[providers.a]
+token_url = \"https://a.example/t\"
+client_auth = \"none\"
+[providers.a.refresh]
+encoding = \"xml\"
+encodng = \"json\"
+fields = { rt = \"{refresh_tokn}\", n = 1.5 }
+[providers.a.response]
+acess_token = \"at\"
+[credentials.c]
+readers = [\"uid:1\"]
+reader = 1
+[credentials.d]
+";
+        assert_eq!(
+            where_(text),
+            [
+                (5, "providers.a.refresh.encoding".to_string()),
+                (6, "providers.a.refresh.encodng".into()),
+                (7, "providers.a.refresh.fields.n".into()),
+                (7, "providers.a.refresh.fields.rt".into()),
+                (7, "providers.a.refresh".into()),
+                (9, "providers.a.response.acess_token".into()),
+                (12, "credentials.c.reader".into()),
+                (13, "credentials.d.readers".into()),
+            ]
+        );
+    }
+
+    #[test]
+    fn every_numeric_limit_refuses_zero_and_absurd_values() {
+        let daemon_zero = [
+            "min_refresh_interval",
+            "max_refresh_margin",
+            "max_concurrent_refreshes",
+            "retry_initial",
+            "retry_max",
+            "shutdown_timeout",
+            "default_lifetime",
+            "request_timeout",
+            "max_response_bytes",
+        ];
+        for key in daemon_zero {
+            for value in ["0", "99999999999"] {
+                let p = problems(&format!("[daemon]\n{key} = {value}\n"));
+                assert_eq!(
+                    (p.len(), p[0].line, p[0].key.as_str()),
+                    (1, Some(2), format!("daemon.{key}").as_str()),
+                    "{key} = {value}: {p:?}"
+                );
+                assert!(p[0].message.starts_with("must be between"), "{p:?}");
+            }
+        }
+        let provider_zero = [
+            "default_lifetime",
+            "request_timeout",
+            "max_response_bytes",
+            "max_concurrent_refreshes",
+            "keepalive",
+        ];
+        for key in provider_zero.into_iter().chain(["refresh_token_warning"]) {
+            for value in ["0", "99999999999"] {
+                if key == "refresh_token_warning" && value == "0" {
+                    continue; // zero means: never warn
+                }
+                let text = format!(
+                    "[providers.a]\ntoken_url = \"https://a.example/t\"\nclient_auth = \"none\"\n{key} = {value}\n"
+                );
+                let p = problems(&text);
+                assert_eq!(
+                    (p.len(), p[0].line, p[0].key.as_str()),
+                    (1, Some(4), format!("providers.a.{key}").as_str()),
+                    "{key} = {value}: {p:?}"
+                );
+            }
+        }
+        assert!(parse_config("[daemon]\nretry_initial = \"10m\"\nretry_max = \"5m\"\n").is_err());
+        assert!(parse_config("[daemon]\nrefresh_remaining = nan\n").is_err());
+        parse_config("[daemon]\nmax_response_bytes = 1024\nmax_concurrent_refreshes = 4096\nshutdown_timeout = \"100ms\"\n").unwrap();
     }
 
     #[test]
@@ -1238,7 +1618,7 @@ client_scret = "typo"
         let p = problems("[credentials.c]\nreaders = [\"user:surely-nobody-here\"]\n");
         assert_eq!(
             (p[0].line, p[0].key.as_str()),
-            (Some(1), "credentials.c.readers")
+            (Some(2), "credentials.c.readers")
         );
     }
 

@@ -1,7 +1,11 @@
 //! Logging set-up. To journald (native protocol, structured fields, one
 //! priority per level) when stderr is connected to the journal
 //! (`$JOURNAL_STREAM`) or `--log journald` is given; otherwise human-readable
-//! lines on stderr. Filtered by `RUST_LOG` (default `info`).
+//! lines on stderr. Filtered by `RUST_LOG`, by default [`DEFAULT_FILTER`]:
+//! tokend's own events from info, its dependencies' from warn. Neither
+//! output carries a dependency's source path: stderr lines never show code
+//! locations, and the `log.*` fields of events bridged from the `log` crate
+//! are dropped.
 //!
 //! Tokens and secrets never reach a log line: the code logs
 //! [`crate::token::fingerprint`]s, and provider text is scrubbed first.
@@ -26,9 +30,39 @@ pub enum LogTarget {
     Stderr,
 }
 
+/// The filter when `RUST_LOG` is unset or invalid. tokend reports every
+/// failure of a request itself, with the dependency's reason, so what
+/// reqwest, hyper or sqlx say below warn is noise in the journal. The
+/// platform verifier logs each certificate it rejects at error, a duplicate
+/// of tokend's own `refresh_failed` warning naming the same reason.
+pub(crate) const DEFAULT_FILTER: &str = "warn,tokend=info,rustls=off,rustls_platform_verifier=off";
+
+/// The filter from `RUST_LOG`'s value, else [`DEFAULT_FILTER`].
+fn filter(env: Option<&str>) -> EnvFilter {
+    env.and_then(|directives| EnvFilter::try_new(directives).ok())
+        .unwrap_or_else(|| EnvFilter::new(DEFAULT_FILTER))
+}
+
+/// The stderr layer writing to `writer`: no target, no code location, the
+/// fields as [`write_field`] prints them.
+fn stderr_layer<S, W>(writer: W, ansi: bool) -> impl Layer<S>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + 'static,
+{
+    tracing_subscriber::fmt::layer()
+        .with_writer(writer)
+        .with_target(false)
+        .with_file(false)
+        .with_line_number(false)
+        .with_ansi(ansi)
+        .fmt_fields(tracing_subscriber::fmt::format::debug_fn(write_field))
+}
+
 /// Installs the global subscriber. Later calls are ignored.
 pub fn init(target: LogTarget) {
-    let filter = || EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let env = std::env::var(EnvFilter::DEFAULT_ENV).ok();
+    let filter = || filter(env.as_deref());
     let want_journal = match target {
         LogTarget::Auto => stderr_is_journal(),
         LogTarget::Journald => true,
@@ -46,13 +80,8 @@ pub fn init(target: LogTarget) {
             Err(e) => fallback = Some(e),
         }
     }
-    let fields = tracing_subscriber::fmt::format::debug_fn(write_field);
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter())
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .with_ansi(std::io::stderr().is_terminal())
-        .fmt_fields(fields)
+    let _ = tracing_subscriber::registry()
+        .with(stderr_layer(std::io::stderr, std::io::stderr().is_terminal()).with_filter(filter()))
         .try_init();
     if let Some(e) = fallback {
         tracing::warn!("journald is not reachable ({e}); logging to stderr");
@@ -72,7 +101,9 @@ fn journald_layer() -> std::io::Result<tracing_journald::Layer> {
 }
 
 /// Stderr format: the message, then ` credential=x` for `tokend_credential`;
-/// the MESSAGE_ID is for the journal only.
+/// the MESSAGE_ID is for the journal only, and the `log.file`, `log.line`,
+/// `log.target` and `log.module_path` of a `log` record bridged into tracing
+/// name a build machine's paths, of no use to an operator.
 fn write_field(
     w: &mut tracing_subscriber::fmt::format::Writer<'_>,
     field: &Field,
@@ -81,6 +112,7 @@ fn write_field(
     match field.name() {
         "message" => write!(w, "{value:?}"),
         "message_id" => Ok(()),
+        name if name.starts_with("log.") => Ok(()),
         name => write!(
             w,
             " {}={value:?}",
@@ -104,4 +136,96 @@ fn stderr_is_journal() -> bool {
     // SAFETY: fstat succeeded, so the buffer is initialised.
     let stat = unsafe { stat.assume_init() };
     expected.to_string_lossy() == format!("{}:{}", stat.st_dev, stat.st_ino)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io;
+    use std::sync::{Arc, Mutex};
+    use tracing_subscriber::fmt::MakeWriter;
+
+    /// Collects what the layer writes.
+    #[derive(Clone, Default)]
+    struct Buffer(Arc<Mutex<Vec<u8>>>);
+
+    impl io::Write for Buffer {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl MakeWriter<'_> for Buffer {
+        type Writer = Buffer;
+        fn make_writer(&self) -> Buffer {
+            self.clone()
+        }
+    }
+
+    /// What the stderr layer prints of a few events under `env`'s filter.
+    fn log_lines(env: Option<&str>) -> String {
+        let buffer = Buffer::default();
+        let subscriber = tracing_subscriber::registry()
+            .with(stderr_layer(buffer.clone(), false).with_filter(filter(env)));
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::info!(tokend_credential = "c", "own info");
+            tracing::debug!("own debug");
+            // As tracing-log bridges a `log` record from the platform verifier.
+            tracing::event!(
+                target: "rustls_platform_verifier::verification::others",
+                tracing::Level::ERROR,
+                log.file = "/root/.cargo/registry/src/index.crates.io-0/rustls-platform-verifier-0.7.1/src/verification/others.rs",
+                log.line = 146,
+                "failed to verify TLS certificate: invalid peer certificate: UnknownIssuer"
+            );
+            tracing::info!(target: "hyper_util::client", "dependency info");
+            tracing::event!(
+                target: "sqlx::query",
+                tracing::Level::WARN,
+                log.file = "/root/.cargo/registry/src/sqlx-core/src/logger.rs",
+                "dependency warning"
+            );
+        });
+        let out = buffer.0.lock().unwrap().clone();
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn dependencies_log_from_warn_without_their_paths() {
+        let out = log_lines(None);
+        assert!(out.contains("own info credential=\"c\""), "{out}");
+        assert!(out.contains("dependency warning"), "{out}");
+        for absent in [
+            "own debug",
+            "dependency info",
+            "failed to verify TLS certificate",
+            ".cargo/registry",
+            "log.",
+            "src/logging.rs",
+        ] {
+            assert!(!out.contains(absent), "{absent} in {out}");
+        }
+    }
+
+    #[test]
+    fn rust_log_still_raises_the_level() {
+        let out = log_lines(Some("debug"));
+        for present in ["own debug", "dependency info", "failed to verify"] {
+            assert!(out.contains(present), "{present} not in {out}");
+        }
+        assert!(!out.contains(".cargo/registry"), "{out}");
+        let untimed = |out: String| -> Vec<String> {
+            out.lines()
+                .map(|l| l.split_once(' ').map_or(l, |(_, rest)| rest).to_string())
+                .collect()
+        };
+        assert_eq!(
+            untimed(log_lines(Some("not a [valid filter"))),
+            untimed(log_lines(None))
+        );
+    }
 }

@@ -3,6 +3,7 @@
 //! classifies every outcome as success, needs re-authorization, provider
 //! misconfigured, or transient. Knows nothing of storage or scheduling.
 
+use std::fmt;
 use std::time::Duration;
 
 use base64::engine::general_purpose::STANDARD as B64;
@@ -11,7 +12,7 @@ use reqwest::header::{HeaderMap, HeaderName, HeaderValue, ACCEPT, AUTHORIZATION,
 use serde_json::Value;
 
 use crate::config::{render, ClientAuth, Encoding, ProviderConfig, RequestTemplate};
-use crate::token::{parse_token_response, scrub, Secret, TokenSet};
+use crate::token::{fingerprint, parse_token_response, scrub, Secret, TokenSet};
 
 /// What is being asked of the token endpoint.
 #[derive(Debug, Clone)]
@@ -103,7 +104,9 @@ pub fn classify(status: u16, error_code: Option<&str>, reauth_errors: &[String])
 }
 
 /// A request ready to send: useful on its own for tests and `--dry-run`s.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Its `Debug` prints fingerprints of the header values and the body, which
+/// hold the refresh token, code or client secret.
+#[derive(Clone, PartialEq, Eq)]
 pub struct PreparedRequest {
     /// Headers in order (Authorization included).
     pub headers: Vec<(String, String)>,
@@ -111,6 +114,24 @@ pub struct PreparedRequest {
     pub content_type: &'static str,
     /// The encoded body.
     pub body: String,
+}
+
+impl fmt::Debug for PreparedRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let headers: Vec<(&str, String)> = self
+            .headers
+            .iter()
+            .map(|(name, value)| (name.as_str(), fingerprint(value)))
+            .collect();
+        f.debug_struct("PreparedRequest")
+            .field("headers", &headers)
+            .field("content_type", &self.content_type)
+            .field(
+                "body",
+                &format_args!("{} bytes, {}", self.body.len(), fingerprint(&self.body)),
+            )
+            .finish()
+    }
 }
 
 /// Builds the request for `grant` from the provider's description.
@@ -445,6 +466,35 @@ mod tests {
             .iter()
             .find(|(k, _)| k.eq_ignore_ascii_case(name))
             .map(|(_, v)| v.as_str())
+    }
+
+    #[test]
+    fn prepared_request_debug_shows_no_secret() {
+        let p = provider(
+            "[providers.d]\ntoken_url = \"https://d.example/t\"\nclient_id = \"id\"\nclient_secret = \"the-client-secret\"\nclient_auth = \"body\"\n",
+        );
+        let r = prepare(&p, &refresh("the-refresh-token"));
+        assert!(r.body.contains("the-refresh-token") && r.body.contains("the-client-secret"));
+        let basic = prepare(
+            &provider("[providers.d]\ntoken_url = \"https://d.example/t\"\nclient_id = \"id\"\nclient_secret = \"s\"\n"),
+            &refresh("rt"),
+        );
+        let authorization = header(&basic, "authorization").unwrap().to_string();
+        for (debug, secrets) in [
+            (
+                format!("{r:?}"),
+                vec!["the-refresh-token", "the-client-secret"],
+            ),
+            (
+                format!("{basic:?}"),
+                vec![authorization.as_str(), "aWQ6cw=="],
+            ),
+        ] {
+            for secret in secrets {
+                assert!(!debug.contains(secret), "{secret} in {debug}");
+            }
+            assert!(debug.contains("sha256:"), "{debug}");
+        }
     }
 
     #[test]

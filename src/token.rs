@@ -84,8 +84,10 @@ pub enum LifetimeSource {
     Default,
 }
 
-/// A successful token-endpoint response, validated and normalised.
-#[derive(Debug, Clone)]
+/// A successful token-endpoint response, validated and normalised. Its
+/// `Debug` names the extra fields without their values: an `id_token` is as
+/// much a bearer credential as the access token.
+#[derive(Clone)]
 pub struct TokenSet {
     /// The new access token.
     pub access_token: Secret,
@@ -101,6 +103,20 @@ pub struct TokenSet {
     pub refresh_expires_in: Option<u64>,
     /// Every other field of the response (id_token, jti, ...).
     pub extra: Map<String, Value>,
+}
+
+impl fmt::Debug for TokenSet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TokenSet")
+            .field("access_token", &self.access_token)
+            .field("refresh_token", &self.refresh_token)
+            .field("token_type", &self.token_type)
+            .field("scope", &self.scope)
+            .field("expires_in", &self.expires_in)
+            .field("refresh_expires_in", &self.refresh_expires_in)
+            .field("extra_keys", &self.extra.keys().collect::<Vec<_>>())
+            .finish()
+    }
 }
 
 /// Why a 2xx body could not be taken as a token response.
@@ -335,6 +351,19 @@ mod tests {
             Some("application/json"),
             &ResponseFields::default(),
         )
+    }
+
+    #[test]
+    fn token_set_debug_shows_no_token() {
+        let set = parse(
+            r#"{"access_token":"the-access-token","refresh_token":"the-refresh-token","id_token":"the-id-token","expires_in":60}"#,
+        )
+        .unwrap();
+        let debug = format!("{set:?}");
+        for secret in ["the-access-token", "the-refresh-token", "the-id-token"] {
+            assert!(!debug.contains(secret), "{secret} in {debug}");
+        }
+        assert!(debug.contains("id_token"), "{debug}");
     }
 
     #[test]

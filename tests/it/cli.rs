@@ -20,22 +20,23 @@ async fn check_config_reports_every_problem_with_its_line() {
     let run = cli_at(dir.path(), &["check-config", file.to_str().unwrap()], None).await;
     assert_eq!(run.code, 2, "{run:?}");
     assert!(
-        run.stderr.contains("bad.toml:1: daemon.retry_max"),
+        run.stderr.contains("bad.toml:2: daemon.retry_max"),
         "{}",
         run.stderr
     );
     assert!(
-        run.stderr.contains("bad.toml:4: providers.a.token_url"),
+        run.stderr.contains("bad.toml:5: providers.a.token_url"),
         "{}",
         run.stderr
     );
     assert!(
         run.stderr
-            .contains("bad.toml:9: providers.b: unknown field `clientid`"),
+            .contains("bad.toml:11: providers.b.clientid: unknown field `clientid`"),
         "{}",
         run.stderr
     );
-    assert!(run.stderr.contains("3 problem(s)"), "{}", run.stderr);
+    // And providers.b's client_auth (basic by default) lacks an id and a secret.
+    assert!(run.stderr.contains("5 problem(s)"), "{}", run.stderr);
 }
 
 #[tokio::test]

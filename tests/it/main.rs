@@ -6,6 +6,7 @@ mod support;
 
 mod access;
 mod cli;
+mod cli_hardening;
 mod crash;
 mod encryption;
 mod faults;

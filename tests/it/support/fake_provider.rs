@@ -548,7 +548,20 @@ impl FakeProvider {
         pkce_challenge: Option<&str>,
         offline: bool,
     ) -> String {
-        self.inner.issue_code(redirect_uri, pkce_challenge, offline)
+        self.inner
+            .issue_code("code-", redirect_uri, pkce_challenge, offline)
+    }
+
+    /// As [`FakeProvider::issue_code`], for a code that begins with `prefix`
+    /// (`-t`: one base64url code in 64 begins with `-`).
+    pub fn issue_code_with_prefix(
+        &self,
+        prefix: &str,
+        redirect_uri: &str,
+        pkce_challenge: Option<&str>,
+    ) -> String {
+        self.inner
+            .issue_code(prefix, redirect_uri, pkce_challenge, true)
     }
 
     /// Makes every currently valid refresh token invalid (as a revoked grant),
@@ -842,8 +855,14 @@ impl Inner {
         }
     }
 
-    fn issue_code(&self, redirect_uri: &str, challenge: Option<&str>, offline: bool) -> String {
-        let code = format!("code-{}", random_alnum(32));
+    fn issue_code(
+        &self,
+        prefix: &str,
+        redirect_uri: &str,
+        challenge: Option<&str>,
+        offline: bool,
+    ) -> String {
+        let code = format!("{prefix}{}", random_alnum(32));
         let mut st = self.lock();
         st.codes.insert(
             code.clone(),
@@ -1392,6 +1411,7 @@ impl Inner {
                 match serde_json::from_slice::<CodeRequest>(&body) {
                     Ok(r) => {
                         let code = self.issue_code(
+                            "code-",
                             &r.redirect_uri,
                             r.code_challenge.as_deref(),
                             r.offline.unwrap_or(true),
