@@ -567,8 +567,8 @@ fn check_config(file: Option<PathBuf>) -> anyhow::Result<ExitCode> {
         }
         Err(e) => match e.downcast_ref::<ConfigError>() {
             Some(ConfigError::Invalid(errors)) => {
-                eprintln!("{errors}");
-                eprintln!("{}: {} problem(s)", path.display(), errors.problems.len());
+                errln!("{errors}");
+                errln!("{}: {} problem(s)", path.display(), errors.problems.len());
                 Ok(ExitCode::from(2))
             }
             _ => Err(e),
