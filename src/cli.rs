@@ -338,6 +338,10 @@ fn block_on<T>(
     runtime.block_on(task)
 }
 
+/// `tokend get`'s exit status when the credential needs re-authorization
+/// and its token is withheld (`on_invalid_grant = "withhold"`).
+const NEEDS_REAUTH_EXIT: u8 = 3;
+
 fn get(
     client: &Client,
     name: &str,
@@ -348,7 +352,16 @@ fn get(
     if let Some(secs) = min_valid {
         path.push_str(&format!("?min_valid={secs}"));
     }
-    let token: TokenResponse = client.call_blocking(Method::GET, &path, None::<&()>)?;
+    let token: TokenResponse = match client.call_blocking(Method::GET, &path, None::<&()>) {
+        Ok(token) => token,
+        // Its own exit code, so a script can tell a dead grant (a human must
+        // act) from a passing failure.
+        Err(e) if e.is_needs_reauth() => {
+            errln!("tokend: {e:#}");
+            return Ok(ExitCode::from(NEEDS_REAUTH_EXIT));
+        }
+        Err(e) => return Err(e.into()),
+    };
     if let Some(warning) = &token.warning {
         errln!("tokend: warning: {warning}");
     }

@@ -66,6 +66,8 @@ pub struct DaemonConfig {
     pub retry_max: Duration,
     /// How long shutdown waits for in-flight refreshes to finish.
     pub shutdown_timeout: Duration,
+    /// Longest a token read waits for a refresh before it is answered 503.
+    pub read_timeout: Duration,
     /// Members of this group may administer: add, remove, refresh, list all.
     pub admin_gid: Option<u32>,
     /// Group given to the socket file when tokend binds it itself (mode 0660).
@@ -113,9 +115,24 @@ pub struct ProviderConfig {
     pub keepalive: Option<Duration>,
     /// Warn when the refresh token has less than this left to live.
     pub refresh_token_warning: Duration,
+    /// Whether a credential whose grant was rejected still serves its
+    /// unexpired access token.
+    pub on_invalid_grant: OnInvalidGrant,
     /// Who may read the tokens of this provider's credentials, unless a
     /// `[credentials.NAME]` table says otherwise.
     pub readers: Arc<[Grant]>,
+}
+
+/// What a token read gets once the provider rejected the grant
+/// (`invalid_grant` or another of `reauth_errors`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OnInvalidGrant {
+    /// Refuse it (409 `needs_reauth`): a provider that revokes the whole
+    /// grant has made the access token useless too.
+    #[default]
+    Withhold,
+    /// Serve it until it expires, marked `needs_reauth` with a warning.
+    ServeUntilExpiry,
 }
 
 /// Client authentication at the token endpoint (RFC 6749 §2.3).
@@ -337,6 +354,7 @@ struct RawDaemon {
     retry_initial: Option<RawDuration>,
     retry_max: Option<RawDuration>,
     shutdown_timeout: Option<RawDuration>,
+    read_timeout: Option<RawDuration>,
     default_lifetime: Option<RawDuration>,
     request_timeout: Option<RawDuration>,
     max_response_bytes: Option<usize>,
@@ -367,6 +385,7 @@ struct RawProvider {
     max_concurrent_refreshes: Option<usize>,
     keepalive: Option<RawDuration>,
     refresh_token_warning: Option<RawDuration>,
+    on_invalid_grant: Option<String>,
     readers: Option<Vec<String>>,
 }
 
@@ -439,6 +458,8 @@ const RETRY_MAX: RangeInclusive<Duration> = ms(10)..=secs(DAY);
 const SHUTDOWN_TIMEOUT: RangeInclusive<Duration> = ms(100)..=secs(3600);
 const LIFETIME: RangeInclusive<Duration> = secs(1)..=secs(366 * DAY);
 const REQUEST_TIMEOUT: RangeInclusive<Duration> = ms(100)..=secs(600);
+/// Below the socket's own 75 s request limit, so the 503 gets through.
+const READ_TIMEOUT: RangeInclusive<Duration> = ms(100)..=secs(60);
 const KEEPALIVE: RangeInclusive<Duration> = secs(60)..=secs(366 * DAY);
 const REFRESH_TOKEN_WARNING: RangeInclusive<Duration> = secs(0)..=secs(366 * DAY);
 
@@ -875,6 +896,13 @@ fn validate_daemon(
             Duration::from_secs(10),
             SHUTDOWN_TIMEOUT,
         ),
+        read_timeout: c.duration(
+            &s,
+            "read_timeout",
+            raw.read_timeout.as_ref(),
+            Duration::from_secs(5),
+            READ_TIMEOUT,
+        ),
     };
     let defaults = ProviderDefaults {
         default_lifetime: c.duration(
@@ -997,6 +1025,18 @@ fn validate_provider(
         Duration::from_secs(3 * DAY),
         REFRESH_TOKEN_WARNING,
     );
+    let on_invalid_grant = match raw.on_invalid_grant.as_deref() {
+        None | Some("withhold") => OnInvalidGrant::Withhold,
+        Some("serve_until_expiry") => OnInvalidGrant::ServeUntilExpiry,
+        Some(other) => {
+            c.problem(
+                s,
+                "on_invalid_grant",
+                format!("unknown value `{other}`; use withhold or serve_until_expiry"),
+            );
+            OnInvalidGrant::Withhold
+        }
+    };
     let readers: Arc<[Grant]> =
         Arc::from(c.grants(s, "readers", raw.readers.as_deref().unwrap_or_default()));
     let max_response_bytes = c.count(
@@ -1036,6 +1076,7 @@ fn validate_provider(
         max_concurrent_refreshes,
         keepalive,
         refresh_token_warning,
+        on_invalid_grant,
         readers,
     })
 }
@@ -1475,6 +1516,21 @@ reader = 1
     }
 
     #[test]
+    fn on_invalid_grant_defaults_to_withhold_and_names_its_values() {
+        let base = "[providers.a]\ntoken_url = \"https://a.example/t\"\nclient_auth = \"none\"\n";
+        let cfg = parse_config(base).unwrap();
+        assert_eq!(cfg.providers["a"].on_invalid_grant, OnInvalidGrant::Withhold);
+        let cfg = parse_config(&format!("{base}on_invalid_grant = \"serve_until_expiry\"\n")).unwrap();
+        assert_eq!(
+            cfg.providers["a"].on_invalid_grant,
+            OnInvalidGrant::ServeUntilExpiry
+        );
+        let p = problems(&format!("{base}on_invalid_grant = \"serve\"\n"));
+        assert_eq!(p[0].key, "providers.a.on_invalid_grant", "{p:?}");
+        assert!(p[0].message.contains("withhold or serve_until_expiry"), "{p:?}");
+    }
+
+    #[test]
     fn every_numeric_limit_refuses_zero_and_absurd_values() {
         let daemon_zero = [
             "min_refresh_interval",
@@ -1483,6 +1539,7 @@ reader = 1
             "retry_initial",
             "retry_max",
             "shutdown_timeout",
+            "read_timeout",
             "default_lifetime",
             "request_timeout",
             "max_response_bytes",

@@ -166,7 +166,7 @@ impl Credential {
             self.refresh_token = Some(rt);
         }
         self.refresh_expires_at = match set.refresh_expires_in {
-            Some(secs) => Some(sent_at + secs as i64 * 1000),
+            Some(secs) => Some(crate::token::lifetime_end_ms(sent_at, secs)),
             // A new refresh token of unstated lifetime: forget the old lifetime.
             None if rotated => None,
             None => self.refresh_expires_at,
@@ -192,7 +192,7 @@ impl Credential {
     /// human re-authorizes.
     pub fn valid_token(&self, now: i64, min_valid_ms: i64) -> Option<&Secret> {
         match (&self.access_token, self.expires_at) {
-            (Some(t), Some(exp)) if exp - now > min_valid_ms => Some(t),
+            (Some(t), Some(exp)) if exp.saturating_sub(now) > min_valid_ms => Some(t),
             _ => None,
         }
     }

@@ -286,7 +286,19 @@ impl ProviderClient {
             .headers()
             .get(reqwest::header::RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
-            .and_then(parse_retry_after);
+            .and_then(parse_retry_after)
+            .map(|asked| {
+                let (wait, capped) = cap_retry_after(asked);
+                if capped {
+                    tracing::warn!(
+                        tokend_provider = %p.name,
+                        tokend_retry_after_s = asked.as_secs(),
+                        "the provider's Retry-After is longer than {}s; waiting only that long",
+                        MAX_RETRY_AFTER.as_secs()
+                    );
+                }
+                wait
+            });
         let content_type = response
             .headers()
             .get(CONTENT_TYPE)
@@ -418,6 +430,15 @@ async fn read_capped(response: &mut reqwest::Response, cap: usize) -> Result<Vec
             }
         }
     }
+}
+
+/// The longest `Retry-After` obeyed: one absurd header must not keep a
+/// provider's every credential away for ever.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
+
+/// `asked` capped at [`MAX_RETRY_AFTER`], and whether it was.
+pub fn cap_retry_after(asked: Duration) -> (Duration, bool) {
+    (asked.min(MAX_RETRY_AFTER), asked > MAX_RETRY_AFTER)
 }
 
 /// `Retry-After` as delta-seconds or an HTTP date (RFC 9110 §10.2.3).
@@ -690,5 +711,48 @@ mod tests {
             "{d:?}"
         );
         assert_eq!(parse_retry_after("soon"), None);
+    }
+
+    #[test]
+    fn huge_retry_after_is_capped_at_an_hour() {
+        let huge = parse_retry_after("18446744073709551615").unwrap();
+        assert_eq!(cap_retry_after(huge), (MAX_RETRY_AFTER, true));
+        let far = httpdate::fmt_http_date(
+            std::time::SystemTime::now() + Duration::from_secs(400 * 86_400),
+        );
+        let d = parse_retry_after(&far).unwrap();
+        assert_eq!(cap_retry_after(d), (MAX_RETRY_AFTER, true));
+        assert_eq!(
+            cap_retry_after(Duration::from_secs(7)),
+            (Duration::from_secs(7), false)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_huge_retry_after_from_the_wire_is_capped() {
+        use axum::routing::post;
+        let app = axum::Router::new().route(
+            "/t",
+            post(|| async {
+                (
+                    axum::http::StatusCode::TOO_MANY_REQUESTS,
+                    [("retry-after", "99999999999999999")],
+                    "slow down",
+                )
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let p = provider(&format!(
+            "[providers.d]\ntoken_url = \"http://{addr}/t\"\nclient_id = \"i\"\nclient_auth = \"none\"\n"
+        ));
+        let failure = ProviderClient::new()
+            .unwrap()
+            .request(&p, &refresh("rt"))
+            .await
+            .unwrap_err();
+        assert_eq!(failure.kind, FailureKind::Transient);
+        assert_eq!(failure.retry_after, Some(MAX_RETRY_AFTER));
     }
 }

@@ -244,6 +244,8 @@ pub async fn serve(
 pub struct ApiError {
     status: StatusCode,
     body: ErrorBody,
+    /// Seconds for a `Retry-After` header, if the caller should come back.
+    retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -254,6 +256,7 @@ impl ApiError {
                 error: kind.to_string(),
                 message: message.into(),
             },
+            retry_after: None,
         }
     }
 
@@ -264,7 +267,12 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, Json(self.body)).into_response()
+        let mut resp = (self.status, Json(self.body)).into_response();
+        if let Some(secs) = self.retry_after {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from(secs));
+        }
+        resp
     }
 }
 
@@ -274,13 +282,23 @@ impl From<RefreshError> for ApiError {
             RefreshError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             RefreshError::NeedsReauth { .. } => (StatusCode::CONFLICT, "needs_reauth"),
             RefreshError::Paused { .. } => (StatusCode::SERVICE_UNAVAILABLE, "paused"),
-            RefreshError::Unavailable { .. } => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            RefreshError::Unavailable { .. } | RefreshError::RetryLater { .. } => {
+                (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
+            }
+            RefreshError::MinValidUnsatisfiable { .. } => {
+                (StatusCode::UNPROCESSABLE_ENTITY, "min_valid_unsatisfiable")
+            }
             RefreshError::UnknownProvider(_) => (StatusCode::BAD_REQUEST, "unknown_provider"),
             RefreshError::ExchangeFailed(_) => (StatusCode::BAD_GATEWAY, "exchange_failed"),
             RefreshError::Store(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
             RefreshError::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
         };
-        ApiError::new(status, kind, format!("{e:#}"))
+        let mut err = ApiError::new(status, kind, format!("{e:#}"));
+        if let RefreshError::RetryLater { retry_after, .. } = &e {
+            // Whole seconds, rounded up, and at least one.
+            err.retry_after = Some(retry_after.as_secs_f64().ceil().max(1.0) as u64);
+        }
+        err
     }
 }
 

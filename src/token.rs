@@ -266,6 +266,23 @@ pub fn jwt_exp(token: &str) -> Option<i64> {
     claims.get("exp")?.as_f64().map(|f| f as i64)
 }
 
+/// The longest lifetime believed, in seconds (ten years): a provider's
+/// `expires_in` of `u64::MAX` must not wrap into the past, nor make a token
+/// count as valid for ever.
+pub const MAX_LIFETIME_SECS: u64 = 10 * 366 * 86_400;
+
+/// A duration in milliseconds as `i64`, saturating.
+pub fn ms_i64(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// `secs` seconds after `at_ms`, with the lifetime capped at
+/// [`MAX_LIFETIME_SECS`] and the sum saturating.
+pub fn lifetime_end_ms(at_ms: i64, secs: u64) -> i64 {
+    // The cap keeps the product far from overflowing.
+    at_ms.saturating_add(secs.min(MAX_LIFETIME_SECS) as i64 * 1000)
+}
+
 /// Works out when a freshly issued access token expires, counting from
 /// `sent_at_ms` (when the request left, so network delay never makes us late).
 /// A JWT's `exp` is what resource servers enforce, so when it is earlier than
@@ -280,7 +297,7 @@ pub fn expires_at_ms(
         .map(|exp| exp.saturating_mul(1000))
         .filter(|exp_ms| *exp_ms > sent_at_ms);
     if let Some(secs) = set.expires_in {
-        let stated = sent_at_ms + secs as i64 * 1000;
+        let stated = lifetime_end_ms(sent_at_ms, secs);
         return match jwt {
             Some(exp_ms) if exp_ms < stated => (exp_ms, LifetimeSource::JwtExp),
             _ => (stated, LifetimeSource::ExpiresIn),
@@ -290,7 +307,7 @@ pub fn expires_at_ms(
         return (exp_ms, LifetimeSource::JwtExp);
     }
     (
-        sent_at_ms + default_lifetime.as_millis() as i64,
+        sent_at_ms.saturating_add(ms_i64(default_lifetime)),
         LifetimeSource::Default,
     )
 }
@@ -325,11 +342,12 @@ impl RefreshTiming {
     /// The wall-clock time (ms) at which to refresh a token issued at
     /// `issued_ms` that expires at `expires_ms`. `jitter` is a sample in [0, 1).
     pub fn refresh_at_ms(&self, issued_ms: i64, expires_ms: i64, jitter: f64) -> i64 {
-        let lifetime = (expires_ms - issued_ms).max(0) as f64;
+        let lifetime = expires_ms.saturating_sub(issued_ms).max(0) as f64;
         let fraction = self.remaining_fraction + self.jitter_fraction * jitter.clamp(0.0, 1.0);
         let margin = (lifetime * fraction).min(self.max_margin.as_millis() as f64);
-        let at = expires_ms - margin as i64;
-        at.max(issued_ms + self.min_interval.as_millis() as i64)
+        // `margin` is at most the lifetime, so this cannot pass `issued_ms`.
+        let at = expires_ms.saturating_sub(margin as i64);
+        at.max(issued_ms.saturating_add(ms_i64(self.min_interval)))
     }
 }
 
@@ -338,7 +356,11 @@ impl RefreshTiming {
 pub fn backoff(attempt: u32, base: Duration, cap: Duration, jitter: f64) -> Duration {
     let exp = base.saturating_mul(1u32.checked_shl(attempt.min(30)).unwrap_or(u32::MAX));
     let ceiling = exp.min(cap);
-    ceiling.mul_f64(jitter.clamp(0.0, 1.0)).max(base / 2)
+    // `mul_f64` panics where the product does not fit; this saturates.
+    Duration::try_from_secs_f64(ceiling.as_secs_f64() * jitter.clamp(0.0, 1.0))
+        .unwrap_or(ceiling)
+        .min(ceiling)
+        .max(base / 2)
 }
 
 #[cfg(test)]
@@ -525,6 +547,33 @@ mod tests {
     }
 
     #[test]
+    fn absurd_lifetimes_saturate_instead_of_wrapping() {
+        let default = Duration::from_secs(3600);
+        let mut set = parse(r#"{"access_token":"x","expires_in":18446744073709551615}"#).unwrap();
+        assert_eq!(set.expires_in, Some(u64::MAX));
+        let (at, _) = expires_at_ms(&set, 1_000, default);
+        assert_eq!(at, 1_000 + MAX_LIFETIME_SECS as i64 * 1000);
+        let (at, _) = expires_at_ms(&set, i64::MAX - 5, default);
+        assert_eq!(at, i64::MAX);
+        set.expires_in = Some(1e300 as u64);
+        assert!(expires_at_ms(&set, 0, default).0 > 0);
+        assert_eq!(
+            parse(r#"{"access_token":"x","expires_in":-5}"#).unwrap_err(),
+            ParseError::BadField("expires_in")
+        );
+        assert_eq!(
+            parse(r#"{"access_token":"x","expires_in":"-1e30"}"#).unwrap_err(),
+            ParseError::BadField("expires_in")
+        );
+        assert_eq!(lifetime_end_ms(i64::MAX, u64::MAX), i64::MAX);
+        assert_eq!(ms_i64(Duration::MAX), i64::MAX);
+        let t = RefreshTiming::default();
+        assert!(t.refresh_at_ms(i64::MIN, i64::MAX, 1.0) > 0);
+        assert_eq!(t.refresh_at_ms(i64::MAX, i64::MAX, 0.5), i64::MAX);
+        assert!(t.refresh_at_ms(i64::MAX, i64::MIN, 0.5) == i64::MAX);
+    }
+
+    #[test]
     fn backoff_grows_and_is_capped() {
         let base = Duration::from_secs(1);
         let cap = Duration::from_secs(300);
@@ -532,5 +581,9 @@ mod tests {
         assert_eq!(backoff(3, base, cap, 1.0), Duration::from_secs(8));
         assert_eq!(backoff(40, base, cap, 1.0), cap);
         assert_eq!(backoff(40, base, cap, 0.0), Duration::from_millis(500));
+        assert_eq!(
+            backoff(u32::MAX, Duration::MAX, Duration::MAX, 1.0),
+            Duration::MAX
+        );
     }
 }

@@ -9,10 +9,11 @@ use dashmap::DashMap;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::access::Grant;
+use crate::config::OnInvalidGrant;
 use crate::credential::{Credential, State};
 use crate::provider::Failure;
 use crate::store::StoreError;
-use crate::token::{now_ms, LifetimeSource, Secret};
+use crate::token::{ms_i64, now_ms, LifetimeSource, Secret};
 
 /// A published, immutable snapshot of one credential: everything the socket
 /// API serves or shows, and nothing more. It holds no refresh token: that
@@ -50,6 +51,9 @@ pub struct View {
     pub has_refresh_token: bool,
     /// Whether a refresh is in flight now.
     pub refreshing: bool,
+    /// Whether its token is still served once the grant was rejected (its
+    /// provider's `on_invalid_grant`).
+    pub on_invalid_grant: OnInvalidGrant,
     /// Newer tokens than the database holds are kept in memory because
     /// committing them failed; the commit is being retried.
     pub uncommitted: bool,
@@ -108,6 +112,7 @@ impl View {
             lifetime_source: cred.lifetime_source,
             has_refresh_token: cred.refresh_token.is_some(),
             refreshing: false,
+            on_invalid_grant: OnInvalidGrant::default(),
             uncommitted: false,
             slot: 0,
             notes: Notes {
@@ -149,14 +154,26 @@ impl View {
     }
 
     /// The access token if it is still valid for at least `min_valid_ms` at
-    /// `now`, whatever the state: an access token outlives a dead refresh
-    /// token, and serving it until it expires keeps clients working while a
-    /// human re-authorizes.
+    /// `now` and may be served. After the grant was rejected it is served
+    /// only if the provider says `serve_until_expiry`: an access token may
+    /// outlive a dead refresh token (keeping clients working while a human
+    /// re-authorizes), but a provider that revokes the whole grant has killed
+    /// it too, and a script must not take it for a good one.
     pub fn valid_token(&self, now: i64, min_valid_ms: i64) -> Option<&Secret> {
+        if self.state == State::NeedsReauth && self.on_invalid_grant == OnInvalidGrant::Withhold {
+            return None;
+        }
         match (&self.access_token, self.expires_at) {
-            (Some(t), Some(exp)) if exp - now > min_valid_ms => Some(t),
+            (Some(t), Some(exp)) if exp.saturating_sub(now) > min_valid_ms => Some(t),
             _ => None,
         }
+    }
+
+    /// How long the last token the provider issued was valid for (ms), if
+    /// known: no token can be valid for longer after a refresh.
+    pub fn issued_lifetime_ms(&self) -> Option<i64> {
+        let lifetime = self.expires_at?.saturating_sub(self.last_refresh_at?);
+        (lifetime > 0).then_some(lifetime)
     }
 
     /// The state shown to users: `paused` overrides the stored state.
@@ -240,6 +257,27 @@ pub enum RefreshError {
         name: String,
         /// Why.
         reason: String,
+    },
+    /// No valid token can be had before the refresh schedule allows the
+    /// next attempt, which is `retry_after` away.
+    #[error("no valid token for `{name}` right now: {reason}")]
+    RetryLater {
+        /// Credential.
+        name: String,
+        /// Why, and when the next attempt is.
+        reason: String,
+        /// When to ask again.
+        retry_after: Duration,
+    },
+    /// The caller asked for a token valid longer than the provider issues.
+    #[error("credential `{name}`: the provider issued its last token valid for only {lifetime_secs}s, so a min_valid of {min_valid_secs}s can never be met; ask for less than {lifetime_secs}s")]
+    MinValidUnsatisfiable {
+        /// Credential.
+        name: String,
+        /// What was asked for.
+        min_valid_secs: u64,
+        /// The lifetime of the last token issued.
+        lifetime_secs: i64,
     },
     /// The named provider is not in the configuration.
     #[error("provider `{0}` is not configured; add a [providers.{0}] table to the configuration")]
@@ -372,7 +410,7 @@ impl Tally {
             out.push_str(&parts.join(", "));
         }
         if let Some(at) = next_refresh_at {
-            let secs = ((at - now).max(0) + 999) / 1000;
+            let secs = (at.saturating_sub(now).max(0).saturating_add(999)) / 1000;
             out.push_str(&format!(
                 "; next refresh in {}",
                 humantime::format_duration(Duration::from_secs(secs as u64))
@@ -401,6 +439,8 @@ pub struct RefresherHandle {
     pub(super) tx: mpsc::Sender<Command>,
     pub(super) published: Arc<DashMap<Arc<str>, Arc<View>>>,
     pub(super) policy: Arc<std::sync::RwLock<crate::access::Policy>>,
+    /// `daemon.read_timeout` in ms, kept current by the owner on reload.
+    pub(super) read_timeout_ms: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl RefresherHandle {
@@ -450,20 +490,40 @@ impl RefresherHandle {
 
     /// A token valid for at least `min_valid`. Served from the published view
     /// when it is fresh enough; otherwise the owner refreshes first (joining a
-    /// refresh already in flight).
+    /// refresh already in flight or scheduled) if its schedule allows, and
+    /// the caller waits at most `daemon.read_timeout` for it.
     pub async fn token(&self, name: &str, min_valid: Duration) -> Result<Arc<View>, RefreshError> {
-        let min_valid_ms = min_valid.as_millis() as i64;
+        let min_valid_ms = ms_i64(min_valid);
         if let Some(view) = self.view(name) {
             if view.valid_token(now_ms(), min_valid_ms).is_some() {
                 return Ok(view);
             }
         }
-        self.ask(|reply| Command::Ensure {
+        let bound = Duration::from_millis(
+            self.read_timeout_ms
+                .load(std::sync::atomic::Ordering::Relaxed),
+        );
+        let asked = self.ask(|reply| Command::Ensure {
             name: name.to_string(),
             min_valid_ms,
             reply,
-        })
-        .await
+        });
+        match tokio::time::timeout(bound, asked).await {
+            Ok(result) => result,
+            Err(_) => {
+                let last = self
+                    .view(name)
+                    .and_then(|v| v.notes().last_error.clone())
+                    .map_or(String::new(), |e| format!(" (last error: {e})"));
+                Err(RefreshError::Unavailable {
+                    name: name.to_string(),
+                    reason: format!(
+                        "the refresh did not finish within the read timeout of {}{last}; it goes on in the background, try again later",
+                        humantime::format_duration(bound)
+                    ),
+                })
+            }
+        }
     }
 
     /// Refreshes now, even a credential that needs re-authorization or is

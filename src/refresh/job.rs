@@ -11,12 +11,121 @@ use std::time::Duration;
 
 use tokio::sync::Semaphore;
 
-use super::View;
+use super::{RefreshError, View};
 use crate::config::ProviderConfig;
 use crate::credential::{Credential, State};
 use crate::provider::{Failure, FailureKind, Grant, ProviderClient};
 use crate::store::{GroupCommit, Store};
 use crate::token::{expires_at_ms, now_ms, RefreshTiming};
+
+/// What a token read that the published token does not satisfy may do.
+/// Reads join the refresh schedule: they never start a refresh during a
+/// backoff or a `Retry-After`, nor sooner than `min_refresh_interval` after
+/// the last one, and wait for a scheduled attempt only within the read bound.
+#[derive(Debug)]
+pub(super) enum ReadPlan {
+    /// Start the refresh now and wait for it.
+    Refresh,
+    /// Wait for the refresh in flight.
+    Join,
+    /// Wait for the attempt the schedule holds at this time (Unix ms).
+    WaitFor(i64),
+    /// Answer with this at once; nothing is sent to the provider.
+    Refuse(RefreshError),
+}
+
+/// What [`read_plan`] decides on, as plain values.
+pub(super) struct ReadCase<'a> {
+    pub now: i64,
+    pub min_valid_ms: i64,
+    pub view: &'a View,
+    /// The scheduled retry, if the last attempt failed and it is pending.
+    pub backoff_until: Option<i64>,
+    /// The end of the provider's `Retry-After`, if any.
+    pub blocked_until: Option<i64>,
+    pub min_interval_ms: i64,
+    pub read_timeout_ms: i64,
+}
+
+/// Seconds, rounded up, for messages.
+fn secs_up(ms: i64) -> i64 {
+    ms.max(0).saturating_add(999) / 1000
+}
+
+/// Decides what a token read may do (see [`ReadPlan`]).
+pub(super) fn read_plan(c: &ReadCase<'_>) -> ReadPlan {
+    let v = c.view;
+    let name = || v.name.to_string();
+    if let Some(lifetime) = v.issued_lifetime_ms() {
+        if c.min_valid_ms >= lifetime {
+            return ReadPlan::Refuse(RefreshError::MinValidUnsatisfiable {
+                name: name(),
+                min_valid_secs: u64::try_from(c.min_valid_ms / 1000).unwrap_or(0),
+                lifetime_secs: lifetime / 1000,
+            });
+        }
+    }
+    if v.refreshing {
+        return ReadPlan::Join;
+    }
+    let retry = |reason: String, at: i64| {
+        ReadPlan::Refuse(RefreshError::RetryLater {
+            name: name(),
+            reason,
+            retry_after: Duration::from_millis(
+                u64::try_from(at.saturating_sub(c.now)).unwrap_or(0),
+            ),
+        })
+    };
+    if let Some(until) = c.blocked_until.filter(|u| *u > c.now) {
+        return retry(
+            format!(
+                "the provider asked tokend (Retry-After) not to call it for another {}s",
+                secs_up(until.saturating_sub(c.now))
+            ),
+            until,
+        );
+    }
+    let short = match (v.access_token.as_ref(), v.expires_at) {
+        (Some(_), Some(exp)) if exp > c.now => format!(
+            "; the current token is still valid for {:.1}s, less than the {:.1}s asked for",
+            exp.saturating_sub(c.now) as f64 / 1000.0,
+            c.min_valid_ms as f64 / 1000.0
+        ),
+        _ => String::new(),
+    };
+    if let Some(at) = c.backoff_until.filter(|at| *at > c.now) {
+        if at.saturating_sub(c.now) <= c.read_timeout_ms {
+            return ReadPlan::WaitFor(at);
+        }
+        let why = v
+            .notes()
+            .last_error
+            .as_deref()
+            .unwrap_or("the last refresh failed");
+        return retry(
+            format!(
+                "retrying after a failure ({why}); the next attempt is in {}s{short}",
+                secs_up(at.saturating_sub(c.now))
+            ),
+            at,
+        );
+    }
+    if let Some(last) = v.last_refresh_at {
+        let allowed = last.saturating_add(c.min_interval_ms);
+        if c.now < allowed {
+            return retry(
+                format!(
+                    "refreshed {:.1}s ago; retry in {:.1}s (min_refresh_interval){short}",
+                    c.now.saturating_sub(last) as f64 / 1000.0,
+                    allowed.saturating_sub(c.now) as f64 / 1000.0
+                ),
+                allowed,
+            );
+        }
+    }
+    ReadPlan::Refresh
+}
 
 /// What a job tells the owner.
 pub(super) enum Outcome {
@@ -198,6 +307,42 @@ impl Job {
     }
 }
 
+/// Runs a job, turning a panic into a transient failure: the owner must
+/// hear back from every job it started, or the credential would stay
+/// `refreshing` for ever and its provider's running count never drop. The
+/// job's permits are released as it unwinds.
+pub(super) async fn caught(run: impl std::future::Future<Output = Outcome>, name: &str) -> Outcome {
+    use futures::FutureExt as _;
+    match std::panic::AssertUnwindSafe(run).catch_unwind().await {
+        Ok(outcome) => outcome,
+        Err(_) => {
+            // The panic hook has printed the payload; it is not repeated
+            // here, where it would reach the journal with the fields.
+            crate::event!(
+                error,
+                crate::events::Kind::RefreshFailed,
+                tokend_credential = %name,
+                "a refresh job failed unexpectedly (a bug in tokend; please report it); the credential is released and retried with backoff"
+            );
+            Outcome::Failed {
+                cred: None,
+                failure: failure(
+                    FailureKind::Transient,
+                    "the refresh job failed unexpectedly (a bug in tokend); retrying with backoff",
+                ),
+            }
+        }
+    }
+}
+
+/// The order in which refreshes interrupted by the last stop are retried:
+/// oldest attempt first, since the provider's reuse grace for its refresh
+/// token ends first. Entries are `(refresh_started_at, slot)`.
+pub(super) fn interrupted_order(mut interrupted: Vec<(i64, u32)>) -> Vec<u32> {
+    interrupted.sort_unstable();
+    interrupted.into_iter().map(|(_, id)| id).collect()
+}
+
 /// Exchanges an authorization code; the owner stores the result.
 pub(super) async fn exchange(
     client: ProviderClient,
@@ -247,14 +392,18 @@ pub(super) fn refresh_due_at(
         return expires_at;
     }
     let issued = cred.last_refresh_at.unwrap_or(cred.updated_at);
-    let floor = issued + timing.min_interval.as_millis() as i64;
+    let floor = issued.saturating_add(crate::token::ms_i64(timing.min_interval));
     let mut at = timing.refresh_at_ms(issued, expires_at, jitter);
     if let Some(keepalive) = provider.and_then(|p| p.keepalive) {
-        at = at.min((issued + keepalive.as_millis() as i64).max(floor));
+        at = at.min(
+            issued
+                .saturating_add(crate::token::ms_i64(keepalive))
+                .max(floor),
+        );
     }
     if let Some(rt_expires) = cred.notes().refresh_expires_at {
-        let margin = ((rt_expires - issued) / 10).max(60_000);
-        let before = rt_expires - margin;
+        let margin = (rt_expires.saturating_sub(issued) / 10).max(60_000);
+        let before = rt_expires.saturating_sub(margin);
         // Only if that point is still ahead: a provider that does not extend
         // the refresh token must not make us refresh in a loop.
         if before > floor {
@@ -273,8 +422,8 @@ pub(super) fn refresh_token_warning(
 ) -> Option<String> {
     let window = provider.map_or(Duration::from_secs(3 * 86_400), |p| p.refresh_token_warning);
     let rt_expires = cred.notes().refresh_expires_at?;
-    let left = rt_expires - now;
-    (left < window.as_millis() as i64).then(|| {
+    let left = rt_expires.saturating_sub(now);
+    (left < crate::token::ms_i64(window)).then(|| {
         if left <= 0 {
             "the refresh token has expired according to the provider; expect to re-authorize".to_string()
         } else {
@@ -348,6 +497,113 @@ mod tests {
         let mut c = cred(0, 10_000);
         c.has_refresh_token = false;
         assert_eq!(refresh_due_at(&t, None, &c, 0, 0.5), 10_000);
+    }
+
+    fn case(view: &View, now: i64, min_valid_ms: i64) -> ReadCase<'_> {
+        ReadCase {
+            now,
+            min_valid_ms,
+            view,
+            backoff_until: None,
+            blocked_until: None,
+            min_interval_ms: 1_000,
+            read_timeout_ms: 5_000,
+        }
+    }
+
+    #[test]
+    fn a_read_never_asks_for_more_than_the_provider_issues() {
+        // Issued at 0, valid for 100 s.
+        let c = cred(0, 100_000);
+        for min_valid in [100_000, 99_999_999_000, i64::MAX] {
+            match read_plan(&case(&c, 50_000, min_valid)) {
+                ReadPlan::Refuse(e @ RefreshError::MinValidUnsatisfiable { .. }) => {
+                    assert!(e.to_string().contains("valid for only 100s"), "{e}")
+                }
+                other => panic!("{min_valid}: {other:?}"),
+            }
+        }
+        assert!(matches!(
+            read_plan(&case(&c, 50_000, 99_000)),
+            ReadPlan::Refresh
+        ));
+    }
+
+    #[test]
+    fn a_read_waits_out_the_minimum_interval_and_says_so() {
+        let c = cred(10_000, 110_000);
+        match read_plan(&case(&c, 10_400, 99_900)) {
+            ReadPlan::Refuse(e @ RefreshError::RetryLater { .. }) => {
+                let RefreshError::RetryLater { retry_after, .. } = &e else {
+                    unreachable!()
+                };
+                assert_eq!(*retry_after, Duration::from_millis(600));
+                let text = e.to_string();
+                assert!(text.contains("refreshed 0.4s ago; retry in 0.6s"), "{text}");
+                assert!(text.contains("still valid for 99.6s, less than the 99.9s"), "{text}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            read_plan(&case(&c, 11_000, 99_000)),
+            ReadPlan::Refresh
+        ));
+    }
+
+    #[test]
+    fn a_read_joins_the_backoff_schedule() {
+        let mut c = cred(0, 10_000);
+        c.edit_notes(|n| n.last_error = Some("token endpoint answered 500".into()));
+        let mut k = case(&c, 20_000, 0);
+        // The retry is within the read bound: wait for it.
+        k.backoff_until = Some(23_000);
+        assert!(matches!(read_plan(&k), ReadPlan::WaitFor(23_000)));
+        // Too far: refused with the reason and when.
+        k.backoff_until = Some(60_000);
+        match read_plan(&k) {
+            ReadPlan::Refuse(e @ RefreshError::RetryLater { .. }) => {
+                let text = e.to_string();
+                assert!(text.contains("answered 500"), "{text}");
+                assert!(text.contains("next attempt is in 40s"), "{text}");
+            }
+            other => panic!("{other:?}"),
+        }
+        // A Retry-After is obeyed as well.
+        k.backoff_until = None;
+        k.blocked_until = Some(21_500);
+        assert!(matches!(
+            read_plan(&k),
+            ReadPlan::Refuse(RefreshError::RetryLater { .. })
+        ));
+        // A refresh in flight is joined.
+        let mut busy = c.clone();
+        busy.refreshing = true;
+        assert!(matches!(read_plan(&case(&busy, 20_000, 0)), ReadPlan::Join));
+    }
+
+    #[test]
+    fn interrupted_refreshes_go_oldest_attempt_first() {
+        assert_eq!(
+            interrupted_order(vec![(500, 0), (100, 7), (300, 2), (100, 3)]),
+            [3, 7, 2, 0]
+        );
+        assert!(interrupted_order(Vec::new()).is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_panicking_job_reports_a_transient_failure() {
+        let outcome = caught(async { panic!("boom") }, "c").await;
+        match outcome {
+            Outcome::Failed { cred: None, failure } => {
+                assert_eq!(failure.kind, FailureKind::Transient);
+                assert!(failure.message.contains("unexpectedly"), "{}", failure.message);
+            }
+            _ => panic!("not a transient failure"),
+        }
+        assert!(matches!(
+            caught(async { Outcome::Superseded }, "c").await,
+            Outcome::Superseded
+        ));
     }
 
     #[test]

@@ -46,9 +46,9 @@ use crate::event;
 use crate::events::Kind;
 use crate::provider::{Failure, FailureKind, ProviderClient};
 use crate::store::{GroupCommit, Store, StoreError};
-use crate::token::{backoff, now_ms, LifetimeSource, Secret};
+use crate::token::{backoff, lifetime_end_ms, ms_i64, now_ms, LifetimeSource, Secret};
 use handle::{Command, Reply};
-use job::{Job, Outcome};
+use job::{Job, Outcome, ReadCase, ReadPlan};
 
 /// The longest single sleep: wall time is re-read at least this often, so
 /// suspend/resume or a clock jump cannot make a refresh late.
@@ -167,6 +167,8 @@ pub struct Refresher {
     status_dirty: bool,
     /// Shared with the handle: who administers.
     policy: Arc<std::sync::RwLock<crate::access::Policy>>,
+    /// Shared with the handle: `daemon.read_timeout` in ms.
+    read_timeout_ms: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Refresher {
@@ -186,7 +188,11 @@ impl Refresher {
         let policy = Arc::new(std::sync::RwLock::new(
             crate::access::Policy::for_this_process(config.daemon.admin_gid),
         ));
+        let read_timeout_ms = Arc::new(std::sync::atomic::AtomicU64::new(
+            ms_i64(config.daemon.read_timeout) as u64,
+        ));
         let mut r = Refresher {
+            read_timeout_ms: Arc::clone(&read_timeout_ms),
             policy: Arc::clone(&policy),
             global_permits: Arc::new(Semaphore::new(config.daemon.max_concurrent_refreshes)),
             provider_permits: provider_permits(&config),
@@ -213,19 +219,45 @@ impl Refresher {
             status_dirty: true,
         };
         let now = now_ms();
+        let mut interrupted = Vec::new();
         store
-            .load_each(|loaded| r.insert_loaded(loaded, now))
+            .load_each(|loaded| interrupted.extend(r.insert_loaded(loaded, now)))
             .await?;
+        r.retry_interrupted_first(interrupted);
         r.slots.shrink_to_fit();
         let handle = RefresherHandle {
             tx,
             published,
             policy,
+            read_timeout_ms,
         };
         Ok((r, handle))
     }
 
-    fn insert_loaded(&mut self, loaded: Loaded, now: i64) {
+    /// Puts the refreshes the last stop interrupted at the head of their
+    /// providers' queues, oldest attempt first, ahead of every other due
+    /// refresh: with a provider's reuse grace ticking since their refresh
+    /// token was sent, they are the ones that can be lost. After a crash
+    /// loop, retrying them by slot number would retry the same few each time.
+    fn retry_interrupted_first(&mut self, interrupted: Vec<(i64, u32)>) {
+        for id in job::interrupted_order(interrupted) {
+            let Some(slot) = self.slot_mut(id) else {
+                continue;
+            };
+            if slot.view.next_refresh_at.is_none() || slot.queued {
+                continue;
+            }
+            // Its schedule entry goes stale; the queue starts it.
+            slot.next_at = None;
+            slot.queued = true;
+            let provider = Arc::clone(&slot.view.provider);
+            self.ready.entry(provider).or_default().push_back(id);
+        }
+    }
+
+    /// Adds a loaded credential; returns `(refresh_started_at, slot)` if its
+    /// last refresh was interrupted.
+    fn insert_loaded(&mut self, loaded: Loaded, now: i64) -> Option<(i64, u32)> {
         let Loaded {
             cred,
             has_refresh_token,
@@ -253,6 +285,10 @@ impl Refresher {
         if let Some(slot) = self.slot_mut(id) {
             slot.earlier_unknown = interrupted;
         }
+        interrupted
+            .then_some(cred.refresh_started_at)
+            .flatten()
+            .map(|at| (at, id))
     }
 
     /// The view of `cred` as the configuration sees it: readers, and paused
@@ -274,6 +310,9 @@ impl Refresher {
             .readers(&view.name, &view.provider)
             .cloned()
             .unwrap_or_else(|| Arc::clone(&self.no_readers));
+        view.on_invalid_grant = provider
+            .as_deref()
+            .map_or_else(Default::default, |p| p.on_invalid_grant);
         let warning = job::refresh_token_warning(provider.as_deref(), view, now);
         let paused = provider.is_none().then(|| missing_provider(&view.provider));
         view.edit_notes(|n| {
@@ -355,7 +394,7 @@ impl Refresher {
             self.start_due(now);
             let sleep_ms = self
                 .next_wakeup()
-                .map_or(MAX_SLEEP_MS, |(at, _)| (at - now).clamp(0, MAX_SLEEP_MS));
+                .map_or(MAX_SLEEP_MS, |(at, _)| at.saturating_sub(now).clamp(0, MAX_SLEEP_MS));
             tokio::select! {
                 biased;
                 _ = self.cancel.cancelled() => break,
@@ -389,6 +428,10 @@ impl Refresher {
         if let Ok(mut policy) = self.policy.write() {
             *policy = crate::access::Policy::for_this_process(config.daemon.admin_gid);
         }
+        self.read_timeout_ms.store(
+            ms_i64(config.daemon.read_timeout) as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
         if config.daemon.max_concurrent_refreshes != self.config.daemon.max_concurrent_refreshes {
             self.global_permits = Arc::new(Semaphore::new(config.daemon.max_concurrent_refreshes));
         }
@@ -686,6 +729,7 @@ impl Refresher {
         };
         let generation = slot.generation;
         let reports = self.reports_tx.clone();
+        let name = Arc::clone(&view.name);
         self.edit_view(id, |v| v.refreshing = true);
         let provider = Arc::clone(&view.provider);
         self.running += 1;
@@ -694,7 +738,7 @@ impl Refresher {
             .entry(Arc::clone(&provider))
             .or_default() += 1;
         self.tasks.spawn(async move {
-            let outcome = job.run().await;
+            let outcome = job::caught(job.run(), &name).await;
             let _ = reports.send(Report::Job {
                 slot: id,
                 generation,
@@ -782,14 +826,48 @@ impl Refresher {
         } else if has_provider && view.paused().is_some() {
             self.edit_view(id, |v| v.edit_notes(|n| n.paused = None));
         }
-        let blocked = has_provider
+        let blocked_until = has_provider
             .then(|| self.provider_block(&view.provider, now))
-            .flatten()
-            .filter(|_| !view.refreshing);
+            .flatten();
+        if let Waiter::Token { min_valid_ms, .. } = &waiter {
+            let backoff_until = self
+                .slot(id)
+                .filter(|s| s.attempt > 0)
+                .and(view.next_refresh_at);
+            let plan = job::read_plan(&ReadCase {
+                now,
+                min_valid_ms: *min_valid_ms,
+                view: &view,
+                backoff_until,
+                blocked_until,
+                min_interval_ms: ms_i64(self.config.daemon.timing.min_interval),
+                read_timeout_ms: ms_i64(self.config.daemon.read_timeout),
+            });
+            match plan {
+                ReadPlan::Refuse(err) => waiter.answer(Err(err)),
+                // The scheduled attempt (or the one in flight) answers it.
+                ReadPlan::Join | ReadPlan::WaitFor(_) => {
+                    if let ReadPlan::WaitFor(at) = plan {
+                        tracing::debug!(tokend_credential = %name, tokend_retry_in_ms = at.saturating_sub(now), "a read waits for the scheduled retry");
+                    }
+                    if let Some(rare) = self.rare(id) {
+                        rare.waiters.push(waiter);
+                    }
+                }
+                ReadPlan::Refresh => {
+                    if let Some(rare) = self.rare(id) {
+                        rare.waiters.push(waiter);
+                    }
+                    self.start_job(id, true, now);
+                }
+            }
+            return;
+        }
+        let blocked = blocked_until.filter(|_| !view.refreshing);
         if let Some(until) = blocked {
             let reason = format!(
                 "the provider asked tokend (Retry-After) not to call it for another {}s",
-                (until - now + 999) / 1000
+                until.saturating_sub(now).saturating_add(999) / 1000
             );
             let view = self.slot(id).map_or(view, |s| Arc::clone(&s.view));
             match waiter {
@@ -815,7 +893,7 @@ impl Refresher {
         cred.scope = new.scope;
         if let Some((token, secs)) = new.access_token {
             cred.access_token = Some(token);
-            cred.expires_at = Some(now + secs as i64 * 1000);
+            cred.expires_at = Some(lifetime_end_ms(now, secs));
             cred.lifetime_source = Some(LifetimeSource::ExpiresIn);
             cred.last_refresh_at = Some(now);
         }
@@ -979,7 +1057,7 @@ impl Refresher {
             rare.commit_attempt = 0;
             rare.commit_retry_at = None;
         } else {
-            rare.commit_retry_at = Some(now + commit_backoff(rare, base, cap));
+            rare.commit_retry_at = Some(now.saturating_add(commit_backoff(rare, base, cap)));
         }
         self.tidy(id);
         self.edit_view(id, |v| {
@@ -998,7 +1076,7 @@ impl Refresher {
             return;
         };
         let name = Arc::clone(&old.name);
-        let expires_in = (cred.expires_at.unwrap_or(now) - now) / 1000;
+        let expires_in = cred.expires_at.unwrap_or(now).saturating_sub(now) / 1000;
         event!(
             info,
             Kind::Refreshed,
@@ -1037,7 +1115,7 @@ impl Refresher {
                 "could not commit the new tokens to the database; serving them from memory and retrying the commit (check disk space, permissions and locks)");
             if let Some(rare) = self.rare(id) {
                 rare.pending = Some(cred);
-                rare.commit_retry_at = Some(now + commit_backoff(rare, base, cap));
+                rare.commit_retry_at = Some(now.saturating_add(commit_backoff(rare, base, cap)));
             }
         }
         self.tidy(id);
@@ -1060,7 +1138,7 @@ impl Refresher {
             return;
         };
         if let (Some(ra), FailureKind::Transient) = (failure.retry_after, failure.kind) {
-            let until = now + ra.as_millis() as i64;
+            let until = now.saturating_add(ms_i64(ra));
             let entry = self
                 .blocked_until
                 .entry(old.provider.to_string())
@@ -1109,19 +1187,19 @@ impl Refresher {
             FailureKind::Transient => {
                 let delay = backoff(attempt, base, cap, rand::random::<f64>());
                 attempt = attempt.saturating_add(1);
-                let mut at = now + delay.as_millis() as i64;
+                let mut at = now.saturating_add(ms_i64(delay));
                 // Never let the current token die without having tried again.
                 if let Some(exp) = view.expires_at.filter(|exp| *exp > now) {
                     at = at.min(exp);
                 }
                 if let Some(ra) = failure.retry_after {
-                    at = at.max(now + ra.as_millis() as i64);
+                    at = at.max(now.saturating_add(ms_i64(ra)));
                 }
                 view.next_refresh_at = Some(at);
                 event!(
                     warn, Kind::RefreshFailed,
                     tokend_credential = %name, tokend_provider = %provider,
-                    tokend_error = %failure.message, tokend_attempt = attempt, tokend_retry_in_ms = at - now,
+                    tokend_error = %failure.message, tokend_attempt = attempt, tokend_retry_in_ms = at.saturating_sub(now),
                     tokend_outcome_unknown = failure.outcome_unknown,
                     "refresh failed; will retry"
                 );
@@ -1139,7 +1217,7 @@ impl Refresher {
                     *p = c;
                 }
                 if rare.commit_retry_at.is_none() {
-                    rare.commit_retry_at = Some(now + commit_backoff(rare, base, cap));
+                    rare.commit_retry_at = Some(now.saturating_add(commit_backoff(rare, base, cap)));
                 }
             }
         }
@@ -1199,7 +1277,7 @@ async fn tick(interval: &mut Option<tokio::time::Interval>) {
 fn commit_backoff(rare: &mut Rare, base: Duration, cap: Duration) -> i64 {
     let delay = backoff(rare.commit_attempt, base, cap, rand::random::<f64>());
     rare.commit_attempt = rare.commit_attempt.saturating_add(1);
-    delay.as_millis() as i64
+    ms_i64(delay)
 }
 impl Waiter {
     fn answer(self, result: Result<Arc<View>, RefreshError>) {
@@ -1224,9 +1302,22 @@ impl Waiter {
                 name: name.clone(),
                 reason: f.message.clone(),
             },
-            FailureKind::Transient => RefreshError::Unavailable {
-                name: name.clone(),
-                reason: f.message.clone(),
+            FailureKind::Transient => match view.next_refresh_at {
+                Some(at) => RefreshError::RetryLater {
+                    name: name.clone(),
+                    reason: format!(
+                        "{}; the next attempt is in {}s",
+                        f.message,
+                        at.saturating_sub(now).max(0).saturating_add(999) / 1000
+                    ),
+                    retry_after: Duration::from_millis(
+                        u64::try_from(at.saturating_sub(now)).unwrap_or(0),
+                    ),
+                },
+                None => RefreshError::Unavailable {
+                    name: name.clone(),
+                    reason: f.message.clone(),
+                },
             },
         };
         match self {
@@ -1248,7 +1339,7 @@ impl Waiter {
                 } else if let Some((f, p)) = failure {
                     Err(error(f, p))
                 } else {
-                    let secs = (view.expires_at.unwrap_or(now) - now) / 1000;
+                    let secs = view.expires_at.unwrap_or(now).saturating_sub(now) / 1000;
                     Err(RefreshError::Unavailable {
                         name: name.clone(),
                         reason: format!(
