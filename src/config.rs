@@ -1519,15 +1519,24 @@ reader = 1
     fn on_invalid_grant_defaults_to_withhold_and_names_its_values() {
         let base = "[providers.a]\ntoken_url = \"https://a.example/t\"\nclient_auth = \"none\"\n";
         let cfg = parse_config(base).unwrap();
-        assert_eq!(cfg.providers["a"].on_invalid_grant, OnInvalidGrant::Withhold);
-        let cfg = parse_config(&format!("{base}on_invalid_grant = \"serve_until_expiry\"\n")).unwrap();
+        assert_eq!(
+            cfg.providers["a"].on_invalid_grant,
+            OnInvalidGrant::Withhold
+        );
+        let cfg = parse_config(&format!(
+            "{base}on_invalid_grant = \"serve_until_expiry\"\n"
+        ))
+        .unwrap();
         assert_eq!(
             cfg.providers["a"].on_invalid_grant,
             OnInvalidGrant::ServeUntilExpiry
         );
         let p = problems(&format!("{base}on_invalid_grant = \"serve\"\n"));
         assert_eq!(p[0].key, "providers.a.on_invalid_grant", "{p:?}");
-        assert!(p[0].message.contains("withhold or serve_until_expiry"), "{p:?}");
+        assert!(
+            p[0].message.contains("withhold or serve_until_expiry"),
+            "{p:?}"
+        );
     }
 
     #[test]

@@ -540,7 +540,10 @@ mod tests {
                 assert_eq!(*retry_after, Duration::from_millis(600));
                 let text = e.to_string();
                 assert!(text.contains("refreshed 0.4s ago; retry in 0.6s"), "{text}");
-                assert!(text.contains("still valid for 99.6s, less than the 99.9s"), "{text}");
+                assert!(
+                    text.contains("still valid for 99.6s, less than the 99.9s"),
+                    "{text}"
+                );
             }
             other => panic!("{other:?}"),
         }
@@ -594,9 +597,16 @@ mod tests {
     async fn a_panicking_job_reports_a_transient_failure() {
         let outcome = caught(async { panic!("boom") }, "c").await;
         match outcome {
-            Outcome::Failed { cred: None, failure } => {
+            Outcome::Failed {
+                cred: None,
+                failure,
+            } => {
                 assert_eq!(failure.kind, FailureKind::Transient);
-                assert!(failure.message.contains("unexpectedly"), "{}", failure.message);
+                assert!(
+                    failure.message.contains("unexpectedly"),
+                    "{}",
+                    failure.message
+                );
             }
             _ => panic!("not a transient failure"),
         }

@@ -188,9 +188,9 @@ impl Refresher {
         let policy = Arc::new(std::sync::RwLock::new(
             crate::access::Policy::for_this_process(config.daemon.admin_gid),
         ));
-        let read_timeout_ms = Arc::new(std::sync::atomic::AtomicU64::new(
-            ms_i64(config.daemon.read_timeout) as u64,
-        ));
+        let read_timeout_ms = Arc::new(std::sync::atomic::AtomicU64::new(ms_i64(
+            config.daemon.read_timeout,
+        ) as u64));
         let mut r = Refresher {
             read_timeout_ms: Arc::clone(&read_timeout_ms),
             policy: Arc::clone(&policy),
@@ -392,9 +392,9 @@ impl Refresher {
             let now = now_ms();
             self.start_ready(now);
             self.start_due(now);
-            let sleep_ms = self
-                .next_wakeup()
-                .map_or(MAX_SLEEP_MS, |(at, _)| at.saturating_sub(now).clamp(0, MAX_SLEEP_MS));
+            let sleep_ms = self.next_wakeup().map_or(MAX_SLEEP_MS, |(at, _)| {
+                at.saturating_sub(now).clamp(0, MAX_SLEEP_MS)
+            });
             tokio::select! {
                 biased;
                 _ = self.cancel.cancelled() => break,
@@ -1217,7 +1217,8 @@ impl Refresher {
                     *p = c;
                 }
                 if rare.commit_retry_at.is_none() {
-                    rare.commit_retry_at = Some(now.saturating_add(commit_backoff(rare, base, cap)));
+                    rare.commit_retry_at =
+                        Some(now.saturating_add(commit_backoff(rare, base, cap)));
                 }
             }
         }

@@ -14,6 +14,7 @@ mod hardening;
 mod journal;
 mod lifecycle;
 mod notify;
+mod refresh_hardening;
 mod robustness;
 mod scale;
 mod seeds;

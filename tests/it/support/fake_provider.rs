@@ -217,6 +217,11 @@ pub struct FakeConfig {
     /// up or dies meanwhile has spent its refresh token without learning the
     /// new one. Zero by default.
     pub latency: Duration,
+    /// `true`: a used refresh token presented after its reuse grace is taken
+    /// for a stolen one and revokes its whole family (as Auth0's and Okta's
+    /// reuse detection do), so the family's current token dies too.
+    /// `false`, the default: only that request is refused.
+    pub reuse_revokes_family: bool,
 }
 
 impl FakeConfig {
@@ -244,7 +249,15 @@ impl FakeConfig {
             expires_in: ExpiresIn::Number,
             reuse_grace: Duration::ZERO,
             latency: Duration::ZERO,
+            reuse_revokes_family: false,
         }
+    }
+
+    /// Makes a reuse outside the grace revoke the token's whole family (see
+    /// [`FakeConfig::reuse_revokes_family`]).
+    pub fn with_reuse_revoking_the_family(mut self) -> FakeConfig {
+        self.reuse_revokes_family = true;
+        self
     }
 
     /// Sets the access-token lifetime.
@@ -335,6 +348,7 @@ impl fmt::Debug for FakeConfig {
             .field("expires_in", &self.expires_in)
             .field("reuse_grace", &self.reuse_grace)
             .field("latency", &self.latency)
+            .field("reuse_revokes_family", &self.reuse_revokes_family)
             .finish()
     }
 }
@@ -1069,8 +1083,16 @@ impl Inner {
                         st.reused_within_grace += 1;
                         family
                     }
-                    Some((RtState::Used, _, _)) => {
+                    Some((RtState::Used, family, _)) => {
                         st.reused_refresh_tokens += 1;
+                        if self.cfg.reuse_revokes_family {
+                            for e in st.refresh_tokens.values_mut() {
+                                if e.family == family {
+                                    e.state = RtState::Revoked;
+                                    e.grace_until = None;
+                                }
+                            }
+                        }
                         return Err(self.invalid_refresh_token(&token));
                     }
                     Some((RtState::Revoked, _, _)) | None => {
