@@ -14,8 +14,17 @@ use crate::support::{provider_toml, wait_until, Daemon, Run, FAST_DAEMON};
 const TTL: Duration = Duration::from_secs(60);
 
 async fn start(names: &[&str]) -> (FakeProvider, Daemon) {
+    start_with(names, "").await
+}
+
+/// As [`start`], with `extra` keys in the provider's table.
+async fn start_with(names: &[&str], extra: &str) -> (FakeProvider, Daemon) {
     let fake = FakeProvider::start(FakeConfig::new(Flavor::Didit).with_ttl(TTL)).await;
-    let daemon = Daemon::start(FAST_DAEMON, &provider_toml("p", &fake)).await;
+    let daemon = Daemon::start(
+        FAST_DAEMON,
+        &format!("{}{extra}", provider_toml("p", &fake)),
+    )
+    .await;
     for name in names {
         daemon
             .add(name, "p", &fake.issue_refresh_token())
@@ -178,7 +187,8 @@ async fn no_requests_for(fake: &FakeProvider, period: Duration, why: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_grant_needs_reauth_and_keeps_serving_the_valid_token() {
-    let (fake, mut daemon) = start(&["c"]).await;
+    let (fake, mut daemon) =
+        start_with(&["c"], "on_invalid_grant = \"serve_until_expiry\"\n").await;
     let token = get(&daemon, &fake, "c").await.stdout;
 
     fake.push_fault(Fault::oauth_error(400, "invalid_grant"));

@@ -68,7 +68,14 @@ async fn a_response_without_refresh_token_keeps_the_old_one() {
 
 async fn needs_reauth_after_revocation(flavor: Flavor, expected_code: &str) {
     let fake = FakeProvider::start(FakeConfig::new(flavor).with_ttl(Duration::from_secs(4))).await;
-    let daemon = Daemon::start(FAST_DAEMON, &provider_toml("p", &fake)).await;
+    let daemon = Daemon::start(
+        FAST_DAEMON,
+        &format!(
+            "{}on_invalid_grant = \"serve_until_expiry\"\n",
+            provider_toml("p", &fake)
+        ),
+    )
+    .await;
     daemon.add("c", "p", &fake.issue_refresh_token()).await.ok();
     fake.revoke_all();
     let run = daemon.cli(&["refresh", "c"]).await;
@@ -82,7 +89,7 @@ async fn needs_reauth_after_revocation(flavor: Flavor, expected_code: &str) {
     table.ok();
     assert!(table.stdout.contains("needs_reauth"), "{table:?}");
 
-    // The access token outlives the dead grant: `get` still serves it until
+    // With `serve_until_expiry`, `get` still serves the access token until
     // it expires, with a warning that says what to do.
     let get = daemon.cli(&["get", "c"]).await;
     get.ok();
@@ -107,7 +114,8 @@ async fn needs_reauth_after_revocation(flavor: Flavor, expected_code: &str) {
         assert!(std::time::Instant::now() < deadline, "token never expired");
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    assert_eq!(expired.code, 1);
+    // Exit 3: the credential needs re-authorization.
+    assert_eq!(expired.code, 3);
     assert!(expired.stdout.is_empty());
     assert!(
         expired.stderr.contains("needs re-authorization"),

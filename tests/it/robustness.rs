@@ -255,8 +255,9 @@ async fn outcome_unknown_against_a_strict_provider_says_so() {
     let status = daemon.status("c").await;
     let error = status["last_error"].as_str().unwrap();
     assert!(error.contains("without a known outcome"), "{error}");
-    // The last token is still served until it expires.
-    daemon.cli(&["get", "c"]).await.ok();
+    // Its last token is withheld (the default `on_invalid_grant`).
+    let get = daemon.cli(&["get", "c"]).await;
+    assert_eq!(get.code, 3, "{get:?}");
     daemon.finish(&[&fake]).await;
 }
 
