@@ -165,8 +165,17 @@ pub(super) struct Job {
     pub per_provider: Arc<Semaphore>,
 }
 
+/// Makes the next job panic, for the refresher's tests.
+#[cfg(test)]
+pub(super) static PANIC_NEXT_JOB: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
 impl Job {
     pub async fn run(mut self) -> Outcome {
+        #[cfg(test)]
+        if PANIC_NEXT_JOB.swap(false, std::sync::atomic::Ordering::SeqCst) {
+            panic!("a job panicked on purpose");
+        }
         let mut uncommitted = false;
         if let Some(pending) = &self.pending {
             match self.commits.save(pending.clone()).await {

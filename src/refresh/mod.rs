@@ -1354,3 +1354,59 @@ impl Waiter {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A refresher over a fresh database holding one credential of provider
+    /// `p`, whose token endpoint refuses connections.
+    async fn refresher(dir: &std::path::Path) -> Refresher {
+        let config = crate::config::parse_config(
+            "[providers.p]\ntoken_url = \"http://127.0.0.1:9/t\"\nclient_auth = \"none\"\n",
+        )
+        .unwrap();
+        let store = Store::open(&dir.join("t.db")).await.unwrap();
+        let cred = Credential::new("c", "p", Some(Secret::new("rt")), now_ms());
+        store.replace(&cred).await.unwrap();
+        let commits = GroupCommit::start(store.clone(), 8);
+        let (r, _handle) = Refresher::load(
+            Arc::new(config),
+            store,
+            commits,
+            ProviderClient::new().unwrap(),
+            CancellationToken::new(),
+        )
+        .await
+        .unwrap();
+        r
+    }
+
+    #[tokio::test]
+    async fn a_panicking_job_releases_its_credential_and_counts() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut r = refresher(dir.path()).await;
+        let id = r.id_of("c").unwrap();
+        job::PANIC_NEXT_JOB.store(true, std::sync::atomic::Ordering::SeqCst);
+        r.start_job(id, true, now_ms());
+        assert!(r.slot(id).unwrap().view.refreshing);
+        assert_eq!(r.running, 1);
+        let report = tokio::time::timeout(Duration::from_secs(10), r.reports.recv())
+            .await
+            .expect("a panicking job must still report")
+            .unwrap();
+        r.on_report(report).await;
+        let view = Arc::clone(&r.slot(id).unwrap().view);
+        assert!(!view.refreshing);
+        assert_eq!(r.running, 0);
+        assert_eq!(r.running_by_provider.get("p").copied(), Some(0));
+        assert!(
+            view.notes()
+                .last_error
+                .as_deref()
+                .is_some_and(|e| e.contains("unexpectedly")),
+            "{view:?}"
+        );
+        assert!(view.next_refresh_at.is_some(), "retried with backoff");
+    }
+}
