@@ -53,7 +53,7 @@ impl TokenResponse {
             access_token: view.access_token.as_ref()?.expose().to_string(),
             token_type: view.token_type.to_string(),
             expires_at: expires_at_ms / 1000,
-            expires_in: (expires_at_ms - now_ms()).max(0) / 1000,
+            expires_in: expires_at_ms.saturating_sub(now_ms()).max(0) / 1000,
             scope: view.scope.as_deref().map(str::to_string),
             id_token: view
                 .notes()
@@ -127,7 +127,7 @@ impl From<&View> for CredentialStatus {
             provider: view.provider.to_string(),
             state: view.state_name().to_string(),
             expires_at: view.expires_at.map(secs),
-            expires_in: view.expires_at.map(|e| secs(e - now_ms())),
+            expires_in: view.expires_at.map(|e| secs(e.saturating_sub(now_ms()))),
             refresh_token_expires_at: notes.refresh_expires_at.map(secs),
             last_refresh_at: view.last_refresh_at.map(secs),
             next_refresh_at: view.next_refresh_at.map(secs),
