@@ -815,7 +815,9 @@ impl Refresher {
         cred.scope = new.scope;
         if let Some((token, secs)) = new.access_token {
             cred.access_token = Some(token);
-            cred.expires_at = Some(now + secs as i64 * 1000);
+            cred.expires_at = Some(
+                now.saturating_add(i64::try_from(secs).unwrap_or(i64::MAX).saturating_mul(1000)),
+            );
             cred.lifetime_source = Some(LifetimeSource::ExpiresIn);
             cred.last_refresh_at = Some(now);
         }
