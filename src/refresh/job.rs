@@ -140,7 +140,9 @@ impl Job {
             );
             return self.fail(cred, f, uncommitted).await;
         };
-        cred.refresh_started_at = Some(sent_at);
+        // `begin` keeps the mark of an earlier attempt whose outcome is
+        // unknown; so does this copy, which the failure path saves.
+        cred.refresh_started_at = Some(cred.refresh_started_at.unwrap_or(sent_at));
         let result = self
             .client
             .request(&provider, &Grant::Refresh { refresh_token })

@@ -242,10 +242,9 @@ impl Refresher {
                 tokend_provider = %view.provider,
                 "a refresh was in flight when tokend last stopped (or timed out after sending); retrying with the refresh token on record"
             );
-            if view.next_refresh_at.is_some() {
-                view.next_refresh_at = Some(now);
-            }
         }
+        view.next_refresh_at =
+            first_due(view.next_refresh_at, interrupted.then_some(cred.refresh_started_at).flatten(), now);
         if let Some(w) = &view.notes().warning {
             event!(warn, Kind::RefreshTokenExpiring, tokend_credential = %view.name, tokend_provider = %view.provider, "{w}");
         }
@@ -1166,6 +1165,26 @@ fn blocked_reason(view: &View) -> Result<(), RefreshError> {
     Ok(())
 }
 
+/// When a credential loaded at start-up is first due, from its ordinary
+/// due time and, for a refresh that was in flight when tokend stopped, the
+/// time of its first attempt with an unknown outcome.
+///
+/// Interrupted refreshes go at that time, clamped below `now`, and
+/// everything else no earlier than `now`: so they start ahead of every
+/// ordinary due refresh, oldest attempt first. A provider with a reuse
+/// grace accepts the spent refresh token again only for a while after that
+/// attempt, and after a crash loop the oldest ones run out first. The
+/// schedule breaks ties by slot and the ready queues keep the order in which
+/// the schedule hands them out, so this order holds behind a saturated
+/// provider too.
+fn first_due(due: Option<i64>, interrupted_at: Option<i64>, now: i64) -> Option<i64> {
+    let due = due?;
+    Some(match interrupted_at {
+        Some(at) => at.min(now.saturating_sub(1)),
+        None => due.max(now),
+    })
+}
+
 /// One semaphore per provider, bounding its refreshes in flight.
 fn provider_permits(config: &Config) -> HashMap<String, Arc<Semaphore>> {
     config
@@ -1260,5 +1279,52 @@ impl Waiter {
                 let _ = reply.send(result);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The order in which the schedule hands out the loaded credentials.
+    fn start_order(loaded: &[(Option<i64>, Option<i64>)], now: i64) -> Vec<u32> {
+        let mut heap: BinaryHeap<Reverse<(i64, u32)>> = loaded
+            .iter()
+            .enumerate()
+            .filter_map(|(id, (due, interrupted))| {
+                Some(Reverse((first_due(*due, *interrupted, now)?, id as u32)))
+            })
+            .collect();
+        std::iter::from_fn(|| heap.pop().map(|Reverse((_, id))| id)).collect()
+    }
+
+    #[test]
+    fn interrupted_refreshes_start_first_oldest_attempt_first() {
+        let now = 10_000;
+        let loaded = [
+            // Overdue since long before any interrupted attempt.
+            (Some(50), None),
+            // Interrupted, attempts at 9 s, 7 s and 8 s (due before them).
+            (Some(100), Some(9_000)),
+            (Some(100), Some(7_000)),
+            (Some(100), Some(8_000)),
+            // Due now, and later.
+            (Some(now), None),
+            (Some(20_000), None),
+            // Not scheduled at all (needs re-authorization, paused).
+            (None, Some(1_000)),
+            // An attempt stamped in the future (the clock went back).
+            (Some(100), Some(50_000)),
+        ];
+        assert_eq!(start_order(&loaded, now), vec![2, 3, 1, 7, 0, 4, 5]);
+    }
+
+    #[test]
+    fn first_due_keeps_future_due_times_and_clamps_overdue_ones() {
+        assert_eq!(first_due(Some(20_000), None, 10_000), Some(20_000));
+        assert_eq!(first_due(Some(5), None, 10_000), Some(10_000));
+        assert_eq!(first_due(None, None, 10_000), None);
+        assert_eq!(first_due(Some(20_000), Some(3), 10_000), Some(3));
+        assert_eq!(first_due(Some(0), Some(i64::MAX), i64::MIN), Some(i64::MIN));
     }
 }
