@@ -8,6 +8,7 @@ mod access;
 mod cli;
 mod cli_hardening;
 mod crash;
+mod crash_loop;
 mod encryption;
 mod faults;
 mod hardening;
