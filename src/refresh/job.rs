@@ -16,7 +16,7 @@ use crate::config::ProviderConfig;
 use crate::credential::{Credential, State};
 use crate::provider::{Failure, FailureKind, Grant, ProviderClient};
 use crate::store::{GroupCommit, Store};
-use crate::token::{expires_at_ms, now_ms, RefreshTiming};
+use crate::token::{duration_ms, expires_at_ms, now_ms, RefreshTiming};
 
 /// What a job tells the owner.
 pub(super) enum Outcome {
@@ -249,14 +249,14 @@ pub(super) fn refresh_due_at(
         return expires_at;
     }
     let issued = cred.last_refresh_at.unwrap_or(cred.updated_at);
-    let floor = issued + timing.min_interval.as_millis() as i64;
+    let floor = issued.saturating_add(duration_ms(timing.min_interval));
     let mut at = timing.refresh_at_ms(issued, expires_at, jitter);
     if let Some(keepalive) = provider.and_then(|p| p.keepalive) {
-        at = at.min((issued + keepalive.as_millis() as i64).max(floor));
+        at = at.min(issued.saturating_add(duration_ms(keepalive)).max(floor));
     }
     if let Some(rt_expires) = cred.notes().refresh_expires_at {
-        let margin = ((rt_expires - issued) / 10).max(60_000);
-        let before = rt_expires - margin;
+        let margin = (rt_expires.saturating_sub(issued) / 10).max(60_000);
+        let before = rt_expires.saturating_sub(margin);
         // Only if that point is still ahead: a provider that does not extend
         // the refresh token must not make us refresh in a loop.
         if before > floor {
@@ -275,8 +275,8 @@ pub(super) fn refresh_token_warning(
 ) -> Option<String> {
     let window = provider.map_or(Duration::from_secs(3 * 86_400), |p| p.refresh_token_warning);
     let rt_expires = cred.notes().refresh_expires_at?;
-    let left = rt_expires - now;
-    (left < window.as_millis() as i64).then(|| {
+    let left = rt_expires.saturating_sub(now);
+    (left < duration_ms(window)).then(|| {
         if left <= 0 {
             "the refresh token has expired according to the provider; expect to re-authorize".to_string()
         } else {
@@ -350,6 +350,20 @@ mod tests {
         let mut c = cred(0, 10_000);
         c.has_refresh_token = false;
         assert_eq!(refresh_due_at(&t, None, &c, 0, 0.5), 10_000);
+    }
+
+    #[test]
+    fn due_time_of_extreme_times_does_not_overflow() {
+        let t = RefreshTiming::default();
+        let p = provider("keepalive = \"10m\"");
+        let c = rt_expiring(cred(i64::MAX - 1, i64::MAX), i64::MIN);
+        assert_eq!(refresh_due_at(&t, Some(&p), &c, 0, 1.0), i64::MAX);
+        let c = rt_expiring(cred(i64::MIN, i64::MAX), i64::MAX);
+        let at = refresh_due_at(&t, Some(&p), &c, 0, 1.0);
+        assert_eq!(at, i64::MIN + 600_000);
+        assert!(refresh_token_warning(Some(&p), &c, i64::MIN).is_none());
+        let c = rt_expiring(c, i64::MIN);
+        assert!(refresh_token_warning(Some(&p), &c, i64::MAX).is_some());
     }
 
     #[test]

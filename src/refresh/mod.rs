@@ -46,7 +46,7 @@ use crate::event;
 use crate::events::Kind;
 use crate::provider::{Failure, FailureKind, ProviderClient};
 use crate::store::{GroupCommit, Store, StoreError};
-use crate::token::{backoff, now_ms, LifetimeSource, Secret};
+use crate::token::{after_secs, backoff, duration_ms, now_ms, LifetimeSource, Secret};
 use handle::{Command, Reply};
 use job::{Job, Outcome};
 
@@ -243,8 +243,11 @@ impl Refresher {
                 "a refresh was in flight when tokend last stopped (or timed out after sending); retrying with the refresh token on record"
             );
         }
-        view.next_refresh_at =
-            first_due(view.next_refresh_at, interrupted.then_some(cred.refresh_started_at).flatten(), now);
+        view.next_refresh_at = first_due(
+            view.next_refresh_at,
+            interrupted.then_some(cred.refresh_started_at).flatten(),
+            now,
+        );
         if let Some(w) = &view.notes().warning {
             event!(warn, Kind::RefreshTokenExpiring, tokend_credential = %view.name, tokend_provider = %view.provider, "{w}");
         }
@@ -814,7 +817,7 @@ impl Refresher {
         cred.scope = new.scope;
         if let Some((token, secs)) = new.access_token {
             cred.access_token = Some(token);
-            cred.expires_at = Some(now + secs as i64 * 1000);
+            cred.expires_at = Some(after_secs(now, secs));
             cred.lifetime_source = Some(LifetimeSource::ExpiresIn);
             cred.last_refresh_at = Some(now);
         }
@@ -978,7 +981,7 @@ impl Refresher {
             rare.commit_attempt = 0;
             rare.commit_retry_at = None;
         } else {
-            rare.commit_retry_at = Some(now + commit_backoff(rare, base, cap));
+            rare.commit_retry_at = Some(now.saturating_add(commit_backoff(rare, base, cap)));
         }
         self.tidy(id);
         self.edit_view(id, |v| {
@@ -997,7 +1000,7 @@ impl Refresher {
             return;
         };
         let name = Arc::clone(&old.name);
-        let expires_in = (cred.expires_at.unwrap_or(now) - now) / 1000;
+        let expires_in = cred.expires_at.unwrap_or(now).saturating_sub(now) / 1000;
         event!(
             info,
             Kind::Refreshed,
@@ -1036,7 +1039,7 @@ impl Refresher {
                 "could not commit the new tokens to the database; serving them from memory and retrying the commit (check disk space, permissions and locks)");
             if let Some(rare) = self.rare(id) {
                 rare.pending = Some(cred);
-                rare.commit_retry_at = Some(now + commit_backoff(rare, base, cap));
+                rare.commit_retry_at = Some(now.saturating_add(commit_backoff(rare, base, cap)));
             }
         }
         self.tidy(id);
@@ -1059,7 +1062,7 @@ impl Refresher {
             return;
         };
         if let (Some(ra), FailureKind::Transient) = (failure.retry_after, failure.kind) {
-            let until = now + ra.as_millis() as i64;
+            let until = now.saturating_add(duration_ms(ra));
             let entry = self
                 .blocked_until
                 .entry(old.provider.to_string())
@@ -1108,19 +1111,19 @@ impl Refresher {
             FailureKind::Transient => {
                 let delay = backoff(attempt, base, cap, rand::random::<f64>());
                 attempt = attempt.saturating_add(1);
-                let mut at = now + delay.as_millis() as i64;
+                let mut at = now.saturating_add(duration_ms(delay));
                 // Never let the current token die without having tried again.
                 if let Some(exp) = view.expires_at.filter(|exp| *exp > now) {
                     at = at.min(exp);
                 }
                 if let Some(ra) = failure.retry_after {
-                    at = at.max(now + ra.as_millis() as i64);
+                    at = at.max(now.saturating_add(duration_ms(ra)));
                 }
                 view.next_refresh_at = Some(at);
                 event!(
                     warn, Kind::RefreshFailed,
                     tokend_credential = %name, tokend_provider = %provider,
-                    tokend_error = %failure.message, tokend_attempt = attempt, tokend_retry_in_ms = at - now,
+                    tokend_error = %failure.message, tokend_attempt = attempt, tokend_retry_in_ms = at.saturating_sub(now),
                     tokend_outcome_unknown = failure.outcome_unknown,
                     "refresh failed; will retry"
                 );
@@ -1138,7 +1141,8 @@ impl Refresher {
                     *p = c;
                 }
                 if rare.commit_retry_at.is_none() {
-                    rare.commit_retry_at = Some(now + commit_backoff(rare, base, cap));
+                    rare.commit_retry_at =
+                        Some(now.saturating_add(commit_backoff(rare, base, cap)));
                 }
             }
         }
@@ -1218,7 +1222,7 @@ async fn tick(interval: &mut Option<tokio::time::Interval>) {
 fn commit_backoff(rare: &mut Rare, base: Duration, cap: Duration) -> i64 {
     let delay = backoff(rare.commit_attempt, base, cap, rand::random::<f64>());
     rare.commit_attempt = rare.commit_attempt.saturating_add(1);
-    delay.as_millis() as i64
+    duration_ms(delay)
 }
 impl Waiter {
     fn answer(self, result: Result<Arc<View>, RefreshError>) {

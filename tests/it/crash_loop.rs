@@ -98,16 +98,23 @@ async fn crash_loop_retries_interrupted_refreshes_within_the_reuse_grace() {
         .iter()
         .map(|f| fake.family_refresh_count(*f))
         .collect();
-    wait_until(Duration::from_secs(30), "every credential to settle", || {
-        let (daemon, fake, families, after) = (&daemon, &fake, &families, &after);
-        async move {
-            let states = states(daemon).await;
-            states.len() == CREDENTIALS
-                && states.iter().zip(families.iter().zip(after)).all(|(s, (f, a))| {
-                    s == "needs_reauth" || fake.family_refresh_count(*f) > *a
-                })
-        }
-    })
+    wait_until(
+        Duration::from_secs(30),
+        "every credential to settle",
+        || {
+            let (daemon, fake, families, after) = (&daemon, &fake, &families, &after);
+            async move {
+                let states = states(daemon).await;
+                states.len() == CREDENTIALS
+                    && states
+                        .iter()
+                        .zip(families.iter().zip(after))
+                        .all(|(s, (f, a))| {
+                            s == "needs_reauth" || fake.family_refresh_count(*f) > *a
+                        })
+            }
+        },
+    )
     .await;
     let lost: Vec<String> = states(&daemon)
         .await
