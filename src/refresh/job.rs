@@ -6,14 +6,19 @@
 //! provider, commits the outcome (guarded by generation) and only then
 //! reports back.
 
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::FutureExt as _;
 use tokio::sync::Semaphore;
 
 use super::View;
 use crate::config::ProviderConfig;
 use crate::credential::{Credential, State};
+use crate::event;
+use crate::events::Kind;
 use crate::provider::{Failure, FailureKind, Grant, ProviderClient};
 use crate::store::{GroupCommit, Store};
 use crate::token::{duration_ms, expires_at_ms, now_ms, RefreshTiming};
@@ -200,6 +205,36 @@ impl Job {
     }
 }
 
+/// Runs a job's future, turning a panic into a transient failure: the
+/// owner then clears `refreshing`, releases the job's running counts and
+/// retries with backoff, where a lost task would leave the credential
+/// refreshing forever. The mark in the database stays, as for any attempt
+/// whose outcome is unknown.
+pub(super) async fn run_caught(name: &str, job: impl Future<Output = Outcome>) -> Outcome {
+    let panic = match AssertUnwindSafe(job).catch_unwind().await {
+        Ok(outcome) => return outcome,
+        Err(panic) => panic,
+    };
+    // Only a literal message: a formatted one could carry anything.
+    let what = panic
+        .downcast_ref::<&'static str>()
+        .map_or_else(String::new, |m| format!(": {m}"));
+    event!(
+        error, Kind::RefreshFailed,
+        tokend_credential = %name,
+        "the refresh job panicked{what}; this is a bug in tokend, please report it; retrying with backoff"
+    );
+    let mut f = failure(
+        FailureKind::Transient,
+        "the refresh job failed unexpectedly (a bug in tokend; see the log)",
+    );
+    f.outcome_unknown = true;
+    Outcome::Failed {
+        cred: None,
+        failure: f,
+    }
+}
+
 /// Exchanges an authorization code; the owner stores the result.
 pub(super) async fn exchange(
     client: ProviderClient,
@@ -350,6 +385,25 @@ mod tests {
         let mut c = cred(0, 10_000);
         c.has_refresh_token = false;
         assert_eq!(refresh_due_at(&t, None, &c, 0, 0.5), 10_000);
+    }
+
+    #[tokio::test]
+    async fn a_panicking_job_is_a_transient_failure_with_unknown_outcome() {
+        let outcome = run_caught("c", async { panic!("job blew up") }).await;
+        let Outcome::Failed { cred, failure } = outcome else {
+            panic!("not a failure");
+        };
+        assert!(cred.is_none());
+        assert_eq!(failure.kind, FailureKind::Transient);
+        assert!(failure.outcome_unknown);
+        assert!(
+            failure.message.contains("unexpectedly"),
+            "{}",
+            failure.message
+        );
+        // A job that does not panic is passed through.
+        let outcome = run_caught("c", async { Outcome::Committed { ok: true } }).await;
+        assert!(matches!(outcome, Outcome::Committed { ok: true }));
     }
 
     #[test]

@@ -695,8 +695,9 @@ impl Refresher {
             .running_by_provider
             .entry(Arc::clone(&provider))
             .or_default() += 1;
+        let name = Arc::clone(&view.name);
         self.tasks.spawn(async move {
-            let outcome = job.run().await;
+            let outcome = job::run_caught(&name, job.run()).await;
             let _ = reports.send(Report::Job {
                 slot: id,
                 generation,
