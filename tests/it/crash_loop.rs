@@ -10,7 +10,7 @@ use hyper::Method;
 use serde_json::{json, Value};
 use tokend::client::Client;
 
-use crate::support::fake_provider::{FakeConfig, FakeProvider, Flavor};
+use crate::support::fake_provider::{FakeConfig, FakeProvider, FamilyOnReuse, Flavor};
 use crate::support::{provider_toml, wait_until, Daemon, FAST_DAEMON};
 
 const CREDENTIALS: usize = 20;
@@ -48,6 +48,7 @@ async fn crash_loop_retries_interrupted_refreshes_within_the_reuse_grace() {
         FakeConfig::new(Flavor::Didit)
             .with_ttl(TTL)
             .with_reuse_grace(GRACE)
+            .with_family_on_reuse(FamilyOnReuse::Revoked)
             .with_latency(LATENCY),
     )
     .await;
