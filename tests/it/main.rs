@@ -14,6 +14,7 @@ mod faults;
 mod hardening;
 mod journal;
 mod lifecycle;
+mod limits;
 mod notify;
 mod robustness;
 mod scale;
