@@ -1077,7 +1077,7 @@ impl Refresher {
             view.updated_at = c.updated_at;
         }
         let earlier_unknown = cred.as_ref().map_or_else(
-            || self.slot(id).is_some_and(|s| s.earlier_unknown),
+            || failure.outcome_unknown || self.slot(id).is_some_and(|s| s.earlier_unknown),
             |c| c.refresh_started_at.is_some(),
         );
         view.edit_notes(|n| n.last_error = Some(failure.message.clone()));
