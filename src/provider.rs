@@ -286,7 +286,20 @@ impl ProviderClient {
             .headers()
             .get(reqwest::header::RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
-            .and_then(parse_retry_after);
+            .and_then(parse_retry_after)
+            .map(|asked| {
+                let (capped, over) = cap_retry_after(asked);
+                if over {
+                    tracing::warn!(
+                        tokend_provider = %p.name,
+                        tokend_retry_after_s = asked.as_secs(),
+                        "the provider asked (Retry-After) not to be called for {}s; waiting {}s at most",
+                        asked.as_secs(),
+                        capped.as_secs()
+                    );
+                }
+                capped
+            });
         let content_type = response
             .headers()
             .get(CONTENT_TYPE)
@@ -418,6 +431,16 @@ async fn read_capped(response: &mut reqwest::Response, cap: usize) -> Result<Vec
             }
         }
     }
+}
+
+/// The longest `Retry-After` tokend honours: a provider asking for more
+/// (or a broken one sending an absurd value) would otherwise stop every
+/// refresh of its credentials for that long.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
+
+/// `asked` cut to [`MAX_RETRY_AFTER`], and whether it was cut.
+pub fn cap_retry_after(asked: Duration) -> (Duration, bool) {
+    (asked.min(MAX_RETRY_AFTER), asked > MAX_RETRY_AFTER)
 }
 
 /// `Retry-After` as delta-seconds or an HTTP date (RFC 9110 §10.2.3).
@@ -690,5 +713,31 @@ mod tests {
             "{d:?}"
         );
         assert_eq!(parse_retry_after("soon"), None);
+        assert_eq!(
+            parse_retry_after(&u64::MAX.to_string()),
+            Some(Duration::from_secs(u64::MAX))
+        );
+    }
+
+    #[test]
+    fn retry_after_is_capped_at_an_hour() {
+        let hour = Duration::from_secs(3600);
+        assert_eq!(
+            cap_retry_after(Duration::from_secs(7)),
+            (Duration::from_secs(7), false)
+        );
+        assert_eq!(cap_retry_after(hour), (hour, false));
+        assert_eq!(
+            cap_retry_after(hour + Duration::from_millis(1)),
+            (hour, true)
+        );
+        assert_eq!(cap_retry_after(Duration::MAX), (hour, true));
+        let far = httpdate::fmt_http_date(
+            std::time::SystemTime::now() + Duration::from_secs(10 * 365 * 86_400),
+        );
+        assert_eq!(
+            cap_retry_after(parse_retry_after(&far).unwrap()),
+            (hour, true)
+        );
     }
 }

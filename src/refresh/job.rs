@@ -6,17 +6,22 @@
 //! provider, commits the outcome (guarded by generation) and only then
 //! reports back.
 
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::FutureExt as _;
 use tokio::sync::Semaphore;
 
 use super::View;
 use crate::config::ProviderConfig;
 use crate::credential::{Credential, State};
+use crate::event;
+use crate::events::Kind;
 use crate::provider::{Failure, FailureKind, Grant, ProviderClient};
 use crate::store::{GroupCommit, Store};
-use crate::token::{expires_at_ms, now_ms, RefreshTiming};
+use crate::token::{duration_ms, expires_at_ms, now_ms, RefreshTiming};
 
 /// What a job tells the owner.
 pub(super) enum Outcome {
@@ -140,7 +145,9 @@ impl Job {
             );
             return self.fail(cred, f, uncommitted).await;
         };
-        cred.refresh_started_at = Some(sent_at);
+        // `begin` keeps the mark of an earlier attempt whose outcome is
+        // unknown; so does this copy, which the failure path saves.
+        cred.refresh_started_at = Some(cred.refresh_started_at.unwrap_or(sent_at));
         let result = self
             .client
             .request(&provider, &Grant::Refresh { refresh_token })
@@ -198,6 +205,36 @@ impl Job {
     }
 }
 
+/// Runs a job's future, turning a panic into a transient failure: the
+/// owner then clears `refreshing`, releases the job's running counts and
+/// retries with backoff, where a lost task would leave the credential
+/// refreshing forever. The mark in the database stays, as for any attempt
+/// whose outcome is unknown.
+pub(super) async fn run_caught(name: &str, job: impl Future<Output = Outcome>) -> Outcome {
+    let panic = match AssertUnwindSafe(job).catch_unwind().await {
+        Ok(outcome) => return outcome,
+        Err(panic) => panic,
+    };
+    // Only a literal message: a formatted one could carry anything.
+    let what = panic
+        .downcast_ref::<&'static str>()
+        .map_or_else(String::new, |m| format!(": {m}"));
+    event!(
+        error, Kind::RefreshFailed,
+        tokend_credential = %name,
+        "the refresh job panicked{what}; this is a bug in tokend, please report it; retrying with backoff"
+    );
+    let mut f = failure(
+        FailureKind::Transient,
+        "the refresh job failed unexpectedly (a bug in tokend; see the log)",
+    );
+    f.outcome_unknown = true;
+    Outcome::Failed {
+        cred: None,
+        failure: f,
+    }
+}
+
 /// Exchanges an authorization code; the owner stores the result.
 pub(super) async fn exchange(
     client: ProviderClient,
@@ -247,14 +284,14 @@ pub(super) fn refresh_due_at(
         return expires_at;
     }
     let issued = cred.last_refresh_at.unwrap_or(cred.updated_at);
-    let floor = issued + timing.min_interval.as_millis() as i64;
+    let floor = issued.saturating_add(duration_ms(timing.min_interval));
     let mut at = timing.refresh_at_ms(issued, expires_at, jitter);
     if let Some(keepalive) = provider.and_then(|p| p.keepalive) {
-        at = at.min((issued + keepalive.as_millis() as i64).max(floor));
+        at = at.min(issued.saturating_add(duration_ms(keepalive)).max(floor));
     }
     if let Some(rt_expires) = cred.notes().refresh_expires_at {
-        let margin = ((rt_expires - issued) / 10).max(60_000);
-        let before = rt_expires - margin;
+        let margin = (rt_expires.saturating_sub(issued) / 10).max(60_000);
+        let before = rt_expires.saturating_sub(margin);
         // Only if that point is still ahead: a provider that does not extend
         // the refresh token must not make us refresh in a loop.
         if before > floor {
@@ -273,8 +310,8 @@ pub(super) fn refresh_token_warning(
 ) -> Option<String> {
     let window = provider.map_or(Duration::from_secs(3 * 86_400), |p| p.refresh_token_warning);
     let rt_expires = cred.notes().refresh_expires_at?;
-    let left = rt_expires - now;
-    (left < window.as_millis() as i64).then(|| {
+    let left = rt_expires.saturating_sub(now);
+    (left < duration_ms(window)).then(|| {
         if left <= 0 {
             "the refresh token has expired according to the provider; expect to re-authorize".to_string()
         } else {
@@ -348,6 +385,39 @@ mod tests {
         let mut c = cred(0, 10_000);
         c.has_refresh_token = false;
         assert_eq!(refresh_due_at(&t, None, &c, 0, 0.5), 10_000);
+    }
+
+    #[tokio::test]
+    async fn a_panicking_job_is_a_transient_failure_with_unknown_outcome() {
+        let outcome = run_caught("c", async { panic!("job blew up") }).await;
+        let Outcome::Failed { cred, failure } = outcome else {
+            panic!("not a failure");
+        };
+        assert!(cred.is_none());
+        assert_eq!(failure.kind, FailureKind::Transient);
+        assert!(failure.outcome_unknown);
+        assert!(
+            failure.message.contains("unexpectedly"),
+            "{}",
+            failure.message
+        );
+        // A job that does not panic is passed through.
+        let outcome = run_caught("c", async { Outcome::Committed { ok: true } }).await;
+        assert!(matches!(outcome, Outcome::Committed { ok: true }));
+    }
+
+    #[test]
+    fn due_time_of_extreme_times_does_not_overflow() {
+        let t = RefreshTiming::default();
+        let p = provider("keepalive = \"10m\"");
+        let c = rt_expiring(cred(i64::MAX - 1, i64::MAX), i64::MIN);
+        assert_eq!(refresh_due_at(&t, Some(&p), &c, 0, 1.0), i64::MAX);
+        let c = rt_expiring(cred(i64::MIN, i64::MAX), i64::MAX);
+        let at = refresh_due_at(&t, Some(&p), &c, 0, 1.0);
+        assert_eq!(at, i64::MIN + 600_000);
+        assert!(refresh_token_warning(Some(&p), &c, i64::MIN).is_none());
+        let c = rt_expiring(c, i64::MIN);
+        assert!(refresh_token_warning(Some(&p), &c, i64::MAX).is_some());
     }
 
     #[test]

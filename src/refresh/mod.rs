@@ -46,7 +46,7 @@ use crate::event;
 use crate::events::Kind;
 use crate::provider::{Failure, FailureKind, ProviderClient};
 use crate::store::{GroupCommit, Store, StoreError};
-use crate::token::{backoff, now_ms, LifetimeSource, Secret};
+use crate::token::{after_secs, backoff, duration_ms, now_ms, LifetimeSource, Secret};
 use handle::{Command, Reply};
 use job::{Job, Outcome};
 
@@ -242,10 +242,12 @@ impl Refresher {
                 tokend_provider = %view.provider,
                 "a refresh was in flight when tokend last stopped (or timed out after sending); retrying with the refresh token on record"
             );
-            if view.next_refresh_at.is_some() {
-                view.next_refresh_at = Some(now);
-            }
         }
+        view.next_refresh_at = first_due(
+            view.next_refresh_at,
+            interrupted.then_some(cred.refresh_started_at).flatten(),
+            now,
+        );
         if let Some(w) = &view.notes().warning {
             event!(warn, Kind::RefreshTokenExpiring, tokend_credential = %view.name, tokend_provider = %view.provider, "{w}");
         }
@@ -693,8 +695,9 @@ impl Refresher {
             .running_by_provider
             .entry(Arc::clone(&provider))
             .or_default() += 1;
+        let name = Arc::clone(&view.name);
         self.tasks.spawn(async move {
-            let outcome = job.run().await;
+            let outcome = job::run_caught(&name, job.run()).await;
             let _ = reports.send(Report::Job {
                 slot: id,
                 generation,
@@ -815,9 +818,7 @@ impl Refresher {
         cred.scope = new.scope;
         if let Some((token, secs)) = new.access_token {
             cred.access_token = Some(token);
-            cred.expires_at = Some(
-                now.saturating_add(i64::try_from(secs).unwrap_or(i64::MAX).saturating_mul(1000)),
-            );
+            cred.expires_at = Some(after_secs(now, secs));
             cred.lifetime_source = Some(LifetimeSource::ExpiresIn);
             cred.last_refresh_at = Some(now);
         }
@@ -981,7 +982,7 @@ impl Refresher {
             rare.commit_attempt = 0;
             rare.commit_retry_at = None;
         } else {
-            rare.commit_retry_at = Some(now + commit_backoff(rare, base, cap));
+            rare.commit_retry_at = Some(now.saturating_add(commit_backoff(rare, base, cap)));
         }
         self.tidy(id);
         self.edit_view(id, |v| {
@@ -1000,7 +1001,7 @@ impl Refresher {
             return;
         };
         let name = Arc::clone(&old.name);
-        let expires_in = (cred.expires_at.unwrap_or(now) - now) / 1000;
+        let expires_in = cred.expires_at.unwrap_or(now).saturating_sub(now) / 1000;
         event!(
             info,
             Kind::Refreshed,
@@ -1039,7 +1040,7 @@ impl Refresher {
                 "could not commit the new tokens to the database; serving them from memory and retrying the commit (check disk space, permissions and locks)");
             if let Some(rare) = self.rare(id) {
                 rare.pending = Some(cred);
-                rare.commit_retry_at = Some(now + commit_backoff(rare, base, cap));
+                rare.commit_retry_at = Some(now.saturating_add(commit_backoff(rare, base, cap)));
             }
         }
         self.tidy(id);
@@ -1062,7 +1063,7 @@ impl Refresher {
             return;
         };
         if let (Some(ra), FailureKind::Transient) = (failure.retry_after, failure.kind) {
-            let until = now + ra.as_millis() as i64;
+            let until = now.saturating_add(duration_ms(ra));
             let entry = self
                 .blocked_until
                 .entry(old.provider.to_string())
@@ -1076,7 +1077,7 @@ impl Refresher {
             view.updated_at = c.updated_at;
         }
         let earlier_unknown = cred.as_ref().map_or_else(
-            || self.slot(id).is_some_and(|s| s.earlier_unknown),
+            || failure.outcome_unknown || self.slot(id).is_some_and(|s| s.earlier_unknown),
             |c| c.refresh_started_at.is_some(),
         );
         view.edit_notes(|n| n.last_error = Some(failure.message.clone()));
@@ -1111,19 +1112,19 @@ impl Refresher {
             FailureKind::Transient => {
                 let delay = backoff(attempt, base, cap, rand::random::<f64>());
                 attempt = attempt.saturating_add(1);
-                let mut at = now + delay.as_millis() as i64;
+                let mut at = now.saturating_add(duration_ms(delay));
                 // Never let the current token die without having tried again.
                 if let Some(exp) = view.expires_at.filter(|exp| *exp > now) {
                     at = at.min(exp);
                 }
                 if let Some(ra) = failure.retry_after {
-                    at = at.max(now + ra.as_millis() as i64);
+                    at = at.max(now.saturating_add(duration_ms(ra)));
                 }
                 view.next_refresh_at = Some(at);
                 event!(
                     warn, Kind::RefreshFailed,
                     tokend_credential = %name, tokend_provider = %provider,
-                    tokend_error = %failure.message, tokend_attempt = attempt, tokend_retry_in_ms = at - now,
+                    tokend_error = %failure.message, tokend_attempt = attempt, tokend_retry_in_ms = at.saturating_sub(now),
                     tokend_outcome_unknown = failure.outcome_unknown,
                     "refresh failed; will retry"
                 );
@@ -1141,7 +1142,8 @@ impl Refresher {
                     *p = c;
                 }
                 if rare.commit_retry_at.is_none() {
-                    rare.commit_retry_at = Some(now + commit_backoff(rare, base, cap));
+                    rare.commit_retry_at =
+                        Some(now.saturating_add(commit_backoff(rare, base, cap)));
                 }
             }
         }
@@ -1166,6 +1168,26 @@ fn blocked_reason(view: &View) -> Result<(), RefreshError> {
         });
     }
     Ok(())
+}
+
+/// When a credential loaded at start-up is first due, from its ordinary
+/// due time and, for a refresh that was in flight when tokend stopped, the
+/// time of its first attempt with an unknown outcome.
+///
+/// Interrupted refreshes go at that time, clamped below `now`, and
+/// everything else no earlier than `now`: so they start ahead of every
+/// ordinary due refresh, oldest attempt first. A provider with a reuse
+/// grace accepts the spent refresh token again only for a while after that
+/// attempt, and after a crash loop the oldest ones run out first. The
+/// schedule breaks ties by slot and the ready queues keep the order in which
+/// the schedule hands them out, so this order holds behind a saturated
+/// provider too.
+fn first_due(due: Option<i64>, interrupted_at: Option<i64>, now: i64) -> Option<i64> {
+    let due = due?;
+    Some(match interrupted_at {
+        Some(at) => at.min(now.saturating_sub(1)),
+        None => due.max(now),
+    })
 }
 
 /// One semaphore per provider, bounding its refreshes in flight.
@@ -1201,7 +1223,7 @@ async fn tick(interval: &mut Option<tokio::time::Interval>) {
 fn commit_backoff(rare: &mut Rare, base: Duration, cap: Duration) -> i64 {
     let delay = backoff(rare.commit_attempt, base, cap, rand::random::<f64>());
     rare.commit_attempt = rare.commit_attempt.saturating_add(1);
-    delay.as_millis() as i64
+    duration_ms(delay)
 }
 impl Waiter {
     fn answer(self, result: Result<Arc<View>, RefreshError>) {
@@ -1262,5 +1284,52 @@ impl Waiter {
                 let _ = reply.send(result);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The order in which the schedule hands out the loaded credentials.
+    fn start_order(loaded: &[(Option<i64>, Option<i64>)], now: i64) -> Vec<u32> {
+        let mut heap: BinaryHeap<Reverse<(i64, u32)>> = loaded
+            .iter()
+            .enumerate()
+            .filter_map(|(id, (due, interrupted))| {
+                Some(Reverse((first_due(*due, *interrupted, now)?, id as u32)))
+            })
+            .collect();
+        std::iter::from_fn(|| heap.pop().map(|Reverse((_, id))| id)).collect()
+    }
+
+    #[test]
+    fn interrupted_refreshes_start_first_oldest_attempt_first() {
+        let now = 10_000;
+        let loaded = [
+            // Overdue since long before any interrupted attempt.
+            (Some(50), None),
+            // Interrupted, attempts at 9 s, 7 s and 8 s (due before them).
+            (Some(100), Some(9_000)),
+            (Some(100), Some(7_000)),
+            (Some(100), Some(8_000)),
+            // Due now, and later.
+            (Some(now), None),
+            (Some(20_000), None),
+            // Not scheduled at all (needs re-authorization, paused).
+            (None, Some(1_000)),
+            // An attempt stamped in the future (the clock went back).
+            (Some(100), Some(50_000)),
+        ];
+        assert_eq!(start_order(&loaded, now), vec![2, 3, 1, 7, 0, 4, 5]);
+    }
+
+    #[test]
+    fn first_due_keeps_future_due_times_and_clamps_overdue_ones() {
+        assert_eq!(first_due(Some(20_000), None, 10_000), Some(20_000));
+        assert_eq!(first_due(Some(5), None, 10_000), Some(10_000));
+        assert_eq!(first_due(None, None, 10_000), None);
+        assert_eq!(first_due(Some(20_000), Some(3), 10_000), Some(3));
+        assert_eq!(first_due(Some(0), Some(i64::MAX), i64::MIN), Some(i64::MIN));
     }
 }

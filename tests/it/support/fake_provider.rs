@@ -25,7 +25,9 @@
 //! [`FakeProvider::reused_refresh_tokens`]. [`FakeConfig::with_reuse_grace`]
 //! adds a rotation leeway (as Auth0's reuse interval or Okta's grace period):
 //! a used token presented within the grace of its first use is accepted once
-//! more and counted in [`FakeProvider::reused_within_grace`] instead. Every
+//! more and counted in [`FakeProvider::reused_within_grace`] instead;
+//! [`FakeConfig::with_family_on_reuse`] makes a reuse after it revoke the
+//! whole family, as reuse detection does. Every
 //! grant (a minted refresh token, a code exchange) starts a *family*; tokens
 //! rotated from it stay in that family, and
 //! [`FakeProvider::family_refresh_count`] counts its successful refreshes. Faults
@@ -217,6 +219,21 @@ pub struct FakeConfig {
     /// up or dies meanwhile has spent its refresh token without learning the
     /// new one. Zero by default.
     pub latency: Duration,
+    /// What a used refresh token presented after its grace does to the rest
+    /// of its family (see [`FamilyOnReuse`]).
+    pub on_reuse: FamilyOnReuse,
+}
+
+/// What reuse of a spent refresh token outside its grace does to the tokens
+/// rotated from it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FamilyOnReuse {
+    /// Only the reuse is refused (the default).
+    Kept,
+    /// Every token of the family is revoked, as reuse detection in
+    /// django-oauth-toolkit or OAuth 2.1 (RFC 9700 §4.14.2) does: the
+    /// grant is dead.
+    Revoked,
 }
 
 impl FakeConfig {
@@ -244,7 +261,15 @@ impl FakeConfig {
             expires_in: ExpiresIn::Number,
             reuse_grace: Duration::ZERO,
             latency: Duration::ZERO,
+            on_reuse: FamilyOnReuse::Kept,
         }
+    }
+
+    /// Sets what reuse outside the grace does to the family (see
+    /// [`FakeConfig::on_reuse`]).
+    pub fn with_family_on_reuse(mut self, on_reuse: FamilyOnReuse) -> FakeConfig {
+        self.on_reuse = on_reuse;
+        self
     }
 
     /// Sets the access-token lifetime.
@@ -335,6 +360,7 @@ impl fmt::Debug for FakeConfig {
             .field("expires_in", &self.expires_in)
             .field("reuse_grace", &self.reuse_grace)
             .field("latency", &self.latency)
+            .field("on_reuse", &self.on_reuse)
             .finish()
     }
 }
@@ -1069,8 +1095,18 @@ impl Inner {
                         st.reused_within_grace += 1;
                         family
                     }
-                    Some((RtState::Used, _, _)) => {
+                    Some((RtState::Used, family, _)) => {
                         st.reused_refresh_tokens += 1;
+                        if self.cfg.on_reuse == FamilyOnReuse::Revoked {
+                            for e in st.refresh_tokens.values_mut() {
+                                if e.family == family {
+                                    e.grace_until = None;
+                                    if e.state == RtState::Valid {
+                                        e.state = RtState::Revoked;
+                                    }
+                                }
+                            }
+                        }
                         return Err(self.invalid_refresh_token(&token));
                     }
                     Some((RtState::Revoked, _, _)) | None => {
