@@ -190,9 +190,11 @@ pub struct ExchangeCode {
 /// Every error: `{"error":"needs_reauth","message":"credential `mail` needs ..."}`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ErrorBody {
-    /// Machine-readable kind: `not_found`, `needs_reauth`, `paused`,
-    /// `unavailable`, `bad_request`, `exchange_failed`, `internal`,
-    /// `shutting_down`.
+    /// Machine-readable kind, one per status (see README, "Socket API"):
+    /// `bad_request`, `unknown_provider` (400), `forbidden` (403),
+    /// `not_found` (404), `method_not_allowed` (405), `timeout` (408),
+    /// `needs_reauth` (409), `payload_too_large` (413), `internal` (500),
+    /// `exchange_failed` (502), `unavailable`, `paused`, `shutting_down` (503).
     pub error: String,
     /// One line for humans.
     pub message: String,

@@ -166,7 +166,7 @@ impl Credential {
             self.refresh_token = Some(rt);
         }
         self.refresh_expires_at = match set.refresh_expires_in {
-            Some(secs) => Some(crate::token::lifetime_end_ms(sent_at, secs)),
+            Some(secs) => Some(crate::token::after_secs(sent_at, secs)),
             // A new refresh token of unstated lifetime: forget the old lifetime.
             None if rotated => None,
             None => self.refresh_expires_at,
@@ -240,6 +240,24 @@ mod tests {
         assert_eq!(c.extra["id_token"], "idt");
         assert_eq!(c.scope.as_deref(), Some("openid"));
         assert_eq!(c.last_refresh_at, Some(20));
+    }
+
+    #[test]
+    fn a_huge_refresh_token_lifetime_does_not_overflow() {
+        let mut c = Credential::new("c", "p", Some(Secret::new("rt-1")), 0);
+        c.apply(
+            set(&format!(
+                r#"{{"access_token":"a","refresh_expires_in":{}}}"#,
+                u64::MAX
+            )),
+            1_000,
+            5_000,
+            LifetimeSource::ExpiresIn,
+        );
+        assert_eq!(
+            c.refresh_expires_at,
+            Some(1_000 + crate::token::MAX_LIFETIME_MS)
+        );
     }
 
     #[test]

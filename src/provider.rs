@@ -288,16 +288,17 @@ impl ProviderClient {
             .and_then(|v| v.to_str().ok())
             .and_then(parse_retry_after)
             .map(|asked| {
-                let (wait, capped) = cap_retry_after(asked);
-                if capped {
+                let (capped, over) = cap_retry_after(asked);
+                if over {
                     tracing::warn!(
                         tokend_provider = %p.name,
                         tokend_retry_after_s = asked.as_secs(),
-                        "the provider's Retry-After is longer than {}s; waiting only that long",
-                        MAX_RETRY_AFTER.as_secs()
+                        "the provider asked (Retry-After) not to be called for {}s; waiting {}s at most",
+                        asked.as_secs(),
+                        capped.as_secs()
                     );
                 }
-                wait
+                capped
             });
         let content_type = response
             .headers()
@@ -432,11 +433,12 @@ async fn read_capped(response: &mut reqwest::Response, cap: usize) -> Result<Vec
     }
 }
 
-/// The longest `Retry-After` obeyed: one absurd header must not keep a
-/// provider's every credential away for ever.
+/// The longest `Retry-After` tokend honours: a provider asking for more
+/// (or a broken one sending an absurd value) would otherwise stop every
+/// refresh of its credentials for that long.
 pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
 
-/// `asked` capped at [`MAX_RETRY_AFTER`], and whether it was.
+/// `asked` cut to [`MAX_RETRY_AFTER`], and whether it was cut.
 pub fn cap_retry_after(asked: Duration) -> (Duration, bool) {
     (asked.min(MAX_RETRY_AFTER), asked > MAX_RETRY_AFTER)
 }
@@ -711,6 +713,32 @@ mod tests {
             "{d:?}"
         );
         assert_eq!(parse_retry_after("soon"), None);
+        assert_eq!(
+            parse_retry_after(&u64::MAX.to_string()),
+            Some(Duration::from_secs(u64::MAX))
+        );
+    }
+
+    #[test]
+    fn retry_after_is_capped_at_an_hour() {
+        let hour = Duration::from_secs(3600);
+        assert_eq!(
+            cap_retry_after(Duration::from_secs(7)),
+            (Duration::from_secs(7), false)
+        );
+        assert_eq!(cap_retry_after(hour), (hour, false));
+        assert_eq!(
+            cap_retry_after(hour + Duration::from_millis(1)),
+            (hour, true)
+        );
+        assert_eq!(cap_retry_after(Duration::MAX), (hour, true));
+        let far = httpdate::fmt_http_date(
+            std::time::SystemTime::now() + Duration::from_secs(10 * 365 * 86_400),
+        );
+        assert_eq!(
+            cap_retry_after(parse_retry_after(&far).unwrap()),
+            (hour, true)
+        );
     }
 
     #[test]

@@ -7,6 +7,11 @@
 //! capped, request heads must arrive within [`HEADER_TIMEOUT`] and fit in
 //! [`MAX_HEAD_BYTES`], bodies are capped at [`MAX_BODY_BYTES`], and a request
 //! is answered (or cut with 408) within [`REQUEST_TIMEOUT`].
+//!
+//! Admin-only routes are authorized on the request head, before any body is
+//! read, so a caller who may not change anything cannot hold a request open.
+//! Every error answer, including those axum and tower produce themselves, is
+//! `{"error": kind, "message": ...}` ([`json_errors`]).
 
 use std::io;
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
@@ -15,10 +20,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Extension, Path as UrlPath, Query, State};
+use axum::extract::rejection::RawPathParamsRejection;
+use axum::extract::{
+    DefaultBodyLimit, Extension, Path as UrlPath, Query, RawPathParams, Request, State,
+};
 use axum::http::{header, HeaderMap, StatusCode};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post, put, MethodRouter};
 use axum::{Json, Router};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
@@ -47,6 +56,8 @@ pub const MAX_HEAD_BYTES: usize = 16 * 1024;
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 /// Longest time to answer one request (a token wait is bounded below this).
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(75);
+/// Longest access-token lifetime a client may state when adding a credential.
+pub(crate) const MAX_EXPIRES_IN_SECS: u64 = 365 * 24 * 3600;
 
 /// Errors setting up the socket.
 #[derive(Debug, thiserror::Error)]
@@ -144,6 +155,15 @@ pub async fn bind(
 
 /// The API router.
 pub fn router(handle: RefresherHandle) -> Router {
+    let admin = |what: &'static str, route: MethodRouter<RefresherHandle>| {
+        route.route_layer(middleware::from_fn_with_state(
+            AdminGate {
+                handle: handle.clone(),
+                what,
+            },
+            require_admin,
+        ))
+    };
     Router::new()
         .route("/v1/health", get(health))
         .route("/v1/tokens/{name}", get(get_token))
@@ -151,11 +171,17 @@ pub fn router(handle: RefresherHandle) -> Router {
         .route(
             "/v1/credentials/{name}",
             get(get_credential)
-                .put(put_credential)
-                .delete(delete_credential),
+                .merge(admin("add credentials", put(put_credential)))
+                .merge(admin("remove credentials", delete(delete_credential))),
         )
-        .route("/v1/credentials/{name}/exchange", post(exchange))
-        .route("/v1/credentials/{name}/refresh", post(refresh))
+        .route(
+            "/v1/credentials/{name}/exchange",
+            admin("add credentials", post(exchange)),
+        )
+        .route(
+            "/v1/credentials/{name}/refresh",
+            admin("refresh credentials", post(refresh)),
+        )
         .fallback(|| async {
             ApiError::new(
                 StatusCode::NOT_FOUND,
@@ -168,7 +194,93 @@ pub fn router(handle: RefresherHandle) -> Router {
             StatusCode::REQUEST_TIMEOUT,
             REQUEST_TIMEOUT,
         ))
+        .layer(middleware::map_response(json_errors))
         .with_state(handle)
+}
+
+/// What an admin-only route does, for [`require_admin`]'s refusal.
+#[derive(Clone)]
+struct AdminGate {
+    handle: RefresherHandle,
+    what: &'static str,
+}
+
+/// Refuses a caller who is not an administrator before the handler runs,
+/// and so before the request body is read.
+async fn require_admin(
+    State(gate): State<AdminGate>,
+    Extension(peer): Caller,
+    params: Result<RawPathParams, RawPathParamsRejection>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let name = params.ok().and_then(|p| {
+        p.iter()
+            .find(|(key, _)| *key == "name")
+            .map(|(_, value)| value.to_string())
+    });
+    match authorize_admin(&gate.handle, &peer, gate.what, name.as_deref()) {
+        Ok(()) => next.run(req).await,
+        Err(e) => e.into_response(),
+    }
+}
+
+/// Rewrites an error answer that is not already our JSON (axum's extractor
+/// rejections, 405, tower's 408) into `{"error","message"}`, keeping its
+/// status; a plain-text body becomes the message.
+async fn json_errors(resp: Response) -> Response {
+    let status = resp.status();
+    let is_json = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return resp;
+    }
+    let (parts, body) = resp.into_parts();
+    let text = axum::body::to_bytes(body, 4096)
+        .await
+        .ok()
+        .and_then(|b| String::from_utf8(b.to_vec()).ok())
+        .unwrap_or_default();
+    let text = lowercase_first(text.trim());
+    let (kind, message) = match status {
+        StatusCode::NOT_FOUND => ("not_found", "no such endpoint; see README for the API".to_string()),
+        StatusCode::METHOD_NOT_ALLOWED => (
+            "method_not_allowed",
+            "this endpoint does not take that method; see README for the API".to_string(),
+        ),
+        StatusCode::REQUEST_TIMEOUT => (
+            "timeout",
+            format!(
+                "the request was not answered within {} s; retry, and see the daemon's log if it persists",
+                REQUEST_TIMEOUT.as_secs()
+            ),
+        ),
+        StatusCode::PAYLOAD_TOO_LARGE => (
+            "payload_too_large",
+            format!("the request body is larger than {MAX_BODY_BYTES} bytes"),
+        ),
+        s if s.is_client_error() => (
+            "bad_request",
+            if text.is_empty() { "malformed request; see README for the API".to_string() } else { text },
+        ),
+        _ => ("internal", "internal error; see the daemon's log".to_string()),
+    };
+    let mut out = ApiError::new(status, kind, message).into_response();
+    // 405 names the methods that would do.
+    if let Some(allow) = parts.headers.get(header::ALLOW) {
+        out.headers_mut().insert(header::ALLOW, allow.clone());
+    }
+    out
+}
+
+fn lowercase_first(s: &str) -> String {
+    let mut chars = s.chars();
+    chars
+        .next()
+        .map_or_else(String::new, |c| c.to_lowercase().chain(chars).collect())
 }
 
 /// Serves `router` on `listener` until `cancel` fires, then lets open
@@ -321,14 +433,30 @@ fn forbidden(peer: &Peer, what: &str, credential: Option<&str>, message: String)
     ApiError::new(StatusCode::FORBIDDEN, "forbidden", message)
 }
 
-/// The caller may read this credential's token or state.
+/// The caller may read this credential's token or state. To anyone but an
+/// administrator, a credential they may not read answers exactly as a
+/// missing one, so names cannot be probed; the denial is still logged.
 fn authorize_read(h: &RefresherHandle, peer: &Peer, name: &str) -> ApiResult<()> {
-    let view = h
-        .view(name)
-        .ok_or_else(|| RefreshError::NotFound(name.to_string()))?;
-    h.policy()
-        .may_read(peer, &view.readers)
-        .map_err(|m| forbidden(peer, "read", Some(name), m))
+    let policy = h.policy();
+    let hidden = || {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no credential named `{name}` that you may read"),
+        )
+    };
+    let Some(view) = h.view(name) else {
+        return Err(if policy.is_admin(peer) {
+            RefreshError::NotFound(name.to_string()).into()
+        } else {
+            hidden()
+        });
+    };
+    policy.may_read(peer, &view.readers).map_err(|m| {
+        // Logs the denial; the caller gets the missing credential's answer.
+        let _logged = forbidden(peer, "read", Some(name), m);
+        hidden()
+    })
 }
 
 /// The caller may change credentials or see all of them.
@@ -454,19 +582,23 @@ fn check_name(name: &str) -> ApiResult<()> {
     }
 }
 
+/// Admin-only: behind [`require_admin`].
 async fn put_credential(
     State(h): State<RefresherHandle>,
-    Extension(peer): Caller,
     UrlPath(name): UrlPath<String>,
     body: Bytes,
 ) -> ApiResult<(StatusCode, Json<CredentialStatus>)> {
-    authorize_admin(&h, &peer, "add credentials", Some(&name))?;
     check_name(&name)?;
     let req: PutCredential = parse_body(&body)?;
     if req.refresh_token.trim().is_empty() {
         return Err(ApiError::bad_request("refresh_token is empty"));
     }
     let access_token = match (req.access_token, req.expires_in) {
+        (Some(_), Some(secs)) if secs > MAX_EXPIRES_IN_SECS => {
+            return Err(ApiError::bad_request(format!(
+                "expires_in must be at most {MAX_EXPIRES_IN_SECS} seconds (one year)"
+            )))
+        }
         (Some(t), Some(secs)) => Some((Secret::new(t), secs)),
         (None, None) => None,
         _ => {
@@ -487,13 +619,12 @@ async fn put_credential(
     Ok((StatusCode::CREATED, Json(CredentialStatus::from(&*view))))
 }
 
+/// Admin-only: behind [`require_admin`].
 async fn exchange(
     State(h): State<RefresherHandle>,
-    Extension(peer): Caller,
     UrlPath(name): UrlPath<String>,
     body: Bytes,
 ) -> ApiResult<(StatusCode, Json<CredentialStatus>)> {
-    authorize_admin(&h, &peer, "add credentials", Some(&name))?;
     check_name(&name)?;
     let req: ExchangeCode = parse_body(&body)?;
     let view = h
@@ -508,22 +639,80 @@ async fn exchange(
     Ok((StatusCode::CREATED, Json(CredentialStatus::from(&*view))))
 }
 
+/// Admin-only: behind [`require_admin`].
 async fn refresh(
     State(h): State<RefresherHandle>,
-    Extension(peer): Caller,
     UrlPath(name): UrlPath<String>,
 ) -> ApiResult<Json<CredentialStatus>> {
-    authorize_admin(&h, &peer, "refresh credentials", Some(&name))?;
     let view = h.refresh_now(&name).await?;
     Ok(Json(CredentialStatus::from(&*view)))
 }
 
+/// Admin-only: behind [`require_admin`].
 async fn delete_credential(
     State(h): State<RefresherHandle>,
-    Extension(peer): Caller,
     UrlPath(name): UrlPath<String>,
 ) -> ApiResult<StatusCode> {
-    authorize_admin(&h, &peer, "remove credentials", Some(&name))?;
     h.remove(&name).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn rewritten(resp: Response) -> (StatusCode, Option<String>, serde_json::Value) {
+        let resp = json_errors(resp).await;
+        let status = resp.status();
+        let allow = resp
+            .headers()
+            .get(header::ALLOW)
+            .map(|v| v.to_str().unwrap().to_string());
+        let body = axum::body::to_bytes(resp.into_body(), 4096).await.unwrap();
+        (
+            status,
+            allow,
+            serde_json::from_slice(&body).unwrap_or_default(),
+        )
+    }
+
+    #[tokio::test]
+    async fn layer_errors_become_the_documented_json() {
+        // tower's timeout answers with an empty body.
+        let (status, _, body) = rewritten(StatusCode::REQUEST_TIMEOUT.into_response()).await;
+        assert_eq!(status, StatusCode::REQUEST_TIMEOUT);
+        assert_eq!(body["error"], "timeout");
+        assert!(body["message"].as_str().unwrap().contains("75 s"), "{body}");
+
+        let mut resp = StatusCode::METHOD_NOT_ALLOWED.into_response();
+        resp.headers_mut()
+            .insert(header::ALLOW, header::HeaderValue::from_static("GET,HEAD"));
+        let (status, allow, body) = rewritten(resp).await;
+        assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(body["error"], "method_not_allowed");
+        assert_eq!(allow.as_deref(), Some("GET,HEAD"));
+
+        let (status, _, body) =
+            rewritten((StatusCode::BAD_REQUEST, "Failed to parse: x").into_response()).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert_eq!(body["error"], "bad_request");
+        assert_eq!(body["message"], "failed to parse: x");
+
+        let (_, _, body) = rewritten(StatusCode::INTERNAL_SERVER_ERROR.into_response()).await;
+        assert_eq!(body["error"], "internal");
+    }
+
+    #[tokio::test]
+    async fn successes_and_our_own_errors_pass_untouched() {
+        let ours = ApiError::new(StatusCode::CONFLICT, "needs_reauth", "add a new token");
+        let (status, _, body) = rewritten(ours.into_response()).await;
+        assert_eq!(status, StatusCode::CONFLICT);
+        assert_eq!(body["error"], "needs_reauth");
+        assert_eq!(body["message"], "add a new token");
+
+        let token = json_errors("tok\n".into_response()).await;
+        assert_eq!(token.status(), StatusCode::OK);
+        let body = axum::body::to_bytes(token.into_body(), 64).await.unwrap();
+        assert_eq!(&body[..], b"tok\n");
+    }
 }

@@ -68,8 +68,29 @@ pub fn scrub(text: &str, secrets: &[&str]) -> String {
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
+        .map(duration_ms)
         .unwrap_or(0)
+}
+
+/// `d` in whole milliseconds, saturating at `i64::MAX`.
+pub fn duration_ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// The longest lifetime tokend takes from a provider (about a century).
+/// Longer ones (a stated `u64::MAX` seconds, a JWT `exp` far in the future)
+/// are cut to it, so expiry arithmetic cannot overflow and every expiry is
+/// still a date that formats.
+pub const MAX_LIFETIME_MS: i64 = 100 * 365 * 86_400_000;
+
+/// The Unix ms `secs` seconds after `from_ms`, the lifetime cut to
+/// [`MAX_LIFETIME_MS`].
+pub fn after_secs(from_ms: i64, secs: u64) -> i64 {
+    let ms = i64::try_from(secs)
+        .unwrap_or(i64::MAX)
+        .saturating_mul(1000)
+        .min(MAX_LIFETIME_MS);
+    from_ms.saturating_add(ms)
 }
 
 /// Where a token's lifetime came from: shown in status so an operator can tell
@@ -238,9 +259,9 @@ pub fn parse_token_response(
 /// A number of seconds given as a JSON number or a numeric string.
 fn seconds(v: &Value) -> Option<u64> {
     match v {
-        Value::Number(n) => n
-            .as_u64()
-            .or_else(|| n.as_f64().filter(|f| *f >= 0.0).map(|f| f as u64)),
+        // A negative lifetime counts as zero (absent): failing the whole
+        // response would lose the refresh token it rotated.
+        Value::Number(n) => n.as_u64().or_else(|| n.as_f64().map(|f| f.max(0.0) as u64)),
         Value::String(s) => s
             .trim()
             .parse::<f64>()
@@ -266,23 +287,6 @@ pub fn jwt_exp(token: &str) -> Option<i64> {
     claims.get("exp")?.as_f64().map(|f| f as i64)
 }
 
-/// The longest lifetime believed, in seconds (ten years): a provider's
-/// `expires_in` of `u64::MAX` must not wrap into the past, nor make a token
-/// count as valid for ever.
-pub const MAX_LIFETIME_SECS: u64 = 10 * 366 * 86_400;
-
-/// A duration in milliseconds as `i64`, saturating.
-pub fn ms_i64(d: Duration) -> i64 {
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
-}
-
-/// `secs` seconds after `at_ms`, with the lifetime capped at
-/// [`MAX_LIFETIME_SECS`] and the sum saturating.
-pub fn lifetime_end_ms(at_ms: i64, secs: u64) -> i64 {
-    // The cap keeps the product far from overflowing.
-    at_ms.saturating_add(secs.min(MAX_LIFETIME_SECS) as i64 * 1000)
-}
-
 /// Works out when a freshly issued access token expires, counting from
 /// `sent_at_ms` (when the request left, so network delay never makes us late).
 /// A JWT's `exp` is what resource servers enforce, so when it is earlier than
@@ -293,11 +297,12 @@ pub fn expires_at_ms(
     sent_at_ms: i64,
     default_lifetime: Duration,
 ) -> (i64, LifetimeSource) {
+    let longest = sent_at_ms.saturating_add(MAX_LIFETIME_MS);
     let jwt = jwt_exp(set.access_token.expose())
-        .map(|exp| exp.saturating_mul(1000))
+        .map(|exp| exp.saturating_mul(1000).min(longest))
         .filter(|exp_ms| *exp_ms > sent_at_ms);
     if let Some(secs) = set.expires_in {
-        let stated = lifetime_end_ms(sent_at_ms, secs);
+        let stated = after_secs(sent_at_ms, secs);
         return match jwt {
             Some(exp_ms) if exp_ms < stated => (exp_ms, LifetimeSource::JwtExp),
             _ => (stated, LifetimeSource::ExpiresIn),
@@ -307,7 +312,7 @@ pub fn expires_at_ms(
         return (exp_ms, LifetimeSource::JwtExp);
     }
     (
-        sent_at_ms.saturating_add(ms_i64(default_lifetime)),
+        sent_at_ms.saturating_add(duration_ms(default_lifetime).min(MAX_LIFETIME_MS)),
         LifetimeSource::Default,
     )
 }
@@ -344,10 +349,10 @@ impl RefreshTiming {
     pub fn refresh_at_ms(&self, issued_ms: i64, expires_ms: i64, jitter: f64) -> i64 {
         let lifetime = expires_ms.saturating_sub(issued_ms).max(0) as f64;
         let fraction = self.remaining_fraction + self.jitter_fraction * jitter.clamp(0.0, 1.0);
-        let margin = (lifetime * fraction).min(self.max_margin.as_millis() as f64);
-        // `margin` is at most the lifetime, so this cannot pass `issued_ms`.
+        let margin = (lifetime * fraction).min(duration_ms(self.max_margin) as f64);
+        // `as` saturates (and turns NaN into 0).
         let at = expires_ms.saturating_sub(margin as i64);
-        at.max(issued_ms.saturating_add(ms_i64(self.min_interval)))
+        at.max(issued_ms.saturating_add(duration_ms(self.min_interval)))
     }
 }
 
@@ -356,7 +361,7 @@ impl RefreshTiming {
 pub fn backoff(attempt: u32, base: Duration, cap: Duration, jitter: f64) -> Duration {
     let exp = base.saturating_mul(1u32.checked_shl(attempt.min(30)).unwrap_or(u32::MAX));
     let ceiling = exp.min(cap);
-    // `mul_f64` panics where the product does not fit; this saturates.
+    // `mul_f64` panics when rounding takes a huge ceiling past `Duration::MAX`.
     Duration::try_from_secs_f64(ceiling.as_secs_f64() * jitter.clamp(0.0, 1.0))
         .unwrap_or(ceiling)
         .min(ceiling)
@@ -547,33 +552,6 @@ mod tests {
     }
 
     #[test]
-    fn absurd_lifetimes_saturate_instead_of_wrapping() {
-        let default = Duration::from_secs(3600);
-        let mut set = parse(r#"{"access_token":"x","expires_in":18446744073709551615}"#).unwrap();
-        assert_eq!(set.expires_in, Some(u64::MAX));
-        let (at, _) = expires_at_ms(&set, 1_000, default);
-        assert_eq!(at, 1_000 + MAX_LIFETIME_SECS as i64 * 1000);
-        let (at, _) = expires_at_ms(&set, i64::MAX - 5, default);
-        assert_eq!(at, i64::MAX);
-        set.expires_in = Some(1e300 as u64);
-        assert!(expires_at_ms(&set, 0, default).0 > 0);
-        assert_eq!(
-            parse(r#"{"access_token":"x","expires_in":-5}"#).unwrap_err(),
-            ParseError::BadField("expires_in")
-        );
-        assert_eq!(
-            parse(r#"{"access_token":"x","expires_in":"-1e30"}"#).unwrap_err(),
-            ParseError::BadField("expires_in")
-        );
-        assert_eq!(lifetime_end_ms(i64::MAX, u64::MAX), i64::MAX);
-        assert_eq!(ms_i64(Duration::MAX), i64::MAX);
-        let t = RefreshTiming::default();
-        assert!(t.refresh_at_ms(i64::MIN, i64::MAX, 1.0) > 0);
-        assert_eq!(t.refresh_at_ms(i64::MAX, i64::MAX, 0.5), i64::MAX);
-        assert!(t.refresh_at_ms(i64::MAX, i64::MIN, 0.5) == i64::MAX);
-    }
-
-    #[test]
     fn backoff_grows_and_is_capped() {
         let base = Duration::from_secs(1);
         let cap = Duration::from_secs(300);
@@ -585,5 +563,77 @@ mod tests {
             backoff(u32::MAX, Duration::MAX, Duration::MAX, 1.0),
             Duration::MAX
         );
+    }
+
+    #[test]
+    fn huge_or_negative_lifetimes_do_not_overflow() {
+        let default = Duration::from_secs(3600);
+        let sent = 1_700_000_000_000;
+        let longest = sent + MAX_LIFETIME_MS;
+        for body in [
+            format!(r#"{{"access_token":"x","expires_in":{}}}"#, u64::MAX),
+            format!(r#"{{"access_token":"x","expires_in":{}}}"#, i64::MAX),
+            r#"{"access_token":"x","expires_in":1e300}"#.to_string(),
+            r#"{"access_token":"x","expires_in":"1e400"}"#.to_string(),
+        ] {
+            let set = parse(&body).unwrap();
+            assert_eq!(
+                expires_at_ms(&set, sent, default),
+                (longest, LifetimeSource::ExpiresIn),
+                "{body}"
+            );
+            assert_eq!(expires_at_ms(&set, i64::MAX, default).0, i64::MAX);
+        }
+        // Negative: as absent, so the rotated refresh token is kept.
+        let set = parse(r#"{"access_token":"x","expires_in":-5,"refresh_token":"r"}"#).unwrap();
+        assert_eq!(set.expires_in, None);
+        assert!(set.refresh_token.is_some());
+        let set = parse(r#"{"access_token":"x","refresh_expires_in":-1.5}"#).unwrap();
+        assert_eq!(set.refresh_expires_in, None);
+        // A JWT `exp` far in the future, and the default lifetime, are cut too.
+        let mut set = parse(r#"{"access_token":"x"}"#).unwrap();
+        set.access_token = Secret::new(jwt_with_exp(i64::MAX));
+        assert_eq!(
+            expires_at_ms(&set, sent, default),
+            (longest, LifetimeSource::JwtExp)
+        );
+        set.access_token = Secret::new("opaque");
+        assert_eq!(expires_at_ms(&set, sent, Duration::MAX).0, longest);
+        assert_eq!(after_secs(i64::MAX - 1, 10), i64::MAX);
+        assert_eq!(after_secs(0, u64::MAX), MAX_LIFETIME_MS);
+    }
+
+    #[test]
+    fn refresh_point_of_extreme_times_does_not_overflow() {
+        let t = RefreshTiming {
+            max_margin: Duration::MAX,
+            min_interval: Duration::MAX,
+            ..RefreshTiming::default()
+        };
+        // A quarter of the saturated lifetime before the end.
+        assert_eq!(
+            t.refresh_at_ms(i64::MIN, i64::MAX, 1.0),
+            i64::MAX - i64::MAX / 4 - 1
+        );
+        assert_eq!(t.refresh_at_ms(i64::MAX, i64::MIN, 0.0), i64::MAX);
+        let t = RefreshTiming::default();
+        let at = t.refresh_at_ms(0, i64::MAX, 0.5);
+        assert_eq!(at, i64::MAX - 6 * 3_600_000);
+    }
+
+    #[test]
+    fn backoff_with_huge_attempts_and_limits_does_not_panic() {
+        let base = Duration::from_secs(1);
+        // The exponent stops at 2^30.
+        assert_eq!(
+            backoff(u32::MAX, base, Duration::MAX, 1.0),
+            Duration::from_secs(1 << 30)
+        );
+        assert_eq!(backoff(7, Duration::MAX, Duration::MAX, 1.0), Duration::MAX);
+        assert_eq!(
+            backoff(u32::MAX, base, Duration::from_secs(300), 1.0),
+            Duration::from_secs(300)
+        );
+        assert_eq!(duration_ms(Duration::MAX), i64::MAX);
     }
 }

@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine as _;
-use fake_provider::{pkce_s256, ExpiresIn, FakeConfig, FakeProvider, Fault, Flavor};
+use fake_provider::{pkce_s256, ExpiresIn, FakeConfig, FakeProvider, FamilyOnReuse, Fault, Flavor};
 use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
 use reqwest::{Client, Response, StatusCode};
 use serde_json::{json, Value};
@@ -1034,6 +1034,30 @@ async fn reuse_grace_accepts_a_used_token_only_within_the_window() {
     assert_eq!(p.reused_refresh_tokens(), 2);
     assert_eq!(p.reused_within_grace(), 2);
     assert!(p.rejections().is_empty());
+}
+
+#[tokio::test]
+async fn reuse_after_the_grace_can_revoke_the_family() {
+    let p = FakeProvider::start(
+        FakeConfig::new(Flavor::Didit).with_family_on_reuse(FamilyOnReuse::Revoked),
+    )
+    .await;
+    let c = client();
+    let (rt, family) = p.issue_refresh_token_family();
+    let (other, other_family) = p.issue_refresh_token_family();
+    let rt2 = didit_rotate(&c, &p, &rt).await.unwrap();
+    assert_eq!(
+        didit_rotate(&c, &p, &rt).await.unwrap_err(),
+        "invalid_grant"
+    );
+    // The successor dies with the family; other families live on.
+    assert_eq!(
+        didit_rotate(&c, &p, &rt2).await.unwrap_err(),
+        "invalid_grant"
+    );
+    let alive = p.current_refresh_tokens_by_family();
+    assert!(!alive.contains_key(&family));
+    assert_eq!(alive.get(&other_family), Some(&other));
 }
 
 #[tokio::test]

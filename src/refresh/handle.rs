@@ -13,7 +13,7 @@ use crate::config::OnInvalidGrant;
 use crate::credential::{Credential, State};
 use crate::provider::Failure;
 use crate::store::StoreError;
-use crate::token::{ms_i64, now_ms, LifetimeSource, Secret};
+use crate::token::{duration_ms, now_ms, LifetimeSource, Secret};
 
 /// A published, immutable snapshot of one credential: everything the socket
 /// API serves or shows, and nothing more. It holds no refresh token: that
@@ -493,7 +493,7 @@ impl RefresherHandle {
     /// refresh already in flight or scheduled) if its schedule allows, and
     /// the caller waits at most `daemon.read_timeout` for it.
     pub async fn token(&self, name: &str, min_valid: Duration) -> Result<Arc<View>, RefreshError> {
-        let min_valid_ms = ms_i64(min_valid);
+        let min_valid_ms = duration_ms(min_valid);
         if let Some(view) = self.view(name) {
             if view.valid_token(now_ms(), min_valid_ms).is_some() {
                 return Ok(view);

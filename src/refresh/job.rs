@@ -6,17 +6,22 @@
 //! provider, commits the outcome (guarded by generation) and only then
 //! reports back.
 
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::FutureExt as _;
 use tokio::sync::Semaphore;
 
 use super::{RefreshError, View};
 use crate::config::ProviderConfig;
 use crate::credential::{Credential, State};
+use crate::event;
+use crate::events::Kind;
 use crate::provider::{Failure, FailureKind, Grant, ProviderClient};
 use crate::store::{GroupCommit, Store};
-use crate::token::{expires_at_ms, now_ms, RefreshTiming};
+use crate::token::{duration_ms, expires_at_ms, now_ms, RefreshTiming};
 
 /// What a token read that the published token does not satisfy may do.
 /// Reads join the refresh schedule: they never start a refresh during a
@@ -258,7 +263,9 @@ impl Job {
             );
             return self.fail(cred, f, uncommitted).await;
         };
-        cred.refresh_started_at = Some(sent_at);
+        // `begin` keeps the mark of an earlier attempt whose outcome is
+        // unknown; so does this copy, which the failure path saves.
+        cred.refresh_started_at = Some(cred.refresh_started_at.unwrap_or(sent_at));
         let result = self
             .client
             .request(&provider, &Grant::Refresh { refresh_token })
@@ -316,40 +323,34 @@ impl Job {
     }
 }
 
-/// Runs a job, turning a panic into a transient failure: the owner must
-/// hear back from every job it started, or the credential would stay
-/// `refreshing` for ever and its provider's running count never drop. The
-/// job's permits are released as it unwinds.
-pub(super) async fn caught(run: impl std::future::Future<Output = Outcome>, name: &str) -> Outcome {
-    use futures::FutureExt as _;
-    match std::panic::AssertUnwindSafe(run).catch_unwind().await {
-        Ok(outcome) => outcome,
-        Err(_) => {
-            // The panic hook has printed the payload; it is not repeated
-            // here, where it would reach the journal with the fields.
-            crate::event!(
-                error,
-                crate::events::Kind::RefreshFailed,
-                tokend_credential = %name,
-                "a refresh job failed unexpectedly (a bug in tokend; please report it); the credential is released and retried with backoff"
-            );
-            Outcome::Failed {
-                cred: None,
-                failure: failure(
-                    FailureKind::Transient,
-                    "the refresh job failed unexpectedly (a bug in tokend); retrying with backoff",
-                ),
-            }
-        }
+/// Runs a job's future, turning a panic into a transient failure: the
+/// owner then clears `refreshing`, releases the job's running counts and
+/// retries with backoff, where a lost task would leave the credential
+/// refreshing forever. The mark in the database stays, as for any attempt
+/// whose outcome is unknown.
+pub(super) async fn run_caught(name: &str, job: impl Future<Output = Outcome>) -> Outcome {
+    let panic = match AssertUnwindSafe(job).catch_unwind().await {
+        Ok(outcome) => return outcome,
+        Err(panic) => panic,
+    };
+    // Only a literal message: a formatted one could carry anything.
+    let what = panic
+        .downcast_ref::<&'static str>()
+        .map_or_else(String::new, |m| format!(": {m}"));
+    event!(
+        error, Kind::RefreshFailed,
+        tokend_credential = %name,
+        "the refresh job panicked{what}; this is a bug in tokend, please report it; retrying with backoff"
+    );
+    let mut f = failure(
+        FailureKind::Transient,
+        "the refresh job failed unexpectedly (a bug in tokend; see the log)",
+    );
+    f.outcome_unknown = true;
+    Outcome::Failed {
+        cred: None,
+        failure: f,
     }
-}
-
-/// The order in which refreshes interrupted by the last stop are retried:
-/// oldest attempt first, since the provider's reuse grace for its refresh
-/// token ends first. Entries are `(refresh_started_at, slot)`.
-pub(super) fn interrupted_order(mut interrupted: Vec<(i64, u32)>) -> Vec<u32> {
-    interrupted.sort_unstable();
-    interrupted.into_iter().map(|(_, id)| id).collect()
 }
 
 /// Exchanges an authorization code; the owner stores the result.
@@ -401,14 +402,10 @@ pub(super) fn refresh_due_at(
         return expires_at;
     }
     let issued = cred.last_refresh_at.unwrap_or(cred.updated_at);
-    let floor = issued.saturating_add(crate::token::ms_i64(timing.min_interval));
+    let floor = issued.saturating_add(duration_ms(timing.min_interval));
     let mut at = timing.refresh_at_ms(issued, expires_at, jitter);
     if let Some(keepalive) = provider.and_then(|p| p.keepalive) {
-        at = at.min(
-            issued
-                .saturating_add(crate::token::ms_i64(keepalive))
-                .max(floor),
-        );
+        at = at.min(issued.saturating_add(duration_ms(keepalive)).max(floor));
     }
     if let Some(rt_expires) = cred.notes().refresh_expires_at {
         let margin = (rt_expires.saturating_sub(issued) / 10).max(60_000);
@@ -432,7 +429,7 @@ pub(super) fn refresh_token_warning(
     let window = provider.map_or(Duration::from_secs(3 * 86_400), |p| p.refresh_token_warning);
     let rt_expires = cred.notes().refresh_expires_at?;
     let left = rt_expires.saturating_sub(now);
-    (left < crate::token::ms_i64(window)).then(|| {
+    (left < duration_ms(window)).then(|| {
         if left <= 0 {
             "the refresh token has expired according to the provider; expect to re-authorize".to_string()
         } else {
@@ -593,36 +590,37 @@ mod tests {
         assert!(matches!(read_plan(&case(&busy, 20_000, 0)), ReadPlan::Join));
     }
 
-    #[test]
-    fn interrupted_refreshes_go_oldest_attempt_first() {
-        assert_eq!(
-            interrupted_order(vec![(500, 0), (100, 7), (300, 2), (100, 3)]),
-            [3, 7, 2, 0]
+    #[tokio::test]
+    async fn a_panicking_job_is_a_transient_failure_with_unknown_outcome() {
+        let outcome = run_caught("c", async { panic!("job blew up") }).await;
+        let Outcome::Failed { cred, failure } = outcome else {
+            panic!("not a failure");
+        };
+        assert!(cred.is_none());
+        assert_eq!(failure.kind, FailureKind::Transient);
+        assert!(failure.outcome_unknown);
+        assert!(
+            failure.message.contains("unexpectedly"),
+            "{}",
+            failure.message
         );
-        assert!(interrupted_order(Vec::new()).is_empty());
+        // A job that does not panic is passed through.
+        let outcome = run_caught("c", async { Outcome::Committed { ok: true } }).await;
+        assert!(matches!(outcome, Outcome::Committed { ok: true }));
     }
 
-    #[tokio::test]
-    async fn a_panicking_job_reports_a_transient_failure() {
-        let outcome = caught(async { panic!("boom") }, "c").await;
-        match outcome {
-            Outcome::Failed {
-                cred: None,
-                failure,
-            } => {
-                assert_eq!(failure.kind, FailureKind::Transient);
-                assert!(
-                    failure.message.contains("unexpectedly"),
-                    "{}",
-                    failure.message
-                );
-            }
-            _ => panic!("not a transient failure"),
-        }
-        assert!(matches!(
-            caught(async { Outcome::Superseded }, "c").await,
-            Outcome::Superseded
-        ));
+    #[test]
+    fn due_time_of_extreme_times_does_not_overflow() {
+        let t = RefreshTiming::default();
+        let p = provider("keepalive = \"10m\"");
+        let c = rt_expiring(cred(i64::MAX - 1, i64::MAX), i64::MIN);
+        assert_eq!(refresh_due_at(&t, Some(&p), &c, 0, 1.0), i64::MAX);
+        let c = rt_expiring(cred(i64::MIN, i64::MAX), i64::MAX);
+        let at = refresh_due_at(&t, Some(&p), &c, 0, 1.0);
+        assert_eq!(at, i64::MIN + 600_000);
+        assert!(refresh_token_warning(Some(&p), &c, i64::MIN).is_none());
+        let c = rt_expiring(c, i64::MIN);
+        assert!(refresh_token_warning(Some(&p), &c, i64::MAX).is_some());
     }
 
     #[test]

@@ -46,7 +46,7 @@ use crate::event;
 use crate::events::Kind;
 use crate::provider::{Failure, FailureKind, ProviderClient};
 use crate::store::{GroupCommit, Store, StoreError};
-use crate::token::{backoff, lifetime_end_ms, ms_i64, now_ms, LifetimeSource, Secret};
+use crate::token::{after_secs, backoff, duration_ms, now_ms, LifetimeSource, Secret};
 use handle::{Command, Reply};
 use job::{Job, Outcome, ReadCase, ReadPlan};
 
@@ -188,7 +188,7 @@ impl Refresher {
         let policy = Arc::new(std::sync::RwLock::new(
             crate::access::Policy::for_this_process(config.daemon.admin_gid),
         ));
-        let read_timeout_ms = Arc::new(std::sync::atomic::AtomicU64::new(ms_i64(
+        let read_timeout_ms = Arc::new(std::sync::atomic::AtomicU64::new(duration_ms(
             config.daemon.read_timeout,
         ) as u64));
         let mut r = Refresher {
@@ -219,11 +219,9 @@ impl Refresher {
             status_dirty: true,
         };
         let now = now_ms();
-        let mut interrupted = Vec::new();
         store
-            .load_each(|loaded| interrupted.extend(r.insert_loaded(loaded, now)))
+            .load_each(|loaded| r.insert_loaded(loaded, now))
             .await?;
-        r.retry_interrupted_first(interrupted);
         r.slots.shrink_to_fit();
         let handle = RefresherHandle {
             tx,
@@ -234,30 +232,7 @@ impl Refresher {
         Ok((r, handle))
     }
 
-    /// Puts the refreshes the last stop interrupted at the head of their
-    /// providers' queues, oldest attempt first, ahead of every other due
-    /// refresh: with a provider's reuse grace ticking since their refresh
-    /// token was sent, they are the ones that can be lost. After a crash
-    /// loop, retrying them by slot number would retry the same few each time.
-    fn retry_interrupted_first(&mut self, interrupted: Vec<(i64, u32)>) {
-        for id in job::interrupted_order(interrupted) {
-            let Some(slot) = self.slot_mut(id) else {
-                continue;
-            };
-            if slot.view.next_refresh_at.is_none() || slot.queued {
-                continue;
-            }
-            // Its schedule entry goes stale; the queue starts it.
-            slot.next_at = None;
-            slot.queued = true;
-            let provider = Arc::clone(&slot.view.provider);
-            self.ready.entry(provider).or_default().push_back(id);
-        }
-    }
-
-    /// Adds a loaded credential; returns `(refresh_started_at, slot)` if its
-    /// last refresh was interrupted.
-    fn insert_loaded(&mut self, loaded: Loaded, now: i64) -> Option<(i64, u32)> {
+    fn insert_loaded(&mut self, loaded: Loaded, now: i64) {
         let Loaded {
             cred,
             has_refresh_token,
@@ -274,10 +249,12 @@ impl Refresher {
                 tokend_provider = %view.provider,
                 "a refresh was in flight when tokend last stopped (or timed out after sending); retrying with the refresh token on record"
             );
-            if view.next_refresh_at.is_some() {
-                view.next_refresh_at = Some(now);
-            }
         }
+        view.next_refresh_at = first_due(
+            view.next_refresh_at,
+            interrupted.then_some(cred.refresh_started_at).flatten(),
+            now,
+        );
         if let Some(w) = &view.notes().warning {
             event!(warn, Kind::RefreshTokenExpiring, tokend_credential = %view.name, tokend_provider = %view.provider, "{w}");
         }
@@ -285,10 +262,6 @@ impl Refresher {
         if let Some(slot) = self.slot_mut(id) {
             slot.earlier_unknown = interrupted;
         }
-        interrupted
-            .then_some(cred.refresh_started_at)
-            .flatten()
-            .map(|at| (at, id))
     }
 
     /// The view of `cred` as the configuration sees it: readers, and paused
@@ -429,7 +402,7 @@ impl Refresher {
             *policy = crate::access::Policy::for_this_process(config.daemon.admin_gid);
         }
         self.read_timeout_ms.store(
-            ms_i64(config.daemon.read_timeout) as u64,
+            duration_ms(config.daemon.read_timeout) as u64,
             std::sync::atomic::Ordering::Relaxed,
         );
         if config.daemon.max_concurrent_refreshes != self.config.daemon.max_concurrent_refreshes {
@@ -729,7 +702,6 @@ impl Refresher {
         };
         let generation = slot.generation;
         let reports = self.reports_tx.clone();
-        let name = Arc::clone(&view.name);
         self.edit_view(id, |v| v.refreshing = true);
         let provider = Arc::clone(&view.provider);
         self.running += 1;
@@ -737,8 +709,9 @@ impl Refresher {
             .running_by_provider
             .entry(Arc::clone(&provider))
             .or_default() += 1;
+        let name = Arc::clone(&view.name);
         self.tasks.spawn(async move {
-            let outcome = job::caught(job.run(), &name).await;
+            let outcome = job::run_caught(&name, job.run()).await;
             let _ = reports.send(Report::Job {
                 slot: id,
                 generation,
@@ -840,8 +813,8 @@ impl Refresher {
                 view: &view,
                 backoff_until,
                 blocked_until,
-                min_interval_ms: ms_i64(self.config.daemon.timing.min_interval),
-                read_timeout_ms: ms_i64(self.config.daemon.read_timeout),
+                min_interval_ms: duration_ms(self.config.daemon.timing.min_interval),
+                read_timeout_ms: duration_ms(self.config.daemon.read_timeout),
             });
             match plan {
                 ReadPlan::Refuse(err) => waiter.answer(Err(err)),
@@ -893,7 +866,7 @@ impl Refresher {
         cred.scope = new.scope;
         if let Some((token, secs)) = new.access_token {
             cred.access_token = Some(token);
-            cred.expires_at = Some(lifetime_end_ms(now, secs));
+            cred.expires_at = Some(after_secs(now, secs));
             cred.lifetime_source = Some(LifetimeSource::ExpiresIn);
             cred.last_refresh_at = Some(now);
         }
@@ -1138,7 +1111,7 @@ impl Refresher {
             return;
         };
         if let (Some(ra), FailureKind::Transient) = (failure.retry_after, failure.kind) {
-            let until = now.saturating_add(ms_i64(ra));
+            let until = now.saturating_add(duration_ms(ra));
             let entry = self
                 .blocked_until
                 .entry(old.provider.to_string())
@@ -1152,7 +1125,7 @@ impl Refresher {
             view.updated_at = c.updated_at;
         }
         let earlier_unknown = cred.as_ref().map_or_else(
-            || self.slot(id).is_some_and(|s| s.earlier_unknown),
+            || failure.outcome_unknown || self.slot(id).is_some_and(|s| s.earlier_unknown),
             |c| c.refresh_started_at.is_some(),
         );
         view.edit_notes(|n| n.last_error = Some(failure.message.clone()));
@@ -1187,13 +1160,13 @@ impl Refresher {
             FailureKind::Transient => {
                 let delay = backoff(attempt, base, cap, rand::random::<f64>());
                 attempt = attempt.saturating_add(1);
-                let mut at = now.saturating_add(ms_i64(delay));
+                let mut at = now.saturating_add(duration_ms(delay));
                 // Never let the current token die without having tried again.
                 if let Some(exp) = view.expires_at.filter(|exp| *exp > now) {
                     at = at.min(exp);
                 }
                 if let Some(ra) = failure.retry_after {
-                    at = at.max(now.saturating_add(ms_i64(ra)));
+                    at = at.max(now.saturating_add(duration_ms(ra)));
                 }
                 view.next_refresh_at = Some(at);
                 event!(
@@ -1245,6 +1218,26 @@ fn blocked_reason(view: &View) -> Result<(), RefreshError> {
     Ok(())
 }
 
+/// When a credential loaded at start-up is first due, from its ordinary
+/// due time and, for a refresh that was in flight when tokend stopped, the
+/// time of its first attempt with an unknown outcome.
+///
+/// Interrupted refreshes go at that time, clamped below `now`, and
+/// everything else no earlier than `now`: so they start ahead of every
+/// ordinary due refresh, oldest attempt first. A provider with a reuse
+/// grace accepts the spent refresh token again only for a while after that
+/// attempt, and after a crash loop the oldest ones run out first. The
+/// schedule breaks ties by slot and the ready queues keep the order in which
+/// the schedule hands them out, so this order holds behind a saturated
+/// provider too.
+fn first_due(due: Option<i64>, interrupted_at: Option<i64>, now: i64) -> Option<i64> {
+    let due = due?;
+    Some(match interrupted_at {
+        Some(at) => at.min(now.saturating_sub(1)),
+        None => due.max(now),
+    })
+}
+
 /// One semaphore per provider, bounding its refreshes in flight.
 fn provider_permits(config: &Config) -> HashMap<String, Arc<Semaphore>> {
     config
@@ -1278,7 +1271,7 @@ async fn tick(interval: &mut Option<tokio::time::Interval>) {
 fn commit_backoff(rare: &mut Rare, base: Duration, cap: Duration) -> i64 {
     let delay = backoff(rare.commit_attempt, base, cap, rand::random::<f64>());
     rare.commit_attempt = rare.commit_attempt.saturating_add(1);
-    ms_i64(delay)
+    duration_ms(delay)
 }
 impl Waiter {
     fn answer(self, result: Result<Arc<View>, RefreshError>) {
@@ -1408,5 +1401,47 @@ mod tests {
             "{view:?}"
         );
         assert!(view.next_refresh_at.is_some(), "retried with backoff");
+    }
+
+    /// The order in which the schedule hands out the loaded credentials.
+    fn start_order(loaded: &[(Option<i64>, Option<i64>)], now: i64) -> Vec<u32> {
+        let mut heap: BinaryHeap<Reverse<(i64, u32)>> = loaded
+            .iter()
+            .enumerate()
+            .filter_map(|(id, (due, interrupted))| {
+                Some(Reverse((first_due(*due, *interrupted, now)?, id as u32)))
+            })
+            .collect();
+        std::iter::from_fn(|| heap.pop().map(|Reverse((_, id))| id)).collect()
+    }
+
+    #[test]
+    fn interrupted_refreshes_start_first_oldest_attempt_first() {
+        let now = 10_000;
+        let loaded = [
+            // Overdue since long before any interrupted attempt.
+            (Some(50), None),
+            // Interrupted, attempts at 9 s, 7 s and 8 s (due before them).
+            (Some(100), Some(9_000)),
+            (Some(100), Some(7_000)),
+            (Some(100), Some(8_000)),
+            // Due now, and later.
+            (Some(now), None),
+            (Some(20_000), None),
+            // Not scheduled at all (needs re-authorization, paused).
+            (None, Some(1_000)),
+            // An attempt stamped in the future (the clock went back).
+            (Some(100), Some(50_000)),
+        ];
+        assert_eq!(start_order(&loaded, now), vec![2, 3, 1, 7, 0, 4, 5]);
+    }
+
+    #[test]
+    fn first_due_keeps_future_due_times_and_clamps_overdue_ones() {
+        assert_eq!(first_due(Some(20_000), None, 10_000), Some(20_000));
+        assert_eq!(first_due(Some(5), None, 10_000), Some(10_000));
+        assert_eq!(first_due(None, None, 10_000), None);
+        assert_eq!(first_due(Some(20_000), Some(3), 10_000), Some(3));
+        assert_eq!(first_due(Some(0), Some(i64::MAX), i64::MIN), Some(i64::MIN));
     }
 }

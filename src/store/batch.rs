@@ -297,9 +297,13 @@ async fn begin_chunk(
 ) -> Result<HashMap<String, SqliteRow>, sqlx::Error> {
     let rows = padded(chunk.len());
     // RETURNING can name only the updated table, so `*` is its columns.
+    // A mark already there is an earlier attempt whose outcome is unknown:
+    // it is kept, because a provider's reuse grace runs from that attempt,
+    // and start-up retries interrupted refreshes oldest first by it.
     let sql = format!(
         "WITH v(k, g, t) AS (VALUES {})
-         UPDATE credentials SET refresh_started_at = v.t, updated_at = v.t
+         UPDATE credentials
+         SET refresh_started_at = coalesce(credentials.refresh_started_at, v.t), updated_at = v.t
          FROM v WHERE credentials.name = v.k AND credentials.generation = v.g
          RETURNING *",
         values_sql(rows, BEGIN_PARAMS)
@@ -922,7 +926,9 @@ mod tests {
                     let c = group.begin(name.clone(), 1, 500).await?;
                     let c = c.ok_or("begin matched nothing")?;
                     assert_eq!(rt(&c), format!("rt-{name}"));
-                    assert_eq!(c.refresh_started_at, Some(500));
+                    // c0's attempt at 400 has no outcome yet: its mark stays.
+                    let first = if i == 0 { 400 } else { 500 };
+                    assert_eq!(c.refresh_started_at, Some(first));
                     let next = refreshed(&c, &format!("new-{name}"), 600);
                     assert!(group.save(next).await?, "save of {name} matched nothing");
                     // A replaced generation matches nothing.

@@ -5,14 +5,17 @@
 mod support;
 
 mod access;
+mod api_errors;
 mod cli;
 mod cli_hardening;
 mod crash;
+mod crash_loop;
 mod encryption;
 mod faults;
 mod hardening;
 mod journal;
 mod lifecycle;
+mod limits;
 mod notify;
 mod refresh_hardening;
 mod robustness;

@@ -1,15 +1,14 @@
 //! The refresh schedule holds against its callers and its provider: reads
 //! cannot force refreshes (`min_valid` is capped and rate-limited, backoff is
-//! obeyed), a read waits a bounded time, a rejected grant's token is withheld
-//! unless the provider is configured to serve it, and refreshes interrupted
-//! by a crash loop are retried before their provider's reuse grace ends.
+//! obeyed), a read waits a bounded time, and a rejected grant's token is withheld
+//! unless the provider is configured to serve it.
 
 use std::os::unix::fs::PermissionsExt;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use hyper::Method;
-use serde_json::{json, Value};
+use serde_json::Value;
 use tokend::client::{Client, ClientError};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::Command;
@@ -343,95 +342,5 @@ async fn a_read_waits_at_most_read_timeout_for_a_hanging_provider() {
         "{err:?}"
     );
     fake.set_sticky_fault(None);
-    daemon.finish(&[&fake]).await;
-}
-
-const CRASH_CREDENTIALS: usize = 20;
-const CRASH_KILLS: usize = 15;
-
-fn crash_name(i: usize) -> String {
-    format!("c{i:02}")
-}
-
-/// A crash loop while the provider answers slowly and forgives a reused
-/// refresh token only for a few seconds: every interrupted refresh must be
-/// retried within that grace, not just the same first few at every start.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_crash_loop_loses_no_credential_to_the_reuse_grace() {
-    const GRACE: Duration = Duration::from_secs(6);
-    let fake = FakeProvider::start(
-        FakeConfig::new(Flavor::Didit)
-            .with_ttl(Duration::from_secs(5))
-            .with_reuse_grace(GRACE)
-            .with_reuse_revoking_the_family()
-            .with_latency(Duration::from_millis(600)),
-    )
-    .await;
-    let mut daemon = Daemon::start(
-        &format!("{FAST_DAEMON}max_concurrent_refreshes = 4\n"),
-        &format!(
-            "{}max_concurrent_refreshes = 4\n",
-            provider_toml("p", &fake)
-        ),
-    )
-    .await;
-    let client = Client::new(&daemon.socket);
-    let mut families = Vec::new();
-    for i in 0..CRASH_CREDENTIALS {
-        let (rt, family) = fake.issue_refresh_token_family();
-        families.push(family);
-        client
-            .call::<Value>(
-                Method::PUT,
-                &format!("/v1/credentials/{}", crash_name(i)),
-                Some(&json!({"provider": "p", "refresh_token": rt})),
-            )
-            .await
-            .expect("add");
-    }
-    for _ in 0..CRASH_KILLS {
-        tokio::time::sleep(Duration::from_millis(rand::random_range(0..=1000))).await;
-        daemon.kill().await;
-        daemon.spawn().await;
-    }
-    // Every credential either refreshes after the last start or is lost.
-    let restarted = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64;
-    let settled = |list: &[Value]| {
-        list.len() == CRASH_CREDENTIALS
-            && list.iter().all(|s| {
-                s["state"] != "active" || s["last_refresh_at"].as_i64().unwrap_or(0) > restarted
-            })
-    };
-    let mut list: Vec<Value> = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !settled(&list) {
-        assert!(Instant::now() < deadline, "never settled: {list:?}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        let run = daemon.cli(&["status", "--json"]).await;
-        list = serde_json::from_str(&run.stdout).unwrap_or_default();
-    }
-    let lost: Vec<&Value> = list
-        .iter()
-        .filter(|s| s["state"] != "active")
-        .map(|s| &s["name"])
-        .collect();
-    let alive = fake.current_refresh_tokens_by_family();
-    let dead: Vec<usize> = (0..CRASH_CREDENTIALS)
-        .filter(|i| !alive.contains_key(&families[*i]))
-        .collect();
-    eprintln!(
-        "crash loop: {} refreshes, {} reused within grace, {} reused after it",
-        fake.refresh_count(),
-        fake.reused_within_grace(),
-        fake.reused_refresh_tokens()
-    );
-    assert!(
-        lost.is_empty(),
-        "credentials lost to the crash loop: {lost:?}"
-    );
-    assert!(dead.is_empty(), "grant families revoked: {dead:?}");
     daemon.finish(&[&fake]).await;
 }

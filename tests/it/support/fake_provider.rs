@@ -25,7 +25,9 @@
 //! [`FakeProvider::reused_refresh_tokens`]. [`FakeConfig::with_reuse_grace`]
 //! adds a rotation leeway (as Auth0's reuse interval or Okta's grace period):
 //! a used token presented within the grace of its first use is accepted once
-//! more and counted in [`FakeProvider::reused_within_grace`] instead. Every
+//! more and counted in [`FakeProvider::reused_within_grace`] instead;
+//! [`FakeConfig::with_family_on_reuse`] makes a reuse after it revoke the
+//! whole family, as reuse detection does. Every
 //! grant (a minted refresh token, a code exchange) starts a *family*; tokens
 //! rotated from it stay in that family, and
 //! [`FakeProvider::family_refresh_count`] counts its successful refreshes. Faults
@@ -217,11 +219,21 @@ pub struct FakeConfig {
     /// up or dies meanwhile has spent its refresh token without learning the
     /// new one. Zero by default.
     pub latency: Duration,
-    /// `true`: a used refresh token presented after its reuse grace is taken
-    /// for a stolen one and revokes its whole family (as Auth0's and Okta's
-    /// reuse detection do), so the family's current token dies too.
-    /// `false`, the default: only that request is refused.
-    pub reuse_revokes_family: bool,
+    /// What a used refresh token presented after its grace does to the rest
+    /// of its family (see [`FamilyOnReuse`]).
+    pub on_reuse: FamilyOnReuse,
+}
+
+/// What reuse of a spent refresh token outside its grace does to the tokens
+/// rotated from it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FamilyOnReuse {
+    /// Only the reuse is refused (the default).
+    Kept,
+    /// Every token of the family is revoked, as reuse detection in
+    /// django-oauth-toolkit or OAuth 2.1 (RFC 9700 §4.14.2) does: the
+    /// grant is dead.
+    Revoked,
 }
 
 impl FakeConfig {
@@ -249,14 +261,14 @@ impl FakeConfig {
             expires_in: ExpiresIn::Number,
             reuse_grace: Duration::ZERO,
             latency: Duration::ZERO,
-            reuse_revokes_family: false,
+            on_reuse: FamilyOnReuse::Kept,
         }
     }
 
-    /// Makes a reuse outside the grace revoke the token's whole family (see
-    /// [`FakeConfig::reuse_revokes_family`]).
-    pub fn with_reuse_revoking_the_family(mut self) -> FakeConfig {
-        self.reuse_revokes_family = true;
+    /// Sets what reuse outside the grace does to the family (see
+    /// [`FakeConfig::on_reuse`]).
+    pub fn with_family_on_reuse(mut self, on_reuse: FamilyOnReuse) -> FakeConfig {
+        self.on_reuse = on_reuse;
         self
     }
 
@@ -348,7 +360,7 @@ impl fmt::Debug for FakeConfig {
             .field("expires_in", &self.expires_in)
             .field("reuse_grace", &self.reuse_grace)
             .field("latency", &self.latency)
-            .field("reuse_revokes_family", &self.reuse_revokes_family)
+            .field("on_reuse", &self.on_reuse)
             .finish()
     }
 }
@@ -1085,11 +1097,13 @@ impl Inner {
                     }
                     Some((RtState::Used, family, _)) => {
                         st.reused_refresh_tokens += 1;
-                        if self.cfg.reuse_revokes_family {
+                        if self.cfg.on_reuse == FamilyOnReuse::Revoked {
                             for e in st.refresh_tokens.values_mut() {
                                 if e.family == family {
-                                    e.state = RtState::Revoked;
                                     e.grace_until = None;
+                                    if e.state == RtState::Valid {
+                                        e.state = RtState::Revoked;
+                                    }
                                 }
                             }
                         }
