@@ -5,6 +5,7 @@
 mod support;
 
 mod access;
+mod access_hardening;
 mod cli;
 mod cli_hardening;
 mod crash;
