@@ -13,8 +13,17 @@ pub enum Grant {
     Uid(u32),
     /// A group, by gid, primary or secondary (`group:NAME` or `gid:N`).
     Gid(u32),
-    /// Processes of a systemd unit (`unit:NAME.service`).
+    /// Processes of a system service (`unit:NAME.service`): a unit of the
+    /// system manager, never one a user's manager runs.
     Unit(String),
+    /// Processes of a service run by a user's own manager
+    /// (`user-unit:USER/NAME.service`, USER a name or uid).
+    UserUnit {
+        /// The uid whose manager (`user@UID.service`) runs the unit.
+        uid: u32,
+        /// The unit's name.
+        name: String,
+    },
 }
 
 impl Grant {
@@ -22,7 +31,7 @@ impl Grant {
     /// a configuration error, not a silent denial.
     pub fn parse(rule: &str) -> Result<Grant, String> {
         let (kind, value) = rule.split_once(':').ok_or_else(|| {
-            format!("`{rule}` is not KIND:VALUE; use user:, uid:, group:, gid: or unit:")
+            format!("`{rule}` is not KIND:VALUE; use user:, uid:, group:, gid:, unit: or user-unit:")
         })?;
         let number = |v: &str| {
             v.parse::<u32>()
@@ -41,14 +50,43 @@ impl Grant {
                     "`{rule}`: no group named `{value}` on this machine"
                 )),
             },
-            "unit" if value.contains('.') && !value.contains('/') => {
-                Ok(Grant::Unit(value.to_string()))
-            }
-            "unit" => Err(format!(
-                "`{rule}`: give the full unit name, e.g. unit:backup.service"
+            // A user's manager runs whatever its user asks, so granting it
+            // would grant that user under a name that hides it.
+            "unit" if value.starts_with("user@") => Err(format!(
+                "`{rule}`: that is a user's manager, which runs anything its user starts; \
+                 use uid:N for the user, or user-unit:USER/NAME.service for one of its units"
             )),
+            "unit" if is_service_name(value) => Ok(Grant::Unit(value.to_string())),
+            "unit" => Err(format!(
+                "`{rule}`: give a full service name, e.g. unit:backup.service"
+            )),
+            "user-unit" => {
+                let (user, name) = value.split_once('/').ok_or_else(|| {
+                    format!("`{rule}`: write user-unit:USER/NAME.service, e.g. user-unit:alice/sync.service")
+                })?;
+                if !is_service_name(name) {
+                    return Err(format!(
+                        "`{rule}`: give a full service name after the user, e.g. user-unit:alice/sync.service"
+                    ));
+                }
+                let uid = match user.parse::<u32>() {
+                    Ok(uid) => uid,
+                    Err(_) => match nix::unistd::User::from_name(user) {
+                        Ok(Some(u)) => u.uid.as_raw(),
+                        _ => {
+                            return Err(format!(
+                                "`{rule}`: no user named `{user}` on this machine"
+                            ))
+                        }
+                    },
+                };
+                Ok(Grant::UserUnit {
+                    uid,
+                    name: name.to_string(),
+                })
+            }
             other => Err(format!(
-                "`{rule}`: unknown kind `{other}`; use user:, uid:, group:, gid: or unit:"
+                "`{rule}`: unknown kind `{other}`; use user:, uid:, group:, gid:, unit: or user-unit:"
             )),
         }
     }
@@ -60,6 +98,46 @@ impl fmt::Display for Grant {
             Grant::Uid(u) => write!(f, "uid:{u}"),
             Grant::Gid(g) => write!(f, "gid:{g}"),
             Grant::Unit(u) => write!(f, "unit:{u}"),
+            Grant::UserUnit { uid, name } => write!(f, "user-unit:{uid}/{name}"),
+        }
+    }
+}
+
+/// `NAME.service` with a non-empty NAME and no path separator.
+fn is_service_name(s: &str) -> bool {
+    s.strip_suffix(".service").is_some_and(|n| !n.is_empty()) && !s.contains('/')
+}
+
+/// The systemd service a process runs in, read from its cgroup path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PeerUnit {
+    /// A service of the system manager.
+    System(String),
+    /// A service of the user manager `user@UID.service`, which that user
+    /// controls.
+    User {
+        /// Whose manager runs it.
+        uid: u32,
+        /// The unit's name.
+        name: String,
+    },
+}
+
+impl PeerUnit {
+    /// The rule that would match this unit, e.g. for a log field.
+    pub fn rule(&self) -> String {
+        match self {
+            PeerUnit::System(name) => format!("unit:{name}"),
+            PeerUnit::User { uid, name } => format!("user-unit:{uid}/{name}"),
+        }
+    }
+}
+
+impl fmt::Display for PeerUnit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PeerUnit::System(name) => write!(f, "system unit {name}"),
+            PeerUnit::User { uid, name } => write!(f, "user unit {name} of uid {uid}"),
         }
     }
 }
@@ -75,8 +153,8 @@ pub struct Peer {
     pub pid: Option<i32>,
     /// Supplementary groups (from `/proc/<pid>/status`).
     pub groups: Vec<u32>,
-    /// The systemd unit the process runs in, if any.
-    pub unit: Option<String>,
+    /// The systemd service the process runs in, if any.
+    pub unit: Option<PeerUnit>,
 }
 
 impl Peer {
@@ -84,7 +162,11 @@ impl Peer {
     /// they are dropped if the process changed while being read (it exited
     /// and its pid was reused), so a reused pid can never lend its groups.
     pub fn of(stream: &tokio::net::UnixStream) -> std::io::Result<Peer> {
-        let cred = stream.peer_cred()?;
+        Ok(Peer::from_cred(stream.peer_cred()?))
+    }
+
+    /// [`Peer::of`] for credentials already read from the socket.
+    pub fn from_cred(cred: tokio::net::unix::UCred) -> Peer {
         let mut peer = Peer {
             uid: cred.uid(),
             gid: cred.gid(),
@@ -103,7 +185,7 @@ impl Peer {
                 peer.unit = unit_of(&cgroup);
             }
         }
-        Ok(peer)
+        peer
     }
 
     /// Whether this peer matches a rule.
@@ -111,17 +193,23 @@ impl Peer {
         match grant {
             Grant::Uid(u) => self.uid == *u,
             Grant::Gid(g) => self.gid == *g || self.groups.contains(g),
-            Grant::Unit(u) => self.unit.as_deref() == Some(u.as_str()),
+            Grant::Unit(u) => {
+                matches!(&self.unit, Some(PeerUnit::System(name)) if name == u)
+            }
+            Grant::UserUnit { uid, name } => matches!(
+                &self.unit,
+                Some(PeerUnit::User { uid: owner, name: n }) if owner == uid && n == name
+            ),
         }
     }
 
-    /// `uid 1000 (pid 42, unit backup.service)`, for denials and logs.
+    /// `uid 1000 (pid 42, system unit backup.service)`, for denials and logs.
     pub fn describe(&self) -> String {
         let mut s = format!("uid {}", self.uid);
         if let Some(pid) = self.pid {
             s.push_str(&format!(" (pid {pid}"));
             if let Some(unit) = &self.unit {
-                s.push_str(&format!(", unit {unit}"));
+                s.push_str(&format!(", {unit}"));
             }
             s.push(')');
         }
@@ -194,18 +282,33 @@ fn status_ids(status: &str, key: &str) -> Vec<u32> {
         .unwrap_or_default()
 }
 
-/// The unit in a cgroup v2 path such as `0::/system.slice/backup.service`
-/// (or `.../app.slice/foo.service/...` under a user manager).
-fn unit_of(cgroup: &str) -> Option<String> {
+/// The service in a cgroup v2 path (`0::/system.slice/backup.service`).
+///
+/// Only the first `.service` component counts: everything below a service
+/// is that service's (a service with `Delegate=` may name sub-cgroups as it
+/// likes, so nothing deeper can be believed). When that first service is a
+/// user's manager, `user@UID.service`, the process belongs to that user's
+/// manager and the unit is the first service below it; the manager's own
+/// processes, and anything of a manager whose instance is not a uid, have
+/// no unit. Scopes (login sessions, `init.scope`) are not services.
+fn unit_of(cgroup: &str) -> Option<PeerUnit> {
     let path = cgroup.lines().find_map(|l| l.strip_prefix("0::"))?;
-    path.split('/')
-        .rev()
-        .find(|seg| {
-            [".service", ".scope", ".socket", ".timer"]
-                .iter()
-                .any(|s| seg.ends_with(s))
-        })
-        .map(str::to_string)
+    let mut services = path.split('/').filter(|seg| is_service_name(seg));
+    let first = services.next()?;
+    match first
+        .strip_prefix("user@")
+        .and_then(|rest| rest.strip_suffix(".service"))
+    {
+        None => Some(PeerUnit::System(first.to_string())),
+        Some(instance) => {
+            let uid = instance.parse::<u32>().ok()?;
+            let name = services.next()?;
+            Some(PeerUnit::User {
+                uid,
+                name: name.to_string(),
+            })
+        }
+    }
 }
 
 #[cfg(test)]
@@ -218,7 +321,124 @@ mod tests {
             gid,
             pid: Some(1),
             groups: groups.to_vec(),
-            unit: unit.map(str::to_string),
+            unit: unit.map(|u| PeerUnit::System(u.to_string())),
+        }
+    }
+
+    fn system(name: &str) -> Option<PeerUnit> {
+        Some(PeerUnit::System(name.into()))
+    }
+
+    fn user(uid: u32, name: &str) -> Option<PeerUnit> {
+        Some(PeerUnit::User {
+            uid,
+            name: name.into(),
+        })
+    }
+
+    #[test]
+    fn units_from_real_cgroup_paths() {
+        let cases = [
+            ("0::/system.slice/backup.service\n", system("backup.service")),
+            (
+                "0::/system.slice/foo.slice/backup.service\n",
+                system("backup.service"),
+            ),
+            (
+                "0::/system.slice/backup.service/worker\n",
+                system("backup.service"),
+            ),
+            (
+                "0::/system.slice/system-getty.slice/getty@tty1.service\n",
+                system("getty@tty1.service"),
+            ),
+            ("0::/system.slice/foo@bar.service\n", system("foo@bar.service")),
+            // A delegated service naming its sub-cgroups like a user manager
+            // is still that service.
+            (
+                "0::/system.slice/ci.service/user@0.service/x.service\n",
+                system("ci.service"),
+            ),
+            // The spoof: a user's own manager running `backup.service`.
+            (
+                "0::/user.slice/user-1000.slice/user@1000.service/app.slice/backup.service\n",
+                user(1000, "backup.service"),
+            ),
+            (
+                "0::/user.slice/user-1000.slice/user@1000.service/app.slice/app-x@y.service/sub\n",
+                user(1000, "app-x@y.service"),
+            ),
+            // A user unit named like another user's manager stays the user's.
+            (
+                "0::/user.slice/user-1000.slice/user@1000.service/app.slice/user@0.service/backup.service\n",
+                user(1000, "user@0.service"),
+            ),
+            // The manager itself, sessions, PID 1: no service.
+            ("0::/user.slice/user-1000.slice/user@1000.service/init.scope\n", None),
+            ("0::/user.slice/user-1000.slice/user@1000.service\n", None),
+            ("0::/user.slice/user-1000.slice/session-3.scope\n", None),
+            ("0::/init.scope\n", None),
+            ("0::/user.slice/user@alice.service/app.slice/backup.service\n", None),
+            // Inside a test's cgroup tree the same rule holds.
+            ("0::/tokend-test-9/system.slice/backup.service\n", system("backup.service")),
+            (
+                "0::/tokend-test-9/user.slice/user-1000.slice/user@1000.service/app.slice/backup.service\n",
+                user(1000, "backup.service"),
+            ),
+            ("0::/\n", None),
+            ("1:name=systemd:/system.slice/backup.service\n", None),
+            ("", None),
+        ];
+        for (cgroup, want) in cases {
+            assert_eq!(unit_of(cgroup), want, "{cgroup}");
+        }
+    }
+
+    #[test]
+    fn unit_rules_match_only_their_manager() {
+        let mut p = peer(1000, 1000, &[], None);
+        let system_rule = Grant::parse("unit:backup.service").unwrap();
+        let user_rule = Grant::parse("user-unit:1000/backup.service").unwrap();
+        p.unit = user(1000, "backup.service");
+        assert!(!p.matches(&system_rule), "a user's unit is no system unit");
+        assert!(p.matches(&user_rule));
+        assert!(!p.matches(&Grant::parse("user-unit:1001/backup.service").unwrap()));
+        p.unit = system("backup.service");
+        assert!(p.matches(&system_rule));
+        assert!(!p.matches(&user_rule));
+        assert!(p.describe().contains("system unit backup.service"), "{}", p.describe());
+        p.unit = user(1000, "backup.service");
+        assert!(
+            p.describe().contains("user unit backup.service of uid 1000"),
+            "{}",
+            p.describe()
+        );
+        assert_eq!(p.unit.as_ref().unwrap().rule(), "user-unit:1000/backup.service");
+    }
+
+    #[test]
+    fn user_unit_rules_parse() {
+        assert_eq!(
+            Grant::parse("user-unit:root/sync.service"),
+            Ok(Grant::UserUnit {
+                uid: 0,
+                name: "sync.service".into()
+            })
+        );
+        assert_eq!(
+            Grant::parse("user-unit:1000/sync.service").map(|g| g.to_string()),
+            Ok("user-unit:1000/sync.service".to_string())
+        );
+        for bad in [
+            "user-unit:sync.service",
+            "user-unit:surely-no-such-user/sync.service",
+            "user-unit:1000/sync",
+            "user-unit:1000/a/b.service",
+            "unit:user@1000.service",
+            "unit:session-3.scope",
+            "unit:.service",
+        ] {
+            assert!(Grant::parse(bad).is_err(), "{bad}");
         }
     }
 
@@ -302,16 +522,6 @@ mod tests {
             status_ids("Uid:\t1000\t1000\t1000\t1000\n", "Uid:")[1],
             1000
         );
-        assert_eq!(
-            unit_of("0::/system.slice/backup.service\n").as_deref(),
-            Some("backup.service")
-        );
-        assert_eq!(
-            unit_of("0::/user.slice/user-1000.slice/user@1000.service/app.slice/foo.service\n")
-                .as_deref(),
-            Some("foo.service")
-        );
-        assert_eq!(unit_of("0::/\n"), None);
         assert!(start_time(std::process::id() as i32).is_some());
     }
 

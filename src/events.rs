@@ -7,6 +7,10 @@
 //! stderr format drops the `tokend_` prefix. `message_id` becomes
 //! `MESSAGE_ID`, so `journalctl MESSAGE_ID=<id>` finds every event of a kind.
 
+use std::collections::HashMap;
+use std::sync::{LazyLock, Mutex};
+use std::time::{Duration, Instant};
+
 /// A kind of event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -133,9 +137,181 @@ macro_rules! event {
     };
 }
 
+/// Events any socket user can cause at will (a refusal, a connection over a
+/// cap), or that repeat at the machine's pace (a failing `accept`). Each is
+/// logged at a bounded rate per key, so a flood cannot fill the journal nor
+/// push other lines out of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum Noisy {
+    /// `access_denied`, keyed by the caller's uid.
+    AccessDenied,
+    /// A connection closed because the daemon is at its connection cap.
+    ConnectionCap,
+    /// A connection closed because its uid is at the per-uid cap; by uid.
+    UidCap,
+    /// `accept` on the socket failed.
+    AcceptFailed,
+}
+
+/// Lines logged per (kind, key) in one [`WINDOW`]; later ones are counted.
+pub(crate) const BURST: u32 = 5;
+/// How long a burst lasts.
+pub(crate) const WINDOW: Duration = Duration::from_secs(10);
+/// Above this many keys, keys with nothing to report are forgotten.
+const MAX_KEYS: usize = 4096;
+
+/// What happened to one (kind, key) in its current window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Window {
+    start: Instant,
+    logged: u32,
+    suppressed: u64,
+}
+
+/// Whether to log one more occurrence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Verdict {
+    /// Log it; `suppressed` is how many went unlogged in the key's previous
+    /// window, for a `tokend_suppressed` field (None when there were none).
+    Log { suppressed: Option<u64> },
+    /// Count it, do not log it.
+    Suppress,
+}
+
+/// The rate decision for one occurrence at `now`, given the key's window so
+/// far; returns the window to keep. A pure function so the policy can be
+/// tested without a clock.
+pub(crate) fn decide(
+    prev: Option<Window>,
+    now: Instant,
+    burst: u32,
+    window: Duration,
+) -> (Window, Verdict) {
+    match prev {
+        Some(w) if now.saturating_duration_since(w.start) < window => {
+            if w.logged < burst {
+                let w = Window {
+                    logged: w.logged.saturating_add(1),
+                    ..w
+                };
+                (w, Verdict::Log { suppressed: None })
+            } else {
+                let w = Window {
+                    suppressed: w.suppressed.saturating_add(1),
+                    ..w
+                };
+                (w, Verdict::Suppress)
+            }
+        }
+        prev => (
+            Window {
+                start: now,
+                logged: 1,
+                suppressed: 0,
+            },
+            Verdict::Log {
+                suppressed: prev.map(|w| w.suppressed).filter(|&k| k > 0),
+            },
+        ),
+    }
+}
+
+/// The windows of every (kind, key) seen.
+#[derive(Debug, Default)]
+pub(crate) struct RateLimiter {
+    windows: Mutex<HashMap<(Noisy, u32), Window>>,
+}
+
+impl RateLimiter {
+    /// Records one occurrence of `what` for `key` at `now`.
+    pub(crate) fn check(&self, what: Noisy, key: u32, now: Instant) -> Verdict {
+        let mut windows = self.windows.lock().unwrap_or_else(|e| e.into_inner());
+        if windows.len() >= MAX_KEYS {
+            windows.retain(|_, w| {
+                w.suppressed > 0 || now.saturating_duration_since(w.start) < WINDOW
+            });
+        }
+        let (w, verdict) = decide(windows.get(&(what, key)).copied(), now, BURST, WINDOW);
+        windows.insert((what, key), w);
+        verdict
+    }
+}
+
+static LIMITER: LazyLock<RateLimiter> = LazyLock::new(RateLimiter::default);
+
+/// Records one occurrence of `what` for `key` now, in the daemon's limiter.
+pub(crate) fn limit(what: Noisy, key: u32) -> Verdict {
+    LIMITER.check(what, key, Instant::now())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_burst_is_logged_then_counted_and_the_count_reported() {
+        let t0 = Instant::now();
+        let mut w = None;
+        let mut verdicts = Vec::new();
+        for i in 0..20u64 {
+            let (next, v) = decide(w, t0 + Duration::from_millis(i), 5, WINDOW);
+            w = Some(next);
+            verdicts.push(v);
+        }
+        let logged = verdicts
+            .iter()
+            .filter(|v| matches!(v, Verdict::Log { .. }))
+            .count();
+        assert_eq!(logged, 5);
+        assert!(verdicts[..5]
+            .iter()
+            .all(|v| *v == Verdict::Log { suppressed: None }));
+        // Still inside the window: counted.
+        let (next, v) = decide(w, t0 + WINDOW - Duration::from_millis(1), 5, WINDOW);
+        assert_eq!(v, Verdict::Suppress);
+        // The first after the window reports the 16 it did not log.
+        let (next, v) = decide(Some(next), t0 + WINDOW, 5, WINDOW);
+        assert_eq!(v, Verdict::Log { suppressed: Some(16) });
+        // And starts a fresh window.
+        let (_, v) = decide(Some(next), t0 + WINDOW + Duration::from_secs(1), 5, WINDOW);
+        assert_eq!(v, Verdict::Log { suppressed: None });
+        // A quiet key's next line has nothing to report.
+        let quiet = Window {
+            start: t0,
+            logged: 2,
+            suppressed: 0,
+        };
+        let (_, v) = decide(Some(quiet), t0 + WINDOW * 3, 5, WINDOW);
+        assert_eq!(v, Verdict::Log { suppressed: None });
+        // A clock that steps back does not wedge the key.
+        let (_, v) = decide(Some(quiet), t0 - Duration::from_secs(1), 5, WINDOW);
+        assert_eq!(v, Verdict::Log { suppressed: None });
+    }
+
+    #[test]
+    fn keys_and_kinds_are_limited_apart() {
+        let limiter = RateLimiter::default();
+        let t0 = Instant::now();
+        for _ in 0..BURST {
+            assert!(matches!(
+                limiter.check(Noisy::AccessDenied, 1000, t0),
+                Verdict::Log { .. }
+            ));
+        }
+        assert_eq!(limiter.check(Noisy::AccessDenied, 1000, t0), Verdict::Suppress);
+        assert!(matches!(
+            limiter.check(Noisy::AccessDenied, 1001, t0),
+            Verdict::Log { .. }
+        ));
+        assert!(matches!(
+            limiter.check(Noisy::UidCap, 1000, t0),
+            Verdict::Log { .. }
+        ));
+        assert_eq!(
+            limiter.check(Noisy::AccessDenied, 1000, t0 + WINDOW),
+            Verdict::Log { suppressed: Some(1) }
+        );
+    }
 
     #[test]
     fn names_and_message_ids_are_unique_and_well_formed() {

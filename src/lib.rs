@@ -21,3 +21,4 @@ pub mod server;
 pub mod store;
 pub mod systemd;
 pub mod token;
+pub(crate) mod uidcap;

@@ -293,7 +293,13 @@ pub async fn serve(
     cancel: CancellationToken,
     max_connections: usize,
 ) {
+    use crate::events::{limit, Noisy, Verdict};
     let slots = Arc::new(Semaphore::new(max_connections));
+    // One uid may not hold every slot: the others must still be served.
+    let per_uid = crate::uidcap::PerUidCap::new(
+        crate::uidcap::per_uid_limit(max_connections),
+        &[0, nix::unistd::geteuid().as_raw()],
+    );
     let connections = TaskTracker::new();
     loop {
         let stream = tokio::select! {
@@ -301,32 +307,50 @@ pub async fn serve(
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => stream,
                 Err(e) => {
+                    if let Verdict::Log { suppressed } = limit(Noisy::AcceptFailed, 0) {
+                        tracing::warn!(error = %e, tokend_suppressed = suppressed, "accept failed");
+                    }
                     // EMFILE and friends: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }
             },
         };
-        let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
-            tracing::warn!(
-                max = max_connections,
-                "too many open API connections; closing a new one"
-            );
-            continue;
-        };
         // Who is calling, from the kernel: every handler authorizes on it.
-        let peer = match Peer::of(&stream) {
-            Ok(peer) => Arc::new(peer),
+        let cred = match stream.peer_cred() {
+            Ok(cred) => cred,
             Err(e) => {
                 tracing::warn!(tokend_error = %e, "cannot read the peer's credentials; closing the connection");
                 continue;
             }
         };
+        // Per uid first, so a uid at its cap takes no global slot.
+        let Some(uid_slot) = per_uid.try_acquire(cred.uid()) else {
+            if let Verdict::Log { suppressed } = limit(Noisy::UidCap, cred.uid()) {
+                tracing::warn!(
+                    tokend_peer_uid = cred.uid(),
+                    max = per_uid.limit(),
+                    tokend_suppressed = suppressed,
+                    "too many open API connections from one uid; closing a new one"
+                );
+            }
+            continue;
+        };
+        let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+            if let Verdict::Log { suppressed } = limit(Noisy::ConnectionCap, 0) {
+                tracing::warn!(
+                    max = max_connections,
+                    tokend_suppressed = suppressed,
+                    "too many open API connections; closing a new one"
+                );
+            }
+            continue;
+        };
+        let peer = Arc::new(Peer::from_cred(cred));
         let service = TowerToHyperService::new(router.clone().layer(Extension(peer)));
         let cancel = cancel.clone();
         connections.spawn(async move {
-            let _slot = slot;
+            let _slots = (slot, uid_slot);
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(HEADER_TIMEOUT)
@@ -420,16 +444,21 @@ type ApiResult<T> = Result<T, ApiError>;
 type Caller = Extension<Arc<Peer>>;
 
 fn forbidden(peer: &Peer, what: &str, credential: Option<&str>, message: String) -> ApiError {
-    event!(
-        warn,
-        Kind::AccessDenied,
-        tokend_credential = credential.unwrap_or("-"),
-        tokend_peer_uid = peer.uid,
-        tokend_peer_pid = peer.pid.unwrap_or(0),
-        tokend_peer_unit = peer.unit.as_deref().unwrap_or("-"),
-        tokend_operation = what,
-        "access denied"
-    );
+    // Any socket user can be refused at will: log at a bounded rate per uid.
+    let verdict = crate::events::limit(crate::events::Noisy::AccessDenied, peer.uid);
+    if let crate::events::Verdict::Log { suppressed } = verdict {
+        event!(
+            warn,
+            Kind::AccessDenied,
+            tokend_credential = credential.unwrap_or("-"),
+            tokend_peer_uid = peer.uid,
+            tokend_peer_pid = peer.pid.unwrap_or(0),
+            tokend_peer_unit = peer.unit.as_ref().map_or("-".into(), |u| u.rule()),
+            tokend_operation = what,
+            tokend_suppressed = suppressed,
+            "access denied"
+        );
+    }
     ApiError::new(StatusCode::FORBIDDEN, "forbidden", message)
 }
 

@@ -5,6 +5,7 @@
 mod support;
 
 mod access;
+mod access_hardening;
 mod api_errors;
 mod cli;
 mod cli_hardening;
