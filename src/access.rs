@@ -31,7 +31,9 @@ impl Grant {
     /// a configuration error, not a silent denial.
     pub fn parse(rule: &str) -> Result<Grant, String> {
         let (kind, value) = rule.split_once(':').ok_or_else(|| {
-            format!("`{rule}` is not KIND:VALUE; use user:, uid:, group:, gid:, unit: or user-unit:")
+            format!(
+                "`{rule}` is not KIND:VALUE; use user:, uid:, group:, gid:, unit: or user-unit:"
+            )
         })?;
         let number = |v: &str| {
             v.parse::<u32>()
@@ -406,14 +408,22 @@ mod tests {
         p.unit = system("backup.service");
         assert!(p.matches(&system_rule));
         assert!(!p.matches(&user_rule));
-        assert!(p.describe().contains("system unit backup.service"), "{}", p.describe());
-        p.unit = user(1000, "backup.service");
         assert!(
-            p.describe().contains("user unit backup.service of uid 1000"),
+            p.describe().contains("system unit backup.service"),
             "{}",
             p.describe()
         );
-        assert_eq!(p.unit.as_ref().unwrap().rule(), "user-unit:1000/backup.service");
+        p.unit = user(1000, "backup.service");
+        assert!(
+            p.describe()
+                .contains("user unit backup.service of uid 1000"),
+            "{}",
+            p.describe()
+        );
+        assert_eq!(
+            p.unit.as_ref().unwrap().rule(),
+            "user-unit:1000/backup.service"
+        );
     }
 
     #[test]

@@ -227,9 +227,8 @@ impl RateLimiter {
     pub(crate) fn check(&self, what: Noisy, key: u32, now: Instant) -> Verdict {
         let mut windows = self.windows.lock().unwrap_or_else(|e| e.into_inner());
         if windows.len() >= MAX_KEYS {
-            windows.retain(|_, w| {
-                w.suppressed > 0 || now.saturating_duration_since(w.start) < WINDOW
-            });
+            windows
+                .retain(|_, w| w.suppressed > 0 || now.saturating_duration_since(w.start) < WINDOW);
         }
         let (w, verdict) = decide(windows.get(&(what, key)).copied(), now, BURST, WINDOW);
         windows.insert((what, key), w);
@@ -271,7 +270,12 @@ mod tests {
         assert_eq!(v, Verdict::Suppress);
         // The first after the window reports the 16 it did not log.
         let (next, v) = decide(Some(next), t0 + WINDOW, 5, WINDOW);
-        assert_eq!(v, Verdict::Log { suppressed: Some(16) });
+        assert_eq!(
+            v,
+            Verdict::Log {
+                suppressed: Some(16)
+            }
+        );
         // And starts a fresh window.
         let (_, v) = decide(Some(next), t0 + WINDOW + Duration::from_secs(1), 5, WINDOW);
         assert_eq!(v, Verdict::Log { suppressed: None });
@@ -298,7 +302,10 @@ mod tests {
                 Verdict::Log { .. }
             ));
         }
-        assert_eq!(limiter.check(Noisy::AccessDenied, 1000, t0), Verdict::Suppress);
+        assert_eq!(
+            limiter.check(Noisy::AccessDenied, 1000, t0),
+            Verdict::Suppress
+        );
         assert!(matches!(
             limiter.check(Noisy::AccessDenied, 1001, t0),
             Verdict::Log { .. }
@@ -309,7 +316,9 @@ mod tests {
         ));
         assert_eq!(
             limiter.check(Noisy::AccessDenied, 1000, t0 + WINDOW),
-            Verdict::Log { suppressed: Some(1) }
+            Verdict::Log {
+                suppressed: Some(1)
+            }
         );
     }
 

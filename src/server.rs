@@ -456,6 +456,7 @@ fn forbidden(peer: &Peer, what: &str, credential: Option<&str>, message: String)
             tokend_peer_unit = peer.unit.as_ref().map_or("-".into(), |u| u.rule()),
             tokend_operation = what,
             tokend_suppressed = suppressed,
+            tokend_reason = %message,
             "access denied"
         );
     }

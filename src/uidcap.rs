@@ -107,7 +107,10 @@ mod tests {
         drop(held);
         drop(again);
         assert_eq!(cap.open(1000), 0);
-        assert!(cap.open.lock().unwrap().is_empty(), "idle uids are forgotten");
+        assert!(
+            cap.open.lock().unwrap().is_empty(),
+            "idle uids are forgotten"
+        );
     }
 
     #[test]

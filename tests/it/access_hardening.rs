@@ -134,13 +134,18 @@ async fn a_users_own_manager_cannot_pass_for_a_system_unit() {
     let (user, system) = match (
         made.make(
             &root,
-            &format!("{base}/user.slice/user-1000.slice/user@1000.service/app.slice/backup.service"),
+            &format!(
+                "{base}/user.slice/user-1000.slice/user@1000.service/app.slice/backup.service"
+            ),
         ),
         made.make(&root, &format!("{base}/system.slice/backup.service")),
     ) {
         (Ok(u), Ok(s)) => (u, s),
         (Err(e), _) | (_, Err(e)) => {
-            eprintln!("cannot create cgroups under {}: {e}; the unit tests cover unit_of", root.display());
+            eprintln!(
+                "cannot create cgroups under {}: {e}; the unit tests cover unit_of",
+                root.display()
+            );
             daemon.finish(&[&fake]).await;
             return;
         }
@@ -149,9 +154,15 @@ async fn a_users_own_manager_cannot_pass_for_a_system_unit() {
     // The spoof: uid 1000 runs `backup.service` under its own manager.
     let run = cli_as(&daemon, 1000, Some(&user), &["get", "sys"]).await;
     assert_eq!(run.code, 1, "a user unit passed for a system one: {run:?}");
+    // A refused read answers as a missing name; the log says who asked.
+    assert!(run.stderr.contains("that you may read"), "{run:?}");
     assert!(
-        run.stderr.contains("user unit backup.service of uid 1000"),
-        "{run:?}"
+        daemon
+            .logs()
+            .lines()
+            .any(|l| l.contains("access denied") && l.contains("user-unit:1000/backup.service")),
+        "the denial names the user unit:\n{}",
+        daemon.logs()
     );
     // The explicit rule for that user's unit grants it.
     let run = cli_as(&daemon, 1000, Some(&user), &["get", "mine"]).await;
@@ -161,7 +172,14 @@ async fn a_users_own_manager_cannot_pass_for_a_system_unit() {
     assert!(!run.ok().stdout.is_empty());
     let run = cli_as(&daemon, 1000, Some(&system), &["get", "mine"]).await;
     assert_eq!(run.code, 1, "{run:?}");
-    assert!(run.stderr.contains("system unit backup.service"), "{run:?}");
+    assert!(run.stderr.contains("that you may read"), "{run:?}");
+    assert!(
+        daemon.logs().lines().any(|l| l.contains("access denied")
+            && l.contains("credential=\"mine\"")
+            && l.contains("peer_unit=\"unit:backup.service\"")),
+        "the denial names the system unit:\n{}",
+        daemon.logs()
+    );
     // Outside any unit, neither.
     let run = cli_as(&daemon, 1000, None, &["get", "sys"]).await;
     assert_eq!(run.code, 1, "{run:?}");
@@ -212,9 +230,15 @@ async fn one_uid_holding_connections_does_not_lock_out_the_others() {
     daemon.add("c", "p", &fake.issue_refresh_token()).await.ok();
     // More than the daemon's whole connection cap (4096).
     let holder = hold_connections(1000, &daemon.socket, 4200).await;
-    wait_until(Duration::from_secs(10), "the per-uid cap to close some", || async {
-        daemon.logs().contains("too many open API connections from one uid")
-    })
+    wait_until(
+        Duration::from_secs(10),
+        "the per-uid cap to close some",
+        || async {
+            daemon
+                .logs()
+                .contains("too many open API connections from one uid")
+        },
+    )
     .await;
     for _ in 0..5 {
         let began = Instant::now();
@@ -237,7 +261,7 @@ async fn one_uid_holding_connections_does_not_lock_out_the_others() {
 }
 
 /// Sends `n` requests for the token `name` as `uid`, one connection each;
-/// returns how many were refused with 403.
+/// returns how many were refused with 404 (a refused read answers as a missing name).
 async fn denied_requests(uid: u32, socket: &Path, name: &str, n: usize) -> usize {
     let script = "import socket, sys\n\
         denied = 0\n\
@@ -253,7 +277,7 @@ async fn denied_requests(uid: u32, socket: &Path, name: &str, n: usize) -> usize
                     break\n        \
                 data += b\n    \
             c.close()\n    \
-            if data.split(b'\\r\\n')[0].split(b' ')[1:2] == [b'403']:\n        \
+            if data.split(b'\\r\\n')[0].split(b' ')[1:2] == [b'404']:\n        \
                 denied += 1\n\
         print(denied)\n";
     let argv = setpriv(uid);
@@ -287,15 +311,22 @@ async fn refusals_cannot_flood_the_log() {
             .count()
     };
     let logged = denials(&daemon.logs());
-    assert!((1..=30).contains(&logged), "{logged} lines for 2000 refusals");
+    assert!(
+        (1..=30).contains(&logged),
+        "{logged} lines for 2000 refusals"
+    );
     // Once the window is over, the next refusal's line counts the rest.
-    wait_until(Duration::from_secs(20), "a line with the suppressed count", || async {
-        assert_eq!(denied_requests(1002, &daemon.socket, "c", 1).await, 1);
-        daemon
-            .logs()
-            .lines()
-            .any(|l| l.contains("access denied") && l.contains("suppressed="))
-    })
+    wait_until(
+        Duration::from_secs(20),
+        "a line with the suppressed count",
+        || async {
+            assert_eq!(denied_requests(1002, &daemon.socket, "c", 1).await, 1);
+            daemon
+                .logs()
+                .lines()
+                .any(|l| l.contains("access denied") && l.contains("suppressed="))
+        },
+    )
     .await;
     // Another uid's refusals are logged on their own.
     assert_eq!(denied_requests(1000, &daemon.socket, "c", 1).await, 1);
