@@ -40,11 +40,7 @@ async fn as_user(daemon: &Daemon, uid: u32, gid: u32, groups: &[u32], args: &[&s
         .output()
         .await
         .expect("setpriv (util-linux) must be installed");
-    Run {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+    Run::from_output(&out)
 }
 
 async fn start() -> (FakeProvider, Daemon) {

@@ -68,11 +68,7 @@ async fn cli_as(daemon: &Daemon, uid: u32, cgroup: Option<&Path>, args: &[&str])
         .output()
         .await
         .expect("sh and setpriv (util-linux) must be installed");
-    Run {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+    Run::from_output(&out)
 }
 
 /// A writable cgroup v2 hierarchy, if this machine has one.

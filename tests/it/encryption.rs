@@ -76,11 +76,7 @@ async fn start_refused(daemon: &Daemon, env: &[(&str, &Path)]) -> Run {
         .await
         .expect("tokend neither started nor gave up")
         .expect("run tokend");
-    let run = Run {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    };
+    let run = Run::from_output(&out);
     assert!(!daemon.socket.exists(), "a refused daemon left a socket");
     run
 }

@@ -41,11 +41,7 @@ async fn as_reader(daemon: &Daemon, args: &[&str]) -> Run {
         .output()
         .await
         .expect("setpriv (util-linux) must be installed");
-    Run {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+    Run::from_output(&out)
 }
 
 /// The raw HTTP answer (head and body) to `GET path`.

@@ -41,6 +41,15 @@ pub struct Run {
 }
 
 impl Run {
+    /// The exit code (-1 if killed by a signal) and output of a finished process.
+    pub fn from_output(out: &std::process::Output) -> Run {
+        Run {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
     pub fn ok(&self) -> &Self {
         assert_eq!(self.code, 0, "command failed: {self:?}");
         self
@@ -299,11 +308,7 @@ pub async fn cli_at(socket: &Path, args: &[&str], stdin: Option<&str>) -> Run {
         .await
         .expect("cli timed out")
         .expect("cli output");
-    Run {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+    Run::from_output(&out)
 }
 
 /// Polls `check` until it returns true or `timeout` passes.
