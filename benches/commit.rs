@@ -1,4 +1,4 @@
-//! Durable-commit benchmark (issue 6): refresh outcomes committed per second
+//! Durable-commit benchmark: refresh outcomes committed per second
 //! with one fsync per write, against grouped commits ([`GroupCommit`]).
 //!
 //! ```text

@@ -1,4 +1,4 @@
-//! Read-path benchmark (issue 6, first part): the real `tokend` daemon against
+//! Read-path benchmark: the real `tokend` daemon against
 //! floors measured in the same run on the same machine.
 //!
 //! ```text

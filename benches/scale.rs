@@ -1,4 +1,4 @@
-//! Scale and refresh-burst benchmark (issue 6): the real release `tokend`
+//! Scale and refresh-burst benchmark: the real release `tokend`
 //! daemon on databases of 10k, 100k and 1M credentials, against baselines
 //! measured in the same run on the same machine.
 //!
@@ -18,7 +18,7 @@
 //!
 //! 1. spawn to `READY=1`, against the same daemon on an empty database;
 //! 2. RSS (`VmRSS`, and `RssAnon`) at ready and after the burst, against the
-//!    budget of issue 6: access-token bytes + 400 B × N + 30 MiB;
+//!    memory budget: access-token bytes + 400 B × N + 30 MiB;
 //! 3. CPU (utime + stime) and wake-ups (voluntary context switches over all
 //!    threads) over an idle window, against the empty daemon;
 //! 4. the lateness of K refreshes planned for one instant T (restart with K
@@ -61,10 +61,10 @@ use serde_json::{json, Value};
 /// due again during the run.
 const FAKE_TTL: Duration = Duration::from_secs(24 * 3600);
 
-/// The memory budget per credential, on top of its access token (issue 6).
+/// The memory budget per credential, on top of its access token.
 const BUDGET_PER_CREDENTIAL: u64 = 400;
 
-/// The memory budget's fixed part (issue 6).
+/// The memory budget's fixed part.
 const BUDGET_FIXED: u64 = 30 << 20;
 
 fn main() -> ExitCode {

@@ -17,7 +17,7 @@ pub struct Row {
     pub tokend: f64,
     /// (name, value) when there is a same-run baseline.
     pub baseline: Option<(&'static str, f64)>,
-    /// (text, met) when issue 6 sets a target for this line.
+    /// (text, met) when the goals set a target for this line.
     pub target: Option<(&'static str, bool)>,
 }
 

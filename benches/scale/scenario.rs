@@ -1,4 +1,4 @@
-//! The scale scenario (issue 6), shared by the benchmark (`benches/scale.rs`,
+//! The scale scenario, shared by the benchmark (`benches/scale.rs`,
 //! release daemon, full sizes) and its reduced CI run (`tests/it/scale.rs`,
 //! debug daemon, N = 10k), which include this file by `#[path]`. The module
 //! that includes it must have the strict fake provider in scope as

@@ -40,18 +40,53 @@ async fn check_config_reports_every_problem_with_its_line() {
 }
 
 #[tokio::test]
-async fn the_example_configuration_is_valid() {
+async fn the_example_configuration_is_valid_and_has_no_live_provider() {
     let dir = tempfile::tempdir().unwrap();
-    // It holds inline client secrets, so check a private copy, as installed.
     let example = dir.path().join("config.toml");
-    write_private(
-        &example,
-        include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/config.example.toml")),
-    );
-    let example = example.to_str().unwrap();
-    let run = cli_at(dir.path(), &["check-config", example], None).await;
-    assert_eq!(run.code, 0, "{run:?}");
-    assert!(run.stdout.contains("ok, "), "{run:?}");
+    // Installed as a world-unreadable conffile, but it must hold no secret.
+    std::fs::write(&example, EXAMPLE).unwrap();
+    let run = check_config(&example, dir.path());
+    assert!(run.status.success(), "{run:?}");
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(stdout.contains("ok, 0 provider"), "{stdout}");
+}
+
+#[tokio::test]
+async fn every_commented_out_example_provider_is_valid_once_uncommented() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().to_str().unwrap();
+    let (head, examples) = EXAMPLE
+        .split_once("# --- examples ---\n")
+        .expect("the examples marker");
+    // Drop one leading `#`: prose (`##`) stays a comment, settings go live.
+    let uncommented: String = examples
+        .lines()
+        .map(|line| line.strip_prefix('#').unwrap_or(line))
+        .map(|line| format!("{line}\n"))
+        .collect();
+    let config = format!("{head}{uncommented}").replace("/etc/tokend/", &format!("{base}/"));
+    let example = dir.path().join("config.toml");
+    write_private(&example, &config);
+    write_private(&dir.path().join("didit.secret"), "s1\n");
+    write_private(&dir.path().join("digirunner.secret"), "s2\n");
+    std::fs::create_dir(dir.path().join("creds")).unwrap();
+    write_private(&dir.path().join("creds/bakrypt-client-secret"), "s3");
+    let run = check_config(&example, dir.path());
+    assert!(run.status.success(), "{run:?}\n{config}");
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(stdout.contains("ok, 5 provider"), "{stdout}");
+}
+
+const EXAMPLE: &str = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/config.example.toml"));
+
+/// `tokend check-config FILE`, with `dir/creds` as the systemd credentials.
+fn check_config(file: &std::path::Path, dir: &std::path::Path) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_tokend"))
+        .arg("check-config")
+        .arg(file)
+        .env("CREDENTIALS_DIRECTORY", dir.join("creds"))
+        .output()
+        .expect("run tokend check-config")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
