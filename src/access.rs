@@ -62,36 +62,35 @@ impl Grant {
             "unit" => Err(format!(
                 "`{rule}`: give a full service name, e.g. unit:backup.service"
             )),
-            "user-unit" => {
-                let (user, name) = value.split_once('/').ok_or_else(|| {
-                    format!("`{rule}`: write user-unit:USER/NAME.service, e.g. user-unit:alice/sync.service")
-                })?;
-                if !is_service_name(name) {
-                    return Err(format!(
-                        "`{rule}`: give a full service name after the user, e.g. user-unit:alice/sync.service"
-                    ));
-                }
-                let uid = match user.parse::<u32>() {
-                    Ok(uid) => uid,
-                    Err(_) => match nix::unistd::User::from_name(user) {
-                        Ok(Some(u)) => u.uid.as_raw(),
-                        _ => {
-                            return Err(format!(
-                                "`{rule}`: no user named `{user}` on this machine"
-                            ))
-                        }
-                    },
-                };
-                Ok(Grant::UserUnit {
-                    uid,
-                    name: name.to_string(),
-                })
-            }
+            "user-unit" => parse_user_unit(rule, value),
             other => Err(format!(
                 "`{rule}`: unknown kind `{other}`; use user:, uid:, group:, gid:, unit: or user-unit:"
             )),
         }
     }
+}
+
+/// `user-unit:USER/NAME.service`, USER a name or a uid.
+fn parse_user_unit(rule: &str, value: &str) -> Result<Grant, String> {
+    let (user, name) = value.split_once('/').ok_or_else(|| {
+        format!("`{rule}`: write user-unit:USER/NAME.service, e.g. user-unit:alice/sync.service")
+    })?;
+    if !is_service_name(name) {
+        return Err(format!(
+            "`{rule}`: give a full service name after the user, e.g. user-unit:alice/sync.service"
+        ));
+    }
+    let uid = match user.parse::<u32>() {
+        Ok(uid) => uid,
+        Err(_) => match nix::unistd::User::from_name(user) {
+            Ok(Some(u)) => u.uid.as_raw(),
+            _ => return Err(format!("`{rule}`: no user named `{user}` on this machine")),
+        },
+    };
+    Ok(Grant::UserUnit {
+        uid,
+        name: name.to_string(),
+    })
 }
 
 impl fmt::Display for Grant {
@@ -160,14 +159,10 @@ pub struct Peer {
 }
 
 impl Peer {
-    /// Reads the peer of a Unix stream. Groups and unit come from `/proc`;
-    /// they are dropped if the process changed while being read (it exited
-    /// and its pid was reused), so a reused pid can never lend its groups.
-    pub fn of(stream: &tokio::net::UnixStream) -> std::io::Result<Peer> {
-        Ok(Peer::from_cred(stream.peer_cred()?))
-    }
-
-    /// [`Peer::of`] for credentials already read from the socket.
+    /// The peer behind credentials read from the socket (`SO_PEERCRED`).
+    /// Groups and unit come from `/proc`; they are dropped if the process
+    /// changed while being read (it exited and its pid was reused), so a
+    /// reused pid can never lend its groups.
     pub fn from_cred(cred: tokio::net::unix::UCred) -> Peer {
         let mut peer = Peer {
             uid: cred.uid(),
@@ -538,7 +533,7 @@ mod tests {
     #[tokio::test]
     async fn peer_of_a_real_socket_is_this_process() {
         let (a, _b) = tokio::net::UnixStream::pair().unwrap();
-        let p = Peer::of(&a).unwrap();
+        let p = Peer::from_cred(a.peer_cred().unwrap());
         assert_eq!(p.uid, nix::unistd::geteuid().as_raw());
         assert_eq!(p.pid, Some(std::process::id() as i32));
     }
