@@ -79,8 +79,3 @@ pub fn default_config() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("."));
     base.join("tokend/config.toml")
 }
-
-/// Whether `path` is the conventional default (so a missing file is fine).
-pub fn is_default_config(path: &Path) -> bool {
-    path == default_config()
-}
