@@ -32,6 +32,7 @@ use crate::token::RefreshTiming;
 mod bounds;
 mod collect;
 pub(crate) mod defaults;
+mod endpoint;
 mod raw;
 mod secrets;
 mod validate;

@@ -1,26 +1,21 @@
 //! Validation: the raw tables into a [`Config`] the daemon can trust. Every
 //! problem is collected (with its key's line) rather than stopping at the
 //! first; defaults come from `defaults`, ranges from `bounds`, secrets from
-//! `secrets`. Configuration builds the provider's request model
-//! ([`Endpoint`], templates, [`ClientAuth`]) but the model, its names and its
-//! needs belong to `provider`.
+//! `secrets`, and each provider's [`Endpoint`] is built by `endpoint`.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use toml::de::DeTable;
-use url::Url;
 
 use super::collect::{Collector, Scope};
 use super::raw::{RawCredential, RawDaemon, RawProvider, RawRequest, RawResponse, PROVIDER_TABLES};
-use super::{bounds, defaults, secrets};
+use super::{bounds, defaults, endpoint, secrets};
 use super::{Config, DaemonConfig, OnInvalidGrant, ProviderConfig};
 use crate::access::Grant;
-use crate::provider::{
-    unknown_placeholders, ClientAuth, Encoding, Endpoint, Needs, RequestTemplate, PLACEHOLDERS,
-};
-use crate::token::{RefreshTiming, ResponseFields, Secret};
+use crate::provider::Endpoint;
+use crate::token::RefreshTiming;
 
 /// A `[providers.NAME]` or `[credentials.NAME]` table: its name, dotted
 /// path, line and keys.
@@ -294,14 +289,6 @@ fn provider_defaults(c: &mut Collector<'_>, s: &Scope, raw: &RawDaemon) -> Provi
     }
 }
 
-/// Who the client is and how it proves it: the endpoint, the secret and the
-/// client-auth method, checked against what the method needs.
-struct Client {
-    token_url: Option<Url>,
-    client_secret: Option<Secret>,
-    client_auth: ClientAuth,
-}
-
 /// A provider's settings that are durations.
 struct Durations {
     default_lifetime: Duration,
@@ -320,8 +307,8 @@ fn validate_provider(
 ) -> Option<ProviderConfig> {
     let before = c.problems.len();
     check_name(c, s, name);
-    let client = client(c, s, &raw);
-    let refresh = request_template(
+    let client = endpoint::client(c, s, &raw);
+    let refresh = endpoint::request_template(
         c,
         s,
         "refresh",
@@ -329,35 +316,14 @@ fn validate_provider(
         defaults::refresh(),
         "refresh_token",
     );
-    let exchange = request_template(c, s, "exchange", sub.exchange, defaults::exchange(), "code");
-    let response = sub.response.map_or_else(defaults::response, |(r, _)| {
-        let d = defaults::response();
-        ResponseFields {
-            access_token: r.access_token.unwrap_or(d.access_token),
-            refresh_token: r.refresh_token.unwrap_or(d.refresh_token),
-            expires_in: r.expires_in.unwrap_or(d.expires_in),
-            token_type: r.token_type.unwrap_or(d.token_type),
-            scope: r.scope.unwrap_or(d.scope),
-        }
-    });
+    let exchange =
+        endpoint::request_template(c, s, "exchange", sub.exchange, defaults::exchange(), "code");
+    let response = endpoint::response_fields(sub.response);
     let durations = provider_durations(c, s, &raw, defaults);
     let on_invalid_grant = on_invalid_grant(c, s, raw.on_invalid_grant.as_deref());
     let readers: Arc<[Grant]> =
         Arc::from(c.grants(s, "readers", raw.readers.as_deref().unwrap_or_default()));
-    let max_response_bytes = c.count(
-        s,
-        "max_response_bytes",
-        raw.max_response_bytes,
-        defaults.max_response_bytes,
-        bounds::RESPONSE_BYTES,
-    );
-    let max_concurrent_refreshes = c.count(
-        s,
-        "max_concurrent_refreshes",
-        raw.max_concurrent_refreshes,
-        defaults::PROVIDER_MAX_CONCURRENT_REFRESHES,
-        bounds::CONCURRENCY,
-    );
+    let (max_response_bytes, max_concurrent_refreshes) = provider_counts(c, s, &raw, defaults);
     if c.problems.len() > before {
         return None;
     }
@@ -401,35 +367,6 @@ fn check_name(c: &mut Collector<'_>, s: &Scope, name: &str) {
             s.path.clone(),
             "provider names may only contain letters, digits, '-', '_' and '.'",
         );
-    }
-}
-
-/// `token_url`, the client secret and `client_auth`, checked together.
-fn client(c: &mut Collector<'_>, s: &Scope, raw: &RawProvider) -> Client {
-    let token_url = match &raw.token_url {
-        Some(url) => check_url(c, s, url, raw.allow_insecure_http),
-        None => {
-            c.problem(s, "token_url", "missing; give the provider's token endpoint, e.g. token_url = \"https://login.example/oauth/token\"");
-            None
-        }
-    };
-    let client_secret = secrets::client_secret(c, s, raw);
-    let client_auth = match raw.client_auth.as_deref() {
-        None => defaults::CLIENT_AUTH,
-        Some(name) => ClientAuth::from_name(name).unwrap_or_else(|| {
-            c.problem(
-                s,
-                "client_auth",
-                format!("unknown value `{name}`; use {}", ClientAuth::known_names()),
-            );
-            defaults::CLIENT_AUTH
-        }),
-    };
-    check_auth_inputs(c, s, client_auth, &raw.client_id, &client_secret);
-    Client {
-        token_url,
-        client_secret,
-        client_auth,
     }
 }
 
@@ -484,144 +421,26 @@ fn on_invalid_grant(c: &mut Collector<'_>, s: &Scope, raw: Option<&str>) -> OnIn
     }
 }
 
-fn check_url(
+/// A provider's `max_response_bytes` and `max_concurrent_refreshes`.
+fn provider_counts(
     c: &mut Collector<'_>,
     s: &Scope,
-    raw: &str,
-    allow_insecure_http: Option<bool>,
-) -> Option<Url> {
-    let key = "token_url";
-    let url = match Url::parse(raw) {
-        Ok(url) => url,
-        Err(e) => {
-            c.problem(s, key, format!("`{raw}` is not a URL ({e})"));
-            return None;
-        }
-    };
-    let loopback = match url.host() {
-        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
-        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
-        Some(url::Host::Domain(d)) => d == "localhost",
-        None => false,
-    };
-    match url.scheme() {
-        "https" => Some(url),
-        "http" if loopback || allow_insecure_http == Some(true) => Some(url),
-        "http" => {
-            c.problem(
-                s,
-                key,
-                "plain http would send client secrets and tokens in clear text; use https, or set allow_insecure_http = true if you really mean it",
-            );
-            None
-        }
-        other => {
-            c.problem(s, key, format!("unsupported scheme `{other}`; use https"));
-            None
-        }
-    }
-}
-
-/// Whether the configuration gives what `auth` needs ([`ClientAuth::needs`]).
-fn check_auth_inputs(
-    c: &mut Collector<'_>,
-    s: &Scope,
-    auth: ClientAuth,
-    client_id: &Option<String>,
-    secret: &Option<Secret>,
-) {
-    let needs = auth.needs();
-    if needs != Needs::Nothing && client_id.is_none() {
-        c.problem(s, "client_auth", "this client_auth needs client_id");
-    }
-    // A secret source already reported (unreadable file, unset variable)
-    // says more than "missing" would.
-    let secret_reported = c
-        .problems
-        .iter()
-        .any(|p| p.key.starts_with(&s.key("client_secret")));
-    if needs == Needs::IdAndSecret && secret.is_none() && !secret_reported {
-        c.problem(
-            s,
-            "client_auth",
-            "this client_auth needs a client secret (client_secret, client_secret_file, client_secret_env or client_secret_credential); for a public client use client_auth = \"none\"",
-        );
-    }
-}
-
-/// A request table over its default, which must still send `{required}`.
-fn request_template(
-    c: &mut Collector<'_>,
-    provider: &Scope,
-    name: &str,
-    raw: Option<(RawRequest, Scope)>,
-    default: RequestTemplate,
-    required: &str,
-) -> RequestTemplate {
-    let Some((raw, s)) = raw else { return default };
-    let encoding = match raw.encoding.as_deref() {
-        None => defaults::ENCODING,
-        Some(name) => Encoding::from_name(name).unwrap_or_else(|| {
-            c.problem(
-                &s,
-                "encoding",
-                format!("unknown encoding `{name}`; use form or json"),
-            );
-            defaults::ENCODING
-        }),
-    };
-    let template = RequestTemplate {
-        encoding,
-        fields: template_pairs(c, &s, "fields", raw.fields).unwrap_or(default.fields),
-        headers: template_pairs(c, &s, "headers", raw.headers).unwrap_or(default.headers),
-    };
-    if !template.mentions(required) {
-        c.push(
-            s.line("fields"),
-            provider.key(name),
-            format!("no field or header sends {{{required}}}; add e.g. {required} = \"{{{required}}}\" to fields"),
-        );
-    }
-    template
-}
-
-/// The `fields` or `headers` of a request table, each value a template
-/// string (integers are taken as their digits).
-fn template_pairs(
-    c: &mut Collector<'_>,
-    s: &Scope,
-    part: &str,
-    table: Option<toml::Table>,
-) -> Option<Vec<(String, String)>> {
-    let line = s.line(part);
-    let mut out = Vec::new();
-    for (k, v) in table? {
-        let key = format!("{}.{k}", s.key(part));
-        match v {
-            toml::Value::String(v) => {
-                check_placeholders(c, line, &key, &v);
-                out.push((k, v));
-            }
-            toml::Value::Integer(i) => out.push((k, i.to_string())),
-            other => c.push(
-                line,
-                key,
-                format!("must be a string; found {}", other.type_str()),
-            ),
-        }
-    }
-    Some(out)
-}
-
-fn check_placeholders(c: &mut Collector<'_>, line: Option<usize>, key: &str, value: &str) {
-    for name in unknown_placeholders(value) {
-        c.push(
-            line,
-            key,
-            format!(
-                "unknown placeholder {{{name}}}; known: {}",
-                PLACEHOLDERS.join(", ")
-            ),
-        );
-    }
+    raw: &RawProvider,
+    defaults: &ProviderDefaults,
+) -> (usize, usize) {
+    let bytes = c.count(
+        s,
+        "max_response_bytes",
+        raw.max_response_bytes,
+        defaults.max_response_bytes,
+        bounds::RESPONSE_BYTES,
+    );
+    let concurrency = c.count(
+        s,
+        "max_concurrent_refreshes",
+        raw.max_concurrent_refreshes,
+        defaults::PROVIDER_MAX_CONCURRENT_REFRESHES,
+        bounds::CONCURRENCY,
+    );
+    (bytes, concurrency)
 }
