@@ -146,7 +146,7 @@ pub(super) fn request_template(
             c.problem(
                 &s,
                 "encoding",
-                format!("unknown encoding `{name}`; use form or json"),
+                format!("unknown encoding `{name}`; use {}", Encoding::known_names()),
             );
             defaults::ENCODING
         }),

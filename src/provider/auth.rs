@@ -6,7 +6,7 @@
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 
-use super::template::RequestTemplate;
+use super::template::{one_of, RequestTemplate};
 
 /// How the client authenticates to the token endpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -116,11 +116,7 @@ impl ClientAuth {
     /// tokend's own names of every method, as a message lists them:
     /// `basic, body or none`.
     pub(crate) fn known_names() -> String {
-        let names: Vec<&str> = Self::ALL.iter().map(|m| m.names()[0]).collect();
-        match names.split_last() {
-            Some((last, rest)) if !rest.is_empty() => format!("{} or {last}", rest.join(", ")),
-            _ => names.concat(),
-        }
+        one_of(&Self::ALL.map(|m| m.names()[0]))
     }
 }
 

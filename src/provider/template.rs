@@ -14,13 +14,25 @@ pub(crate) enum Encoding {
 }
 
 impl Encoding {
-    /// The encoding called `name` in a configuration (`form`, `json`).
-    pub(crate) fn from_name(name: &str) -> Option<Self> {
-        match name {
-            "form" => Some(Encoding::Form),
-            "json" => Some(Encoding::Json),
-            _ => None,
+    /// Every encoding, in the order messages name them.
+    const ALL: [Encoding; 2] = [Encoding::Form, Encoding::Json];
+
+    /// The name of this encoding in a configuration's `encoding = "..."`.
+    fn name(self) -> &'static str {
+        match self {
+            Encoding::Form => "form",
+            Encoding::Json => "json",
         }
+    }
+
+    /// The encoding called `name` in a configuration.
+    pub(crate) fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|e| e.name() == name)
+    }
+
+    /// Every encoding's name, as a message lists them: `form or json`.
+    pub(crate) fn known_names() -> String {
+        one_of(&Self::ALL.map(Encoding::name))
     }
 
     /// The Content-Type of a body in this encoding.
@@ -29,6 +41,14 @@ impl Encoding {
             Encoding::Form => "application/x-www-form-urlencoded",
             Encoding::Json => "application/json",
         }
+    }
+}
+
+/// `names` as a message offers them: `a, b or c`.
+pub(crate) fn one_of(names: &[&str]) -> String {
+    match names.split_last() {
+        Some((last, rest)) if !rest.is_empty() => format!("{} or {last}", rest.join(", ")),
+        _ => names.concat(),
     }
 }
 
@@ -164,6 +184,13 @@ mod tests {
             render("{literal} {", lookup).as_deref(),
             Some("{literal} {")
         );
+    }
+
+    #[test]
+    fn encoding_names() {
+        assert_eq!(Encoding::known_names(), "form or json");
+        assert_eq!(Encoding::from_name("json"), Some(Encoding::Json));
+        assert_eq!(Encoding::from_name("xml"), None);
     }
 
     #[test]
