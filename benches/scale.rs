@@ -278,15 +278,15 @@ async fn refresh_once(
     token: &str,
 ) -> bool {
     use reqwest::header::{HeaderName, HeaderValue, ACCEPT, CONTENT_TYPE};
-    let grant = tokend::provider::Grant::Refresh {
+    let grant = tokend::provider::TokenGrant::Refresh {
         refresh_token: tokend::token::Secret::new(token),
     };
-    let prepared = tokend::provider::prepare(provider, &grant);
+    let prepared = tokend::provider::prepare(&provider.endpoint, &grant);
     let mut req = client
-        .post(provider.token_url.clone())
+        .post(provider.endpoint.token_url.clone())
         .header(CONTENT_TYPE, prepared.content_type)
         .header(ACCEPT, "application/json")
-        .timeout(provider.request_timeout);
+        .timeout(provider.endpoint.request_timeout);
     for (k, v) in &prepared.headers {
         if let (Ok(k), Ok(v)) = (
             HeaderName::from_bytes(k.as_bytes()),

@@ -19,7 +19,7 @@ use crate::config::ProviderConfig;
 use crate::credential::{Credential, State};
 use crate::event;
 use crate::events::Kind;
-use crate::provider::{Failure, FailureKind, Grant, ProviderClient};
+use crate::provider::{Failure, FailureKind, ProviderClient, TokenGrant};
 use crate::store::{GroupCommit, Store};
 use crate::token::{duration_ms, expires_at_ms, now_ms, RefreshTiming};
 
@@ -268,7 +268,7 @@ impl Job {
         cred.refresh_started_at = Some(cred.refresh_started_at.unwrap_or(sent_at));
         let result = self
             .client
-            .request(&provider, &Grant::Refresh { refresh_token })
+            .request(&provider.endpoint, &TokenGrant::Refresh { refresh_token })
             .await;
         match result {
             Ok(set) => {
@@ -358,13 +358,13 @@ pub(super) async fn exchange(
     client: ProviderClient,
     provider: Arc<ProviderConfig>,
     name: String,
-    grant: Grant,
+    grant: TokenGrant,
     permit: (Arc<Semaphore>, Arc<Semaphore>),
 ) -> Result<Credential, Failure> {
     let _provider_permit = permit.1.acquire_owned().await;
     let _permit = permit.0.acquire_owned().await;
     let sent_at = now_ms();
-    let set = client.request(&provider, &grant).await?;
+    let set = client.request(&provider.endpoint, &grant).await?;
     let (expires_at, source) = expires_at_ms(&set, sent_at, provider.default_lifetime);
     let mut cred = Credential::new(&name, &provider.name, None, sent_at);
     cred.apply(set, sent_at, expires_at, source);

@@ -925,7 +925,7 @@ impl Refresher {
         let client = self.client.clone();
         let reports = self.reports_tx.clone();
         self.tasks.spawn(async move {
-            let grant = crate::provider::Grant::Exchange {
+            let grant = crate::provider::TokenGrant::Exchange {
                 code: req.code,
                 redirect_uri: req.redirect_uri,
                 code_verifier: req.code_verifier,

@@ -1,0 +1,64 @@
+//! Every value a setting takes when the configuration file leaves it out, in
+//! one place. The refresh timing and the response field names have their
+//! defaults beside their types (`RefreshTiming::default`,
+//! `ResponseFields::default` in `token`), which these refer to.
+
+use std::time::Duration;
+
+use super::OnInvalidGrant;
+use crate::provider::{ClientAuth, Encoding, RequestTemplate};
+use crate::token::{RefreshTiming, ResponseFields};
+
+/// `[daemon] refresh_remaining`, `refresh_jitter`, `min_refresh_interval`
+/// and `max_refresh_margin`.
+pub(crate) fn timing() -> RefreshTiming {
+    RefreshTiming::default()
+}
+
+/// `[daemon] max_concurrent_refreshes`.
+pub(crate) const MAX_CONCURRENT_REFRESHES: usize = 16;
+/// `[daemon] retry_initial`.
+pub(crate) const RETRY_INITIAL: Duration = Duration::from_secs(1);
+/// `[daemon] retry_max`.
+pub(crate) const RETRY_MAX: Duration = Duration::from_secs(300);
+/// `[daemon] shutdown_timeout`.
+pub(crate) const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
+/// `[daemon] read_timeout`.
+pub(crate) const READ_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// `default_lifetime`, of `[daemon]` (for every provider) and of a provider.
+pub(crate) const DEFAULT_LIFETIME: Duration = Duration::from_secs(3600);
+/// `request_timeout`, of `[daemon]` (for every provider) and of a provider.
+pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// `max_response_bytes`, of `[daemon]` (for every provider) and of a provider.
+pub(crate) const MAX_RESPONSE_BYTES: usize = 1 << 20;
+
+/// A provider's `client_auth`.
+pub(crate) const CLIENT_AUTH: ClientAuth = ClientAuth::Basic;
+/// A provider's `max_concurrent_refreshes`.
+pub(crate) const PROVIDER_MAX_CONCURRENT_REFRESHES: usize = 4;
+/// A provider's `refresh_token_warning`; also the warning window for a
+/// credential whose provider is no longer configured.
+pub(crate) const REFRESH_TOKEN_WARNING: Duration = Duration::from_secs(3 * 86_400);
+/// A provider's `on_invalid_grant`.
+pub(crate) const ON_INVALID_GRANT: OnInvalidGrant = OnInvalidGrant::Withhold;
+/// A provider's `reauth_errors`.
+pub(crate) const REAUTH_ERRORS: [&str; 2] = ["invalid_grant", "invalid_token"];
+
+/// `[providers.NAME.refresh]`.
+pub(crate) fn refresh() -> RequestTemplate {
+    RequestTemplate::standard_refresh()
+}
+
+/// `[providers.NAME.exchange]`.
+pub(crate) fn exchange() -> RequestTemplate {
+    RequestTemplate::standard_exchange()
+}
+
+/// `encoding` of a request table that names none.
+pub(crate) const ENCODING: Encoding = Encoding::Form;
+
+/// `[providers.NAME.response]`.
+pub(crate) fn response() -> ResponseFields {
+    ResponseFields::default()
+}

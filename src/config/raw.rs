@@ -1,0 +1,124 @@
+//! The configuration file's raw serde shape: every table as written, every
+//! key optional, unknown keys rejected (`deny_unknown_fields`). Nothing here
+//! judges a value; that is `validate`'s job.
+//!
+//! Every field is optional: a table that does not read whole is read again
+//! one key at a time (`Collector::table`), and a missing required key is the
+//! validation's to report.
+
+use std::fmt;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+/// `[credentials.NAME]`.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawCredential {
+    pub(super) readers: Option<Vec<String>>,
+}
+
+/// `[daemon]`.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawDaemon {
+    pub(super) socket: Option<PathBuf>,
+    pub(super) database: Option<PathBuf>,
+    pub(super) refresh_remaining: Option<f64>,
+    pub(super) refresh_jitter: Option<f64>,
+    pub(super) min_refresh_interval: Option<RawDuration>,
+    pub(super) max_refresh_margin: Option<RawDuration>,
+    pub(super) max_concurrent_refreshes: Option<usize>,
+    pub(super) retry_initial: Option<RawDuration>,
+    pub(super) retry_max: Option<RawDuration>,
+    pub(super) shutdown_timeout: Option<RawDuration>,
+    pub(super) read_timeout: Option<RawDuration>,
+    pub(super) default_lifetime: Option<RawDuration>,
+    pub(super) request_timeout: Option<RawDuration>,
+    pub(super) max_response_bytes: Option<usize>,
+    pub(super) admin_group: Option<String>,
+    pub(super) socket_group: Option<String>,
+    pub(super) encryption_key_file: Option<PathBuf>,
+    pub(super) encryption_key_credential: Option<String>,
+}
+
+/// A provider's keys but its sub-tables ([`PROVIDER_TABLES`]), which are read
+/// on their own so that their keys have their own lines.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawProvider {
+    pub(super) token_url: Option<String>,
+    pub(super) client_id: Option<String>,
+    pub(super) client_secret: Option<String>,
+    pub(super) client_secret_file: Option<PathBuf>,
+    pub(super) client_secret_env: Option<String>,
+    pub(super) client_secret_credential: Option<String>,
+    pub(super) client_auth: Option<String>,
+    pub(super) scope: Option<String>,
+    pub(super) reauth_errors: Option<Vec<String>>,
+    pub(super) default_lifetime: Option<RawDuration>,
+    pub(super) request_timeout: Option<RawDuration>,
+    pub(super) max_response_bytes: Option<usize>,
+    pub(super) allow_insecure_http: Option<bool>,
+    pub(super) max_concurrent_refreshes: Option<usize>,
+    pub(super) keepalive: Option<RawDuration>,
+    pub(super) refresh_token_warning: Option<RawDuration>,
+    pub(super) on_invalid_grant: Option<String>,
+    pub(super) readers: Option<Vec<String>>,
+}
+
+/// The sub-tables of `[providers.NAME]`.
+pub(super) const PROVIDER_TABLES: [&str; 3] = ["refresh", "exchange", "response"];
+
+/// `[providers.NAME.refresh]` and `[providers.NAME.exchange]`.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawRequest {
+    pub(super) encoding: Option<String>,
+    pub(super) fields: Option<toml::Table>,
+    pub(super) headers: Option<toml::Table>,
+}
+
+/// `[providers.NAME.response]`.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawResponse {
+    pub(super) access_token: Option<String>,
+    pub(super) refresh_token: Option<String>,
+    pub(super) expires_in: Option<String>,
+    pub(super) token_type: Option<String>,
+    pub(super) scope: Option<String>,
+}
+
+/// A duration as whole seconds or a human string ("90s", "5m", "1h 30m").
+#[derive(Clone)]
+pub(super) enum RawDuration {
+    /// Whole seconds.
+    Seconds(u64),
+    /// Text for `humantime` to parse.
+    Text(String),
+}
+
+impl<'de> Deserialize<'de> for RawDuration {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = RawDuration;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a duration: whole seconds, or a string such as \"90s\" or \"5m\"")
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<RawDuration, E> {
+                Ok(RawDuration::Seconds(v))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<RawDuration, E> {
+                u64::try_from(v)
+                    .map(RawDuration::Seconds)
+                    .map_err(|_| E::custom(format!("`{v}` is negative; a duration is 0 or more")))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<RawDuration, E> {
+                Ok(RawDuration::Text(v.to_string()))
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
+}

@@ -1,0 +1,388 @@
+//! Tests of configuration parsing and validation, from strings.
+
+use std::time::Duration;
+
+use super::*;
+use crate::provider::{pairs, ClientAuth, Encoding, RequestTemplate};
+
+fn problems(text: &str) -> Vec<Problem> {
+    parse_config(text).unwrap_err().problems
+}
+
+#[test]
+fn empty_config_is_valid_with_defaults() {
+    let cfg = parse_config("").unwrap();
+    assert!(cfg.providers.is_empty());
+    assert_eq!(cfg.daemon.max_concurrent_refreshes, 16);
+    assert_eq!(cfg.daemon.retry_max, Duration::from_secs(300));
+}
+
+#[test]
+fn basic_auth_and_form_by_default() {
+    let cfg = parse_config(
+        r#"
+        [providers.didit]
+        token_url = "https://apx.didit.me/auth/v2/token"
+        client_id = "id"
+        client_secret = "secret"
+        "#,
+    )
+    .unwrap();
+    let p = &cfg.providers["didit"];
+    assert_eq!(p.endpoint.client_auth, ClientAuth::Basic);
+    assert_eq!(p.endpoint.refresh, RequestTemplate::standard_refresh());
+    assert_eq!(p.endpoint.reauth_errors, ["invalid_grant", "invalid_token"]);
+}
+
+#[test]
+fn json_body_and_headers() {
+    let cfg = parse_config(
+        r#"
+        [providers.partner]
+        token_url = "https://partner.example/v1/auth/token"
+        client_auth = "none"
+        [providers.partner.refresh]
+        encoding = "json"
+        fields = { refreshToken = "{refresh_token}" }
+        headers = { partnerId = 42, grantType = "refresh_token" }
+        "#,
+    )
+    .unwrap();
+    let p = &cfg.providers["partner"];
+    assert_eq!(p.endpoint.refresh.encoding, Encoding::Json);
+    assert_eq!(
+        p.endpoint.refresh.fields,
+        pairs(&[("refreshToken", "{refresh_token}")])
+    );
+    assert_eq!(
+        p.endpoint.refresh.headers,
+        pairs(&[("grantType", "refresh_token"), ("partnerId", "42")])
+    );
+}
+
+#[test]
+fn every_problem_is_reported_with_its_line() {
+    let text = r#"
+[daemon]
+refresh_remaining = 2.0
+
+[providers.a]
+token_url = "http://example.com/token"
+client_id = "x"
+client_auth = "magic"
+
+[providers.b]
+token_url = "https://b.example/token"
+client_scret = "typo"
+"#;
+    let p = problems(text);
+    let keys: Vec<_> = p.iter().map(|p| (p.line, p.key.as_str())).collect();
+    assert!(
+        keys.contains(&(Some(3), "daemon.refresh_remaining")),
+        "{p:?}"
+    );
+    assert!(keys.contains(&(Some(6), "providers.a.token_url")), "{p:?}");
+    assert!(
+        keys.contains(&(Some(8), "providers.a.client_auth")),
+        "{p:?}"
+    );
+    let b = p
+        .iter()
+        .find(|p| p.key == "providers.b.client_scret")
+        .expect("b reported");
+    assert_eq!(b.line, Some(12));
+    assert!(
+        b.message.contains("unknown field `client_scret`"),
+        "{}",
+        b.message
+    );
+}
+
+/// `(line, key)` of every problem, in order.
+fn where_(text: &str) -> Vec<(usize, String)> {
+    problems(text)
+        .into_iter()
+        .map(|p| (p.line.expect("a line"), p.key))
+        .collect()
+}
+
+#[test]
+fn every_bad_key_of_a_table_is_reported_at_its_own_line() {
+    let text = "\
+[daemon]
+socket = \"/s\"
+max_response_bytes = \"big\"
+retry_max = -5
+typo_one = 1
+max_concurrent_refreshes = 0
+
+[providers.a]
+token_url = \"https://a.example/t\"
+client_auth = \"none\"
+max_response_bytes = 0
+request_timeout = 0
+clientid = \"x\"
+keepalive = true
+readers = \"uid:1\"
+";
+    assert_eq!(
+        where_(text),
+        [
+            (3, "daemon.max_response_bytes".to_string()),
+            (4, "daemon.retry_max".into()),
+            (5, "daemon.typo_one".into()),
+            (6, "daemon.max_concurrent_refreshes".into()),
+            (11, "providers.a.max_response_bytes".into()),
+            (12, "providers.a.request_timeout".into()),
+            (13, "providers.a.clientid".into()),
+            (14, "providers.a.keepalive".into()),
+            (15, "providers.a.readers".into()),
+        ]
+    );
+    let p = problems(text);
+    let message = |key: &str| &p.iter().find(|p| p.key == key).unwrap().message;
+    assert!(
+        message("daemon.max_response_bytes").contains("invalid type: string \"big\""),
+        "{p:?}"
+    );
+    assert!(message("daemon.retry_max").contains("negative"), "{p:?}");
+    assert!(
+        message("providers.a.clientid").contains("unknown field"),
+        "{p:?}"
+    );
+    assert!(
+        message("providers.a.max_response_bytes").contains("between 1024 and"),
+        "{p:?}"
+    );
+    assert!(
+        message("providers.a.request_timeout").contains("between 100ms and 10m"),
+        "{p:?}"
+    );
+    // As check-config prints them.
+    let shown = parse_config(text).unwrap_err().to_string();
+    assert!(
+        shown.contains(
+            "config:14: providers.a.keepalive: invalid type: boolean `true`, expected a duration"
+        ),
+        "{shown}"
+    );
+}
+
+#[test]
+fn sub_tables_and_credentials_report_their_keys_lines() {
+    let text = "\
+[providers.a]
+token_url = \"https://a.example/t\"
+client_auth = \"none\"
+[providers.a.refresh]
+encoding = \"xml\"
+encodng = \"json\"
+fields = { rt = \"{refresh_tokn}\", n = 1.5 }
+[providers.a.response]
+acess_token = \"at\"
+[credentials.c]
+readers = [\"uid:1\"]
+reader = 1
+[credentials.d]
+";
+    assert_eq!(
+        where_(text),
+        [
+            (5, "providers.a.refresh.encoding".to_string()),
+            (6, "providers.a.refresh.encodng".into()),
+            (7, "providers.a.refresh.fields.n".into()),
+            (7, "providers.a.refresh.fields.rt".into()),
+            (7, "providers.a.refresh".into()),
+            (9, "providers.a.response.acess_token".into()),
+            (12, "credentials.c.reader".into()),
+            (13, "credentials.d.readers".into()),
+        ]
+    );
+}
+
+#[test]
+fn on_invalid_grant_defaults_to_withhold_and_names_its_values() {
+    let base = "[providers.a]\ntoken_url = \"https://a.example/t\"\nclient_auth = \"none\"\n";
+    let cfg = parse_config(base).unwrap();
+    assert_eq!(
+        cfg.providers["a"].on_invalid_grant,
+        OnInvalidGrant::Withhold
+    );
+    let cfg = parse_config(&format!(
+        "{base}on_invalid_grant = \"serve_until_expiry\"\n"
+    ))
+    .unwrap();
+    assert_eq!(
+        cfg.providers["a"].on_invalid_grant,
+        OnInvalidGrant::ServeUntilExpiry
+    );
+    let p = problems(&format!("{base}on_invalid_grant = \"serve\"\n"));
+    assert_eq!(p[0].key, "providers.a.on_invalid_grant", "{p:?}");
+    assert!(
+        p[0].message.contains("withhold or serve_until_expiry"),
+        "{p:?}"
+    );
+}
+
+#[test]
+fn every_numeric_limit_refuses_zero_and_absurd_values() {
+    let daemon_zero = [
+        "min_refresh_interval",
+        "max_refresh_margin",
+        "max_concurrent_refreshes",
+        "retry_initial",
+        "retry_max",
+        "shutdown_timeout",
+        "read_timeout",
+        "default_lifetime",
+        "request_timeout",
+        "max_response_bytes",
+    ];
+    for key in daemon_zero {
+        for value in ["0", "99999999999"] {
+            let p = problems(&format!("[daemon]\n{key} = {value}\n"));
+            assert_eq!(
+                (p.len(), p[0].line, p[0].key.as_str()),
+                (1, Some(2), format!("daemon.{key}").as_str()),
+                "{key} = {value}: {p:?}"
+            );
+            assert!(p[0].message.starts_with("must be between"), "{p:?}");
+        }
+    }
+    let provider_zero = [
+        "default_lifetime",
+        "request_timeout",
+        "max_response_bytes",
+        "max_concurrent_refreshes",
+        "keepalive",
+    ];
+    for key in provider_zero.into_iter().chain(["refresh_token_warning"]) {
+        for value in ["0", "99999999999"] {
+            if key == "refresh_token_warning" && value == "0" {
+                continue; // zero means: never warn
+            }
+            let text = format!(
+                "[providers.a]\ntoken_url = \"https://a.example/t\"\nclient_auth = \"none\"\n{key} = {value}\n"
+            );
+            let p = problems(&text);
+            assert_eq!(
+                (p.len(), p[0].line, p[0].key.as_str()),
+                (1, Some(4), format!("providers.a.{key}").as_str()),
+                "{key} = {value}: {p:?}"
+            );
+        }
+    }
+    assert!(parse_config("[daemon]\nretry_initial = \"10m\"\nretry_max = \"5m\"\n").is_err());
+    assert!(parse_config("[daemon]\nrefresh_remaining = nan\n").is_err());
+    parse_config("[daemon]\nmax_response_bytes = 1024\nmax_concurrent_refreshes = 4096\nshutdown_timeout = \"100ms\"\n").unwrap();
+}
+
+#[test]
+fn unknown_top_level_key_and_syntax_errors_have_lines() {
+    let p = problems("[daemon]\nsocket = \"/x\"\n[deamon]\n");
+    assert_eq!(p[0].line, Some(3));
+    let p = problems("[daemon\n");
+    assert_eq!(p[0].line, Some(1));
+}
+
+#[test]
+fn basic_auth_without_secret_and_unknown_placeholder() {
+    let p = problems(
+        r#"
+        [providers.a]
+        token_url = "https://a.example/token"
+        client_id = "x"
+        [providers.a.refresh]
+        fields = { rt = "{refresh_tokn}" }
+        "#,
+    );
+    let msgs: Vec<_> = p.iter().map(|p| p.message.as_str()).collect();
+    assert!(
+        msgs.iter().any(|m| m.contains("needs a client secret")),
+        "{msgs:?}"
+    );
+    assert!(
+        msgs.iter()
+            .any(|m| m.contains("unknown placeholder {refresh_tokn}")),
+        "{msgs:?}"
+    );
+    assert!(
+        msgs.iter()
+            .any(|m| m.contains("no field or header sends {refresh_token}")),
+        "{msgs:?}"
+    );
+}
+
+#[test]
+fn secret_sources_are_exclusive_and_resolved() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("secret");
+    std::fs::write(&file, "from-file\n").unwrap();
+    let cfg = parse_config(&format!(
+        "[providers.a]\ntoken_url = \"https://a.example/t\"\nclient_id = \"x\"\nclient_secret_file = {:?}\n",
+        file
+    ))
+    .unwrap();
+    assert_eq!(
+        cfg.providers["a"]
+            .endpoint
+            .client_secret
+            .as_ref()
+            .unwrap()
+            .expose(),
+        "from-file"
+    );
+    let p = problems(
+        "[providers.a]\ntoken_url = \"https://a.example/t\"\nclient_id = \"x\"\nclient_secret = \"a\"\nclient_secret_env = \"B\"\n",
+    );
+    assert!(p[0].message.contains("one way only"));
+    let p = problems(
+        "[providers.a]\ntoken_url = \"https://a.example/t\"\nclient_id = \"x\"\nclient_secret_env = \"TOKEND_TEST_SURELY_UNSET\"\n",
+    );
+    assert!(p[0].message.contains("TOKEND_TEST_SURELY_UNSET is not set"));
+}
+
+#[test]
+fn readers_per_provider_and_per_credential() {
+    let cfg = parse_config(
+        r#"
+        [daemon]
+        admin_group = "root"
+        socket_group = "0"
+        [providers.a]
+        token_url = "https://a.example/t"
+        client_id = "x"
+        client_secret = "s"
+        readers = ["uid:1000", "group:root", "unit:backup.service"]
+        [credentials.special]
+        readers = ["user:root"]
+        "#,
+    )
+    .unwrap();
+    assert_eq!(cfg.daemon.admin_gid, Some(0));
+    assert_eq!(cfg.daemon.socket_gid, Some(0));
+    assert_eq!(
+        **cfg.readers("other", "a").unwrap(),
+        [
+            Grant::Uid(1000),
+            Grant::Gid(0),
+            Grant::Unit("backup.service".into())
+        ]
+    );
+    assert_eq!(**cfg.readers("special", "a").unwrap(), [Grant::Uid(0)]);
+    assert!(cfg.readers("x", "unknown").is_none());
+    let p = problems("[credentials.c]\nreaders = [\"user:surely-nobody-here\"]\n");
+    assert_eq!(
+        (p[0].line, p[0].key.as_str()),
+        (Some(2), "credentials.c.readers")
+    );
+}
+
+#[test]
+fn durations_accept_seconds_and_text() {
+    let cfg = parse_config("[daemon]\nretry_initial = 2\nretry_max = \"10m\"\n").unwrap();
+    assert_eq!(cfg.daemon.retry_initial, Duration::from_secs(2));
+    assert_eq!(cfg.daemon.retry_max, Duration::from_secs(600));
+    let p = problems("[daemon]\nretry_max = \"soon\"\n");
+    assert_eq!(p[0].key, "daemon.retry_max");
+}

@@ -1,0 +1,418 @@
+//! The HTTP side: sends a prepared request to the token endpoint, reads the
+//! answer with a size cap, and turns it into a [`TokenSet`] or a classified,
+//! scrubbed [`Failure`].
+
+use std::time::Duration;
+
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_TYPE};
+use serde_json::Value;
+
+use super::request::{prepare, Endpoint, PreparedRequest, TokenGrant};
+use super::{classify, Failure, FailureKind};
+use crate::token::{parse_token_response, scrub, Secret, TokenSet};
+
+/// A shared HTTP client for every provider.
+#[derive(Clone, Debug)]
+pub struct ProviderClient {
+    http: reqwest::Client,
+}
+
+/// The secrets of one request, scrubbed from every message it produces.
+struct Secrets<'a>(Vec<&'a str>);
+
+impl Secrets<'_> {
+    /// A transient failure with no response status.
+    fn transient(&self, message: String, outcome_unknown: bool) -> Failure {
+        Failure {
+            kind: FailureKind::Transient,
+            status: None,
+            error_code: None,
+            message: scrub(&message, &self.0),
+            retry_after: None,
+            outcome_unknown,
+        }
+    }
+}
+
+/// What came back from the token endpoint, read whole.
+struct Answer {
+    status: u16,
+    retry_after: Option<Duration>,
+    content_type: Option<String>,
+    body: Vec<u8>,
+}
+
+impl ProviderClient {
+    /// Builds the client: no redirects (a token POST must not be replayed
+    /// elsewhere), bounded connect time.
+    pub fn new() -> Result<Self, reqwest::Error> {
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .connect_timeout(Duration::from_secs(10))
+            .user_agent(concat!("tokend/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        Ok(ProviderClient { http })
+    }
+
+    /// Sends `grant` to the token endpoint and parses the answer.
+    pub async fn request(&self, e: &Endpoint, grant: &TokenGrant) -> Result<TokenSet, Failure> {
+        let prepared = prepare(e, grant);
+        let mut secrets = grant.secrets();
+        secrets.extend(e.client_secret.as_ref().map(Secret::expose));
+        let secrets = Secrets(secrets);
+        let answer = self.send(e, prepared, &secrets).await?;
+        let error_body = serde_json::from_slice::<Value>(&answer.body)
+            .ok()
+            .filter(|v| v.get("error").is_some());
+        match error_body {
+            None if (200..300).contains(&answer.status) => {
+                parse_token_response(&answer.body, answer.content_type.as_deref(), &e.response)
+                    .map_err(|err| Failure {
+                        status: Some(answer.status),
+                        ..secrets.transient(err.to_string(), true)
+                    })
+            }
+            _ => Err(refusal(e, &answer, error_body.as_ref(), &secrets)),
+        }
+    }
+
+    /// Sends the request and reads the answer whole, up to the endpoint's
+    /// size cap.
+    async fn send(
+        &self,
+        e: &Endpoint,
+        prepared: PreparedRequest,
+        secrets: &Secrets<'_>,
+    ) -> Result<Answer, Failure> {
+        let headers = header_map(&prepared).map_err(|m| Failure {
+            kind: FailureKind::Misconfigured,
+            ..secrets.transient(m, false)
+        })?;
+        let sent = self
+            .http
+            .post(e.token_url.clone())
+            .headers(headers)
+            .body(prepared.body)
+            .timeout(e.request_timeout)
+            .send()
+            .await;
+        let mut response = sent.map_err(|err| {
+            let unknown = !err.is_connect();
+            secrets.transient(describe_reqwest(&err, e), unknown)
+        })?;
+        let status = response.status().as_u16();
+        let retry_after = retry_after(&response, e);
+        let content_type = response
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let body = read_capped(&mut response, e.max_response_bytes)
+            .await
+            .map_err(|m| Failure {
+                status: Some(status),
+                retry_after,
+                ..secrets.transient(m, true)
+            })?;
+        Ok(Answer {
+            status,
+            retry_after,
+            content_type,
+            body,
+        })
+    }
+}
+
+/// The failure an error answer (or a non-2xx one without an OAuth error) means.
+fn refusal(
+    e: &Endpoint,
+    answer: &Answer,
+    error_body: Option<&Value>,
+    secrets: &Secrets<'_>,
+) -> Failure {
+    let status = answer.status;
+    let field = |name: &str| error_body.and_then(|v| v.get(name)).and_then(Value::as_str);
+    let code = field("error").map(str::to_string);
+    let description = field("error_description");
+    let kind = classify(code.as_deref(), &e.reauth_errors);
+    let message = match (&code, description) {
+        // Scrub before truncating: a cut-off token would no longer match.
+        (Some(c), Some(d)) => format!(
+            "token endpoint answered {status} {c}: {}",
+            truncate(&scrub(d, &secrets.0), 200)
+        ),
+        (Some(c), None) => format!("token endpoint answered {status} {c}"),
+        (None, _) => format!(
+            "token endpoint answered {status} without an OAuth error ({}, {} bytes)",
+            answer.content_type.as_deref().unwrap_or("no content type"),
+            answer.body.len()
+        ),
+    };
+    Failure {
+        kind,
+        status: Some(status),
+        error_code: code,
+        message: scrub(&message, &secrets.0),
+        retry_after: answer.retry_after,
+        outcome_unknown: false,
+    }
+}
+
+/// The response's `Retry-After`, capped, with a warning when it was cut.
+fn retry_after(response: &reqwest::Response, e: &Endpoint) -> Option<Duration> {
+    let asked = response
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(parse_retry_after)?;
+    let (capped, over) = cap_retry_after(asked);
+    if over {
+        tracing::warn!(
+            tokend_provider = %e.name,
+            tokend_retry_after_s = asked.as_secs(),
+            "the provider asked (Retry-After) not to be called for {}s; waiting {}s at most",
+            asked.as_secs(),
+            capped.as_secs()
+        );
+    }
+    Some(capped)
+}
+
+fn header_map(prepared: &PreparedRequest) -> Result<HeaderMap, String> {
+    let mut map = HeaderMap::new();
+    map.insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static(prepared.content_type),
+    );
+    map.insert(ACCEPT, HeaderValue::from_static("application/json"));
+    for (k, v) in &prepared.headers {
+        let name = HeaderName::from_bytes(k.as_bytes())
+            .map_err(|_| format!("header name `{k}` is not valid in HTTP"))?;
+        let mut value = HeaderValue::from_str(v)
+            .map_err(|_| format!("value of header `{k}` is not valid in HTTP"))?;
+        if name == AUTHORIZATION {
+            value.set_sensitive(true);
+        }
+        map.insert(name, value);
+    }
+    Ok(map)
+}
+
+fn describe_reqwest(err: &reqwest::Error, e: &Endpoint) -> String {
+    let what = if err.is_timeout() {
+        format!("no answer within {:?}", e.request_timeout)
+    } else if err.is_connect() {
+        "cannot connect".to_string()
+    } else {
+        "request failed".to_string()
+    };
+    // The source chain says why (refused, DNS, TLS) without any secret in it.
+    let mut cause = String::new();
+    let mut source = std::error::Error::source(err);
+    while let Some(s) = source {
+        cause = s.to_string();
+        source = s.source();
+    }
+    if cause.is_empty() {
+        format!("{what} to {}", e.token_url)
+    } else {
+        format!("{what} to {}: {cause}", e.token_url)
+    }
+}
+
+async fn read_capped(response: &mut reqwest::Response, cap: usize) -> Result<Vec<u8>, String> {
+    if response
+        .content_length()
+        .is_some_and(|len| len as usize > cap)
+    {
+        return Err(format!(
+            "token endpoint response is larger than {cap} bytes"
+        ));
+    }
+    let mut body = Vec::new();
+    loop {
+        match response.chunk().await {
+            Ok(Some(chunk)) => {
+                if body.len() + chunk.len() > cap {
+                    return Err(format!(
+                        "token endpoint response is larger than {cap} bytes"
+                    ));
+                }
+                body.extend_from_slice(&chunk);
+            }
+            Ok(None) => return Ok(body),
+            Err(e) if e.is_timeout() => {
+                return Err("token endpoint stopped sending its response (timeout)".into())
+            }
+            Err(_) => {
+                return Err("token endpoint connection broke while reading the response".into())
+            }
+        }
+    }
+}
+
+/// The longest `Retry-After` tokend honours: a provider asking for more
+/// (or a broken one sending an absurd value) would otherwise stop every
+/// refresh of its credentials for that long.
+pub(crate) const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
+
+/// `asked` cut to [`MAX_RETRY_AFTER`], and whether it was cut.
+pub(crate) fn cap_retry_after(asked: Duration) -> (Duration, bool) {
+    (asked.min(MAX_RETRY_AFTER), asked > MAX_RETRY_AFTER)
+}
+
+/// `Retry-After` as delta-seconds or an HTTP date (RFC 9110 §10.2.3).
+pub(crate) fn parse_retry_after(value: &str) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(
+        at.duration_since(std::time::SystemTime::now())
+            .unwrap_or(Duration::ZERO),
+    )
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::provider::request::tests::{endpoint, refresh};
+
+    #[tokio::test]
+    async fn long_echoed_refresh_token_is_scrubbed_before_truncation() {
+        use axum::routing::post;
+        let token = format!("eyJ{}", "a".repeat(400));
+        let echoed = token.clone();
+        let app = axum::Router::new().route(
+            "/oauth/token",
+            post(move || {
+                let body = serde_json::json!({
+                    "error": "invalid_token",
+                    "error_description": format!("Invalid refresh token (expired): {echoed}"),
+                });
+                async move { (axum::http::StatusCode::UNAUTHORIZED, axum::Json(body)) }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let p = endpoint(&format!(
+            "[providers.d]\ntoken_url = \"http://{addr}/oauth/token\"\nclient_id = \"tspclient\"\nclient_auth = \"digirunner\"\n"
+        ));
+        let failure = ProviderClient::new()
+            .unwrap()
+            .request(&p, &refresh(&token))
+            .await
+            .unwrap_err();
+        assert_eq!(failure.kind, FailureKind::Reauth);
+        assert_eq!(failure.status, Some(401));
+        assert!(
+            !failure.message.contains(&token[..40]),
+            "{}",
+            failure.message
+        );
+        assert!(
+            failure.message.contains("<redacted sha256:"),
+            "{}",
+            failure.message
+        );
+    }
+
+    #[test]
+    fn retry_after_seconds_and_http_date() {
+        assert_eq!(parse_retry_after("7"), Some(Duration::from_secs(7)));
+        assert_eq!(
+            parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"),
+            Some(Duration::ZERO)
+        );
+        let future =
+            httpdate::fmt_http_date(std::time::SystemTime::now() + Duration::from_secs(120));
+        let d = parse_retry_after(&future).unwrap();
+        assert!(
+            d > Duration::from_secs(100) && d <= Duration::from_secs(120),
+            "{d:?}"
+        );
+        assert_eq!(parse_retry_after("soon"), None);
+        assert_eq!(
+            parse_retry_after(&u64::MAX.to_string()),
+            Some(Duration::from_secs(u64::MAX))
+        );
+    }
+
+    #[test]
+    fn retry_after_is_capped_at_an_hour() {
+        let hour = Duration::from_secs(3600);
+        assert_eq!(
+            cap_retry_after(Duration::from_secs(7)),
+            (Duration::from_secs(7), false)
+        );
+        assert_eq!(cap_retry_after(hour), (hour, false));
+        assert_eq!(
+            cap_retry_after(hour + Duration::from_millis(1)),
+            (hour, true)
+        );
+        assert_eq!(cap_retry_after(Duration::MAX), (hour, true));
+        let far = httpdate::fmt_http_date(
+            std::time::SystemTime::now() + Duration::from_secs(10 * 365 * 86_400),
+        );
+        assert_eq!(
+            cap_retry_after(parse_retry_after(&far).unwrap()),
+            (hour, true)
+        );
+    }
+
+    #[test]
+    fn huge_retry_after_is_capped_at_an_hour() {
+        let huge = parse_retry_after("18446744073709551615").unwrap();
+        assert_eq!(cap_retry_after(huge), (MAX_RETRY_AFTER, true));
+        let far = httpdate::fmt_http_date(
+            std::time::SystemTime::now() + Duration::from_secs(400 * 86_400),
+        );
+        let d = parse_retry_after(&far).unwrap();
+        assert_eq!(cap_retry_after(d), (MAX_RETRY_AFTER, true));
+        assert_eq!(
+            cap_retry_after(Duration::from_secs(7)),
+            (Duration::from_secs(7), false)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_huge_retry_after_from_the_wire_is_capped() {
+        use axum::routing::post;
+        let app = axum::Router::new().route(
+            "/t",
+            post(|| async {
+                (
+                    axum::http::StatusCode::TOO_MANY_REQUESTS,
+                    [("retry-after", "99999999999999999")],
+                    "slow down",
+                )
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let p = endpoint(&format!(
+            "[providers.d]\ntoken_url = \"http://{addr}/t\"\nclient_id = \"i\"\nclient_auth = \"none\"\n"
+        ));
+        let failure = ProviderClient::new()
+            .unwrap()
+            .request(&p, &refresh("rt"))
+            .await
+            .unwrap_err();
+        assert_eq!(failure.kind, FailureKind::Transient);
+        assert_eq!(failure.retry_after, Some(MAX_RETRY_AFTER));
+    }
+}

@@ -1,0 +1,335 @@
+//! The provider's request model: the token endpoint as configuration built
+//! it ([`Endpoint`]), what is asked of it ([`TokenGrant`]), and [`prepare`],
+//! which turns both into the exact headers and body sent (pure, so tests and
+//! benchmarks check requests byte for byte). A new grant is one new variant
+//! of [`TokenGrant`] with its arms in the `impl` below.
+
+use std::fmt;
+use std::time::Duration;
+
+use serde_json::Value;
+use url::Url;
+
+use super::auth::{ClientAuth, Parts};
+use super::template::{render, Encoding, RequestTemplate};
+use crate::token::{fingerprint, ResponseFields, Secret};
+
+/// One token endpoint and how to talk to it.
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    /// The provider's name, for log lines.
+    pub(crate) name: String,
+    /// The token endpoint.
+    pub token_url: Url,
+    /// OAuth client id, if the provider uses one.
+    pub(crate) client_id: Option<String>,
+    /// OAuth client secret (password), resolved from wherever it was given.
+    pub(crate) client_secret: Option<Secret>,
+    /// How the client authenticates to the token endpoint.
+    pub(crate) client_auth: ClientAuth,
+    /// Scope to request on refresh, if any (`{scope}` in templates).
+    pub(crate) scope: Option<String>,
+    /// The refresh request.
+    pub(crate) refresh: RequestTemplate,
+    /// The authorization-code exchange request.
+    pub(crate) exchange: RequestTemplate,
+    /// Names of the response fields.
+    pub(crate) response: ResponseFields,
+    /// OAuth `error` codes meaning the grant is dead and a human must log in again.
+    pub(crate) reauth_errors: Vec<String>,
+    /// Timeout for one token request, connect to last byte.
+    pub request_timeout: Duration,
+    /// Largest response body accepted.
+    pub(crate) max_response_bytes: usize,
+}
+
+/// What is being asked of the token endpoint.
+#[derive(Debug, Clone)]
+pub enum TokenGrant {
+    /// `grant_type=refresh_token` (RFC 6749 §6).
+    Refresh {
+        /// The refresh token on record.
+        refresh_token: Secret,
+    },
+    /// `grant_type=authorization_code` (RFC 6749 §4.1.3, RFC 7636 §4.5).
+    Exchange {
+        /// The authorization code.
+        code: Secret,
+        /// The redirect URI used in the authorization request.
+        redirect_uri: String,
+        /// The PKCE verifier, if the authorization used PKCE.
+        code_verifier: Option<Secret>,
+    },
+}
+
+impl TokenGrant {
+    /// The request template this grant is sent with.
+    fn template<'a>(&self, e: &'a Endpoint) -> &'a RequestTemplate {
+        match self {
+            TokenGrant::Refresh { .. } => &e.refresh,
+            TokenGrant::Exchange { .. } => &e.exchange,
+        }
+    }
+
+    /// The value of a grant's own placeholder, if this grant has it.
+    fn value(&self, placeholder: &str) -> Option<String> {
+        match (placeholder, self) {
+            ("refresh_token", TokenGrant::Refresh { refresh_token }) => {
+                Some(refresh_token.expose().to_string())
+            }
+            ("code", TokenGrant::Exchange { code, .. }) => Some(code.expose().to_string()),
+            ("redirect_uri", TokenGrant::Exchange { redirect_uri, .. }) => {
+                Some(redirect_uri.clone())
+            }
+            ("code_verifier", TokenGrant::Exchange { code_verifier, .. }) => {
+                code_verifier.as_ref().map(|v| v.expose().to_string())
+            }
+            _ => None,
+        }
+    }
+
+    /// The secrets this grant carries, to scrub from anything logged.
+    pub(crate) fn secrets(&self) -> Vec<&str> {
+        match self {
+            TokenGrant::Refresh { refresh_token } => vec![refresh_token.expose()],
+            TokenGrant::Exchange {
+                code,
+                code_verifier,
+                ..
+            } => {
+                let mut v = vec![code.expose()];
+                v.extend(code_verifier.as_ref().map(Secret::expose));
+                v
+            }
+        }
+    }
+}
+
+/// A request ready to send: useful on its own for tests and `--dry-run`s.
+/// Its `Debug` prints fingerprints of the header values and the body, which
+/// hold the refresh token, code or client secret.
+#[derive(Clone, PartialEq, Eq)]
+pub struct PreparedRequest {
+    /// Headers in order (Authorization included).
+    pub headers: Vec<(String, String)>,
+    /// Content-Type of the body.
+    pub content_type: &'static str,
+    /// The encoded body.
+    pub body: String,
+}
+
+impl fmt::Debug for PreparedRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let headers: Vec<(&str, String)> = self
+            .headers
+            .iter()
+            .map(|(name, value)| (name.as_str(), fingerprint(value)))
+            .collect();
+        f.debug_struct("PreparedRequest")
+            .field("headers", &headers)
+            .field("content_type", &self.content_type)
+            .field(
+                "body",
+                &format_args!("{} bytes, {}", self.body.len(), fingerprint(&self.body)),
+            )
+            .finish()
+    }
+}
+
+/// Builds the request for `grant` from the endpoint's description.
+pub fn prepare(e: &Endpoint, grant: &TokenGrant) -> PreparedRequest {
+    let template = grant.template(e);
+    let lookup = |key: &str| -> Option<String> {
+        match key {
+            "client_id" => e.client_id.clone(),
+            "client_secret" => e.client_secret.as_ref().map(|s| s.expose().to_string()),
+            "scope" => e.scope.clone(),
+            _ => grant.value(key),
+        }
+    };
+    let rendered = |items: &[(String, String)]| -> Vec<(String, String)> {
+        items
+            .iter()
+            .filter_map(|(k, v)| render(v, lookup).map(|v| (k.clone(), v)))
+            .collect()
+    };
+    let mut parts = Parts {
+        headers: rendered(&template.headers),
+        fields: rendered(&template.fields),
+    };
+    e.client_auth.apply(
+        e.client_id.as_deref(),
+        e.client_secret.as_ref().map(Secret::expose),
+        template,
+        &mut parts,
+    );
+    PreparedRequest {
+        headers: parts.headers,
+        content_type: template.encoding.content_type(),
+        body: encode(template.encoding, parts.fields),
+    }
+}
+
+/// The body of `fields` in `encoding`.
+fn encode(encoding: Encoding, fields: Vec<(String, String)>) -> String {
+    match encoding {
+        Encoding::Form => url::form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(&fields)
+            .finish(),
+        Encoding::Json => {
+            let obj: serde_json::Map<String, Value> = fields
+                .into_iter()
+                .map(|(k, v)| (k, Value::String(v)))
+                .collect();
+            Value::Object(obj).to_string()
+        }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use base64::engine::general_purpose::STANDARD as B64;
+    use base64::Engine;
+
+    use super::*;
+    use crate::config::parse_config;
+
+    /// The endpoint of the only provider in `toml`.
+    pub(crate) fn endpoint(toml: &str) -> Endpoint {
+        let cfg = parse_config(toml).unwrap();
+        let p = cfg.providers.values().next().unwrap();
+        p.endpoint.clone()
+    }
+
+    pub(crate) fn refresh(rt: &str) -> TokenGrant {
+        TokenGrant::Refresh {
+            refresh_token: Secret::new(rt),
+        }
+    }
+
+    fn header<'a>(r: &'a PreparedRequest, name: &str) -> Option<&'a str> {
+        r.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    #[test]
+    fn prepared_request_debug_shows_no_secret() {
+        let p = endpoint(
+            "[providers.d]\ntoken_url = \"https://d.example/t\"\nclient_id = \"id\"\nclient_secret = \"the-client-secret\"\nclient_auth = \"body\"\n",
+        );
+        let r = prepare(&p, &refresh("the-refresh-token"));
+        assert!(r.body.contains("the-refresh-token") && r.body.contains("the-client-secret"));
+        let basic = prepare(
+            &endpoint("[providers.d]\ntoken_url = \"https://d.example/t\"\nclient_id = \"id\"\nclient_secret = \"s\"\n"),
+            &refresh("rt"),
+        );
+        let authorization = header(&basic, "authorization").unwrap().to_string();
+        for (debug, secrets) in [
+            (
+                format!("{r:?}"),
+                vec!["the-refresh-token", "the-client-secret"],
+            ),
+            (
+                format!("{basic:?}"),
+                vec![authorization.as_str(), "aWQ6cw=="],
+            ),
+        ] {
+            for secret in secrets {
+                assert!(!debug.contains(secret), "{secret} in {debug}");
+            }
+            assert!(debug.contains("sha256:"), "{debug}");
+        }
+    }
+
+    #[test]
+    fn basic_auth_and_exact_form_body() {
+        let p = endpoint(
+            "[providers.d]\ntoken_url = \"https://apx.didit.me/auth/v2/token\"\nclient_id = \"id\"\nclient_secret = \"se:cret\"\n",
+        );
+        let r = prepare(&p, &refresh("rt/1+"));
+        assert_eq!(r.content_type, "application/x-www-form-urlencoded");
+        assert_eq!(r.body, "grant_type=refresh_token&refresh_token=rt%2F1%2B");
+        assert_eq!(header(&r, "authorization"), Some("Basic aWQ6c2U6Y3JldA=="));
+    }
+
+    #[test]
+    fn basic_urlencoded_follows_rfc_6749_2_3_1() {
+        let p = endpoint(
+            "[providers.d]\ntoken_url = \"https://a.example/t\"\nclient_id = \"a b\"\nclient_secret = \"x:y\"\nclient_auth = \"basic_urlencoded\"\n",
+        );
+        let r = prepare(&p, &refresh("rt"));
+        let expected = format!("Basic {}", B64.encode("a+b:x%3Ay"));
+        assert_eq!(header(&r, "authorization"), Some(expected.as_str()));
+    }
+
+    #[test]
+    fn exchange_with_and_without_pkce() {
+        let p = endpoint(
+            "[providers.d]\ntoken_url = \"https://apx.didit.me/auth/v2/token\"\nclient_id = \"id\"\nclient_secret = \"s\"\n",
+        );
+        let mut grant = TokenGrant::Exchange {
+            code: Secret::new("the-code"),
+            redirect_uri: "https://your-app.com/callback".into(),
+            code_verifier: None,
+        };
+        let r = prepare(&p, &grant);
+        assert_eq!(
+            r.body,
+            "code=the-code&grant_type=authorization_code&redirect_uri=https%3A%2F%2Fyour-app.com%2Fcallback"
+        );
+        if let TokenGrant::Exchange { code_verifier, .. } = &mut grant {
+            *code_verifier = Some(Secret::new("verifier"));
+        }
+        assert!(prepare(&p, &grant)
+            .body
+            .ends_with("&code_verifier=verifier"));
+    }
+
+    #[test]
+    fn json_body_with_headers_and_nothing_else() {
+        let p = endpoint(
+            r#"
+            [providers.partner]
+            token_url = "https://partner.example/v1/auth/token"
+            client_auth = "none"
+            [providers.partner.refresh]
+            encoding = "json"
+            fields = { refreshToken = "{refresh_token}" }
+            headers = { partnerId = "42", grantType = "refresh_token" }
+            "#,
+        );
+        let r = prepare(&p, &refresh("rt-1"));
+        assert_eq!(r.content_type, "application/json");
+        assert_eq!(r.body, r#"{"refreshToken":"rt-1"}"#);
+        assert_eq!(header(&r, "partnerId"), Some("42"));
+        assert_eq!(header(&r, "grantType"), Some("refresh_token"));
+        assert_eq!(header(&r, "authorization"), None);
+    }
+
+    #[test]
+    fn credentials_in_form_body() {
+        let p = endpoint(
+            "[providers.b]\ntoken_url = \"https://bakrypt.io/auth/token/\"\nclient_id = \"cid\"\nclient_secret = \"csec\"\nclient_auth = \"body\"\n",
+        );
+        let r = prepare(&p, &refresh("rt"));
+        assert_eq!(
+            r.body,
+            "grant_type=refresh_token&refresh_token=rt&client_id=cid&client_secret=csec"
+        );
+        assert_eq!(header(&r, "authorization"), None);
+    }
+
+    #[test]
+    fn public_client_sends_client_id_only_and_scope_when_configured() {
+        let p = endpoint(
+            "[providers.p]\ntoken_url = \"https://a.example/t\"\nclient_id = \"pub\"\nclient_auth = \"none\"\nscope = \"a b\"\n",
+        );
+        let r = prepare(&p, &refresh("rt"));
+        assert_eq!(
+            r.body,
+            "grant_type=refresh_token&refresh_token=rt&scope=a+b&client_id=pub"
+        );
+    }
+}
