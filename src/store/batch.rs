@@ -288,19 +288,25 @@ mod tests {
     use super::*;
     use crate::seal::{self, SealError};
     use crate::store::test_support::{by_name, insert_many, open, refreshed, rt, stored};
-    use crate::store::StoreError;
+    use crate::store::{Store, StoreError};
     use crate::token::Secret;
 
+    /// Stores "a", "b" (replaced: generation 2) and "c" (removed), and
+    /// returns the first two as stored.
+    async fn a_and_replaced_b(store: &Store) -> (Credential, Credential) {
+        let a = stored(store, "a", "rt-a").await;
+        stored(store, "b", "rt-b1").await;
+        let b = stored(store, "b", "rt-b2").await;
+        stored(store, "c", "rt-c").await;
+        assert!(store.delete("c").await.unwrap());
+        (a, b)
+    }
+
     #[tokio::test]
-    async fn begin_and_save_many_round_trip_with_generation_guard() {
+    async fn begin_many_marks_the_current_generations_and_reads_them_back() {
         let dir = tempfile::tempdir().unwrap();
         let store = open(&dir.path().join("b.db"), None).await;
-        let a = stored(&store, "a", "rt-a").await;
-        stored(&store, "b", "rt-b1").await;
-        let b = stored(&store, "b", "rt-b2").await; // replaced: generation 2
-        stored(&store, "c", "rt-c").await;
-        assert!(store.delete("c").await.unwrap());
-
+        a_and_replaced_b(&store).await;
         let items =
             [("a", 1), ("b", 1), ("c", 1), ("b", 2), ("zz", 1)].map(|(n, g)| (n.to_string(), g));
         let begun = store.begin_refreshes(&items, 500).await.unwrap();
@@ -326,7 +332,16 @@ mod tests {
             by_name(&store, "b").await.unwrap().refresh_started_at,
             Some(500)
         );
+        store.close().await;
+    }
 
+    #[tokio::test]
+    async fn save_many_writes_the_current_generations_in_input_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir.path().join("b.db"), None).await;
+        let (a, b) = a_and_replaced_b(&store).await;
+        let marked = [("a".to_string(), 1), ("b".to_string(), 2)];
+        store.begin_refreshes(&marked, 500).await.unwrap();
         let mut stale = refreshed(&b, "rt-stale", 600);
         stale.generation = 1;
         let saved = store

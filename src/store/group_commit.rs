@@ -238,7 +238,10 @@ async fn commit(store: &Store, batch: &mut Vec<Request>) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
     use std::time::Duration;
+
+    use tokio::task::JoinSet;
 
     use super::*;
     use crate::store::test_support::{insert_many, open, refreshed, rt, stored};
@@ -338,13 +341,12 @@ mod tests {
         store.close().await;
     }
 
-    #[tokio::test]
-    async fn a_failed_transaction_fails_every_request_in_it_and_writes_nothing() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = open(&dir.path().join("f.db"), None).await;
+    /// A store with `c0`..`c19` and `poison`, whose every update the
+    /// trigger aborts, so any statement or transaction writing it fails.
+    async fn poisoned(path: &Path) -> (Store, Credential) {
+        let store = open(path, None).await;
         insert_many(&store, 20).await;
         let poison = stored(&store, "poison", "rt-p").await;
-        // A write to `poison` aborts its statement, and so the transaction.
         sqlx::query(
             "CREATE TRIGGER poison BEFORE UPDATE ON credentials WHEN NEW.name = 'poison'
              BEGIN SELECT RAISE(ABORT, 'poisoned by the test'); END",
@@ -352,30 +354,45 @@ mod tests {
         .execute(&store.pool)
         .await
         .unwrap();
-        let group = GroupCommit::start(store.clone(), 64);
-        let names = vec!["c0", "c1", "c2", "c3", "c4", "c5", "c6", "c7", "c8", "c9"];
-        let tasks = spawn_requests(&group, vec![refreshed(&poison, "rt-q", 600)], names);
+        (store, poison)
+    }
+
+    /// How many rows `condition` holds for.
+    async fn count(store: &Store, condition: &str) -> i64 {
+        sqlx::query_scalar(&format!(
+            "SELECT count(*) FROM credentials WHERE {condition}"
+        ))
+        .fetch_one(&store.pool)
+        .await
+        .unwrap()
+    }
+
+    /// Every request in `tasks` (there are `n`) failed with `text`.
+    async fn all_failed(tasks: JoinSet<Result<String, StoreError>>, n: usize, text: &str) {
         let answers = tasks.join_all().await;
-        assert_eq!(answers.len(), 11);
+        assert_eq!(answers.len(), n);
         for answer in answers {
             let err = answer.unwrap_err();
             assert!(matches!(err, StoreError::Shared(_)), "{err:?}");
-            assert!(err.to_string().contains("poisoned by the test"), "{err}");
+            assert!(err.to_string().contains(text), "{err}");
         }
-        assert_eq!(
-            group.stats(),
-            GroupStats {
-                transactions: 1,
-                requests: 11,
-                failed: 1
-            }
-        );
-        let marked: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM credentials WHERE refresh_started_at IS NOT NULL",
-        )
-        .fetch_one(&store.pool)
-        .await
-        .unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_failed_transaction_fails_every_request_in_it_and_writes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, poison) = poisoned(&dir.path().join("f.db")).await;
+        let group = GroupCommit::start(store.clone(), 64);
+        let names = vec!["c0", "c1", "c2", "c3", "c4", "c5", "c6", "c7", "c8", "c9"];
+        let tasks = spawn_requests(&group, vec![refreshed(&poison, "rt-q", 600)], names);
+        all_failed(tasks, 11, "poisoned by the test").await;
+        let stats = GroupStats {
+            transactions: 1,
+            requests: 11,
+            failed: 1,
+        };
+        assert_eq!(group.stats(), stats);
+        let marked = count(&store, "refresh_started_at IS NOT NULL").await;
         assert_eq!(marked, 0, "a failed batch wrote something");
 
         // The same with saves only, which go as one statement without
@@ -388,17 +405,13 @@ mod tests {
             })
             .chain([refreshed(&poison, "rt-q", 600)])
             .collect();
-        let answers = spawn_requests(&group, saves, vec![]).join_all().await;
-        assert_eq!(answers.len(), 6);
-        for answer in answers {
-            let err = answer.unwrap_err();
-            assert!(err.to_string().contains("poisoned by the test"), "{err}");
-        }
-        let written: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM credentials WHERE refresh_token = 'rt-new'")
-                .fetch_one(&store.pool)
-                .await
-                .unwrap();
+        all_failed(
+            spawn_requests(&group, saves, vec![]),
+            6,
+            "poisoned by the test",
+        )
+        .await;
+        let written = count(&store, "refresh_token = 'rt-new'").await;
         assert_eq!(written, 0, "a failed statement wrote something");
         assert_eq!(group.stats().failed, 2);
 
@@ -408,13 +421,8 @@ mod tests {
         store.close().await;
 
         // A closed store: every waiter gets the error.
-        let answers = spawn_requests(&group, vec![], vec!["c1", "c2", "c3"])
-            .join_all()
-            .await;
-        for answer in answers {
-            let err = answer.unwrap_err();
-            assert!(err.to_string().contains("closed"), "{err}");
-        }
+        let tasks = spawn_requests(&group, vec![], vec!["c1", "c2", "c3"]);
+        all_failed(tasks, 3, "closed").await;
     }
 
     #[tokio::test]
