@@ -6,6 +6,9 @@
 //! at every start. Every `tokend get` is a fresh process, so this is part of
 //! its latency (BENCHMARKS.md). The binary stays position-independent. It then
 //! needs glibc 2.36 or later, where it otherwise needs 2.34.
+//!
+//! It also tells cargo to rebuild when a migration changes, since the store
+//! embeds them at compile time.
 
 fn main() {
     let os = std::env::var("CARGO_CFG_TARGET_OS").unwrap_or_default();
@@ -14,4 +17,7 @@ fn main() {
         println!("cargo:rustc-link-arg-bin=tokend=-Wl,-z,pack-relative-relocs");
     }
     println!("cargo:rerun-if-changed=build.rs");
+    // `sqlx::migrate!` embeds the files under `migrations/`; without this a
+    // new or edited migration would not rebuild the crate that embeds them.
+    println!("cargo:rerun-if-changed=migrations");
 }

@@ -15,14 +15,16 @@
 //! latency hits all scenarios alike; each slice starts from a checkpointed,
 //! empty WAL. The scenarios:
 //!
-//! - (a) one `save_outcome` at a time: one commit, one fsync per refresh;
-//! - (b) `save_outcome` from 64 concurrent tasks (what concurrency alone
-//!   gives through the store's 4 connections);
+//! - (a) `Store::save_outcomes` of one outcome at a time: one statement,
+//!   one commit, one fsync per refresh;
+//! - (b) the same from 64 concurrent tasks (what concurrency alone gives
+//!   through the store's 4 connections);
 //! - (c) `GroupCommit::save` from 64 concurrent tasks;
 //! - (e) `GroupCommit::save` from 1 task (light load: no batching, and the
 //!   queue must cost no more than (a));
-//! - (d1) a whole refresh's writes, `mark_refresh_started` then
-//!   `save_outcome`, one refresh at a time;
+//! - (d1) a whole refresh's writes, `Store::begin_refreshes` (the mark,
+//!   which also reads the refresh token back) then `Store::save_outcomes`,
+//!   each of one credential, one refresh at a time;
 //! - (d2) the same from 64 concurrent tasks;
 //! - (d3) `GroupCommit::begin` (which also reads the refresh token back)
 //!   then `GroupCommit::save`, from 64 concurrent tasks.
@@ -125,9 +127,10 @@ type Error = Box<dyn std::error::Error + Send + Sync>;
 /// What one scenario does per refresh.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Work {
-    /// `save_outcome` on the store.
+    /// `save_outcomes` of one credential on the store.
     Save,
-    /// `mark_refresh_started` then `save_outcome` on the store.
+    /// `begin_refreshes` then `save_outcomes`, each of one credential, on
+    /// the store.
     Pair,
     /// `GroupCommit::save`.
     GroupSave,
@@ -162,7 +165,7 @@ struct Scenario {
 const SCENARIOS: [Scenario; 7] = [
     Scenario {
         id: "a",
-        what: "save_outcome, one at a time",
+        what: "Store save, one at a time",
         work: Work::Save,
         tasks: 1,
         baseline: "a",
@@ -170,7 +173,7 @@ const SCENARIOS: [Scenario; 7] = [
     },
     Scenario {
         id: "b",
-        what: "save_outcome, concurrent",
+        what: "Store save, concurrent",
         work: Work::Save,
         tasks: TASKS,
         baseline: "a",
@@ -194,7 +197,7 @@ const SCENARIOS: [Scenario; 7] = [
     },
     Scenario {
         id: "d1",
-        what: "mark + save_outcome, one at a time",
+        what: "Store begin + save, one at a time",
         work: Work::Pair,
         tasks: 1,
         baseline: "d1",
@@ -202,7 +205,7 @@ const SCENARIOS: [Scenario; 7] = [
     },
     Scenario {
         id: "d2",
-        what: "mark + save_outcome, concurrent",
+        what: "Store begin + save, concurrent",
         work: Work::Pair,
         tasks: TASKS,
         baseline: "d1",
@@ -416,21 +419,15 @@ impl Writer {
     async fn refresh(&self, c: &mut Credential, task: usize, round: u64) -> Result<(), Error> {
         let now = unix_ms();
         let matched = match (self.work, &self.group) {
-            (Work::Save, _) => {
-                self.store
-                    .save_outcome(&self.outcome(c, task, round, now))
-                    .await?
-            }
+            (Work::Save, _) => self.save(self.outcome(c, task, round, now)).await?,
             (Work::Pair, _) => {
-                let marked = self
+                let begun = self
                     .store
-                    .mark_refresh_started(&c.name, c.generation, now)
+                    .begin_refreshes(&[(c.name.clone(), c.generation)], now)
                     .await?;
-                marked
-                    && self
-                        .store
-                        .save_outcome(&self.outcome(c, task, round, now))
-                        .await?
+                let stored = begun.into_iter().next().flatten();
+                let stored = stored.ok_or_else(|| format!("{}: begin matched nothing", c.name))?;
+                self.save(self.outcome(&stored, task, round, now)).await?
             }
             (Work::GroupSave, Some(g)) => g.save(self.outcome(c, task, round, now)).await?,
             (Work::GroupPair, Some(g)) => {
@@ -450,6 +447,13 @@ impl Writer {
         }
         c.updated_at = now;
         Ok(())
+    }
+
+    /// Writes one outcome straight to the store (its own statement and
+    /// commit); whether it matched its row.
+    async fn save(&self, outcome: Credential) -> Result<bool, Error> {
+        let saved = self.store.save_outcomes(&[outcome]).await?;
+        Ok(saved == [true])
     }
 
     /// `c` after a successful refresh: new tokens, mark cleared.

@@ -21,7 +21,7 @@ use crate::provider::ProviderClient;
 use crate::refresh::{Refresher, RefresherHandle};
 use crate::seal::{self, Key};
 use crate::server;
-use crate::store::{GroupCommit, Rekeyed, Store};
+use crate::store::{self, GroupCommit, Rekeyed, Store};
 use crate::systemd;
 
 /// Most row writes committed in one transaction (one fsync). Large enough
@@ -395,7 +395,7 @@ pub async fn rekey(opts: RekeyOptions) -> anyhow::Result<String> {
         credentials,
         were_sealed,
         were_plaintext,
-    } = Store::rekey(&database, old.as_ref(), new.as_ref()).await?;
+    } = store::rekey(&database, old.as_ref(), new.as_ref()).await?;
     let was = format!("{were_sealed} were encrypted, {were_plaintext} plaintext");
     Ok(match &new {
         Some(k) => format!(

@@ -1,27 +1,24 @@
-//! Grouped commits: the durable writes of many refreshes in one transaction,
-//! so that they share one fsync.
+//! Multi-row writes: the durable writes of many refreshes as a few
+//! statements, so that they share one transaction and one fsync.
 //!
-//! A refresh writes twice: the mark that it is about to be sent
-//! ([`Store::begin_refreshes`]) and its outcome ([`Store::save_outcomes`]).
-//! Each single-row write is its own fsynced commit, and the disk's fsync rate
-//! caps the refresh rate. Here many rows go in one `BEGIN IMMEDIATE` ...
-//! `COMMIT`, written by one multi-row statement per chunk
+//! A refresh writes twice: the mark that it is about to be sent and its
+//! outcome. Written one row per statement, each its own fsynced commit, the
+//! disk's fsync rate would cap the refresh rate. Here many rows go in one
+//! multi-row statement per chunk
 //! (`WITH v(...) AS (VALUES ...) UPDATE credentials ... FROM v`), because
 //! sqlx hands every statement to its worker thread and per-row statements
-//! would cost more than the fsync they save.
+//! would cost more than the fsync they save. The caller ([`Store`]'s
+//! `begin_refreshes` and `save_outcomes`, and through them
+//! [`GroupCommit`](super::GroupCommit)) owns the transaction.
 //!
-//! [`GroupCommit`] is the queue in front of that: one task that takes
-//! whatever requests are waiting, commits them together and answers each.
+//! [`Store`]: super::Store
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 
-use sqlx::sqlite::{SqliteConnection, SqliteRow};
-use sqlx::Row;
-use tokio::sync::{mpsc, oneshot};
+use sqlx::Row as _;
 
-use super::{bind_state, from_row, Store, StoreError};
+use super::columns::{bind_state, select_list, state_columns, Shape, STATE_COUNT};
+use super::sqlite::{Conn, Row};
 use crate::credential::Credential;
 use crate::seal::Key;
 
@@ -29,37 +26,20 @@ use crate::seal::Key;
 /// below it leaves room and keeps each statement's memory bounded.
 const MAX_PARAMS: usize = 30_000;
 
-/// Columns of one row of the begin statement: name, generation, time.
-const BEGIN_PARAMS: usize = 3;
+/// Columns of one row of the mark statement: name, generation, time.
+const MARK_PARAMS: usize = 3;
 
-/// What a save writes, in [`bind_state`]'s order, then `updated_at`.
-const SAVE_COLUMNS: [&str; 13] = [
-    "refresh_token",
-    "access_token",
-    "token_type",
-    "scope",
-    "expires_at",
-    "lifetime_source",
-    "refresh_expires_at",
-    "extra",
-    "state",
-    "last_error",
-    "refresh_started_at",
-    "last_refresh_at",
-    "updated_at",
-];
+/// Columns of one row of the save statement: name, generation, the state
+/// columns, then `updated_at`.
+const SAVE_PARAMS: usize = 2 + STATE_COUNT + 1;
 
-/// Columns of one row of the save statement: name, generation, then the
-/// written columns.
-const SAVE_PARAMS: usize = 2 + SAVE_COLUMNS.len();
-
-/// Rows per begin statement (8192).
-const BEGIN_ROWS: usize = rows_per_statement(BEGIN_PARAMS);
+/// Rows per mark statement (8192).
+pub(super) const MARK_ROWS: usize = rows_per_statement(MARK_PARAMS);
 
 /// Rows per save statement (1024).
-const SAVE_ROWS: usize = rows_per_statement(SAVE_PARAMS);
+pub(super) const SAVE_ROWS: usize = rows_per_statement(SAVE_PARAMS);
 
-const _: () = assert!(BEGIN_ROWS * BEGIN_PARAMS <= MAX_PARAMS);
+const _: () = assert!(MARK_ROWS * MARK_PARAMS <= MAX_PARAMS);
 const _: () = assert!(SAVE_ROWS * SAVE_PARAMS <= MAX_PARAMS);
 
 /// Statements of up to this many rows are kept prepared by sqlx (per
@@ -78,201 +58,138 @@ const fn rows_per_statement(params_per_row: usize) -> usize {
     rows
 }
 
-/// One write of a batch.
+/// One row write of a batch.
 #[derive(Debug, Clone, Copy)]
-enum Op<'a> {
-    /// Mark the refresh of this generation as started at `at`.
-    Begin {
+pub(super) enum RowWrite<'a> {
+    /// Mark the refresh of this generation as started at `at`, and read the
+    /// row back.
+    MarkStarted {
         name: &'a str,
         generation: i64,
         at: i64,
     },
     /// Write the outcome of a refresh.
-    Save(&'a Credential),
+    SaveOutcome(&'a Credential),
 }
 
-impl Op<'_> {
+impl RowWrite<'_> {
     fn name(&self) -> &str {
         match self {
-            Op::Begin { name, .. } => name,
-            Op::Save(c) => &c.name,
+            RowWrite::MarkStarted { name, .. } => name,
+            RowWrite::SaveOutcome(c) => &c.name,
         }
     }
 
-    /// The result of an op that matched nothing.
-    fn unmatched(&self) -> Found {
+    /// The result of a write that matched no row.
+    fn unmatched(&self) -> RowWritten {
         match self {
-            Op::Begin { .. } => Found::Begun(None),
-            Op::Save(_) => Found::Saved(false),
+            RowWrite::MarkStarted { .. } => RowWritten::Marked(None),
+            RowWrite::SaveOutcome(_) => RowWritten::Saved(false),
         }
     }
 }
 
-/// What one [`Op`] did.
-enum Found {
+/// What one [`RowWrite`] did.
+pub(super) enum RowWritten {
     /// The marked row, not yet decoded; `None` if the name and generation
     /// matched no row.
-    Begun(Option<SqliteRow>),
+    Marked(Option<Row>),
     /// Whether the save matched its row.
     Saved(bool),
 }
 
-impl Found {
-    fn into_row(self) -> Option<SqliteRow> {
+impl RowWritten {
+    /// The row a mark read back, if any.
+    pub(super) fn into_row(self) -> Option<Row> {
         match self {
-            Found::Begun(row) => row,
-            Found::Saved(_) => None,
+            RowWritten::Marked(row) => row,
+            RowWritten::Saved(_) => None,
         }
     }
 
-    fn matched(&self) -> bool {
+    /// Whether the write matched its row.
+    pub(super) fn matched(&self) -> bool {
         match self {
-            Found::Begun(row) => row.is_some(),
-            Found::Saved(saved) => *saved,
+            RowWritten::Marked(row) => row.is_some(),
+            RowWritten::Saved(saved) => *saved,
         }
     }
 }
 
-impl Store {
-    /// Records durably, in one transaction, that a refresh of each
-    /// `(name, generation)` is about to be sent at `at`, and returns each
-    /// credential as stored (tokens opened with this store's key), in input
-    /// order. `None` for a credential that was replaced or removed: its row
-    /// is left alone. If any stored token does not open, nothing is written.
-    pub async fn begin_refreshes(
-        &self,
-        items: &[(String, i64)],
-        at: i64,
-    ) -> Result<Vec<Option<Credential>>, StoreError> {
-        let ops: Vec<Op<'_>> = items
-            .iter()
-            .map(|(name, generation)| Op::Begin {
-                name,
-                generation: *generation,
-                at,
-            })
-            .collect();
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let found = apply(&mut tx, &ops, self.key.as_deref()).await?;
-        // Decoded before the commit, so a row that does not open rolls
-        // every mark back instead of leaving marks for refreshes never sent.
-        let creds = found
-            .into_iter()
-            .map(|f| self.decode(f.into_row()))
-            .collect::<Result<Vec<_>, _>>()?;
-        tx.commit().await?;
-        Ok(creds)
-    }
-
-    /// Writes the outcomes of many refreshes (the columns
-    /// [`Store::save_outcome`] writes, sealed the same way) in one durable
-    /// transaction. Returns, per input, whether its row matched; a
-    /// credential replaced or removed since its refresh began is not
-    /// written. A name given twice is written in input order.
-    pub async fn save_outcomes(&self, creds: &[Credential]) -> Result<Vec<bool>, StoreError> {
-        let ops: Vec<Op<'_>> = creds.iter().map(Op::Save).collect();
-        let found = self.apply_committed(&ops).await?;
-        Ok(found.iter().map(Found::matched).collect())
-    }
-
-    /// Runs `ops` in one transaction, committed (one fsync) before it
-    /// returns.
-    async fn apply_committed(&self, ops: &[Op<'_>]) -> Result<Vec<Found>, StoreError> {
-        // One statement is its own transaction (SQLite's autocommit: all or
-        // nothing, committed when it completes). Leaving out BEGIN and
-        // COMMIT spares two trips through sqlx's worker thread, which is
-        // most of what a lone request would otherwise pay over a plain
-        // `save_outcome`.
-        if single_statement(ops) {
-            let mut conn = self.pool.acquire().await?;
-            return Ok(apply(&mut conn, ops, self.key.as_deref()).await?);
-        }
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let found = apply(&mut tx, ops, self.key.as_deref()).await?;
-        tx.commit().await?;
-        Ok(found)
-    }
-
-    /// A row returned by a begin, as a credential.
-    fn decode(&self, row: Option<SqliteRow>) -> Result<Option<Credential>, StoreError> {
-        row.map(|row| from_row(&row, self.key.as_deref()))
-            .transpose()
-    }
-}
-
-/// Runs `ops` on `conn` (inside the caller's transaction) and returns what
-/// each did, in order. A name that comes again starts a new run of
+/// Runs `writes` on `conn` (inside the caller's transaction, or as one
+/// autocommitted statement when [`single_statement`] says so) and returns
+/// what each did, in order. A name that comes again starts a new run of
 /// statements, so two writes of one credential apply in the order given.
-async fn apply(
-    conn: &mut SqliteConnection,
-    ops: &[Op<'_>],
+pub(super) async fn apply(
+    conn: &mut Conn,
+    writes: &[RowWrite<'_>],
     key: Option<&Key>,
-) -> Result<Vec<Found>, sqlx::Error> {
-    let mut found: Vec<Found> = ops.iter().map(Op::unmatched).collect();
+) -> Result<Vec<RowWritten>, sqlx::Error> {
+    let mut written: Vec<RowWritten> = writes.iter().map(RowWrite::unmatched).collect();
     let mut start = 0;
-    while start < ops.len() {
-        let end = segment_end(ops, start);
-        apply_segment(conn, &ops[start..end], &mut found[start..end], key).await?;
+    while start < writes.len() {
+        let end = segment_end(writes, start);
+        apply_segment(conn, &writes[start..end], &mut written[start..end], key).await?;
         start = end;
     }
-    Ok(found)
+    Ok(written)
 }
 
-/// Whether [`apply`] runs `ops` as one statement: distinct names, one kind
-/// of op, one chunk.
-fn single_statement(ops: &[Op<'_>]) -> bool {
-    let begins = ops
+/// Whether [`apply`] runs `writes` as one statement: distinct names, one
+/// kind of write, one chunk.
+pub(super) fn single_statement(writes: &[RowWrite<'_>]) -> bool {
+    let marks = writes
         .iter()
-        .filter(|op| matches!(op, Op::Begin { .. }))
+        .filter(|w| matches!(w, RowWrite::MarkStarted { .. }))
         .count();
-    let fits = match (begins, ops.len() - begins) {
+    let fits = match (marks, writes.len() - marks) {
         (0, saves) => saves <= SAVE_ROWS,
-        (begins, 0) => begins <= BEGIN_ROWS,
+        (marks, 0) => marks <= MARK_ROWS,
         _ => false,
     };
-    fits && segment_end(ops, 0) == ops.len()
+    fits && segment_end(writes, 0) == writes.len()
 }
 
-/// The end of the longest run of `ops` from `start` in which no name
-/// repeats (at least one op, so the caller always advances).
-fn segment_end(ops: &[Op<'_>], start: usize) -> usize {
+/// The end of the longest run of `writes` from `start` in which no name
+/// repeats (at least one write, so the caller always advances).
+fn segment_end(writes: &[RowWrite<'_>], start: usize) -> usize {
     let mut seen = HashSet::new();
-    ops[start..]
+    writes[start..]
         .iter()
-        .position(|op| !seen.insert(op.name()))
-        .map_or(ops.len(), |i| start + i)
+        .position(|w| !seen.insert(w.name()))
+        .map_or(writes.len(), |i| start + i)
 }
 
-/// Runs ops whose names are all different: their order does not matter, so
-/// all begins go in one statement per chunk, and all saves in another.
+/// Runs writes whose names are all different: their order does not matter,
+/// so all marks go in one statement per chunk, and all saves in another.
 async fn apply_segment(
-    conn: &mut SqliteConnection,
-    ops: &[Op<'_>],
-    found: &mut [Found],
+    conn: &mut Conn,
+    writes: &[RowWrite<'_>],
+    written: &mut [RowWritten],
     key: Option<&Key>,
 ) -> Result<(), sqlx::Error> {
-    let mut begins = Vec::new();
+    let mut marks = Vec::new();
     let mut saves = Vec::new();
-    for (i, op) in ops.iter().enumerate() {
-        match *op {
-            Op::Begin {
+    for (i, write) in writes.iter().enumerate() {
+        match *write {
+            RowWrite::MarkStarted {
                 name,
                 generation,
                 at,
-            } => begins.push((i, name, generation, at)),
-            Op::Save(c) => saves.push((i, c)),
+            } => marks.push((i, name, generation, at)),
+            RowWrite::SaveOutcome(c) => saves.push((i, c)),
         }
     }
-    for chunk in begins.chunks(BEGIN_ROWS) {
-        let mut rows = begin_chunk(conn, chunk).await?;
+    for chunk in marks.chunks(MARK_ROWS) {
+        let mut rows = mark_chunk(conn, chunk).await?;
         for &(i, name, _, _) in chunk {
-            found[i] = Found::Begun(rows.remove(name));
+            written[i] = RowWritten::Marked(rows.remove(name));
         }
     }
     for chunk in saves.chunks(SAVE_ROWS) {
         let matched = save_chunk(conn, chunk, key).await?;
         for &(i, c) in chunk {
-            found[i] = Found::Saved(matched.contains(&c.name));
+            written[i] = RowWritten::Saved(matched.contains(&c.name));
         }
     }
     Ok(())
@@ -291,12 +208,11 @@ fn padded(n: usize) -> usize {
 
 /// Marks the refreshes of one chunk (distinct names) and returns the rows
 /// that matched, by name (RETURNING gives them in no particular order).
-async fn begin_chunk(
-    conn: &mut SqliteConnection,
+async fn mark_chunk(
+    conn: &mut Conn,
     chunk: &[(usize, &str, i64, i64)],
-) -> Result<HashMap<String, SqliteRow>, sqlx::Error> {
+) -> Result<HashMap<String, Row>, sqlx::Error> {
     let rows = padded(chunk.len());
-    // RETURNING can name only the updated table, so `*` is its columns.
     // A mark already there is an earlier attempt whose outcome is unknown:
     // it is kept, because a provider's reuse grace runs from that attempt,
     // and start-up retries interrupted refreshes oldest first by it.
@@ -305,8 +221,9 @@ async fn begin_chunk(
          UPDATE credentials
          SET refresh_started_at = coalesce(credentials.refresh_started_at, v.t), updated_at = v.t
          FROM v WHERE credentials.name = v.k AND credentials.generation = v.g
-         RETURNING *",
-        values_sql(rows, BEGIN_PARAMS)
+         RETURNING {}",
+        values_sql(rows, MARK_PARAMS),
+        select_list(Shape::Full),
     );
     let mut query = sqlx::query(&sql).persistent(rows <= CACHED_ROWS);
     for &(_, name, generation, at) in chunk {
@@ -329,12 +246,17 @@ async fn begin_chunk(
 /// Writes the outcomes of one chunk (distinct names) and returns the names
 /// whose row matched.
 async fn save_chunk(
-    conn: &mut SqliteConnection,
+    conn: &mut Conn,
     chunk: &[(usize, &Credential)],
     key: Option<&Key>,
 ) -> Result<HashSet<String>, sqlx::Error> {
     let rows = padded(chunk.len());
-    let set = SAVE_COLUMNS
+    let columns: Vec<&str> = state_columns()
+        .iter()
+        .copied()
+        .chain(["updated_at"])
+        .collect();
+    let set = columns
         .iter()
         .map(|c| format!("{c} = v.{c}"))
         .collect::<Vec<_>>()
@@ -344,7 +266,7 @@ async fn save_chunk(
          UPDATE credentials SET {set}
          FROM v WHERE credentials.name = v.k AND credentials.generation = v.g
          RETURNING name",
-        SAVE_COLUMNS.join(", "),
+        columns.join(", "),
         values_sql(rows, SAVE_PARAMS),
     );
     let mut query = sqlx::query(&sql).persistent(rows <= CACHED_ROWS);
@@ -361,305 +283,30 @@ async fn save_chunk(
         .collect()
 }
 
-// ---------------------------------------------------------------------------
-// The queue.
-
-/// A request waiting in the queue, with where to send its answer.
-enum Request {
-    Begin {
-        name: String,
-        generation: i64,
-        at: i64,
-        /// The raw row: the waiter decodes it, off the queue's task.
-        reply: oneshot::Sender<Result<Option<SqliteRow>, StoreError>>,
-    },
-    Save {
-        // Boxed: a credential is several times the size of a begin.
-        cred: Box<Credential>,
-        reply: oneshot::Sender<Result<bool, StoreError>>,
-    },
-}
-
-impl Request {
-    fn op(&self) -> Op<'_> {
-        match self {
-            Request::Begin {
-                name,
-                generation,
-                at,
-                ..
-            } => Op::Begin {
-                name,
-                generation: *generation,
-                at: *at,
-            },
-            Request::Save { cred, .. } => Op::Save(cred),
-        }
-    }
-
-    /// Answers the waiter; one that gave up is not an error.
-    fn answer(self, found: Result<Found, StoreError>) {
-        match self {
-            Request::Begin { reply, .. } => {
-                let _ = reply.send(found.map(Found::into_row));
-            }
-            Request::Save { reply, .. } => {
-                let _ = reply.send(found.map(|f| f.matched()));
-            }
-        }
-    }
-}
-
-/// What a [`GroupCommit`] has done so far, for metrics and benchmarks.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct GroupStats {
-    /// Transactions attempted (each one fsync when it commits).
-    pub transactions: u64,
-    /// Requests they carried.
-    pub requests: u64,
-    /// Transactions that failed (every request in them got the error).
-    pub failed: u64,
-}
-
-#[derive(Debug, Default)]
-struct Counters {
-    transactions: AtomicU64,
-    requests: AtomicU64,
-    failed: AtomicU64,
-}
-
-/// A queue that commits the begins and saves of many refreshes together:
-/// one task takes the first waiting request and every other one already
-/// queued (up to a maximum, after one `yield_now` so that runnable tasks
-/// can add theirs), runs them in one transaction, and answers each.
-/// Nothing waits on a timer, so a lone request costs one commit, as it
-/// would without the queue; batches form from the requests that arrive
-/// while the previous transaction is being fsynced.
-///
-/// Requests are applied in arrival order: a save and then a begin of the
-/// same credential in one batch sees the save. If a transaction fails,
-/// nothing of it is written and every request in it gets the error, as
-/// [`StoreError::Shared`] (which displays as the error itself).
-///
-/// Cheap to clone; the task ends when the last handle is dropped. A request
-/// whose caller stops waiting is still carried out.
-#[derive(Clone, Debug)]
-pub struct GroupCommit {
-    queue: mpsc::Sender<Request>,
-    store: Store,
-    counters: Arc<Counters>,
-}
-
-impl GroupCommit {
-    /// Starts the queue's task on the current tokio runtime (panics outside
-    /// one, like `tokio::spawn`). A transaction carries at most `max_batch`
-    /// requests (at least 1).
-    pub fn start(store: Store, max_batch: usize) -> GroupCommit {
-        let max_batch = max_batch.max(1);
-        let (queue, requests) = mpsc::channel(max_batch);
-        let counters = Arc::new(Counters::default());
-        tokio::spawn(run(
-            store.clone(),
-            requests,
-            max_batch,
-            Arc::clone(&counters),
-        ));
-        GroupCommit {
-            queue,
-            store,
-            counters,
-        }
-    }
-
-    /// As [`Store::begin_refreshes`] for one credential, committed with
-    /// whatever else is queued: marks the refresh of `generation` as started
-    /// at `at` and returns the stored credential, or `None` if it was
-    /// replaced or removed.
-    pub async fn begin(
-        &self,
-        name: String,
-        generation: i64,
-        at: i64,
-    ) -> Result<Option<Credential>, StoreError> {
-        let (reply, answer) = oneshot::channel();
-        let request = Request::Begin {
-            name,
-            generation,
-            at,
-            reply,
-        };
-        let row = self.submit(request, answer).await?;
-        self.store.decode(row)
-    }
-
-    /// As [`Store::save_outcome`], committed with whatever else is queued.
-    /// Returns false, writing nothing, if the credential was replaced or
-    /// removed since its refresh began.
-    pub async fn save(&self, cred: Credential) -> Result<bool, StoreError> {
-        let (reply, answer) = oneshot::channel();
-        let cred = Box::new(cred);
-        self.submit(Request::Save { cred, reply }, answer).await
-    }
-
-    /// The store the queue writes to.
-    pub fn store(&self) -> &Store {
-        &self.store
-    }
-
-    /// Transactions and requests so far.
-    pub fn stats(&self) -> GroupStats {
-        GroupStats {
-            transactions: self.counters.transactions.load(Ordering::Relaxed),
-            requests: self.counters.requests.load(Ordering::Relaxed),
-            failed: self.counters.failed.load(Ordering::Relaxed),
-        }
-    }
-
-    async fn submit<T>(
-        &self,
-        request: Request,
-        answer: oneshot::Receiver<Result<T, StoreError>>,
-    ) -> Result<T, StoreError> {
-        self.queue.send(request).await.map_err(|_| stopped())?;
-        answer.await.map_err(|_| stopped())?
-    }
-}
-
-/// The queue's task is gone (it panicked, or the runtime is shutting down).
-fn stopped() -> StoreError {
-    StoreError::Sqlx(sqlx::Error::WorkerCrashed)
-}
-
-/// The queue's task: one batch at a time, until every handle is dropped.
-async fn run(
-    store: Store,
-    mut requests: mpsc::Receiver<Request>,
-    max_batch: usize,
-    counters: Arc<Counters>,
-) {
-    let mut batch = Vec::new();
-    // Waits for one request, then takes those already queued, never more.
-    // (recv_many returns 0 only once every handle is gone.)
-    while requests.recv_many(&mut batch, max_batch).await > 0 {
-        // One yield lets tasks that are already runnable (typically the
-        // waiters the last commit just answered) queue their next request
-        // first, so that the commit after a big one does not leave with
-        // only the first request to arrive. It is not a timer: a lone
-        // request waits microseconds, not for a deadline.
-        if batch.len() < max_batch {
-            tokio::task::yield_now().await;
-            while batch.len() < max_batch {
-                let Ok(request) = requests.try_recv() else {
-                    break;
-                };
-                batch.push(request);
-            }
-        }
-        counters.transactions.fetch_add(1, Ordering::Relaxed);
-        counters
-            .requests
-            .fetch_add(batch.len() as u64, Ordering::Relaxed);
-        if !commit(&store, &mut batch).await {
-            counters.failed.fetch_add(1, Ordering::Relaxed);
-        }
-    }
-}
-
-/// Commits `batch` in one transaction and answers (and removes) every
-/// request in it. Returns whether the transaction committed.
-async fn commit(store: &Store, batch: &mut Vec<Request>) -> bool {
-    let ops: Vec<Op<'_>> = batch.iter().map(Request::op).collect();
-    let result = store.apply_committed(&ops).await;
-    drop(ops);
-    match result {
-        Ok(found) => {
-            for (request, found) in batch.drain(..).zip(found) {
-                request.answer(Ok(found));
-            }
-            true
-        }
-        Err(e) => {
-            // Not logged here: each waiter reports the error in its own
-            // context (which credential, which step).
-            let e = Arc::new(e);
-            for request in batch.drain(..) {
-                request.answer(Err(StoreError::Shared(Arc::clone(&e))));
-            }
-            false
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use std::path::Path;
-    use std::time::Duration;
-
     use super::*;
     use crate::seal::{self, SealError};
+    use crate::store::test_support::{by_name, insert_many, open, refreshed, rt, stored};
+    use crate::store::{Store, StoreError};
     use crate::token::Secret;
 
-    /// Inserts `n` credentials `c0`..`c{n-1}` (generation 1, refresh token
-    /// `rt-<name>`, stored as plaintext) in one statement.
-    async fn insert_many(store: &Store, n: usize) {
-        sqlx::query(
-            "WITH RECURSIVE i(n) AS (SELECT 0 UNION ALL SELECT n + 1 FROM i WHERE n + 1 < ?1)
-             INSERT INTO credentials (name, provider, refresh_token, created_at, updated_at)
-             SELECT 'c' || n, 'p', 'rt-c' || n, 100, 100 FROM i",
-        )
-        .bind(n as i64)
-        .execute(&store.pool)
-        .await
-        .unwrap();
-    }
-
-    async fn open(path: &Path, key: Option<[u8; 32]>) -> Store {
-        Store::open_with(path, key.map(Key::from_bytes))
-            .await
-            .unwrap()
-    }
-
-    /// A stored credential with refresh token `rt` and generation set.
-    async fn stored(store: &Store, name: &str, rt: &str) -> Credential {
-        let mut c = Credential::new(name, "p", Some(Secret::new(rt)), 100);
-        c.access_token = Some(Secret::new(format!("at-{name}")));
-        c.extra
-            .insert("id_token".into(), format!("idt-{name}").into());
-        c.generation = store.replace(&c).await.unwrap();
-        c
-    }
-
-    /// The outcome of a refresh of `c`: new tokens, mark cleared.
-    fn refreshed(c: &Credential, rt: &str, at: i64) -> Credential {
-        let mut c = c.clone();
-        c.refresh_token = Some(Secret::new(rt));
-        c.access_token = Some(Secret::new(format!("at-{rt}")));
-        c.refresh_started_at = None;
-        c.last_refresh_at = Some(at);
-        c.expires_at = Some(at + 3_600_000);
-        c.updated_at = at;
-        c
-    }
-
-    fn rt(c: &Credential) -> &str {
-        c.refresh_token.as_ref().map_or("", Secret::expose)
-    }
-
-    async fn by_name(store: &Store, name: &str) -> Option<Credential> {
-        let all = store.load_all().await.unwrap();
-        all.into_iter().find(|c| c.name == name)
+    /// Stores "a", "b" (replaced: generation 2) and "c" (removed), and
+    /// returns the first two as stored.
+    async fn a_and_replaced_b(store: &Store) -> (Credential, Credential) {
+        let a = stored(store, "a", "rt-a").await;
+        stored(store, "b", "rt-b1").await;
+        let b = stored(store, "b", "rt-b2").await;
+        stored(store, "c", "rt-c").await;
+        assert!(store.delete("c").await.unwrap());
+        (a, b)
     }
 
     #[tokio::test]
-    async fn begin_and_save_many_round_trip_with_generation_guard() {
+    async fn begin_many_marks_the_current_generations_and_reads_them_back() {
         let dir = tempfile::tempdir().unwrap();
         let store = open(&dir.path().join("b.db"), None).await;
-        let a = stored(&store, "a", "rt-a").await;
-        stored(&store, "b", "rt-b1").await;
-        let b = stored(&store, "b", "rt-b2").await; // replaced: generation 2
-        stored(&store, "c", "rt-c").await;
-        assert!(store.delete("c").await.unwrap());
-
+        a_and_replaced_b(&store).await;
         let items =
             [("a", 1), ("b", 1), ("c", 1), ("b", 2), ("zz", 1)].map(|(n, g)| (n.to_string(), g));
         let begun = store.begin_refreshes(&items, 500).await.unwrap();
@@ -685,7 +332,16 @@ mod tests {
             by_name(&store, "b").await.unwrap().refresh_started_at,
             Some(500)
         );
+        store.close().await;
+    }
 
+    #[tokio::test]
+    async fn save_many_writes_the_current_generations_in_input_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir.path().join("b.db"), None).await;
+        let (a, b) = a_and_replaced_b(&store).await;
+        let marked = [("a".to_string(), 1), ("b".to_string(), 2)];
+        store.begin_refreshes(&marked, 500).await.unwrap();
         let mut stale = refreshed(&b, "rt-stale", 600);
         stale.generation = 1;
         let saved = store
@@ -836,18 +492,24 @@ mod tests {
 
     #[test]
     fn statements_stay_under_the_parameter_limit() {
-        assert_eq!((BEGIN_ROWS, SAVE_ROWS), (8192, 1024));
+        assert_eq!((MARK_ROWS, SAVE_ROWS), (8192, 1024));
     }
 
     #[test]
     fn a_repeated_name_starts_a_new_segment() {
         let c = Credential::new("a", "p", None, 0);
-        let begin = |name| Op::Begin {
+        let begin = |name| RowWrite::MarkStarted {
             name,
             generation: 1,
             at: 0,
         };
-        let ops = [begin("a"), begin("b"), Op::Save(&c), begin("b"), begin("b")];
+        let ops = [
+            begin("a"),
+            begin("b"),
+            RowWrite::SaveOutcome(&c),
+            begin("b"),
+            begin("b"),
+        ];
         assert_eq!(segment_end(&ops, 0), 2);
         assert_eq!(segment_end(&ops, 2), 4);
         assert_eq!(segment_end(&ops, 4), 5);
@@ -855,7 +517,7 @@ mod tests {
         assert!(single_statement(&ops[..2]));
         assert!(!single_statement(&ops[1..3]), "two kinds");
         assert!(!single_statement(&ops[3..5]), "a name twice");
-        let saves = vec![Op::Save(&c); SAVE_ROWS + 1];
+        let saves = vec![RowWrite::SaveOutcome(&c); SAVE_ROWS + 1];
         assert!(!single_statement(&saves), "two chunks");
     }
 
@@ -865,16 +527,16 @@ mod tests {
         let store = open(&dir.path().join("o.db"), None).await;
         let a = stored(&store, "a", "rt-1").await;
         let (s2, s3) = (refreshed(&a, "rt-2", 600), refreshed(&a, "rt-3", 700));
-        let begin = |at| Op::Begin {
+        let begin = |at| RowWrite::MarkStarted {
             name: "a",
             generation: 1,
             at,
         };
         let ops = [
             begin(500),
-            Op::Save(&s2),
+            RowWrite::SaveOutcome(&s2),
             begin(650),
-            Op::Save(&s3),
+            RowWrite::SaveOutcome(&s3),
             begin(750),
         ];
         let found = store.apply_committed(&ops).await.unwrap();
@@ -882,7 +544,7 @@ mod tests {
             .into_iter()
             .map(|f| {
                 let matched = f.matched();
-                let c = store.decode(f.into_row()).unwrap();
+                let c = store.decode_marked(f.into_row()).unwrap();
                 (
                     matched,
                     c.map(|c| format!("{}@{:?}", rt(&c), c.refresh_started_at)),
@@ -900,200 +562,6 @@ mod tests {
                 some("rt-3@Some(750)"),
             ]
         );
-        store.close().await;
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn group_commit_batches_concurrent_refreshes() {
-        const N: usize = 400;
-        const TASKS: usize = 64;
-        let dir = tempfile::tempdir().unwrap();
-        let store = open(&dir.path().join("g.db"), Some([3; 32])).await;
-        insert_many(&store, N).await;
-        let group = GroupCommit::start(store.clone(), 256);
-
-        // A lone request is committed at once, alone.
-        let lone = group.begin("c0".into(), 1, 400).await.unwrap().unwrap();
-        assert_eq!(rt(&lone), "rt-c0");
-        assert_eq!(group.stats().transactions, 1);
-
-        let mut tasks = tokio::task::JoinSet::new();
-        for t in 0..TASKS {
-            let group = group.clone();
-            tasks.spawn(async move {
-                for i in (t..N).step_by(TASKS) {
-                    let name = format!("c{i}");
-                    let c = group.begin(name.clone(), 1, 500).await?;
-                    let c = c.ok_or("begin matched nothing")?;
-                    assert_eq!(rt(&c), format!("rt-{name}"));
-                    // c0's attempt at 400 has no outcome yet: its mark stays.
-                    let first = if i == 0 { 400 } else { 500 };
-                    assert_eq!(c.refresh_started_at, Some(first));
-                    let next = refreshed(&c, &format!("new-{name}"), 600);
-                    assert!(group.save(next).await?, "save of {name} matched nothing");
-                    // A replaced generation matches nothing.
-                    assert!(group.begin(name, 2, 700).await?.is_none());
-                }
-                Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
-            });
-        }
-        while let Some(done) = tasks.join_next().await {
-            done.unwrap().unwrap();
-        }
-        let stats = group.stats();
-        assert_eq!(stats.requests, 1 + 3 * N as u64);
-        assert_eq!(stats.failed, 0);
-        assert!(
-            stats.transactions < stats.requests / 4,
-            "little batching: {stats:?}"
-        );
-        let all = store.load_all().await.unwrap();
-        assert_eq!(all.len(), N);
-        for c in &all {
-            assert_eq!(rt(c), format!("new-{}", c.name));
-            assert_eq!(c.refresh_started_at, None);
-        }
-        store.close().await;
-    }
-
-    /// Spawns, in this order, a save of each credential in `saves` and a
-    /// begin of each name in `begins`; on a current-thread runtime they all
-    /// reach the queue before its task runs again, so they form one batch.
-    fn spawn_requests(
-        group: &GroupCommit,
-        saves: Vec<Credential>,
-        begins: Vec<&'static str>,
-    ) -> tokio::task::JoinSet<Result<String, StoreError>> {
-        let mut set = tokio::task::JoinSet::new();
-        for c in saves {
-            let group = group.clone();
-            set.spawn(async move { group.save(c).await.map(|m| format!("saved {m}")) });
-        }
-        for name in begins {
-            let group = group.clone();
-            set.spawn(async move {
-                let c = group.begin(name.into(), 1, 900).await?;
-                Ok(format!("begun {}", c.as_ref().map_or("-", rt)))
-            });
-        }
-        set
-    }
-
-    #[tokio::test]
-    async fn group_commit_applies_a_save_before_a_later_begin_in_its_batch() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = open(&dir.path().join("d.db"), None).await;
-        let a = stored(&store, "a", "rt-1").await;
-        let group = GroupCommit::start(store.clone(), 64);
-        let tasks = spawn_requests(&group, vec![refreshed(&a, "rt-2", 600)], vec!["a"]);
-        let mut answers: Vec<String> = tasks
-            .join_all()
-            .await
-            .into_iter()
-            .map(Result::unwrap)
-            .collect();
-        answers.sort();
-        assert_eq!(answers, ["begun rt-2", "saved true"]);
-        assert_eq!(group.stats().transactions, 1, "{:?}", group.stats());
-        store.close().await;
-    }
-
-    #[tokio::test]
-    async fn a_failed_transaction_fails_every_request_in_it_and_writes_nothing() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = open(&dir.path().join("f.db"), None).await;
-        insert_many(&store, 20).await;
-        let poison = stored(&store, "poison", "rt-p").await;
-        // A write to `poison` aborts its statement, and so the transaction.
-        sqlx::query(
-            "CREATE TRIGGER poison BEFORE UPDATE ON credentials WHEN NEW.name = 'poison'
-             BEGIN SELECT RAISE(ABORT, 'poisoned by the test'); END",
-        )
-        .execute(&store.pool)
-        .await
-        .unwrap();
-        let group = GroupCommit::start(store.clone(), 64);
-        let names = vec!["c0", "c1", "c2", "c3", "c4", "c5", "c6", "c7", "c8", "c9"];
-        let tasks = spawn_requests(&group, vec![refreshed(&poison, "rt-q", 600)], names);
-        let answers = tasks.join_all().await;
-        assert_eq!(answers.len(), 11);
-        for answer in answers {
-            let err = answer.unwrap_err();
-            assert!(matches!(err, StoreError::Shared(_)), "{err:?}");
-            assert!(err.to_string().contains("poisoned by the test"), "{err}");
-        }
-        assert_eq!(
-            group.stats(),
-            GroupStats {
-                transactions: 1,
-                requests: 11,
-                failed: 1
-            }
-        );
-        let marked: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM credentials WHERE refresh_started_at IS NOT NULL",
-        )
-        .fetch_one(&store.pool)
-        .await
-        .unwrap();
-        assert_eq!(marked, 0, "a failed batch wrote something");
-
-        // The same with saves only, which go as one statement without
-        // BEGIN: the statement is all or nothing.
-        let saves = (0..5)
-            .map(|i| {
-                let mut c = Credential::new(&format!("c{i}"), "p", None, 100);
-                c.generation = 1;
-                refreshed(&c, "rt-new", 600)
-            })
-            .chain([refreshed(&poison, "rt-q", 600)])
-            .collect();
-        let answers = spawn_requests(&group, saves, vec![]).join_all().await;
-        assert_eq!(answers.len(), 6);
-        for answer in answers {
-            let err = answer.unwrap_err();
-            assert!(err.to_string().contains("poisoned by the test"), "{err}");
-        }
-        let written: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM credentials WHERE refresh_token = 'rt-new'")
-                .fetch_one(&store.pool)
-                .await
-                .unwrap();
-        assert_eq!(written, 0, "a failed statement wrote something");
-        assert_eq!(group.stats().failed, 2);
-
-        // The queue keeps serving after a failure.
-        let c = group.begin("c0".into(), 1, 950).await.unwrap().unwrap();
-        assert_eq!(c.refresh_started_at, Some(950));
-        store.close().await;
-
-        // A closed store: every waiter gets the error.
-        let answers = spawn_requests(&group, vec![], vec!["c1", "c2", "c3"])
-            .join_all()
-            .await;
-        for answer in answers {
-            let err = answer.unwrap_err();
-            assert!(err.to_string().contains("closed"), "{err}");
-        }
-    }
-
-    #[tokio::test]
-    async fn the_task_ends_when_the_last_handle_is_dropped() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = open(&dir.path().join("e.db"), None).await;
-        let group = GroupCommit::start(store.clone(), 8);
-        let counters = Arc::clone(&group.counters);
-        let other = group.clone();
-        drop(group);
-        assert!(other.begin("x".into(), 1, 1).await.unwrap().is_none());
-        drop(other);
-        tokio::time::timeout(Duration::from_secs(10), async {
-            while Arc::strong_count(&counters) > 1 {
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-        })
-        .await
-        .expect("the queue's task is still running");
         store.close().await;
     }
 }

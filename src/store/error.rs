@@ -1,0 +1,93 @@
+//! The store's one error type, [`StoreError`]: each variant says what the
+//! caller (the daemon at start-up, a refresh job, `tokend rekey`) must do.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use crate::fsguard::UnsafeFile;
+use crate::seal::SealError;
+
+/// Errors from the store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database file or its directory could not be prepared.
+    #[error("cannot prepare database file {path}: {reason}; check that the directory exists and is writable by this user")]
+    Prepare {
+        /// The database path.
+        path: PathBuf,
+        /// Why.
+        reason: std::io::Error,
+    },
+    /// A migration failed.
+    #[error("cannot migrate database {path}: {reason}; restore a backup or move the file aside")]
+    Migrate {
+        /// The database path.
+        path: PathBuf,
+        /// Why.
+        reason: sqlx::migrate::MigrateError,
+    },
+    /// A query failed (disk full, read-only file system, corruption...).
+    #[error("database error: {0}")]
+    Sqlx(sqlx::Error),
+    /// The file exists but is not a tokend database this version can use;
+    /// it was left untouched.
+    #[error(
+        "{path} {reason}; tokend left it untouched: move it aside or point --database elsewhere"
+    )]
+    Unusable {
+        /// The database path.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A row holds a value this version cannot read.
+    #[error("database row for credential {name} is unreadable: {reason}")]
+    Corrupt {
+        /// The credential.
+        name: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A sealed token cannot be opened: no key, another key, or altered.
+    #[error("credential {name}: {column} is {reason}")]
+    Sealed {
+        /// The credential.
+        name: String,
+        /// The column (`refresh_token`, `access_token`, `id_token`).
+        column: &'static str,
+        /// Why it does not open.
+        reason: SealError,
+    },
+    /// Another process holds the database (a running daemon, another rekey).
+    #[error("{path} is in use by {holder}: stop the daemon first (e.g. `systemctl stop tokend`) and try again; nothing was changed")]
+    InUse {
+        /// The database path.
+        path: PathBuf,
+        /// Who holds it: `tokend pid N` from the lock file, else "another process".
+        holder: String,
+    },
+    /// The database, a file beside it or a directory above it could be read
+    /// or replaced by another user; nothing was opened.
+    #[error("refusing the database {path}: {reason}")]
+    Unsafe {
+        /// The database path.
+        path: PathBuf,
+        /// What is wrong.
+        reason: UnsafeFile,
+    },
+    /// The start-up scan of the credentials failed.
+    #[error("cannot read the credentials from the database: {0}; check the file with `sqlite3 FILE 'PRAGMA integrity_check'` or restore a backup")]
+    Load(String),
+    /// A grouped commit failed: every request that was in it gets the same
+    /// error, shown as it is.
+    #[error(transparent)]
+    Shared(Arc<StoreError>),
+}
+
+// By hand rather than `#[from]`, which would also make the cause the error's
+// `source()` and print it twice in `{:#}` chains.
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        StoreError::Sqlx(e)
+    }
+}
