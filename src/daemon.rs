@@ -166,43 +166,29 @@ pub async fn run(opts: DaemonOptions) -> anyhow::Result<()> {
         .clone()
         .or_else(|| config.daemon.database.clone())
         .unwrap_or_else(paths::default_database);
+    // Installed before anything starts, so a signal during start-up is not
+    // lost to the default action.
     let signals = signal_hook_tokio::Signals::new([
         signal_hook::consts::SIGTERM,
         signal_hook::consts::SIGINT,
         signal_hook::consts::SIGHUP,
     ])
     .context("cannot install signal handlers")?;
-
     let fd_limit = raise_fd_limit();
-    let key = encryption_key(&config)?;
-    let store = Store::open_with(&database, key).await?;
-    let client = ProviderClient::new().context("cannot build the HTTP client")?;
     let cancel = CancellationToken::new();
-    let commits = GroupCommit::start(store.clone(), COMMIT_BATCH);
-    let loaded = Refresher::load(
-        Arc::clone(&config),
-        store.clone(),
-        commits,
-        client,
-        cancel.clone(),
-    )
-    .await;
-    let (refresher, handle) = match loaded {
-        Ok(loaded) => loaded,
-        Err(e) => {
-            store.close().await;
-            return Err(e.into());
-        }
-    };
+    let (store, refresher, handle) = start_store(&config, &database, cancel.clone()).await?;
     release_freed_memory();
     let (listener, socket_file, socket) = listen(&opts, &config).await?;
-    let refresher_task = tokio::spawn(refresher.run());
-    let served = tokio::spawn(server::serve(
-        listener,
-        server::router(handle.clone()),
-        cancel.clone(),
-        connection_cap(fd_limit),
-    ));
+    let running = Running {
+        refresher: tokio::spawn(refresher.run()),
+        server: tokio::spawn(server::serve(
+            listener,
+            server::router(handle.clone()),
+            cancel.clone(),
+            connection_cap(fd_limit),
+        )),
+        cancel,
+    };
     event!(
         info,
         Kind::Started,
@@ -215,24 +201,57 @@ pub async fn run(opts: DaemonOptions) -> anyhow::Result<()> {
         "tokend started"
     );
     systemd::ready(&status_line(&handle));
-
     handle_signals(signals, &opts, &handle, &config).await;
-    systemd::stopping();
-    event!(
-        info,
-        Kind::Stopping,
-        "shutting down: no longer accepting requests"
-    );
-    cancel.cancel();
-    let grace = config.daemon.shutdown_timeout + Duration::from_secs(1);
-    if tokio::time::timeout(grace, refresher_task).await.is_err() {
-        tracing::warn!("refresher did not stop in time");
-    }
-    let _ = served.await;
+    running.stop(config.daemon.shutdown_timeout).await;
     store.close().await;
     drop(socket_file);
     tracing::info!("tokend stopped");
     Ok(())
+}
+
+/// Opens the database and loads the refresher from it; on failure the
+/// store is closed again, so its lock and WAL are released in order.
+async fn start_store(
+    config: &Arc<Config>,
+    database: &Path,
+    cancel: CancellationToken,
+) -> anyhow::Result<(Store, Refresher, RefresherHandle)> {
+    let key = encryption_key(config)?;
+    let store = Store::open_with(database, key).await?;
+    let client = ProviderClient::new().context("cannot build the HTTP client")?;
+    let commits = GroupCommit::start(store.clone(), COMMIT_BATCH);
+    match Refresher::load(Arc::clone(config), store.clone(), commits, client, cancel).await {
+        Ok((refresher, handle)) => Ok((store, refresher, handle)),
+        Err(e) => {
+            store.close().await;
+            Err(e.into())
+        }
+    }
+}
+
+/// The tasks of a running daemon, stopped in order: decide (cancel), tell
+/// (STOPPING), wait (refreshes in flight, then the server).
+struct Running {
+    refresher: tokio::task::JoinHandle<()>,
+    server: tokio::task::JoinHandle<()>,
+    cancel: CancellationToken,
+}
+
+impl Running {
+    async fn stop(self, shutdown_timeout: Duration) {
+        systemd::stopping();
+        event!(
+            info,
+            Kind::Stopping,
+            "shutting down: no longer accepting requests"
+        );
+        self.cancel.cancel();
+        let grace = shutdown_timeout + Duration::from_secs(1);
+        if tokio::time::timeout(grace, self.refresher).await.is_err() {
+            tracing::warn!("refresher did not stop in time");
+        }
+        let _ = self.server.await;
+    }
 }
 
 /// The API socket: inherited from systemd (socket activation), or bound at
