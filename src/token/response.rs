@@ -1,97 +1,13 @@
-//! Pure domain types for tokens: the redacting [`Secret`] wrapper, fingerprints
-//! for logs, the parsed token-endpoint response, and the expiry and refresh-time
-//! arithmetic. Nothing here does I/O, so all of it is unit-tested in place.
+//! The token endpoint's response: parsing it (with renamed fields for
+//! providers that do not use the RFC 6749 names) and when its token expires.
 
 use std::fmt;
 use std::time::Duration;
 
 use base64::Engine;
 use serde_json::{Map, Value};
-use sha2::{Digest, Sha256};
 
-/// A string that must never reach a log: its `Debug` and `Display` print a
-/// fingerprint instead of the value.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(Box<str>);
-
-impl Secret {
-    /// Wraps a secret value.
-    pub fn new(value: impl Into<String>) -> Self {
-        Secret(value.into().into_boxed_str())
-    }
-
-    /// The secret itself, for the few places that must send or store it.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-
-    /// A short, stable, non-reversible identifier safe to log.
-    pub fn fingerprint(&self) -> String {
-        fingerprint(&self.0)
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Secret({})", self.fingerprint())
-    }
-}
-
-impl fmt::Display for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.fingerprint())
-    }
-}
-
-/// First 8 hex digits of SHA-256: enough to tell tokens apart in a log, far too
-/// little to recover or guess one.
-pub fn fingerprint(value: &str) -> String {
-    let digest = Sha256::digest(value.as_bytes());
-    let hex: String = digest[..4].iter().map(|b| format!("{b:02x}")).collect();
-    format!("sha256:{hex}")
-}
-
-/// Replaces every occurrence of any of `secrets` in `text` with its fingerprint.
-/// Providers echo tokens back in error descriptions (digiRunner does), so any
-/// provider-supplied text passes through here before it is logged or stored.
-pub fn scrub(text: &str, secrets: &[&str]) -> String {
-    let mut out = text.to_string();
-    for secret in secrets.iter().filter(|s| s.len() >= 4) {
-        if out.contains(*secret) {
-            out = out.replace(*secret, &format!("<redacted {}>", fingerprint(secret)));
-        }
-    }
-    out
-}
-
-/// Wall-clock time as Unix milliseconds.
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(duration_ms)
-        .unwrap_or(0)
-}
-
-/// `d` in whole milliseconds, saturating at `i64::MAX`.
-pub fn duration_ms(d: Duration) -> i64 {
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
-}
-
-/// The longest lifetime tokend takes from a provider (about a century).
-/// Longer ones (a stated `u64::MAX` seconds, a JWT `exp` far in the future)
-/// are cut to it, so expiry arithmetic cannot overflow and every expiry is
-/// still a date that formats.
-pub const MAX_LIFETIME_MS: i64 = 100 * 365 * 86_400_000;
-
-/// The Unix ms `secs` seconds after `from_ms`, the lifetime cut to
-/// [`MAX_LIFETIME_MS`].
-pub fn after_secs(from_ms: i64, secs: u64) -> i64 {
-    let ms = i64::try_from(secs)
-        .unwrap_or(i64::MAX)
-        .saturating_mul(1000)
-        .min(MAX_LIFETIME_MS);
-    from_ms.saturating_add(ms)
-}
+use super::{after_secs, duration_ms, Secret, MAX_LIFETIME_MS};
 
 /// Where a token's lifetime came from: shown in status so an operator can tell
 /// a guessed expiry from a stated one.
@@ -317,57 +233,6 @@ pub fn expires_at_ms(
     )
 }
 
-/// When to refresh, as a policy independent of any one credential.
-#[derive(Debug, Clone, PartialEq)]
-pub struct RefreshTiming {
-    /// Refresh when this fraction of the lifetime remains (0.25 = at 75%).
-    pub remaining_fraction: f64,
-    /// Up to this further fraction of the lifetime is added to the margin at
-    /// random, so credentials loaded together spread out.
-    pub jitter_fraction: f64,
-    /// Never schedule a refresh sooner than this after the last one, so a
-    /// provider handing out 6-second tokens cannot cause a tight loop.
-    pub min_interval: Duration,
-    /// Never keep a margin larger than this before expiry.
-    pub max_margin: Duration,
-}
-
-impl Default for RefreshTiming {
-    fn default() -> Self {
-        RefreshTiming {
-            remaining_fraction: 0.20,
-            jitter_fraction: 0.05,
-            min_interval: Duration::from_secs(1),
-            max_margin: Duration::from_secs(6 * 3600),
-        }
-    }
-}
-
-impl RefreshTiming {
-    /// The wall-clock time (ms) at which to refresh a token issued at
-    /// `issued_ms` that expires at `expires_ms`. `jitter` is a sample in [0, 1).
-    pub fn refresh_at_ms(&self, issued_ms: i64, expires_ms: i64, jitter: f64) -> i64 {
-        let lifetime = expires_ms.saturating_sub(issued_ms).max(0) as f64;
-        let fraction = self.remaining_fraction + self.jitter_fraction * jitter.clamp(0.0, 1.0);
-        let margin = (lifetime * fraction).min(duration_ms(self.max_margin) as f64);
-        // `as` saturates (and turns NaN into 0).
-        let at = expires_ms.saturating_sub(margin as i64);
-        at.max(issued_ms.saturating_add(duration_ms(self.min_interval)))
-    }
-}
-
-/// Exponential backoff with full jitter: a uniform sample in
-/// `[0, min(cap, base * 2^attempt))`, at least `base / 2` so retries never spin.
-pub fn backoff(attempt: u32, base: Duration, cap: Duration, jitter: f64) -> Duration {
-    let exp = base.saturating_mul(1u32.checked_shl(attempt.min(30)).unwrap_or(u32::MAX));
-    let ceiling = exp.min(cap);
-    // `mul_f64` panics when rounding takes a huge ceiling past `Duration::MAX`.
-    Duration::try_from_secs_f64(ceiling.as_secs_f64() * jitter.clamp(0.0, 1.0))
-        .unwrap_or(ceiling)
-        .min(ceiling)
-        .max(base / 2)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -394,26 +259,7 @@ mod tests {
     }
 
     #[test]
-    fn secret_debug_and_display_never_show_the_value() {
-        let s = Secret::new("super-secret-value");
-        assert!(!format!("{s:?}").contains("super-secret-value"));
-        assert!(!format!("{s}").contains("super-secret-value"));
-        assert_eq!(s.fingerprint(), fingerprint("super-secret-value"));
-        assert_eq!(s.fingerprint().len(), "sha256:".len() + 8);
-    }
-
-    #[test]
-    fn scrub_replaces_echoed_tokens() {
-        let out = scrub(
-            "Invalid refresh token (expired): eyJabc.def.ghi",
-            &["eyJabc.def.ghi", "unrelated"],
-        );
-        assert!(!out.contains("eyJabc.def.ghi"));
-        assert!(out.contains("<redacted sha256:"));
-    }
-
-    #[test]
-    fn parses_seed_004_response_with_extra_fields_and_lowercase_bearer() {
+    fn parses_a_response_with_extra_fields_and_lowercase_bearer() {
         let set = parse(
             r#"{"access_token":"a.b.c","expires_in":86399,"jti":"41fa","node":"executor1",
                "org_id":"100000","refresh_token":"r.s.t","scope":"2000000006",
@@ -533,39 +379,6 @@ mod tests {
     }
 
     #[test]
-    fn refresh_point_scales_with_lifetime_and_is_clamped() {
-        let t = RefreshTiming::default();
-        // One hour: refresh with 20-25% remaining.
-        let at = t.refresh_at_ms(0, 3_600_000, 0.0);
-        assert_eq!(at, 2_880_000);
-        let at = t.refresh_at_ms(0, 3_600_000, 1.0);
-        assert_eq!(at, 2_700_000);
-        // Six seconds: around 4.5 s, never a tight loop.
-        let at = t.refresh_at_ms(0, 6_000, 0.5);
-        assert!((4_000..=5_000).contains(&at), "{at}");
-        // Already-expired or 100 ms token: not before min_interval.
-        assert_eq!(t.refresh_at_ms(0, 100, 0.0), 1_000);
-        assert_eq!(t.refresh_at_ms(5_000, 0, 0.0), 6_000);
-        // Thirty days: the margin is capped.
-        let month = 30 * 86_400_000i64;
-        assert_eq!(t.refresh_at_ms(0, month, 1.0), month - 6 * 3_600_000);
-    }
-
-    #[test]
-    fn backoff_grows_and_is_capped() {
-        let base = Duration::from_secs(1);
-        let cap = Duration::from_secs(300);
-        assert_eq!(backoff(0, base, cap, 1.0), Duration::from_secs(1));
-        assert_eq!(backoff(3, base, cap, 1.0), Duration::from_secs(8));
-        assert_eq!(backoff(40, base, cap, 1.0), cap);
-        assert_eq!(backoff(40, base, cap, 0.0), Duration::from_millis(500));
-        assert_eq!(
-            backoff(u32::MAX, Duration::MAX, Duration::MAX, 1.0),
-            Duration::MAX
-        );
-    }
-
-    #[test]
     fn huge_or_negative_lifetimes_do_not_overflow() {
         let default = Duration::from_secs(3600);
         let sent = 1_700_000_000_000;
@@ -601,39 +414,5 @@ mod tests {
         assert_eq!(expires_at_ms(&set, sent, Duration::MAX).0, longest);
         assert_eq!(after_secs(i64::MAX - 1, 10), i64::MAX);
         assert_eq!(after_secs(0, u64::MAX), MAX_LIFETIME_MS);
-    }
-
-    #[test]
-    fn refresh_point_of_extreme_times_does_not_overflow() {
-        let t = RefreshTiming {
-            max_margin: Duration::MAX,
-            min_interval: Duration::MAX,
-            ..RefreshTiming::default()
-        };
-        // A quarter of the saturated lifetime before the end.
-        assert_eq!(
-            t.refresh_at_ms(i64::MIN, i64::MAX, 1.0),
-            i64::MAX - i64::MAX / 4 - 1
-        );
-        assert_eq!(t.refresh_at_ms(i64::MAX, i64::MIN, 0.0), i64::MAX);
-        let t = RefreshTiming::default();
-        let at = t.refresh_at_ms(0, i64::MAX, 0.5);
-        assert_eq!(at, i64::MAX - 6 * 3_600_000);
-    }
-
-    #[test]
-    fn backoff_with_huge_attempts_and_limits_does_not_panic() {
-        let base = Duration::from_secs(1);
-        // The exponent stops at 2^30.
-        assert_eq!(
-            backoff(u32::MAX, base, Duration::MAX, 1.0),
-            Duration::from_secs(1 << 30)
-        );
-        assert_eq!(backoff(7, Duration::MAX, Duration::MAX, 1.0), Duration::MAX);
-        assert_eq!(
-            backoff(u32::MAX, base, Duration::from_secs(300), 1.0),
-            Duration::from_secs(300)
-        );
-        assert_eq!(duration_ms(Duration::MAX), i64::MAX);
     }
 }
