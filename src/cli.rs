@@ -20,7 +20,9 @@ use clap::{Parser, Subcommand};
 use hyper::Method;
 use tokio::runtime::Builder;
 
-use crate::api::{CredentialStatus, ExchangeCode, PutCredential, TokenResponse};
+use crate::api::{
+    CredentialState, CredentialStatus, ErrorKind, ExchangeCode, PutCredential, TokenResponse,
+};
 use crate::client::{path_segment, Client, ClientError};
 use crate::config::ConfigError;
 use crate::daemon::{self, DaemonOptions};
@@ -45,19 +47,19 @@ macro_rules! errln {
 /// tokend keeps OAuth2 access tokens fresh and hands them to local programs.
 #[derive(Debug, Parser)]
 #[command(name = "tokend", version, about)]
-pub struct Cli {
+pub(crate) struct Cli {
     /// The daemon's socket [default: $TOKEND_SOCKET, else the daemon's default
     /// path, else /run/tokend/tokend.sock if that exists].
     #[arg(long, global = true, value_name = "PATH", allow_hyphen_values = true)]
-    pub socket: Option<PathBuf>,
+    pub(crate) socket: Option<PathBuf>,
     /// What to do.
     #[command(subcommand)]
-    pub command: Command,
+    pub(crate) command: Command,
 }
 
 /// The subcommands.
 #[derive(Debug, Subcommand)]
-pub enum Command {
+pub(crate) enum Command {
     /// Run the daemon in the foreground.
     Daemon {
         /// Configuration file [default: $CONFIGURATION_DIRECTORY/config.toml or
@@ -274,26 +276,10 @@ fn run(socket: Option<PathBuf>, command: Command) -> anyhow::Result<ExitCode> {
                 redirect_uri,
                 code_verifier: code_verifier.map(|v| v.expose().to_string()),
             };
-            let path = format!("/v1/credentials/{}/exchange", path_segment(&name));
-            let st: CredentialStatus = client().call_blocking(Method::POST, &path, Some(&body))?;
-            report_added(&st, "created")
+            exchange(&client(), &name, &body)
         }
-        Command::Refresh { name } => {
-            let path = format!("/v1/credentials/{}/refresh", path_segment(&name));
-            let st: CredentialStatus = client().call_blocking(Method::POST, &path, None::<&()>)?;
-            outln!(
-                "{}: refreshed, expires in {}",
-                st.name,
-                human_in(st.expires_in)
-            )?;
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Remove { name } => {
-            let path = format!("/v1/credentials/{}", path_segment(&name));
-            client().call_empty_blocking(Method::DELETE, &path)?;
-            outln!("{name}: removed")?;
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::Refresh { name } => refresh(&client(), &name),
+        Command::Remove { name } => remove(&client(), &name),
         Command::CheckConfig { file } => check_config(file),
         Command::Rekey {
             config,
@@ -301,17 +287,46 @@ fn run(socket: Option<PathBuf>, command: Command) -> anyhow::Result<ExitCode> {
             key,
             new_key,
             ..
-        } => {
-            let options = daemon::RekeyOptions {
-                config,
-                database,
-                key,
-                new_key,
-            };
-            outln!("{}", run_rekey(options)?)?;
-            Ok(ExitCode::SUCCESS)
-        }
+        } => rekey(daemon::RekeyOptions {
+            config,
+            database,
+            key,
+            new_key,
+        }),
     }
+}
+
+/// `tokend exchange`: the code and verifier already gathered in `body`.
+fn exchange(client: &Client, name: &str, body: &ExchangeCode) -> anyhow::Result<ExitCode> {
+    let path = format!("/v1/credentials/{}/exchange", path_segment(name));
+    let st: CredentialStatus = client.call_blocking(Method::POST, &path, Some(body))?;
+    report_added(&st, "created")
+}
+
+/// `tokend refresh`.
+fn refresh(client: &Client, name: &str) -> anyhow::Result<ExitCode> {
+    let path = format!("/v1/credentials/{}/refresh", path_segment(name));
+    let st: CredentialStatus = client.call_blocking(Method::POST, &path, None::<&()>)?;
+    outln!(
+        "{}: refreshed, expires in {}",
+        st.name,
+        human_in(st.expires_in)
+    )?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `tokend remove`.
+fn remove(client: &Client, name: &str) -> anyhow::Result<ExitCode> {
+    let path = format!("/v1/credentials/{}", path_segment(name));
+    client.call_empty_blocking(Method::DELETE, &path)?;
+    outln!("{name}: removed")?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `tokend rekey`: prints what was re-sealed.
+fn rekey(options: daemon::RekeyOptions) -> anyhow::Result<ExitCode> {
+    outln!("{}", run_rekey(options)?)?;
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `tokend daemon`: logs as asked, on a multi-threaded runtime.
@@ -356,7 +371,7 @@ fn get(
         Ok(token) => token,
         // Its own exit code, so a script can tell a dead grant (a human must
         // act) from a passing failure.
-        Err(e) if e.is_needs_reauth() => {
+        Err(e) if is_needs_reauth(&e) => {
             errln!("tokend: {e:#}");
             return Ok(ExitCode::from(NEEDS_REAUTH_EXIT));
         }
@@ -371,6 +386,11 @@ fn get(
         outln!("{}", token.access_token)?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Whether the daemon answered "needs re-authorization".
+fn is_needs_reauth(e: &ClientError) -> bool {
+    matches!(e, ClientError::Api { body, .. } if body.error == ErrorKind::NeedsReauth)
 }
 
 fn status(client: &Client, name: Option<&str>, json: bool) -> anyhow::Result<ExitCode> {
@@ -396,7 +416,7 @@ fn status(client: &Client, name: Option<&str>, json: bool) -> anyhow::Result<Exi
 }
 
 /// Renders the status table.
-pub fn status_table(list: &[CredentialStatus]) -> String {
+pub(crate) fn status_table(list: &[CredentialStatus]) -> String {
     let header = [
         "NAME",
         "PROVIDER",
@@ -412,7 +432,7 @@ pub fn status_table(list: &[CredentialStatus]) -> String {
             [
                 s.name.clone(),
                 s.provider.clone(),
-                s.state.clone(),
+                s.state.to_string(),
                 human_in(s.expires_in),
                 s.last_refresh_at
                     .map_or("never".into(), |t| format!("{} ago", human(now - t))),
@@ -499,7 +519,7 @@ fn add(
 }
 
 fn report_added(st: &CredentialStatus, verb: &str) -> anyhow::Result<ExitCode> {
-    let usable = st.state == "active" && st.expires_in.is_some_and(|s| s > 0);
+    let usable = st.state == CredentialState::Active && st.expires_in.is_some_and(|s| s > 0);
     if usable {
         outln!(
             "{}: {verb} (provider {}), access token expires in {}",
@@ -586,14 +606,6 @@ fn check_config(file: Option<PathBuf>) -> anyhow::Result<ExitCode> {
             }
             _ => Err(e),
         },
-    }
-}
-
-/// `ClientError` carries the daemon's own one-line message; keep it unadorned.
-impl ClientError {
-    /// Whether the daemon answered "needs re-authorization".
-    pub fn is_needs_reauth(&self) -> bool {
-        matches!(self, ClientError::Api { body, .. } if body.error == "needs_reauth")
     }
 }
 

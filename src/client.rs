@@ -20,15 +20,15 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use socket2::{Domain, SockAddr, Socket, Type};
 
-use crate::api::ErrorBody;
+use crate::api::{ErrorBody, ErrorKind};
 
 /// How long a whole exchange may take, by default. Above the daemon's own
 /// request timeout (75 s), so its answer, even a timeout, gets through.
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(90);
+pub(crate) const DEFAULT_TIMEOUT: Duration = Duration::from_secs(90);
 
 /// Names the one more uid, besides root, the caller's own and the `tokend`
 /// system user, that the client accepts as the daemon.
-pub const DAEMON_UID_VAR: &str = "TOKEND_DAEMON_UID";
+pub(crate) const DAEMON_UID_VAR: &str = "TOKEND_DAEMON_UID";
 
 /// Largest response head accepted; the daemon's are a few hundred bytes.
 const MAX_HEAD_BYTES: usize = 64 * 1024;
@@ -90,13 +90,14 @@ impl Client {
     }
 
     /// The same client with another limit on each whole exchange.
-    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+    #[cfg(test)]
+    pub(crate) fn with_timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
         self
     }
 
     /// Sends a request and decodes a JSON answer (or the API error), blocking.
-    pub fn call_blocking<T: DeserializeOwned>(
+    pub(crate) fn call_blocking<T: DeserializeOwned>(
         &self,
         method: Method,
         path: &str,
@@ -109,14 +110,18 @@ impl Client {
     }
 
     /// Sends a request expecting no body (204) on success, blocking.
-    pub fn call_empty_blocking(&self, method: Method, path: &str) -> Result<(), ClientError> {
+    pub(crate) fn call_empty_blocking(
+        &self,
+        method: Method,
+        path: &str,
+    ) -> Result<(), ClientError> {
         let (status, bytes) = self.raw_blocking(method, path, None, "application/json")?;
         expect_success(status, &bytes)
     }
 
     /// Sends one request and returns the status and body, blocking for at
     /// most the client's timeout.
-    pub fn raw_blocking(
+    pub(crate) fn raw_blocking(
         &self,
         method: Method,
         path: &str,
@@ -143,12 +148,6 @@ impl Client {
         let body = json_body(body)?;
         let (status, bytes) = self.raw(method, path, body, "application/json").await?;
         decode(status, &bytes)
-    }
-
-    /// Sends a request expecting no body (204) on success.
-    pub async fn call_empty(&self, method: Method, path: &str) -> Result<(), ClientError> {
-        let (status, bytes) = self.raw(method, path, None, "application/json").await?;
-        expect_success(status, &bytes)
     }
 
     /// Sends one request and returns the status and body. Runs
@@ -303,7 +302,7 @@ fn expect_success(status: StatusCode, bytes: &[u8]) -> Result<(), ClientError> {
 
 fn api_error(status: StatusCode, bytes: &[u8]) -> ClientError {
     let body = serde_json::from_slice(bytes).unwrap_or_else(|_| ErrorBody {
-        error: "http".into(),
+        error: ErrorKind::Other,
         message: format!(
             "tokend answered {status}: {}",
             String::from_utf8_lossy(bytes).trim()
@@ -313,7 +312,7 @@ fn api_error(status: StatusCode, bytes: &[u8]) -> ClientError {
 }
 
 /// Percent-encodes a credential name for use in a URL path.
-pub fn path_segment(name: &str) -> String {
+pub(crate) fn path_segment(name: &str) -> String {
     url::form_urlencoded::byte_serialize(name.as_bytes())
         .collect::<String>()
         .replace('+', "%20")
