@@ -363,4 +363,70 @@ mod tests {
         assert!(!all.contains("very-secret"), "{all}");
         assert!(all.contains("sha256:"));
     }
+
+    /// The JSON string a wire enum serializes to.
+    fn name<T: Serialize>(value: &T) -> String {
+        match serde_json::to_value(value).unwrap() {
+            serde_json::Value::String(s) => s,
+            other => panic!("not a string: {other}"),
+        }
+    }
+
+    #[test]
+    fn wire_enums_keep_their_names() {
+        use CredentialState as S;
+        for (state, want) in [
+            (S::Active, "active"),
+            (S::NeedsReauth, "needs_reauth"),
+            (S::Paused, "paused"),
+        ] {
+            assert_eq!((name(&state), state.as_str()), (want.into(), want));
+        }
+        use LifetimeSource as L;
+        for (source, want) in [
+            (L::ExpiresIn, "expires_in"),
+            (L::JwtExp, "jwt_exp"),
+            (L::Default, "default"),
+        ] {
+            assert_eq!(name(&source), want);
+        }
+        use ErrorKind as K;
+        for (kind, want) in [
+            (K::BadRequest, "bad_request"),
+            (K::UnknownProvider, "unknown_provider"),
+            (K::Forbidden, "forbidden"),
+            (K::NotFound, "not_found"),
+            (K::MethodNotAllowed, "method_not_allowed"),
+            (K::Timeout, "timeout"),
+            (K::NeedsReauth, "needs_reauth"),
+            (K::PayloadTooLarge, "payload_too_large"),
+            (K::MinValidUnsatisfiable, "min_valid_unsatisfiable"),
+            (K::Internal, "internal"),
+            (K::ExchangeFailed, "exchange_failed"),
+            (K::Unavailable, "unavailable"),
+            (K::Paused, "paused"),
+            (K::ShuttingDown, "shutting_down"),
+        ] {
+            assert_eq!(name(&kind), want);
+        }
+        let health = Health {
+            status: HealthStatus::Ok,
+            credentials: 3,
+            version: "0.1.0".into(),
+        };
+        assert_eq!(
+            serde_json::to_string(&health).unwrap(),
+            r#"{"status":"ok","credentials":3,"version":"0.1.0"}"#
+        );
+    }
+
+    #[test]
+    fn an_unknown_error_kind_still_reads() {
+        let body: ErrorBody =
+            serde_json::from_str(r#"{"error":"from_the_future","message":"m"}"#).unwrap();
+        assert_eq!((body.error, body.message.as_str()), (ErrorKind::Other, "m"));
+        let body: ErrorBody =
+            serde_json::from_str(r#"{"error":"needs_reauth","message":"m"}"#).unwrap();
+        assert_eq!(body.error, ErrorKind::NeedsReauth);
+    }
 }
