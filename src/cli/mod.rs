@@ -8,6 +8,9 @@
 //! codes and PKCE verifiers are base64url, and one in 64 begins with it.
 //! Output goes through [`outln!`], so a reader that closes the pipe early
 //! (`tokend status | head -1`) ends the command quietly with status 0.
+//!
+//! This module holds the arguments and the dispatch; `commands` the commands
+//! that talk to the socket (and `check-config`) and how they print.
 
 use std::ffi::OsString;
 use std::future::Future;
