@@ -75,7 +75,35 @@ pub(crate) fn credential_status(view: &View) -> CredentialStatus {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
+    use crate::credential::Credential;
+    use crate::refresh::Interner;
+
+    fn view(state: State, paused: bool) -> View {
+        let mut cred = Credential::new("c", "p", None, 0);
+        cred.state = state;
+        let mut view = View::of(
+            Arc::from("c"),
+            &cred,
+            &mut Interner::default(),
+            Arc::from(Vec::new()),
+        );
+        view.edit_notes(|n| n.paused = paused.then(|| "x".to_string()));
+        view
+    }
+
+    #[test]
+    fn the_wire_state_is_the_state_shown_to_users() {
+        for state in [State::Active, State::NeedsReauth] {
+            for paused in [false, true] {
+                let view = view(state, paused);
+                let status = serde_json::to_value(credential_status(&view)).unwrap();
+                assert_eq!(status["state"], view.state_name(), "{state:?} {paused}");
+            }
+        }
+    }
 
     #[test]
     fn wire_names_match_the_domain_names() {
