@@ -370,113 +370,123 @@ impl Inner {
 
     /// Carries out a well-formed grant request.
     pub(super) fn perform(&self, grant: Grant) -> Result<Value, Reject> {
-        let mut st = self.lock();
         match grant {
-            Grant::Refresh(token) => {
-                let now = Instant::now();
-                let entry = st
-                    .refresh_tokens
-                    .get(&token)
-                    .map(|e| (e.state, e.family, e.grace_until));
-                let family = match entry {
-                    Some((RtState::Valid, family, _)) => {
-                        if self.cfg.rotate {
-                            if let Some(e) = st.refresh_tokens.get_mut(&token) {
-                                e.state = RtState::Used;
-                                e.grace_until = Some(now + self.cfg.reuse_grace);
-                            }
-                        }
-                        family
-                    }
-                    Some((RtState::Used, family, Some(until))) if now < until => {
-                        st.reused_within_grace += 1;
-                        family
-                    }
-                    Some((RtState::Used, family, _)) => {
-                        st.reused_refresh_tokens += 1;
-                        if self.cfg.on_reuse == FamilyOnReuse::Revoked {
-                            for e in st.refresh_tokens.values_mut() {
-                                if e.family == family {
-                                    e.grace_until = None;
-                                    if e.state == RtState::Valid {
-                                        e.state = RtState::Revoked;
-                                    }
-                                }
-                            }
-                        }
-                        return Err(self.invalid_refresh_token(&token));
-                    }
-                    Some((RtState::Revoked, _, _)) | None => {
-                        return Err(self.invalid_refresh_token(&token))
-                    }
-                };
-                let new_rt = self
-                    .cfg
-                    .rotate
-                    .then(|| self.mint_refresh_token(&mut st, SystemTime::now(), family));
-                st.refresh_count += 1;
-                *st.family_refreshes.entry(family).or_default() += 1;
-                st.refresh_log.push((family, SystemTime::now()));
-                Ok(self.token_response(&mut st, new_rt, false))
-            }
+            Grant::Refresh(token) => self.refresh(&token),
             Grant::Exchange {
                 code,
                 redirect_uri,
                 verifier,
-            } => {
-                let invalid_code =
-                    || Reject::invalid_grant("The authorization code was invalid or has expired.");
-                let Some(grant) = st.codes.get(&code) else {
-                    return Err(invalid_code());
-                };
-                if grant.used {
-                    return Err(invalid_code());
+            } => self.exchange(&code, &redirect_uri, verifier.as_deref()),
+        }
+    }
+
+    /// A refresh: rotation, the reuse grace and family revocation.
+    fn refresh(&self, token: &str) -> Result<Value, Reject> {
+        let mut st = self.lock();
+        let now = Instant::now();
+        let entry = st
+            .refresh_tokens
+            .get(token)
+            .map(|e| (e.state, e.family, e.grace_until));
+        let family = match entry {
+            Some((RtState::Valid, family, _)) => {
+                if self.cfg.rotate {
+                    if let Some(e) = st.refresh_tokens.get_mut(token) {
+                        e.state = RtState::Used;
+                        e.grace_until = Some(now + self.cfg.reuse_grace);
+                    }
                 }
-                if grant.redirect_uri != redirect_uri {
+                family
+            }
+            Some((RtState::Used, family, Some(until))) if now < until => {
+                st.reused_within_grace += 1;
+                family
+            }
+            Some((RtState::Used, family, _)) => {
+                st.reused_refresh_tokens += 1;
+                if self.cfg.on_reuse == FamilyOnReuse::Revoked {
+                    for e in st.refresh_tokens.values_mut() {
+                        if e.family == family {
+                            e.grace_until = None;
+                            if e.state == RtState::Valid {
+                                e.state = RtState::Revoked;
+                            }
+                        }
+                    }
+                }
+                return Err(self.invalid_refresh_token(token));
+            }
+            Some((RtState::Revoked, _, _)) | None => return Err(self.invalid_refresh_token(token)),
+        };
+        let new_rt = self
+            .cfg
+            .rotate
+            .then(|| self.mint_refresh_token(&mut st, SystemTime::now(), family));
+        st.refresh_count += 1;
+        *st.family_refreshes.entry(family).or_default() += 1;
+        st.refresh_log.push((family, SystemTime::now()));
+        Ok(self.token_response(&mut st, new_rt, false))
+    }
+
+    /// A code exchange: the code once, its redirect URI and PKCE verifier.
+    fn exchange(
+        &self,
+        code: &str,
+        redirect_uri: &str,
+        verifier: Option<&str>,
+    ) -> Result<Value, Reject> {
+        let mut st = self.lock();
+        let invalid_code =
+            || Reject::invalid_grant("The authorization code was invalid or has expired.");
+        let Some(grant) = st.codes.get(code) else {
+            return Err(invalid_code());
+        };
+        if grant.used {
+            return Err(invalid_code());
+        }
+        if grant.redirect_uri != redirect_uri {
+            return Err(Reject::wire(
+                StatusCode::BAD_REQUEST,
+                "invalid_grant",
+                "redirect_uri does not match the one the code was issued for",
+            ));
+        }
+        match (&grant.challenge, &verifier) {
+            (None, None) => {}
+            (None, Some(_)) => {
+                return Err(Reject::invalid_request(
+                    "code_verifier sent, but the code was issued without a PKCE challenge",
+                ))
+            }
+            (Some(_), None) => {
+                return Err(Reject::invalid_request(
+                    "code_verifier missing; the code was issued with a PKCE challenge",
+                ))
+            }
+            (Some(challenge), Some(v)) => {
+                if !valid_verifier(v) {
+                    return Err(Reject::invalid_request(
+                        "code_verifier is not 43-128 characters of [A-Za-z0-9-._~] (RFC 7636)",
+                    ));
+                }
+                if pkce_s256(v) != *challenge {
                     return Err(Reject::wire(
                         StatusCode::BAD_REQUEST,
                         "invalid_grant",
-                        "redirect_uri does not match the one the code was issued for",
+                        "code_verifier does not match the S256 code_challenge",
                     ));
                 }
-                match (&grant.challenge, &verifier) {
-                    (None, None) => {}
-                    (None, Some(_)) => {
-                        return Err(Reject::invalid_request(
-                            "code_verifier sent, but the code was issued without a PKCE challenge",
-                        ))
-                    }
-                    (Some(_), None) => {
-                        return Err(Reject::invalid_request(
-                            "code_verifier missing; the code was issued with a PKCE challenge",
-                        ))
-                    }
-                    (Some(challenge), Some(v)) => {
-                        if !valid_verifier(v) {
-                            return Err(Reject::invalid_request(
-                                "code_verifier is not 43-128 characters of [A-Za-z0-9-._~] (RFC 7636)",
-                            ));
-                        }
-                        if pkce_s256(v) != *challenge {
-                            return Err(Reject::wire(
-                                StatusCode::BAD_REQUEST,
-                                "invalid_grant",
-                                "code_verifier does not match the S256 code_challenge",
-                            ));
-                        }
-                    }
-                }
-                let offline = grant.offline;
-                if let Some(g) = st.codes.get_mut(&code) {
-                    g.used = true;
-                }
-                let rt = offline.then(|| {
-                    let family = st.new_family();
-                    self.mint_refresh_token(&mut st, SystemTime::now(), family)
-                });
-                st.exchange_count += 1;
-                Ok(self.token_response(&mut st, rt, true))
             }
         }
+        let offline = grant.offline;
+        if let Some(g) = st.codes.get_mut(code) {
+            g.used = true;
+        }
+        let rt = offline.then(|| {
+            let family = st.new_family();
+            self.mint_refresh_token(&mut st, SystemTime::now(), family)
+        });
+        st.exchange_count += 1;
+        Ok(self.token_response(&mut st, rt, true))
     }
 }

@@ -56,60 +56,8 @@ impl Inner {
         let headers = &parts.headers;
         match self.cfg.flavor {
             Flavor::Partner => self.check_partner(headers, &body),
-            Flavor::Didit => {
-                require_media_type(headers, "application/x-www-form-urlencoded")?;
-                self.check_basic(headers)?;
-                let form = parse_form(&body).map_err(Reject::invalid_request)?;
-                match grant_type(&form)? {
-                    "refresh_token" => {
-                        let f = exact_fields(&form, &["grant_type", "refresh_token"], &[])?;
-                        Ok(Grant::Refresh(non_empty(&f, "refresh_token")?))
-                    }
-                    "authorization_code" => {
-                        let f = exact_fields(
-                            &form,
-                            &["code", "grant_type", "redirect_uri"],
-                            &["code_verifier"],
-                        )?;
-                        Ok(Grant::Exchange {
-                            code: non_empty(&f, "code")?,
-                            redirect_uri: non_empty(&f, "redirect_uri")?,
-                            verifier: f.get("code_verifier").map(|v| v.to_string()),
-                        })
-                    }
-                    _ => Err(Reject::unsupported_grant_type(
-                        "grant_type must be refresh_token or authorization_code",
-                    )),
-                }
-            }
-            Flavor::Bakrypt => {
-                require_media_type(headers, "application/x-www-form-urlencoded")?;
-                forbid_authorization(headers, "client credentials go in the body")?;
-                let form = parse_form(&body).map_err(Reject::invalid_request)?;
-                if grant_type(&form)? != "refresh_token" {
-                    return Err(Reject::unsupported_grant_type(
-                        "grant_type must be refresh_token",
-                    ));
-                }
-                let f = exact_fields(
-                    &form,
-                    &["client_id", "client_secret", "refresh_token", "grant_type"],
-                    &[],
-                )?;
-                if f.get("client_id").copied() != Some(self.cfg.client_id.as_str()) {
-                    return Err(Reject::invalid_client(
-                        "client_id in the body is wrong",
-                        false,
-                    ));
-                }
-                if f.get("client_secret").copied() != Some(self.cfg.secret()) {
-                    return Err(Reject::invalid_client(
-                        "client_secret in the body is wrong",
-                        false,
-                    ));
-                }
-                Ok(Grant::Refresh(non_empty(&f, "refresh_token")?))
-            }
+            Flavor::Didit => self.check_didit(headers, &body),
+            Flavor::Bakrypt => self.check_bakrypt(headers, &body),
             Flavor::DigiRunner | Flavor::DigiRunnerPublic => {
                 require_media_type(headers, "application/x-www-form-urlencoded")?;
                 self.check_basic(headers)?;
@@ -123,6 +71,65 @@ impl Inner {
                 Ok(Grant::Refresh(non_empty(&f, "refresh_token")?))
             }
         }
+    }
+
+    /// Didit: Basic client authentication, a form body, a refresh or a
+    /// code exchange (with an optional PKCE verifier).
+    fn check_didit(&self, headers: &HeaderMap, body: &[u8]) -> Result<Grant, Reject> {
+        require_media_type(headers, "application/x-www-form-urlencoded")?;
+        self.check_basic(headers)?;
+        let form = parse_form(body).map_err(Reject::invalid_request)?;
+        match grant_type(&form)? {
+            "refresh_token" => {
+                let f = exact_fields(&form, &["grant_type", "refresh_token"], &[])?;
+                Ok(Grant::Refresh(non_empty(&f, "refresh_token")?))
+            }
+            "authorization_code" => {
+                let f = exact_fields(
+                    &form,
+                    &["code", "grant_type", "redirect_uri"],
+                    &["code_verifier"],
+                )?;
+                Ok(Grant::Exchange {
+                    code: non_empty(&f, "code")?,
+                    redirect_uri: non_empty(&f, "redirect_uri")?,
+                    verifier: f.get("code_verifier").map(|v| v.to_string()),
+                })
+            }
+            _ => Err(Reject::unsupported_grant_type(
+                "grant_type must be refresh_token or authorization_code",
+            )),
+        }
+    }
+
+    /// Bakrypt: the client's id and secret in the form body, refresh only.
+    fn check_bakrypt(&self, headers: &HeaderMap, body: &[u8]) -> Result<Grant, Reject> {
+        require_media_type(headers, "application/x-www-form-urlencoded")?;
+        forbid_authorization(headers, "client credentials go in the body")?;
+        let form = parse_form(body).map_err(Reject::invalid_request)?;
+        if grant_type(&form)? != "refresh_token" {
+            return Err(Reject::unsupported_grant_type(
+                "grant_type must be refresh_token",
+            ));
+        }
+        let f = exact_fields(
+            &form,
+            &["client_id", "client_secret", "refresh_token", "grant_type"],
+            &[],
+        )?;
+        if f.get("client_id").copied() != Some(self.cfg.client_id.as_str()) {
+            return Err(Reject::invalid_client(
+                "client_id in the body is wrong",
+                false,
+            ));
+        }
+        if f.get("client_secret").copied() != Some(self.cfg.secret()) {
+            return Err(Reject::invalid_client(
+                "client_secret in the body is wrong",
+                false,
+            ));
+        }
+        Ok(Grant::Refresh(non_empty(&f, "refresh_token")?))
     }
 
     pub(super) fn check_partner(&self, headers: &HeaderMap, body: &[u8]) -> Result<Grant, Reject> {
@@ -174,28 +181,8 @@ impl Inner {
     /// explaining near misses in the rejection line (never echoing values).
     pub(super) fn check_basic(&self, headers: &HeaderMap) -> Result<(), Reject> {
         let fail = |problem: &str| Reject::invalid_client(problem, true);
-        let Some(value) = single_header(headers, "authorization")? else {
-            return Err(fail(
-                "missing Authorization header (Basic client authentication expected)",
-            ));
-        };
-        let Some((scheme, b64)) = value.split_once(' ') else {
-            return Err(fail("Authorization header is not `Basic <credentials>`"));
-        };
-        if !scheme.eq_ignore_ascii_case("basic") {
-            return Err(fail("Authorization scheme is not Basic"));
-        }
-        let Ok(raw) = STANDARD.decode(b64) else {
-            return Err(fail(
-                "Basic credentials are not standard padded Base64 (or have extra spaces)",
-            ));
-        };
-        let Ok(creds) = String::from_utf8(raw) else {
-            return Err(fail("Basic credentials are not UTF-8"));
-        };
-        let Some((user, pass)) = creds.split_once(':') else {
-            return Err(fail("Basic credentials have no ':'"));
-        };
+        let (user, pass) = basic_credentials(headers)?;
+        let (user, pass) = (user.as_str(), pass.as_str());
         let cfg = &self.cfg;
         if user != cfg.client_id {
             if user == form_encode(&cfg.client_id) {
@@ -312,6 +299,35 @@ impl Inner {
 // ---------------------------------------------------------------------------
 // Request parsing helpers (every failure becomes a 400, never a panic)
 // ---------------------------------------------------------------------------
+
+/// The user and password of a Basic `Authorization` header, each refusal
+/// an `invalid_client` with a `WWW-Authenticate` challenge.
+pub(super) fn basic_credentials(headers: &HeaderMap) -> Result<(String, String), Reject> {
+    let fail = |problem: &str| Reject::invalid_client(problem, true);
+    let Some(value) = single_header(headers, "authorization")? else {
+        return Err(fail(
+            "missing Authorization header (Basic client authentication expected)",
+        ));
+    };
+    let Some((scheme, b64)) = value.split_once(' ') else {
+        return Err(fail("Authorization header is not `Basic <credentials>`"));
+    };
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return Err(fail("Authorization scheme is not Basic"));
+    }
+    let Ok(raw) = STANDARD.decode(b64) else {
+        return Err(fail(
+            "Basic credentials are not standard padded Base64 (or have extra spaces)",
+        ));
+    };
+    let Ok(creds) = String::from_utf8(raw) else {
+        return Err(fail("Basic credentials are not UTF-8"));
+    };
+    let Some((user, pass)) = creds.split_once(':') else {
+        return Err(fail("Basic credentials have no ':'"));
+    };
+    Ok((user.to_string(), pass.to_string()))
+}
 
 /// The one value of header `name`, as visible ASCII; `Ok(None)` if absent.
 pub(super) fn single_header<'h>(
