@@ -27,7 +27,7 @@
 //! to `<target dir>/bench-read_path.json`. It asserts no timing: a missed
 //! target is reported, not failed.
 
-#[path = "../tests/it/support/fake_provider.rs"]
+#[path = "../tests/it/support/fake_provider/mod.rs"]
 mod fake_provider;
 
 #[path = "common/report.rs"]

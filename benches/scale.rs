@@ -37,7 +37,7 @@
 //! correctness check fails (a burst credential not refreshed, or its rotated
 //! refresh token not in the database after the daemon stopped).
 
-#[path = "../tests/it/support/fake_provider.rs"]
+#[path = "../tests/it/support/fake_provider/mod.rs"]
 mod fake_provider;
 #[path = "scale/scenario.rs"]
 mod scenario;

@@ -11,7 +11,7 @@
 //! that deviate from the imitated provider's wire format are refused and
 //! logged to stderr when the server stops.
 
-#[path = "../tests/it/support/fake_provider.rs"]
+#[path = "../tests/it/support/fake_provider/mod.rs"]
 mod fake_provider;
 
 use std::net::{Ipv4Addr, SocketAddr};

@@ -1,14 +1,13 @@
 //! Wire types of the socket API: the only serialized types in tokend. Each is
-//! shown with a JSON example; the daemon's domain types never cross the
-//! socket directly.
+//! shown with a JSON example. This module is a leaf: it knows nothing of the
+//! daemon, whose domain types never cross the socket; `server` builds these
+//! from the refresher's views, and `cli` reads them through `client`.
 
 use serde::{Deserialize, Serialize};
 
 use std::fmt;
 
-use crate::refresh::View;
 use crate::token::fingerprint;
-use crate::token::now_ms;
 
 /// `GET /v1/tokens/{name}`:
 ///
@@ -20,50 +19,28 @@ use crate::token::now_ms;
 /// A credential that needs re-authorization or is paused still serves its
 /// unexpired token, with `state` saying so and `warning` saying what to do.
 #[derive(Clone, Serialize, Deserialize)]
-pub struct TokenResponse {
+pub(crate) struct TokenResponse {
     /// Credential name.
-    pub name: String,
+    pub(crate) name: String,
     /// The access token.
-    pub access_token: String,
+    pub(crate) access_token: String,
     /// Token type, normally `Bearer`.
-    pub token_type: String,
+    pub(crate) token_type: String,
     /// Expiry as Unix seconds.
-    pub expires_at: i64,
+    pub(crate) expires_at: i64,
     /// Seconds until expiry.
-    pub expires_in: i64,
+    pub(crate) expires_in: i64,
     /// Granted scope, if known.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub scope: Option<String>,
+    pub(crate) scope: Option<String>,
     /// The OpenID Connect ID token, if the provider issued one.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub id_token: Option<String>,
-    /// The credential's state: `active`, `needs_reauth` or `paused`.
-    pub state: String,
+    pub(crate) id_token: Option<String>,
+    /// The credential's state.
+    pub(crate) state: CredentialState,
     /// What an operator should do, if anything.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub warning: Option<String>,
-}
-
-impl TokenResponse {
-    /// Builds the response from a view holding a valid token.
-    pub fn from_view(view: &View) -> Option<Self> {
-        let expires_at_ms = view.expires_at?;
-        Some(TokenResponse {
-            name: view.name.to_string(),
-            access_token: view.access_token.as_ref()?.expose().to_string(),
-            token_type: view.token_type.to_string(),
-            expires_at: expires_at_ms / 1000,
-            expires_in: expires_at_ms.saturating_sub(now_ms()).max(0) / 1000,
-            scope: view.scope.as_deref().map(str::to_string),
-            id_token: view
-                .notes()
-                .id_token
-                .as_ref()
-                .map(|t| t.expose().to_string()),
-            state: view.state_name().to_string(),
-            warning: view.caveat(),
-        })
-    }
+    pub(crate) warning: Option<String>,
 }
 
 /// `GET /v1/credentials[/{name}]`: state, never secrets.
@@ -82,8 +59,8 @@ pub struct CredentialStatus {
     pub name: String,
     /// Provider name.
     pub provider: String,
-    /// `active`, `needs_reauth` or `paused`.
-    pub state: String,
+    /// The credential's state.
+    pub state: CredentialState,
     /// Access-token expiry, Unix seconds.
     pub expires_at: Option<i64>,
     /// Seconds until the access token expires (negative once expired).
@@ -98,8 +75,8 @@ pub struct CredentialStatus {
     pub refreshing: bool,
     /// The last failure, or why the credential is paused.
     pub last_error: Option<String>,
-    /// Where the expiry came from: `expires_in`, `jwt_exp` or `default`.
-    pub lifetime_source: Option<String>,
+    /// Where the expiry came from.
+    pub lifetime_source: Option<LifetimeSource>,
     /// Granted scope.
     pub scope: Option<String>,
     /// Token type.
@@ -116,33 +93,6 @@ pub struct CredentialStatus {
     pub created_at: i64,
     /// When it last changed, Unix seconds.
     pub updated_at: i64,
-}
-
-impl From<&View> for CredentialStatus {
-    fn from(view: &View) -> Self {
-        let secs = |ms: i64| ms.div_euclid(1000);
-        let notes = view.notes();
-        CredentialStatus {
-            name: view.name.to_string(),
-            provider: view.provider.to_string(),
-            state: view.state_name().to_string(),
-            expires_at: view.expires_at.map(secs),
-            expires_in: view.expires_at.map(|e| secs(e.saturating_sub(now_ms()))),
-            refresh_token_expires_at: notes.refresh_expires_at.map(secs),
-            last_refresh_at: view.last_refresh_at.map(secs),
-            next_refresh_at: view.next_refresh_at.map(secs),
-            refreshing: view.refreshing,
-            last_error: notes.paused.clone().or_else(|| notes.last_error.clone()),
-            lifetime_source: view.lifetime_source.map(|s| s.as_str().to_string()),
-            scope: view.scope.as_deref().map(str::to_string),
-            token_type: view.token_type.to_string(),
-            has_refresh_token: view.has_refresh_token,
-            uncommitted: view.uncommitted,
-            warning: notes.warning.clone(),
-            created_at: secs(view.created_at),
-            updated_at: secs(view.updated_at),
-        }
-    }
 }
 
 /// `PUT /v1/credentials/{name}`:
@@ -175,40 +125,162 @@ pub struct PutCredential {
 /// ```
 #[derive(Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct ExchangeCode {
+pub(crate) struct ExchangeCode {
     /// Provider name from the configuration.
-    pub provider: String,
+    pub(crate) provider: String,
     /// The authorization code.
-    pub code: String,
+    pub(crate) code: String,
     /// The redirect URI used in the authorization request.
-    pub redirect_uri: String,
+    pub(crate) redirect_uri: String,
     /// PKCE code verifier (RFC 7636), if the authorization used PKCE.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub code_verifier: Option<String>,
+    pub(crate) code_verifier: Option<String>,
 }
 
-/// Every error: `{"error":"needs_reauth","message":"credential `mail` needs ..."}`.
+/// A credential's state, as `state` in [`TokenResponse`] and
+/// [`CredentialStatus`]: `"active"`, `"needs_reauth"` or `"paused"`.
+///
+/// ```json
+/// "needs_reauth"
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CredentialState {
+    /// Refreshed on schedule.
+    Active,
+    /// The provider rejected the grant; a human must authorize again.
+    NeedsReauth,
+    /// Refreshes are paused (e.g. its provider is misconfigured); `last_error`
+    /// says why.
+    Paused,
+}
+
+impl CredentialState {
+    /// The wire name, for tables and messages.
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            CredentialState::Active => "active",
+            CredentialState::NeedsReauth => "needs_reauth",
+            CredentialState::Paused => "paused",
+        }
+    }
+}
+
+impl fmt::Display for CredentialState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Where an access token's expiry came from, as `lifetime_source` in
+/// [`CredentialStatus`]: `"expires_in"`, `"jwt_exp"` or `"default"`.
+///
+/// ```json
+/// "jwt_exp"
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LifetimeSource {
+    /// The token response's `expires_in`.
+    ExpiresIn,
+    /// The access token is a JWT and its `exp` came first.
+    JwtExp,
+    /// Neither: the provider's configured default lifetime.
+    Default,
+}
+
+/// The query of `GET /v1/tokens/{name}`: `?min_valid=60` asks for a token
+/// valid at least that many seconds more, refreshing first if needed.
+///
+/// ```json
+/// {"min_valid":60}
+/// ```
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+pub(crate) struct TokenQuery {
+    /// Seconds the token must still be valid; none means any unexpired token.
+    pub(crate) min_valid: Option<u64>,
+}
+
+/// Every error answer:
+///
+/// ```json
+/// {"error":"needs_reauth","message":"credential `mail` needs re-authorization (...)"}
+/// ```
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ErrorBody {
-    /// Machine-readable kind, one per status (see README, "Socket API"):
-    /// `bad_request`, `unknown_provider` (400), `forbidden` (403),
-    /// `not_found` (404), `method_not_allowed` (405), `timeout` (408),
-    /// `needs_reauth` (409), `payload_too_large` (413), `internal` (500),
-    /// `exchange_failed` (502), `unavailable`, `paused`, `shutting_down` (503).
-    pub error: String,
+    /// Machine-readable kind, one per status (see README, "Socket API").
+    pub error: ErrorKind,
     /// One line for humans.
     pub message: String,
 }
 
-/// `GET /v1/health`: `{"status":"ok","credentials":3,"version":"0.1.0"}`.
+/// The `error` of an [`ErrorBody`], with its status:
+///
+/// ```json
+/// "not_found"
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    /// 400: the request is malformed.
+    BadRequest,
+    /// 400: no provider of that name is configured.
+    UnknownProvider,
+    /// 403: the caller may not do this.
+    Forbidden,
+    /// 404: no such endpoint, or no credential the caller may read.
+    NotFound,
+    /// 405: the endpoint does not take that method.
+    MethodNotAllowed,
+    /// 408: the request was not answered in time.
+    Timeout,
+    /// 409: the grant is dead; a human must authorize again.
+    NeedsReauth,
+    /// 413: the request body is too large.
+    PayloadTooLarge,
+    /// 422: `min_valid` is at or above the provider's token lifetime.
+    MinValidUnsatisfiable,
+    /// 500: something failed inside the daemon (its log says what).
+    Internal,
+    /// 502: the provider refused or failed the code exchange.
+    ExchangeFailed,
+    /// 503: no token can be had now; retry later.
+    Unavailable,
+    /// 503: the credential's refreshes are paused.
+    Paused,
+    /// 503: the daemon is stopping.
+    ShuttingDown,
+    /// Not one of tokend's kinds: an answer that is not tokend's error JSON,
+    /// or a kind from a newer daemon. The daemon never sends it.
+    #[serde(other)]
+    Other,
+}
+
+/// `GET /v1/health`:
+///
+/// ```json
+/// {"status":"ok","credentials":3,"version":"0.1.0"}
+/// ```
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Health {
     /// Always `ok` when the daemon answers.
-    pub status: String,
+    pub status: HealthStatus,
     /// Number of credentials.
     pub credentials: usize,
     /// Daemon version.
     pub version: String,
+}
+
+/// The `status` of [`Health`]:
+///
+/// ```json
+/// "ok"
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HealthStatus {
+    /// The daemon answers.
+    Ok,
 }
 
 // The types that carry secrets print fingerprints, never values, so a stray
@@ -284,11 +356,77 @@ mod tests {
             expires_in: 0,
             scope: None,
             id_token: Some("idt-very-secret".into()),
-            state: "active".into(),
+            state: CredentialState::Active,
             warning: None,
         };
         let all = format!("{put:?} {code:?} {token:?} {put:#?}");
         assert!(!all.contains("very-secret"), "{all}");
         assert!(all.contains("sha256:"));
+    }
+
+    /// The JSON string a wire enum serializes to.
+    fn name<T: Serialize>(value: &T) -> String {
+        match serde_json::to_value(value).unwrap() {
+            serde_json::Value::String(s) => s,
+            other => panic!("not a string: {other}"),
+        }
+    }
+
+    #[test]
+    fn wire_enums_keep_their_names() {
+        use CredentialState as S;
+        for (state, want) in [
+            (S::Active, "active"),
+            (S::NeedsReauth, "needs_reauth"),
+            (S::Paused, "paused"),
+        ] {
+            assert_eq!((name(&state), state.as_str()), (want.into(), want));
+        }
+        use LifetimeSource as L;
+        for (source, want) in [
+            (L::ExpiresIn, "expires_in"),
+            (L::JwtExp, "jwt_exp"),
+            (L::Default, "default"),
+        ] {
+            assert_eq!(name(&source), want);
+        }
+        use ErrorKind as K;
+        for (kind, want) in [
+            (K::BadRequest, "bad_request"),
+            (K::UnknownProvider, "unknown_provider"),
+            (K::Forbidden, "forbidden"),
+            (K::NotFound, "not_found"),
+            (K::MethodNotAllowed, "method_not_allowed"),
+            (K::Timeout, "timeout"),
+            (K::NeedsReauth, "needs_reauth"),
+            (K::PayloadTooLarge, "payload_too_large"),
+            (K::MinValidUnsatisfiable, "min_valid_unsatisfiable"),
+            (K::Internal, "internal"),
+            (K::ExchangeFailed, "exchange_failed"),
+            (K::Unavailable, "unavailable"),
+            (K::Paused, "paused"),
+            (K::ShuttingDown, "shutting_down"),
+        ] {
+            assert_eq!(name(&kind), want);
+        }
+        let health = Health {
+            status: HealthStatus::Ok,
+            credentials: 3,
+            version: "0.1.0".into(),
+        };
+        assert_eq!(
+            serde_json::to_string(&health).unwrap(),
+            r#"{"status":"ok","credentials":3,"version":"0.1.0"}"#
+        );
+    }
+
+    #[test]
+    fn an_unknown_error_kind_still_reads() {
+        let body: ErrorBody =
+            serde_json::from_str(r#"{"error":"from_the_future","message":"m"}"#).unwrap();
+        assert_eq!((body.error, body.message.as_str()), (ErrorKind::Other, "m"));
+        let body: ErrorBody =
+            serde_json::from_str(r#"{"error":"needs_reauth","message":"m"}"#).unwrap();
+        assert_eq!(body.error, ErrorKind::NeedsReauth);
     }
 }

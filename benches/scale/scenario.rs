@@ -941,7 +941,11 @@ async fn listed_names(socket: &Path, n: usize, k: usize) -> Result<usize, Error>
         .collect();
     Ok(list
         .iter()
-        .filter(|c| c.state == "active" && c.provider == PROVIDER && expected.contains(&c.name))
+        .filter(|c| {
+            c.state == tokend::api::CredentialState::Active
+                && c.provider == PROVIDER
+                && expected.contains(&c.name)
+        })
         .map(|c| c.name.as_str())
         .collect::<std::collections::HashSet<_>>()
         .len())

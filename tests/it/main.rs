@@ -12,6 +12,7 @@ mod cli_hardening;
 mod crash;
 mod crash_loop;
 mod encryption;
+mod fake_selftest;
 mod faults;
 mod hardening;
 mod journal;

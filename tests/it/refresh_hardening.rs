@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use hyper::Method;
 use serde_json::Value;
+use tokend::api::ErrorKind;
 use tokend::client::{Client, ClientError};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::Command;
@@ -110,7 +111,7 @@ async fn a_reader_cannot_force_refreshes_with_min_valid() {
     match err {
         ClientError::Api { status, body } => {
             assert_eq!(status.as_u16(), 422, "{body:?}");
-            assert_eq!(body.error, "min_valid_unsatisfiable");
+            assert_eq!(body.error, ErrorKind::MinValidUnsatisfiable);
         }
         other => panic!("{other:?}"),
     }
@@ -200,10 +201,7 @@ async fn a_revoked_grant_withholds_its_token_by_default() {
         .unwrap_err();
     match err {
         ClientError::Api { status, body } => {
-            assert_eq!(
-                (status.as_u16(), body.error.as_str()),
-                (409, "needs_reauth")
-            )
+            assert_eq!((status.as_u16(), body.error), (409, ErrorKind::NeedsReauth))
         }
         other => panic!("{other:?}"),
     }
@@ -334,7 +332,7 @@ async fn a_read_waits_at_most_read_timeout_for_a_hanging_provider() {
         .await
         .unwrap_err();
     assert!(
-        matches!(&err, ClientError::Api { status, body } if status.as_u16() == 503 && body.error == "unavailable"),
+        matches!(&err, ClientError::Api { status, body } if status.as_u16() == 503 && body.error == ErrorKind::Unavailable),
         "{err:?}"
     );
     fake.set_sticky_fault(None);

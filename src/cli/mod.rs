@@ -8,25 +8,26 @@
 //! codes and PKCE verifiers are base64url, and one in 64 begins with it.
 //! Output goes through [`outln!`], so a reader that closes the pipe early
 //! (`tokend status | head -1`) ends the command quietly with status 0.
+//!
+//! This module holds the arguments and the dispatch; `commands` the commands
+//! that talk to the socket (and `check-config`) and how they print.
 
 use std::ffi::OsString;
 use std::future::Future;
-use std::io::{self, IsTerminal, Read, Write};
+use std::io::{self, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use clap::{Parser, Subcommand};
-use hyper::Method;
 use tokio::runtime::Builder;
 
-use crate::api::{CredentialStatus, ExchangeCode, PutCredential, TokenResponse};
-use crate::client::{path_segment, Client, ClientError};
+use crate::client::Client;
 use crate::config::ConfigError;
 use crate::daemon::{self, DaemonOptions};
 use crate::logging::LogTarget;
 use crate::paths;
-use crate::token::{now_ms, Secret};
+use crate::token::Secret;
 
 /// Prints a line on stdout; a closed stdout ends the command (see [`main`]).
 macro_rules! outln {
@@ -42,22 +43,26 @@ macro_rules! errln {
     };
 }
 
+mod commands;
+
+use commands::{add, check_config, exchange, exchange_body, get, refresh, remove, status};
+
 /// tokend keeps OAuth2 access tokens fresh and hands them to local programs.
 #[derive(Debug, Parser)]
 #[command(name = "tokend", version, about)]
-pub struct Cli {
+pub(crate) struct Cli {
     /// The daemon's socket [default: $TOKEND_SOCKET, else the daemon's default
     /// path, else /run/tokend/tokend.sock if that exists].
     #[arg(long, global = true, value_name = "PATH", allow_hyphen_values = true)]
-    pub socket: Option<PathBuf>,
+    pub(crate) socket: Option<PathBuf>,
     /// What to do.
     #[command(subcommand)]
-    pub command: Command,
+    pub(crate) command: Command,
 }
 
 /// The subcommands.
 #[derive(Debug, Subcommand)]
-pub enum Command {
+pub(crate) enum Command {
     /// Run the daemon in the foreground.
     Daemon {
         /// Configuration file [default: $CONFIGURATION_DIRECTORY/config.toml or
@@ -267,33 +272,11 @@ fn run(socket: Option<PathBuf>, command: Command) -> anyhow::Result<ExitCode> {
             redirect_uri,
             code_verifier,
         } => {
-            let (code, code_verifier) = exchange_secrets(code, code_verifier)?;
-            let body = ExchangeCode {
-                provider,
-                code: code.expose().to_string(),
-                redirect_uri,
-                code_verifier: code_verifier.map(|v| v.expose().to_string()),
-            };
-            let path = format!("/v1/credentials/{}/exchange", path_segment(&name));
-            let st: CredentialStatus = client().call_blocking(Method::POST, &path, Some(&body))?;
-            report_added(&st, "created")
+            let body = exchange_body(provider, code, redirect_uri, code_verifier)?;
+            exchange(&client(), &name, &body)
         }
-        Command::Refresh { name } => {
-            let path = format!("/v1/credentials/{}/refresh", path_segment(&name));
-            let st: CredentialStatus = client().call_blocking(Method::POST, &path, None::<&()>)?;
-            outln!(
-                "{}: refreshed, expires in {}",
-                st.name,
-                human_in(st.expires_in)
-            )?;
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Remove { name } => {
-            let path = format!("/v1/credentials/{}", path_segment(&name));
-            client().call_empty_blocking(Method::DELETE, &path)?;
-            outln!("{name}: removed")?;
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::Refresh { name } => refresh(&client(), &name),
+        Command::Remove { name } => remove(&client(), &name),
         Command::CheckConfig { file } => check_config(file),
         Command::Rekey {
             config,
@@ -301,17 +284,19 @@ fn run(socket: Option<PathBuf>, command: Command) -> anyhow::Result<ExitCode> {
             key,
             new_key,
             ..
-        } => {
-            let options = daemon::RekeyOptions {
-                config,
-                database,
-                key,
-                new_key,
-            };
-            outln!("{}", run_rekey(options)?)?;
-            Ok(ExitCode::SUCCESS)
-        }
+        } => rekey(daemon::RekeyOptions {
+            config,
+            database,
+            key,
+            new_key,
+        }),
     }
+}
+
+/// `tokend rekey`: prints what was re-sealed.
+fn rekey(options: daemon::RekeyOptions) -> anyhow::Result<ExitCode> {
+    outln!("{}", run_rekey(options)?)?;
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `tokend daemon`: logs as asked, on a multi-threaded runtime.
@@ -336,265 +321,6 @@ fn block_on<T>(
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(task)
-}
-
-/// `tokend get`'s exit status when the credential needs re-authorization
-/// and its token is withheld (`on_invalid_grant = "withhold"`).
-const NEEDS_REAUTH_EXIT: u8 = 3;
-
-fn get(
-    client: &Client,
-    name: &str,
-    min_valid: Option<u64>,
-    json: bool,
-) -> anyhow::Result<ExitCode> {
-    let mut path = format!("/v1/tokens/{}", path_segment(name));
-    if let Some(secs) = min_valid {
-        path.push_str(&format!("?min_valid={secs}"));
-    }
-    let token: TokenResponse = match client.call_blocking(Method::GET, &path, None::<&()>) {
-        Ok(token) => token,
-        // Its own exit code, so a script can tell a dead grant (a human must
-        // act) from a passing failure.
-        Err(e) if e.is_needs_reauth() => {
-            errln!("tokend: {e:#}");
-            return Ok(ExitCode::from(NEEDS_REAUTH_EXIT));
-        }
-        Err(e) => return Err(e.into()),
-    };
-    if let Some(warning) = &token.warning {
-        errln!("tokend: warning: {warning}");
-    }
-    if json {
-        outln!("{}", serde_json::to_string_pretty(&token)?)?;
-    } else {
-        outln!("{}", token.access_token)?;
-    }
-    Ok(ExitCode::SUCCESS)
-}
-
-fn status(client: &Client, name: Option<&str>, json: bool) -> anyhow::Result<ExitCode> {
-    let list: Vec<CredentialStatus> = match name {
-        Some(n) => {
-            let path = format!("/v1/credentials/{}", path_segment(n));
-            vec![client.call_blocking(Method::GET, &path, None::<&()>)?]
-        }
-        None => client.call_blocking(Method::GET, "/v1/credentials", None::<&()>)?,
-    };
-    if json {
-        let out = match name {
-            Some(_) => serde_json::to_string_pretty(&list[0])?,
-            None => serde_json::to_string_pretty(&list)?,
-        };
-        outln!("{out}")?;
-    } else if list.is_empty() {
-        outln!("no credentials; add one with `tokend add NAME --provider P`")?;
-    } else {
-        emit(&status_table(&list))?;
-    }
-    Ok(ExitCode::SUCCESS)
-}
-
-/// Renders the status table.
-pub fn status_table(list: &[CredentialStatus]) -> String {
-    let header = [
-        "NAME",
-        "PROVIDER",
-        "STATE",
-        "EXPIRES IN",
-        "LAST REFRESH",
-        "LAST ERROR",
-    ];
-    let now = now_ms() / 1000;
-    let rows: Vec<[String; 6]> = list
-        .iter()
-        .map(|s| {
-            [
-                s.name.clone(),
-                s.provider.clone(),
-                s.state.clone(),
-                human_in(s.expires_in),
-                s.last_refresh_at
-                    .map_or("never".into(), |t| format!("{} ago", human(now - t))),
-                s.last_error.clone().unwrap_or_else(|| "-".into()),
-            ]
-        })
-        .collect();
-    let mut widths = header.map(str::len);
-    for row in &rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.chars().count());
-        }
-    }
-    let mut out = String::new();
-    let mut line = |cells: &[&str]| {
-        let last = cells.len() - 1;
-        for (i, cell) in cells.iter().enumerate() {
-            if i == last {
-                out.push_str(cell);
-            } else {
-                out.push_str(&format!("{cell:<width$}  ", width = widths[i]));
-            }
-        }
-        out.push('\n');
-    };
-    line(&header);
-    for row in &rows {
-        line(&row.each_ref().map(String::as_str));
-    }
-    out
-}
-
-fn human_in(secs: Option<i64>) -> String {
-    match secs {
-        None => "-".into(),
-        Some(s) if s < 0 => format!("expired {} ago", human(-s)),
-        Some(s) => human(s),
-    }
-}
-
-fn human(secs: i64) -> String {
-    match secs {
-        s if s < 60 => format!("{s}s"),
-        s if s < 3600 => format!("{}m{}s", s / 60, s % 60),
-        s if s < 86_400 => format!("{}h{}m", s / 3600, (s % 3600) / 60),
-        s => format!("{}d{}h", s / 86_400, (s % 86_400) / 3600),
-    }
-}
-
-fn add(
-    client: &Client,
-    name: &str,
-    provider: String,
-    file: Option<PathBuf>,
-) -> anyhow::Result<ExitCode> {
-    let token = match file {
-        Some(path) => std::fs::read_to_string(&path)
-            .with_context(|| format!("cannot read {}", path.display()))?,
-        None => {
-            if std::io::stdin().is_terminal() {
-                errln!("paste the refresh token, then press Enter and Ctrl-D:");
-            }
-            let mut s = String::new();
-            std::io::stdin()
-                .read_to_string(&mut s)
-                .context("cannot read the refresh token from stdin")?;
-            s
-        }
-    };
-    let token = token.trim();
-    if token.is_empty() {
-        bail!("no refresh token given: pipe it on stdin or use --refresh-token-file");
-    }
-    let body = PutCredential {
-        provider,
-        refresh_token: token.to_string(),
-        access_token: None,
-        expires_in: None,
-        scope: None,
-    };
-    let path = format!("/v1/credentials/{}", path_segment(name));
-    let st: CredentialStatus = client.call_blocking(Method::PUT, &path, Some(&body))?;
-    report_added(&st, "added")
-}
-
-fn report_added(st: &CredentialStatus, verb: &str) -> anyhow::Result<ExitCode> {
-    let usable = st.state == "active" && st.expires_in.is_some_and(|s| s > 0);
-    if usable {
-        outln!(
-            "{}: {verb} (provider {}), access token expires in {}",
-            st.name,
-            st.provider,
-            human_in(st.expires_in)
-        )?;
-        Ok(ExitCode::SUCCESS)
-    } else {
-        errln!(
-            "tokend: {}: stored, but no token yet: {} ({})",
-            st.name,
-            st.state,
-            st.last_error.as_deref().unwrap_or("no error recorded")
-        );
-        Ok(ExitCode::FAILURE)
-    }
-}
-
-/// The code and verifier of `tokend exchange`: from the options, else from
-/// stdin, the code on the first line and the verifier on the second.
-fn exchange_secrets(
-    code: Option<Secret>,
-    verifier: Option<Secret>,
-) -> anyhow::Result<(Secret, Option<Secret>)> {
-    if let Some(code) = code {
-        return Ok((code, verifier));
-    }
-    if io::stdin().is_terminal() {
-        errln!("paste the authorization code, and on a second line the PKCE code verifier if the authorization used PKCE, then press Enter and Ctrl-D:");
-    }
-    let mut text = String::new();
-    io::stdin()
-        .read_to_string(&mut text)
-        .context("cannot read the authorization code from stdin")?;
-    let (code, from_stdin) = split_code_input(&text)?;
-    match (from_stdin, verifier) {
-        (Some(_), Some(_)) => {
-            bail!("two PKCE code verifiers given, on stdin and with --code-verifier; give one")
-        }
-        (v, given) => Ok((code, v.or(given))),
-    }
-}
-
-/// Splits `tokend exchange`'s stdin: the code, then the verifier if present.
-fn split_code_input(text: &str) -> anyhow::Result<(Secret, Option<Secret>)> {
-    let mut lines = text.lines().map(str::trim);
-    let code = lines.next().unwrap_or_default();
-    let verifier = lines.next().filter(|v| !v.is_empty());
-    if code.is_empty() {
-        bail!("no authorization code given: pipe it on stdin (the PKCE verifier, if any, on a second line) or use --code");
-    }
-    if lines.any(|l| !l.is_empty()) {
-        bail!("stdin holds more than two lines: give the authorization code on the first and the PKCE code verifier, if any, on the second");
-    }
-    Ok((Secret::new(code), verifier.map(Secret::new)))
-}
-
-fn check_config(file: Option<PathBuf>) -> anyhow::Result<ExitCode> {
-    let path = file.unwrap_or_else(paths::default_config);
-    // The daemon's own loading, file checks included: what passes here, the
-    // daemon accepts.
-    let options = DaemonOptions {
-        config: Some(path.clone()),
-        ..DaemonOptions::default()
-    };
-    match daemon::load(&options) {
-        Ok((cfg, _)) => {
-            let names: Vec<_> = cfg.providers.keys().map(String::as_str).collect();
-            outln!(
-                "{}: ok, {} provider(s){}{}",
-                path.display(),
-                names.len(),
-                if names.is_empty() { "" } else { ": " },
-                names.join(", ")
-            )?;
-            Ok(ExitCode::SUCCESS)
-        }
-        Err(e) => match e.downcast_ref::<ConfigError>() {
-            Some(ConfigError::Invalid(errors)) => {
-                errln!("{errors}");
-                errln!("{}: {} problem(s)", path.display(), errors.problems.len());
-                Ok(ExitCode::from(2))
-            }
-            _ => Err(e),
-        },
-    }
-}
-
-/// `ClientError` carries the daemon's own one-line message; keep it unadorned.
-impl ClientError {
-    /// Whether the daemon answered "needs re-authorization".
-    pub fn is_needs_reauth(&self) -> bool {
-        matches!(self, ClientError::Api { body, .. } if body.error == "needs_reauth")
-    }
 }
 
 #[cfg(test)]
@@ -661,6 +387,10 @@ mod tests {
         );
         assert_eq!(code.as_ref().map(Secret::expose), Some("-tABC"));
         assert_eq!(code_verifier.as_ref().map(Secret::expose), Some("--v-"));
+    }
+
+    #[test]
+    fn hyphen_led_names_parse_as_names() {
         for (args, want) in [
             (&["tokend", "get", "-tABC"][..], "-tABC"),
             (&["tokend", "get", "--json", "-x"], "-x"),
@@ -678,7 +408,10 @@ mod tests {
             };
             assert_eq!(name, want, "{args:?}");
         }
-        // Known flags stay flags.
+    }
+
+    #[test]
+    fn known_flags_stay_flags() {
         assert!(Cli::try_parse_from(argv(&["tokend", "get", "x", "--json"])).is_ok());
         let cli = Cli::try_parse_from(argv(&["tokend", "status", "--json"])).unwrap();
         assert!(matches!(
@@ -688,20 +421,6 @@ mod tests {
                 json: true
             }
         ));
-    }
-
-    #[test]
-    fn exchange_stdin_holds_the_code_then_the_verifier() {
-        let (code, verifier) = split_code_input("-tABC\n").unwrap();
-        assert_eq!((code.expose(), verifier), ("-tABC", None));
-        let (code, verifier) = split_code_input("-tABC\r\n-v~.\n\n").unwrap();
-        assert_eq!(
-            (code.expose(), verifier.as_ref().map(Secret::expose)),
-            ("-tABC", Some("-v~."))
-        );
-        for bad in ["", "\n", "a\nb\nc\n", "a\n\nc"] {
-            assert!(split_code_input(bad).is_err(), "{bad:?}");
-        }
     }
 
     #[test]

@@ -1,0 +1,39 @@
+//! HTTP/1.1 + JSON over a Unix socket (axum routes served by hyper).
+//!
+//! - `socket`: the socket file (refuses to start over a live daemon,
+//!   replaces a stale socket, mode 0660, removed on drop).
+//! - `accept`: the accept loop and its limits (connection caps, head timeout
+//!   and size), and the kernel-attested `Peer` on every connection.
+//! - `routes`: the router and its handlers, with the authorization checks.
+//! - `error`: each [`RefreshError`](crate::refresh::RefreshError) to one
+//!   status, and every error answer, axum's and tower's too, to
+//!   `{"error": kind, "message": ...}`.
+//! - `convert`: the refresher's views to the wire types of `api`.
+//!
+//! Bodies are capped at [`MAX_BODY_BYTES`], and a request is answered (or
+//! cut with 408) within [`REQUEST_TIMEOUT`].
+
+use std::time::Duration;
+
+mod accept;
+mod convert;
+mod error;
+mod routes;
+mod socket;
+
+pub(crate) use accept::serve;
+pub(crate) use routes::router;
+pub(crate) use socket::{bind, SocketFile};
+
+/// Most connections served at once; further ones are closed at once.
+pub(crate) const MAX_CONNECTIONS: usize = 4096;
+/// A request head (line and headers) must arrive within this.
+pub(crate) const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest request head.
+pub(crate) const MAX_HEAD_BYTES: usize = 16 * 1024;
+/// Largest request body.
+pub(crate) const MAX_BODY_BYTES: usize = 64 * 1024;
+/// Longest time to answer one request (a token wait is bounded below this).
+pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(75);
+/// Longest access-token lifetime a client may state when adding a credential.
+pub(crate) const MAX_EXPIRES_IN_SECS: u64 = 365 * 24 * 3600;

@@ -1,0 +1,347 @@
+//! The routes and their handlers. Every handler except `/v1/health` checks
+//! the caller against `access::Policy` before it looks at anything else:
+//! admin-only routes in a route layer ([`require_admin`]), before the body
+//! is read, so a caller who may not change anything cannot hold a request
+//! open; read handlers with [`authorize_read`], so an unreadable credential
+//! answers as a missing one to non-admins.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::rejection::RawPathParamsRejection;
+use axum::extract::{
+    DefaultBodyLimit, Extension, Path as UrlPath, Query, RawPathParams, Request, State,
+};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post, put, MethodRouter};
+use axum::{Json, Router};
+use serde::de::DeserializeOwned;
+
+use super::convert::{credential_status, token_response};
+use super::error::{json_errors, ApiError, ApiResult};
+use super::{MAX_BODY_BYTES, MAX_EXPIRES_IN_SECS, REQUEST_TIMEOUT};
+use crate::access::Peer;
+use crate::api::{
+    CredentialStatus, ErrorKind, ExchangeCode, Health, HealthStatus, PutCredential, TokenQuery,
+};
+use crate::event;
+use crate::events::Kind;
+use crate::refresh::{ExchangeRequest, NewCredential, RefreshError, RefresherHandle};
+use crate::token::Secret;
+
+/// The caller, attached to every request by `serve`.
+type Caller = Extension<Arc<Peer>>;
+
+/// The API router.
+pub(crate) fn router(handle: RefresherHandle) -> Router {
+    let admin = |what: &'static str, route: MethodRouter<RefresherHandle>| {
+        route.route_layer(middleware::from_fn_with_state(
+            AdminGate {
+                handle: handle.clone(),
+                what,
+            },
+            require_admin,
+        ))
+    };
+    Router::new()
+        .route("/v1/health", get(health))
+        .route("/v1/tokens/{name}", get(get_token))
+        .route("/v1/credentials", get(list_credentials))
+        .route(
+            "/v1/credentials/{name}",
+            get(get_credential)
+                .merge(admin("add credentials", put(put_credential)))
+                .merge(admin("remove credentials", delete(delete_credential))),
+        )
+        .route(
+            "/v1/credentials/{name}/exchange",
+            admin("add credentials", post(exchange)),
+        )
+        .route(
+            "/v1/credentials/{name}/refresh",
+            admin("refresh credentials", post(refresh)),
+        )
+        .fallback(|| async {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                ErrorKind::NotFound,
+                "no such endpoint; see README for the API",
+            )
+        })
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            REQUEST_TIMEOUT,
+        ))
+        .layer(middleware::map_response(json_errors))
+        .with_state(handle)
+}
+
+/// What an admin-only route does, for [`require_admin`]'s refusal.
+#[derive(Clone)]
+struct AdminGate {
+    handle: RefresherHandle,
+    what: &'static str,
+}
+
+/// Refuses a caller who is not an administrator before the handler runs,
+/// and so before the request body is read.
+async fn require_admin(
+    State(gate): State<AdminGate>,
+    Extension(peer): Caller,
+    params: Result<RawPathParams, RawPathParamsRejection>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let name = params.ok().and_then(|p| {
+        p.iter()
+            .find(|(key, _)| *key == "name")
+            .map(|(_, value)| value.to_string())
+    });
+    match authorize_admin(&gate.handle, &peer, gate.what, name.as_deref()) {
+        Ok(()) => next.run(req).await,
+        Err(e) => e.into_response(),
+    }
+}
+
+fn forbidden(peer: &Peer, what: &str, credential: Option<&str>, message: String) -> ApiError {
+    // Any socket user can be refused at will: log at a bounded rate per uid.
+    let verdict = crate::events::limit(crate::events::Noisy::AccessDenied, peer.uid);
+    if let crate::events::Verdict::Log { suppressed } = verdict {
+        event!(
+            warn,
+            Kind::AccessDenied,
+            tokend_credential = credential.unwrap_or("-"),
+            tokend_peer_uid = peer.uid,
+            tokend_peer_pid = peer.pid.unwrap_or(0),
+            tokend_peer_unit = peer.unit.as_ref().map_or("-".into(), |u| u.rule()),
+            tokend_operation = what,
+            tokend_suppressed = suppressed,
+            tokend_reason = %message,
+            "access denied"
+        );
+    }
+    ApiError::new(StatusCode::FORBIDDEN, ErrorKind::Forbidden, message)
+}
+
+/// The caller may read this credential's token or state. To anyone but an
+/// administrator, a credential they may not read answers exactly as a
+/// missing one, so names cannot be probed; the denial is still logged.
+fn authorize_read(h: &RefresherHandle, peer: &Peer, name: &str) -> ApiResult<()> {
+    let policy = h.policy();
+    let hidden = || {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            ErrorKind::NotFound,
+            format!("no credential named `{name}` that you may read"),
+        )
+    };
+    let Some(view) = h.view(name) else {
+        return Err(if policy.is_admin(peer) {
+            RefreshError::NotFound(name.to_string()).into()
+        } else {
+            hidden()
+        });
+    };
+    policy.may_read(peer, &view.readers).map_err(|m| {
+        // Logs the denial; the caller gets the missing credential's answer.
+        let _logged = forbidden(peer, "read", Some(name), m);
+        hidden()
+    })
+}
+
+/// The caller may change credentials or see all of them.
+fn authorize_admin(
+    h: &RefresherHandle,
+    peer: &Peer,
+    what: &str,
+    name: Option<&str>,
+) -> ApiResult<()> {
+    let policy = h.policy();
+    if policy.is_admin(peer) {
+        return Ok(());
+    }
+    let group = policy.admin_gid.map_or(String::new(), |g| {
+        format!(", members of group {g} (admin_group)")
+    });
+    Err(forbidden(
+        peer,
+        what,
+        name,
+        format!(
+            "{} may not {what}: only root, the daemon's uid {}{group} may",
+            peer.describe(),
+            policy.daemon_uid
+        ),
+    ))
+}
+
+async fn health(State(h): State<RefresherHandle>) -> Json<Health> {
+    Json(Health {
+        status: HealthStatus::Ok,
+        credentials: h.len(),
+        version: env!("CARGO_PKG_VERSION").into(),
+    })
+}
+
+async fn get_token(
+    State(h): State<RefresherHandle>,
+    Extension(peer): Caller,
+    UrlPath(name): UrlPath<String>,
+    Query(q): Query<TokenQuery>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    authorize_read(&h, &peer, &name)?;
+    let view = h
+        .token(&name, Duration::from_secs(q.min_valid.unwrap_or(0)))
+        .await?;
+    let token = token_response(&view).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorKind::Unavailable,
+            "no token held",
+        )
+    })?;
+    if wants_text(&headers) {
+        let mut resp = format!("{}\n", token.access_token).into_response();
+        resp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            header::HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        return Ok(resp);
+    }
+    Ok(Json(token).into_response())
+}
+
+/// `Accept: text/plain` (without JSON also being acceptable) asks for the bare token.
+fn wants_text(headers: &HeaderMap) -> bool {
+    let accept = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    accept.contains("text/plain") && !accept.contains("application/json")
+}
+
+/// Administrators see every credential; anyone else those they may read.
+async fn list_credentials(
+    State(h): State<RefresherHandle>,
+    Extension(peer): Caller,
+) -> Json<Vec<CredentialStatus>> {
+    let policy = h.policy();
+    Json(
+        h.list()
+            .iter()
+            .filter(|v| policy.may_read(&peer, &v.readers).is_ok())
+            .map(|v| credential_status(v))
+            .collect(),
+    )
+}
+
+async fn get_credential(
+    State(h): State<RefresherHandle>,
+    Extension(peer): Caller,
+    UrlPath(name): UrlPath<String>,
+) -> ApiResult<Json<CredentialStatus>> {
+    authorize_read(&h, &peer, &name)?;
+    let view = h.view(&name).ok_or(RefreshError::NotFound(name))?;
+    Ok(Json(credential_status(&view)))
+}
+
+fn parse_body<T: DeserializeOwned>(body: &Bytes) -> ApiResult<T> {
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
+}
+
+/// Credential names become path segments, log fields and CLI arguments.
+fn check_name(name: &str) -> ApiResult<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 128
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.@".contains(c));
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request(
+            "credential names are 1-128 characters of letters, digits, '-', '_', '.' and '@'",
+        ))
+    }
+}
+
+/// Admin-only: behind [`require_admin`].
+async fn put_credential(
+    State(h): State<RefresherHandle>,
+    UrlPath(name): UrlPath<String>,
+    body: Bytes,
+) -> ApiResult<(StatusCode, Json<CredentialStatus>)> {
+    check_name(&name)?;
+    let req: PutCredential = parse_body(&body)?;
+    if req.refresh_token.trim().is_empty() {
+        return Err(ApiError::bad_request("refresh_token is empty"));
+    }
+    let access_token = match (req.access_token, req.expires_in) {
+        (Some(_), Some(secs)) if secs > MAX_EXPIRES_IN_SECS => {
+            return Err(ApiError::bad_request(format!(
+                "expires_in must be at most {MAX_EXPIRES_IN_SECS} seconds (one year)"
+            )))
+        }
+        (Some(t), Some(secs)) => Some((Secret::new(t), secs)),
+        (None, None) => None,
+        _ => {
+            return Err(ApiError::bad_request(
+                "give access_token and expires_in together",
+            ))
+        }
+    };
+    let view = h
+        .put(NewCredential {
+            name,
+            provider: req.provider,
+            refresh_token: Secret::new(req.refresh_token.trim()),
+            access_token,
+            scope: req.scope,
+        })
+        .await?;
+    Ok((StatusCode::CREATED, Json(credential_status(&view))))
+}
+
+/// Admin-only: behind [`require_admin`].
+async fn exchange(
+    State(h): State<RefresherHandle>,
+    UrlPath(name): UrlPath<String>,
+    body: Bytes,
+) -> ApiResult<(StatusCode, Json<CredentialStatus>)> {
+    check_name(&name)?;
+    let req: ExchangeCode = parse_body(&body)?;
+    let view = h
+        .exchange(ExchangeRequest {
+            name,
+            provider: req.provider,
+            code: Secret::new(req.code),
+            redirect_uri: req.redirect_uri,
+            code_verifier: req.code_verifier.map(Secret::new),
+        })
+        .await?;
+    Ok((StatusCode::CREATED, Json(credential_status(&view))))
+}
+
+/// Admin-only: behind [`require_admin`].
+async fn refresh(
+    State(h): State<RefresherHandle>,
+    UrlPath(name): UrlPath<String>,
+) -> ApiResult<Json<CredentialStatus>> {
+    let view = h.refresh_now(&name).await?;
+    Ok(Json(credential_status(&view)))
+}
+
+/// Admin-only: behind [`require_admin`].
+async fn delete_credential(
+    State(h): State<RefresherHandle>,
+    UrlPath(name): UrlPath<String>,
+) -> ApiResult<StatusCode> {
+    h.remove(&name).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
