@@ -3,22 +3,22 @@
 
 #![warn(missing_docs)]
 
-pub mod access;
+pub(crate) mod access;
 pub mod api;
 pub mod cli;
 pub mod client;
 pub mod config;
 pub mod credential;
-pub mod daemon;
+pub(crate) mod daemon;
 pub mod events;
 pub(crate) mod fsguard;
-pub mod logging;
-pub mod paths;
+pub(crate) mod logging;
+pub(crate) mod paths;
 pub mod provider;
 pub mod refresh;
-pub mod seal;
-pub mod server;
+pub(crate) mod seal;
+pub(crate) mod server;
 pub mod store;
-pub mod systemd;
+pub(crate) mod systemd;
 pub mod token;
 pub(crate) mod uidcap;

@@ -109,6 +109,7 @@ impl Key {
     }
 
     /// A fresh random key (tests, and nothing else: keys belong in files).
+    #[cfg(test)]
     pub fn random() -> Key {
         let mut bytes = [0u8; 32];
         rand::fill(&mut bytes);
