@@ -56,7 +56,7 @@ impl TokenResponse {
             expires_in: expires_at_ms.saturating_sub(now_ms()).max(0) / 1000,
             scope: view.scope.as_deref().map(str::to_string),
             id_token: view
-                .notes()
+                .extras()
                 .id_token
                 .as_ref()
                 .map(|t| t.expose().to_string()),
@@ -121,24 +121,24 @@ pub struct CredentialStatus {
 impl From<&View> for CredentialStatus {
     fn from(view: &View) -> Self {
         let secs = |ms: i64| ms.div_euclid(1000);
-        let notes = view.notes();
+        let extras = view.extras();
         CredentialStatus {
             name: view.name.to_string(),
             provider: view.provider.to_string(),
             state: view.state_name().to_string(),
             expires_at: view.expires_at.map(secs),
             expires_in: view.expires_at.map(|e| secs(e.saturating_sub(now_ms()))),
-            refresh_token_expires_at: notes.refresh_expires_at.map(secs),
+            refresh_token_expires_at: extras.refresh_expires_at.map(secs),
             last_refresh_at: view.last_refresh_at.map(secs),
             next_refresh_at: view.next_refresh_at.map(secs),
             refreshing: view.refreshing,
-            last_error: notes.paused.clone().or_else(|| notes.last_error.clone()),
+            last_error: extras.paused.clone().or_else(|| extras.last_error.clone()),
             lifetime_source: view.lifetime_source.map(|s| s.as_str().to_string()),
             scope: view.scope.as_deref().map(str::to_string),
             token_type: view.token_type.to_string(),
             has_refresh_token: view.has_refresh_token,
             uncommitted: view.uncommitted,
-            warning: notes.warning.clone(),
+            warning: extras.warning.clone(),
             created_at: secs(view.created_at),
             updated_at: secs(view.updated_at),
         }
