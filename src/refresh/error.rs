@@ -8,7 +8,7 @@ use crate::store::StoreError;
 
 /// Why a token or credential operation failed; the API maps each to a status.
 #[derive(Debug, thiserror::Error)]
-pub enum RefreshError {
+pub(crate) enum RefreshError {
     /// No such credential.
     #[error("no credential named `{0}`; see `tokend status` for the list")]
     NotFound(String),
@@ -72,4 +72,3 @@ pub enum RefreshError {
     #[error("tokend is shutting down")]
     ShuttingDown,
 }
-

@@ -62,7 +62,7 @@ fn read_timeout_ms(config: &Config) -> u64 {
 
 impl RefresherHandle {
     /// Who administers (as of the last configuration load).
-    pub fn policy(&self) -> Policy {
+    pub(crate) fn policy(&self) -> Policy {
         self.settings
             .policy
             .read()
@@ -71,12 +71,12 @@ impl RefresherHandle {
     }
 
     /// The current view of one credential, without asking the owner.
-    pub fn view(&self, name: &str) -> Option<Arc<View>> {
+    pub(crate) fn view(&self, name: &str) -> Option<Arc<View>> {
         self.published.get(name).map(|v| Arc::clone(v.value()))
     }
 
     /// Every credential's view, by name.
-    pub fn list(&self) -> Vec<Arc<View>> {
+    pub(crate) fn list(&self) -> Vec<Arc<View>> {
         let mut all: Vec<_> = self
             .published
             .iter()
@@ -87,7 +87,7 @@ impl RefresherHandle {
     }
 
     /// The status line, from every published view (one pass, no sorting).
-    pub fn summary(&self) -> String {
+    pub(crate) fn summary(&self) -> String {
         let views: Vec<Arc<View>> = self
             .published
             .iter()
@@ -97,20 +97,19 @@ impl RefresherHandle {
     }
 
     /// Number of credentials.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.published.len()
-    }
-
-    /// Whether there are no credentials.
-    pub fn is_empty(&self) -> bool {
-        self.published.is_empty()
     }
 
     /// A token valid for at least `min_valid`. Served from the published view
     /// when it is fresh enough; otherwise the owner refreshes first (joining a
     /// refresh already in flight or scheduled) if its schedule allows, and
     /// the caller waits at most `daemon.read_timeout` for it.
-    pub async fn token(&self, name: &str, min_valid: Duration) -> Result<Arc<View>, RefreshError> {
+    pub(crate) async fn token(
+        &self,
+        name: &str,
+        min_valid: Duration,
+    ) -> Result<Arc<View>, RefreshError> {
         let min_valid_ms = duration_ms(min_valid);
         if let Some(view) = self.view(name) {
             if view.valid_token(now_ms(), min_valid_ms).is_some() {
@@ -143,7 +142,7 @@ impl RefresherHandle {
 
     /// Refreshes now, even a credential that needs re-authorization or is
     /// paused, and reports the outcome.
-    pub async fn refresh_now(&self, name: &str) -> Result<Arc<View>, RefreshError> {
+    pub(crate) async fn refresh_now(&self, name: &str) -> Result<Arc<View>, RefreshError> {
         self.ask(|reply| Command::RefreshNow {
             name: name.to_string(),
             reply,
@@ -152,24 +151,24 @@ impl RefresherHandle {
     }
 
     /// Adds or replaces a credential and waits for its first refresh attempt.
-    pub async fn put(&self, new: NewCredential) -> Result<Arc<View>, RefreshError> {
+    pub(crate) async fn put(&self, new: NewCredential) -> Result<Arc<View>, RefreshError> {
         self.ask(|reply| Command::Put { new, reply }).await
     }
 
     /// Creates a credential from an authorization code.
-    pub async fn exchange(&self, req: ExchangeRequest) -> Result<Arc<View>, RefreshError> {
+    pub(crate) async fn exchange(&self, req: ExchangeRequest) -> Result<Arc<View>, RefreshError> {
         self.ask(|reply| Command::Exchange { req, reply }).await
     }
 
     /// Applies a new, already validated configuration: changed providers take
     /// effect at once, credentials of a removed provider pause, paused ones
     /// whose provider is back (or fixed) resume. Tokens are untouched.
-    pub async fn reload(&self, config: Arc<Config>) -> Result<(), RefreshError> {
+    pub(crate) async fn reload(&self, config: Arc<Config>) -> Result<(), RefreshError> {
         self.ask(|reply| Command::Reload { config, reply }).await
     }
 
     /// Deletes a credential.
-    pub async fn remove(&self, name: &str) -> Result<(), RefreshError> {
+    pub(crate) async fn remove(&self, name: &str) -> Result<(), RefreshError> {
         self.ask(|reply| Command::Remove {
             name: name.to_string(),
             reply,
@@ -193,4 +192,3 @@ impl RefresherHandle {
         }
     }
 }
-

@@ -43,7 +43,6 @@ mod waiter;
 #[cfg(test)]
 mod tests;
 
-
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -52,9 +51,9 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-pub use error::RefreshError;
+pub(crate) use error::RefreshError;
 pub use handle::RefresherHandle;
-pub use request::{ExchangeRequest, NewCredential};
+pub(crate) use request::{ExchangeRequest, NewCredential};
 pub use view::View;
 
 use crate::access::Grant;
@@ -76,6 +75,7 @@ use waiter::Waiter;
 
 /// Results reported to the owner by the tasks it started.
 enum Report {
+    /// A job for a slot ended.
     Job {
         slot: u32,
         generation: i64,
@@ -83,6 +83,7 @@ enum Report {
         ticket: Option<Ticket>,
         outcome: Outcome,
     },
+    /// A code exchange ended; the owner stores what it produced.
     Exchanged {
         name: String,
         result: Result<Credential, Failure>,
@@ -129,7 +130,7 @@ impl Clock {
 }
 
 /// The owner task's state.
-pub struct Refresher {
+pub(crate) struct Refresher {
     config: Arc<Config>,
     store: Store,
     commits: GroupCommit,
@@ -156,7 +157,7 @@ impl Refresher {
     /// Builds the owner from the stored credentials (streamed from `store`)
     /// and returns it with its handle. Call [`Refresher::run`] on a task of
     /// its own.
-    pub async fn load(
+    pub(crate) async fn load(
         config: Arc<Config>,
         store: Store,
         commits: GroupCommit,
@@ -260,7 +261,7 @@ impl Refresher {
     /// This loop also pets the systemd watchdog: if it hangs, the pings stop
     /// and systemd restarts the daemon. When nothing changes it wakes only
     /// for the next refresh, the watchdog, or the 60 s clock check.
-    pub async fn run(mut self) {
+    pub(crate) async fn run(mut self) {
         let mut watchdog = crate::systemd::watchdog_interval().map(tokio::time::interval);
         let mut status = tokio::time::interval(Duration::from_secs(1));
         status.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

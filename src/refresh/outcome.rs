@@ -24,7 +24,11 @@ impl Refresher {
     /// Applies a job's outcome, unless the credential was replaced or
     /// removed since the job started.
     pub(super) fn on_job_done(&mut self, id: u32, generation: i64, outcome: Outcome) {
-        if self.slots.get(id).is_none_or(|s| s.generation != generation) {
+        if self
+            .slots
+            .get(id)
+            .is_none_or(|s| s.generation != generation)
+        {
             return;
         }
         let now = self.now();
@@ -139,8 +143,7 @@ impl Refresher {
             return;
         };
         if let (Some(ra), FailureKind::Transient) = (failure.retry_after, failure.kind) {
-            self.admission
-                .block(&old.provider, blocked_until(now, ra));
+            self.admission.block(&old.provider, blocked_until(now, ra));
         }
         let mut view = (*old).clone();
         view.refreshing = false;

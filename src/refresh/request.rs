@@ -11,32 +11,32 @@ use crate::token::Secret;
 
 /// A new credential from a refresh token (`PUT /v1/credentials/{name}`).
 #[derive(Debug, Clone)]
-pub struct NewCredential {
+pub(crate) struct NewCredential {
     /// Credential name.
-    pub name: String,
+    pub(crate) name: String,
     /// Provider name.
-    pub provider: String,
+    pub(crate) provider: String,
     /// The refresh token.
-    pub refresh_token: Secret,
+    pub(crate) refresh_token: Secret,
     /// A current access token and its lifetime in seconds, if the caller has one.
-    pub access_token: Option<(Secret, u64)>,
+    pub(crate) access_token: Option<(Secret, u64)>,
     /// Scope, if known.
-    pub scope: Option<String>,
+    pub(crate) scope: Option<String>,
 }
 
 /// A new credential from an authorization code.
 #[derive(Debug, Clone)]
-pub struct ExchangeRequest {
+pub(crate) struct ExchangeRequest {
     /// Credential name.
-    pub name: String,
+    pub(crate) name: String,
     /// Provider name.
-    pub provider: String,
+    pub(crate) provider: String,
     /// The authorization code.
-    pub code: Secret,
+    pub(crate) code: Secret,
     /// The redirect URI of the authorization request.
-    pub redirect_uri: String,
+    pub(crate) redirect_uri: String,
     /// PKCE verifier, if used.
-    pub code_verifier: Option<Secret>,
+    pub(crate) code_verifier: Option<Secret>,
 }
 
 /// Where the owner sends its answer to one request.
@@ -44,30 +44,32 @@ pub(crate) type Reply<T> = oneshot::Sender<Result<T, RefreshError>>;
 
 /// Requests to the owner.
 pub(crate) enum Command {
+    /// A token valid for at least `min_valid_ms` ([`super::RefresherHandle::token`]).
     Ensure {
         name: String,
         min_valid_ms: i64,
         reply: Reply<Arc<View>>,
     },
+    /// Refresh now, whatever the state ([`super::RefresherHandle::refresh_now`]).
     RefreshNow {
         name: String,
         reply: Reply<Arc<View>>,
     },
+    /// Add or replace a credential, then wait for its first attempt.
     Put {
         new: NewCredential,
         reply: Reply<Arc<View>>,
     },
+    /// Create a credential from an authorization code.
     Exchange {
         req: ExchangeRequest,
         reply: Reply<Arc<View>>,
     },
-    Remove {
-        name: String,
-        reply: Reply<()>,
-    },
+    /// Delete a credential.
+    Remove { name: String, reply: Reply<()> },
+    /// Apply a new, validated configuration.
     Reload {
         config: Arc<crate::config::Config>,
         reply: Reply<()>,
     },
 }
-

@@ -18,7 +18,6 @@ pub(super) enum Launch {
     /// Only recorded, for tests that play the jobs' part themselves.
     #[cfg(test)]
     Record(tokio::sync::mpsc::UnboundedSender<super::tests::Started>),
-
 }
 
 impl Refresher {
@@ -220,9 +219,7 @@ impl Refresher {
 
     /// Starts a code exchange, which the caller made sure has room.
     pub(super) fn launch_exchange(&mut self, x: ExchangeStart) {
-        let ticket = self
-            .admission
-            .admit(&Arc::from(x.provider.name.as_str()));
+        let ticket = self.admission.admit(&Arc::from(x.provider.name.as_str()));
         let client = self.client.clone();
         let reports = self.reports_tx.clone();
         self.tasks.spawn(async move {

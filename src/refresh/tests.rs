@@ -78,7 +78,12 @@ async fn harness(config: Arc<Config>, creds: &[Credential]) -> Harness {
     let commits = GroupCommit::start(store.clone(), 8);
     let cancel = CancellationToken::new();
     let (tx, started) = mpsc::unbounded_channel();
-    let parts = (store, commits, ProviderClient::new().unwrap(), cancel.clone());
+    let parts = (
+        store,
+        commits,
+        ProviderClient::new().unwrap(),
+        cancel.clone(),
+    );
     let launch = start::Launch::Record(tx);
     let (mut r, handle) = Refresher::load_with(config, parts, Clock::Fixed(T0), launch)
         .await
@@ -109,7 +114,9 @@ impl Harness {
     /// The next job started within `within`, if any: its credential and
     /// time since `T0`.
     async fn next(&mut self, within: Duration) -> Option<(String, i64, Started)> {
-        let s = tokio::time::timeout(within, self.started.recv()).await.ok()??;
+        let s = tokio::time::timeout(within, self.started.recv())
+            .await
+            .ok()??;
         Some((self.names[s.slot as usize].clone(), s.at - T0, s))
     }
 
@@ -171,7 +178,10 @@ fn transient(retry_after: Option<Duration>) -> Outcome {
 /// tokio's timer counts whole milliseconds and rounds a deadline up, so it
 /// may wake one millisecond late, never early.
 fn assert_woken_at(at: i64, expected: i64) {
-    assert!((expected..=expected + 1).contains(&at), "woken at {at}, not {expected}");
+    assert!(
+        (expected..=expected + 1).contains(&at),
+        "woken at {at}, not {expected}"
+    );
 }
 
 fn names(started: &[(String, Started)]) -> Vec<&str> {
@@ -286,7 +296,10 @@ async fn a_read_that_needs_a_refresh_goes_before_the_scheduled_queue() {
     let (first, _, s) = h.next(Duration::from_secs(1)).await.unwrap();
     let handle = h.handle.clone();
     let read = tokio::spawn(async move { handle.token("d", Duration::from_secs(3_595)).await });
-    assert!(h.next(Duration::from_secs(1)).await.is_none(), "no room yet");
+    assert!(
+        h.next(Duration::from_secs(1)).await.is_none(),
+        "no room yet"
+    );
     h.refreshed(&first, s, T0);
     let (name, _, s) = h.next(Duration::from_secs(1)).await.unwrap();
     assert_eq!(name, "d");
@@ -307,9 +320,14 @@ async fn a_panicking_job_releases_its_credential_and_counts() {
     let commits = GroupCommit::start(store.clone(), 8);
     let client = ProviderClient::new().unwrap();
     let parts = (store, commits, client, CancellationToken::new());
-    let (mut r, _handle) = Refresher::load_with(config("", &[("p", 1)]), parts, Clock::Wall, start::Launch::Spawn)
-        .await
-        .unwrap();
+    let (mut r, _handle) = Refresher::load_with(
+        config("", &[("p", 1)]),
+        parts,
+        Clock::Wall,
+        start::Launch::Spawn,
+    )
+    .await
+    .unwrap();
     let id = r.slots.id_of("c").unwrap();
     job::PANIC_NEXT_JOB.store(true, std::sync::atomic::Ordering::SeqCst);
     r.start_job(id, job::JobKind::Refresh, r.now());

@@ -15,7 +15,9 @@ pub(crate) const MAX_SLEEP_MS: i64 = 60_000;
 
 /// How long the run loop may sleep at `now` before the wake-up at `next`.
 pub(crate) fn sleep_ms(next: Option<i64>, now: i64) -> i64 {
-    next.map_or(MAX_SLEEP_MS, |at| at.saturating_sub(now).clamp(0, MAX_SLEEP_MS))
+    next.map_or(MAX_SLEEP_MS, |at| {
+        at.saturating_sub(now).clamp(0, MAX_SLEEP_MS)
+    })
 }
 
 /// When a credential should next be refreshed, or `now` if it holds no
@@ -276,15 +278,24 @@ mod tests {
         assert_eq!(failure_retry_at(now, 0, LIMITS, 0.0, None, None), now + 500);
         // A token expiring in 3 s is retried at its expiry, not after it.
         let exp = Some(now + 3_000);
-        assert_eq!(failure_retry_at(now, 5, LIMITS, 1.0, exp, None), now + 3_000);
+        assert_eq!(
+            failure_retry_at(now, 5, LIMITS, 1.0, exp, None),
+            now + 3_000
+        );
         // An expired token does not pull the retry into the past.
         let gone = Some(now - 1);
-        assert_eq!(failure_retry_at(now, 5, LIMITS, 1.0, gone, None), now + 32_000);
+        assert_eq!(
+            failure_retry_at(now, 5, LIMITS, 1.0, gone, None),
+            now + 32_000
+        );
         // Retry-After wins over both.
         let ra = Some(Duration::from_secs(90));
         assert_eq!(failure_retry_at(now, 0, LIMITS, 1.0, exp, ra), now + 90_000);
         assert_eq!(blocked_until(now, Duration::from_secs(90)), now + 90_000);
-        assert_eq!(failure_retry_at(i64::MAX, 40, LIMITS, 1.0, None, ra), i64::MAX);
+        assert_eq!(
+            failure_retry_at(i64::MAX, 40, LIMITS, 1.0, None, ra),
+            i64::MAX
+        );
     }
 
     #[test]
