@@ -194,3 +194,92 @@ impl<E> Admission<E> {
             .filter(|until| *until > now)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn caps(global: usize, per: &[(&str, usize)]) -> Caps {
+        Caps {
+            global,
+            per_provider: per.iter().map(|(p, n)| (p.to_string(), *n)).collect(),
+        }
+    }
+
+    fn ids(a: &mut Admission<&'static str>) -> Vec<String> {
+        std::iter::from_fn(|| {
+            let next = a.next_start()?;
+            let (name, provider) = match next {
+                Waiting::Refresh(id) => (id.to_string(), if id < 100 { "p" } else { "q" }),
+                Waiting::Exchange(x) => (x.to_string(), "p"),
+            };
+            // Started: it takes its room.
+            let _ticket = a.admit(&Arc::from(provider));
+            Some(name)
+        })
+        .collect()
+    }
+
+    #[test]
+    fn caps_count_overall_and_per_provider_and_unknown_providers_get_one() {
+        let mut a: Admission<()> = Admission::new(caps(3, &[("p", 2), ("q", 5)]));
+        let (p, q, gone): (Arc<str>, Arc<str>, Arc<str>) = ("p".into(), "q".into(), "gone".into());
+        let t1 = a.admit(&p);
+        assert!(a.has_room("p"));
+        let _t2 = a.admit(&p);
+        assert!(!a.has_room("p"), "provider cap");
+        assert!(a.has_room("q"));
+        let _t3 = a.admit(&q);
+        assert!(!a.has_room("q"), "global cap");
+        a.release(t1);
+        assert!(a.has_room("p") && a.has_room("q"));
+        assert_eq!((a.running(), a.running_for("p")), (2, 1));
+        assert!(a.has_room("gone"));
+        let _t4 = a.admit(&gone);
+        assert!(!a.has_room("gone"));
+    }
+
+    #[test]
+    fn on_demand_starts_go_first_then_each_ready_queue_in_order() {
+        let mut a = Admission::new(caps(10, &[("p", 3), ("q", 1)]));
+        for id in [5, 3, 9] {
+            a.queue_scheduled(Arc::from("p"), id);
+        }
+        a.queue_scheduled(Arc::from("q"), 100);
+        a.queue_scheduled(Arc::from("q"), 101);
+        a.queue_on_demand(Arc::from("q"), Waiting::Refresh(102));
+        a.queue_on_demand(Arc::from("p"), Waiting::Exchange("x"));
+        let mut started = ids(&mut a);
+        // On demand first, oldest first; then p's queue in order until its
+        // cap, and nothing more of q (its one slot went on demand).
+        assert_eq!(started.drain(..2).collect::<Vec<_>>(), ["102", "x"]);
+        assert_eq!(started, ["5", "3"]);
+    }
+
+    #[test]
+    fn new_caps_apply_to_new_starts_only() {
+        let mut a = Admission::new(caps(10, &[("p", 1)]));
+        let p: Arc<str> = Arc::from("p");
+        let running = a.admit(&p);
+        a.queue_scheduled(Arc::clone(&p), 1);
+        a.queue_scheduled(Arc::clone(&p), 2);
+        assert!(a.next_start().is_none());
+        a.set_caps(caps(10, &[("p", 2)]));
+        assert_eq!(ids(&mut a), ["1"]);
+        a.set_caps(caps(1, &[("p", 2)]));
+        // Two run over a cap of one: they finish, and only then one starts.
+        a.release(running);
+        assert!(a.next_start().is_none());
+    }
+
+    #[test]
+    fn a_retry_after_blocks_a_provider_until_the_latest_end() {
+        let mut a: Admission<()> = Admission::new(caps(1, &[]));
+        a.block("p", 5_000);
+        a.block("p", 3_000);
+        assert_eq!(a.blocked_until("p", 1_000), Some(5_000));
+        assert_eq!(a.blocked_until("p", 4_999), Some(5_000));
+        assert_eq!(a.blocked_until("p", 5_000), None);
+        assert_eq!(a.blocked_until("q", 0), None);
+    }
+}
