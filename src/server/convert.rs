@@ -38,7 +38,7 @@ pub(crate) fn token_response(view: &View) -> Option<TokenResponse> {
         expires_in: expires_at_ms.saturating_sub(now_ms()).max(0) / 1000,
         scope: view.scope.as_deref().map(str::to_string),
         id_token: view
-            .notes()
+            .extras()
             .id_token
             .as_ref()
             .map(|t| t.expose().to_string()),
@@ -50,24 +50,24 @@ pub(crate) fn token_response(view: &View) -> Option<TokenResponse> {
 /// A credential's state as `GET /v1/credentials` shows it: no secrets.
 pub(crate) fn credential_status(view: &View) -> CredentialStatus {
     let secs = |ms: i64| ms.div_euclid(1000);
-    let notes = view.notes();
+    let extras = view.extras();
     CredentialStatus {
         name: view.name.to_string(),
         provider: view.provider.to_string(),
         state: state(view),
         expires_at: view.expires_at.map(secs),
         expires_in: view.expires_at.map(|e| secs(e.saturating_sub(now_ms()))),
-        refresh_token_expires_at: notes.refresh_expires_at.map(secs),
+        refresh_token_expires_at: extras.refresh_expires_at.map(secs),
         last_refresh_at: view.last_refresh_at.map(secs),
         next_refresh_at: view.next_refresh_at.map(secs),
         refreshing: view.refreshing,
-        last_error: notes.paused.clone().or_else(|| notes.last_error.clone()),
+        last_error: extras.paused.clone().or_else(|| extras.last_error.clone()),
         lifetime_source: view.lifetime_source.map(lifetime_source),
         scope: view.scope.as_deref().map(str::to_string),
         token_type: view.token_type.to_string(),
         has_refresh_token: view.has_refresh_token,
         uncommitted: view.uncommitted,
-        warning: notes.warning.clone(),
+        warning: extras.warning.clone(),
         created_at: secs(view.created_at),
         updated_at: secs(view.updated_at),
     }
@@ -90,7 +90,7 @@ mod tests {
             &mut Interner::default(),
             Arc::from(Vec::new()),
         );
-        view.edit_notes(|n| n.paused = paused.then(|| "x".to_string()));
+        view.edit_extras(|n| n.paused = paused.then(|| "x".to_string()));
         view
     }
 

@@ -1,0 +1,74 @@
+//! [`RefreshError`]: why a token or credential operation failed, one
+//! variant per answer the socket API gives.
+
+use std::time::Duration;
+
+use crate::provider::Failure;
+use crate::store::StoreError;
+
+/// Why a token or credential operation failed; the API maps each to a status.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum RefreshError {
+    /// No such credential.
+    #[error("no credential named `{0}`; see `tokend status` for the list")]
+    NotFound(String),
+    /// The grant is dead.
+    #[error("credential `{name}` needs re-authorization ({reason}); add a new refresh token with `tokend add {name} --provider {provider}` or run `tokend exchange`")]
+    NeedsReauth {
+        /// Credential.
+        name: String,
+        /// Its provider.
+        provider: String,
+        /// The provider's answer.
+        reason: String,
+    },
+    /// Refreshing is paused because the provider is missing or misconfigured.
+    #[error("credential `{name}` is paused: {reason}")]
+    Paused {
+        /// Credential.
+        name: String,
+        /// Why.
+        reason: String,
+    },
+    /// No valid token can be had right now; retrying.
+    #[error("no valid token for `{name}` right now: {reason}")]
+    Unavailable {
+        /// Credential.
+        name: String,
+        /// Why.
+        reason: String,
+    },
+    /// No valid token can be had before the refresh schedule allows the
+    /// next attempt, which is `retry_after` away.
+    #[error("no valid token for `{name}` right now: {reason}")]
+    RetryLater {
+        /// Credential.
+        name: String,
+        /// Why, and when the next attempt is.
+        reason: String,
+        /// When to ask again.
+        retry_after: Duration,
+    },
+    /// The caller asked for a token valid longer than the provider issues.
+    #[error("credential `{name}`: the provider issued its last token valid for only {lifetime_secs}s, so a min_valid of {min_valid_secs}s can never be met; ask for less than {lifetime_secs}s")]
+    MinValidUnsatisfiable {
+        /// Credential.
+        name: String,
+        /// What was asked for.
+        min_valid_secs: u64,
+        /// The lifetime of the last token issued.
+        lifetime_secs: i64,
+    },
+    /// The named provider is not in the configuration.
+    #[error("provider `{0}` is not configured; add a [providers.{0}] table to the configuration")]
+    UnknownProvider(String),
+    /// The authorization-code exchange was refused or failed.
+    #[error("authorization code exchange failed: {0}")]
+    ExchangeFailed(Failure),
+    /// The database failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The daemon is stopping.
+    #[error("tokend is shutting down")]
+    ShuttingDown,
+}
