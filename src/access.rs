@@ -8,7 +8,7 @@ use std::fmt;
 
 /// One rule granting read access to a credential's token.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Grant {
+pub(crate) enum Grant {
     /// A user, by uid (`user:NAME` or `uid:N`).
     Uid(u32),
     /// A group, by gid, primary or secondary (`group:NAME` or `gid:N`).
@@ -29,7 +29,7 @@ pub enum Grant {
 impl Grant {
     /// Parses a rule, resolving user and group names to ids now so a typo is
     /// a configuration error, not a silent denial.
-    pub fn parse(rule: &str) -> Result<Grant, String> {
+    pub(crate) fn parse(rule: &str) -> Result<Grant, String> {
         let (kind, value) = rule.split_once(':').ok_or_else(|| {
             format!(
                 "`{rule}` is not KIND:VALUE; use user:, uid:, group:, gid:, unit: or user-unit:"
@@ -111,7 +111,7 @@ fn is_service_name(s: &str) -> bool {
 
 /// The systemd service a process runs in, read from its cgroup path.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PeerUnit {
+pub(crate) enum PeerUnit {
     /// A service of the system manager.
     System(String),
     /// A service of the user manager `user@UID.service`, which that user
@@ -126,7 +126,7 @@ pub enum PeerUnit {
 
 impl PeerUnit {
     /// The rule that would match this unit, e.g. for a log field.
-    pub fn rule(&self) -> String {
+    pub(crate) fn rule(&self) -> String {
         match self {
             PeerUnit::System(name) => format!("unit:{name}"),
             PeerUnit::User { uid, name } => format!("user-unit:{uid}/{name}"),
@@ -145,17 +145,17 @@ impl fmt::Display for PeerUnit {
 
 /// A connected client, as the kernel describes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Peer {
+pub(crate) struct Peer {
     /// Effective uid.
-    pub uid: u32,
+    pub(crate) uid: u32,
     /// Effective gid.
-    pub gid: u32,
+    pub(crate) gid: u32,
     /// Process id, when the kernel reports one.
-    pub pid: Option<i32>,
+    pub(crate) pid: Option<i32>,
     /// Supplementary groups (from `/proc/<pid>/status`).
-    pub groups: Vec<u32>,
+    pub(crate) groups: Vec<u32>,
     /// The systemd service the process runs in, if any.
-    pub unit: Option<PeerUnit>,
+    pub(crate) unit: Option<PeerUnit>,
 }
 
 impl Peer {
@@ -163,7 +163,7 @@ impl Peer {
     /// Groups and unit come from `/proc`; they are dropped if the process
     /// changed while being read (it exited and its pid was reused), so a
     /// reused pid can never lend its groups.
-    pub fn from_cred(cred: tokio::net::unix::UCred) -> Peer {
+    pub(crate) fn from_cred(cred: tokio::net::unix::UCred) -> Peer {
         let mut peer = Peer {
             uid: cred.uid(),
             gid: cred.gid(),
@@ -186,7 +186,7 @@ impl Peer {
     }
 
     /// Whether this peer matches a rule.
-    pub fn matches(&self, grant: &Grant) -> bool {
+    pub(crate) fn matches(&self, grant: &Grant) -> bool {
         match grant {
             Grant::Uid(u) => self.uid == *u,
             Grant::Gid(g) => self.gid == *g || self.groups.contains(g),
@@ -201,7 +201,7 @@ impl Peer {
     }
 
     /// `uid 1000 (pid 42, system unit backup.service)`, for denials and logs.
-    pub fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         let mut s = format!("uid {}", self.uid);
         if let Some(pid) = self.pid {
             s.push_str(&format!(" (pid {pid}"));
@@ -216,16 +216,16 @@ impl Peer {
 
 /// The daemon-wide part of the rules: who is an administrator.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Policy {
+pub(crate) struct Policy {
     /// The daemon's own uid: always allowed everything.
-    pub daemon_uid: u32,
+    pub(crate) daemon_uid: u32,
     /// Members of this group may administer (add, remove, refresh, list all).
-    pub admin_gid: Option<u32>,
+    pub(crate) admin_gid: Option<u32>,
 }
 
 impl Policy {
     /// The policy for this process.
-    pub fn for_this_process(admin_gid: Option<u32>) -> Policy {
+    pub(crate) fn for_this_process(admin_gid: Option<u32>) -> Policy {
         Policy {
             daemon_uid: nix::unistd::geteuid().as_raw(),
             admin_gid,
@@ -233,7 +233,7 @@ impl Policy {
     }
 
     /// Root, the daemon's uid, or a member of the admin group.
-    pub fn is_admin(&self, peer: &Peer) -> bool {
+    pub(crate) fn is_admin(&self, peer: &Peer) -> bool {
         peer.uid == 0
             || peer.uid == self.daemon_uid
             || self.admin_gid.is_some_and(|g| peer.matches(&Grant::Gid(g)))
@@ -241,7 +241,7 @@ impl Policy {
 
     /// Whether `peer` may read a credential whose readers are `readers`;
     /// the error names what would have granted it.
-    pub fn may_read(&self, peer: &Peer, readers: &[Grant]) -> Result<(), String> {
+    pub(crate) fn may_read(&self, peer: &Peer, readers: &[Grant]) -> Result<(), String> {
         if self.is_admin(peer) || readers.iter().any(|g| peer.matches(g)) {
             return Ok(());
         }

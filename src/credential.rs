@@ -110,7 +110,7 @@ pub struct Credential {
 /// database keeps it, and a refresh reads it back) and, of the response
 /// extras, only the id_token (which the API serves).
 #[derive(Debug)]
-pub struct Loaded {
+pub(crate) struct Loaded {
     /// The credential, with `refresh_token` unset.
     pub cred: Credential,
     /// Whether the database holds a refresh token for it.
@@ -160,7 +160,13 @@ impl Credential {
     /// Applies a successful token response sent at `sent_at`. A response
     /// without a refresh token keeps the old one; fields the response omits
     /// (scope, id_token...) keep their previous values.
-    pub fn apply(&mut self, set: TokenSet, sent_at: i64, expires_at: i64, source: LifetimeSource) {
+    pub(crate) fn apply(
+        &mut self,
+        set: TokenSet,
+        sent_at: i64,
+        expires_at: i64,
+        source: LifetimeSource,
+    ) {
         let rotated = set.refresh_token.is_some();
         if let Some(rt) = set.refresh_token {
             self.refresh_token = Some(rt);
@@ -184,17 +190,6 @@ impl Credential {
         self.refresh_started_at = None;
         self.last_refresh_at = Some(sent_at);
         self.updated_at = sent_at;
-    }
-
-    /// The access token if it is still valid for at least `min_valid_ms` at
-    /// `now`, whatever the state: an access token outlives a dead refresh
-    /// token, and serving it until it expires keeps clients working while a
-    /// human re-authorizes.
-    pub fn valid_token(&self, now: i64, min_valid_ms: i64) -> Option<&Secret> {
-        match (&self.access_token, self.expires_at) {
-            (Some(t), Some(exp)) if exp.saturating_sub(now) > min_valid_ms => Some(t),
-            _ => None,
-        }
     }
 
     /// Every secret this credential holds, for scrubbing provider text.
@@ -292,21 +287,5 @@ mod tests {
         let shown = format!("{c:?}");
         assert!(!shown.contains("very-secret"), "{shown}");
         assert!(shown.contains("id_token"), "{shown}");
-    }
-
-    #[test]
-    fn valid_token_honours_min_validity_in_any_state() {
-        let mut c = Credential::new("c", "p", None, 0);
-        c.apply(
-            set(r#"{"access_token":"a"}"#),
-            0,
-            10_000,
-            LifetimeSource::ExpiresIn,
-        );
-        assert!(c.valid_token(5_000, 0).is_some());
-        assert!(c.valid_token(5_000, 5_000).is_none());
-        assert!(c.valid_token(10_000, 0).is_none());
-        c.state = State::NeedsReauth;
-        assert!(c.valid_token(5_000, 0).is_some());
     }
 }

@@ -30,13 +30,13 @@ const COMMIT_BATCH: usize = 512;
 
 /// Where the daemon gets its configuration and files.
 #[derive(Debug, Clone, Default)]
-pub struct DaemonOptions {
+pub(crate) struct DaemonOptions {
     /// Configuration file; `None` means the default path, which may be absent.
-    pub config: Option<PathBuf>,
+    pub(crate) config: Option<PathBuf>,
     /// Socket path overriding the configuration.
-    pub socket: Option<PathBuf>,
+    pub(crate) socket: Option<PathBuf>,
     /// Database path overriding the configuration.
-    pub database: Option<PathBuf>,
+    pub(crate) database: Option<PathBuf>,
 }
 
 /// Descriptors kept for everything but API connections: the database and
@@ -104,7 +104,7 @@ fn release_freed_memory() {
 /// may be absent, in which case the daemon runs with no providers. Start-up,
 /// SIGHUP and `tokend check-config` all go through here, so none of them
 /// accepts a configuration another refuses.
-pub fn load(opts: &DaemonOptions) -> anyhow::Result<(Config, Option<PathBuf>)> {
+pub(crate) fn load(opts: &DaemonOptions) -> anyhow::Result<(Config, Option<PathBuf>)> {
     let (path, explicit) = match &opts.config {
         Some(p) => (p.clone(), true),
         None => (paths::default_config(), false),
@@ -158,7 +158,7 @@ fn check_config_files(path: &Path, config: &Config) -> anyhow::Result<()> {
 }
 
 /// Runs the daemon until SIGTERM or SIGINT.
-pub async fn run(opts: DaemonOptions) -> anyhow::Result<()> {
+pub(crate) async fn run(opts: DaemonOptions) -> anyhow::Result<()> {
     let (config, config_path) = load(&opts)?;
     let config = Arc::new(config);
     let database = opts
@@ -369,21 +369,21 @@ fn encryption_key(config: &Config) -> anyhow::Result<Option<Key>> {
 
 /// What `tokend rekey` works on.
 #[derive(Debug, Clone, Default)]
-pub struct RekeyOptions {
+pub(crate) struct RekeyOptions {
     /// Configuration file naming the database and the current key; `None`
     /// means the default path, which may be absent.
-    pub config: Option<PathBuf>,
+    pub(crate) config: Option<PathBuf>,
     /// Database path overriding the configuration.
-    pub database: Option<PathBuf>,
+    pub(crate) database: Option<PathBuf>,
     /// Current key file, overriding the configuration.
-    pub key: Option<PathBuf>,
+    pub(crate) key: Option<PathBuf>,
     /// New key file; `None` decrypts.
-    pub new_key: Option<PathBuf>,
+    pub(crate) new_key: Option<PathBuf>,
 }
 
 /// Re-seals every token in the database under a new key (or none), with the
 /// daemon stopped. Returns a one-line report.
-pub async fn rekey(opts: RekeyOptions) -> anyhow::Result<String> {
+pub(crate) async fn rekey(opts: RekeyOptions) -> anyhow::Result<String> {
     // The configuration is needed only for what the command line leaves out.
     let config = if opts.config.is_some() || opts.key.is_none() || opts.database.is_none() {
         load(&DaemonOptions {

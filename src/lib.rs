@@ -15,7 +15,7 @@ pub(crate) mod fsguard;
 pub(crate) mod logging;
 pub(crate) mod paths;
 pub mod provider;
-pub mod refresh;
+pub(crate) mod refresh;
 pub(crate) mod seal;
 pub(crate) mod server;
 pub mod store;

@@ -20,7 +20,7 @@ use tracing_subscriber::{EnvFilter, Layer};
 
 /// Where log lines go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
-pub enum LogTarget {
+pub(crate) enum LogTarget {
     /// journald if stderr is connected to the journal, else stderr.
     #[default]
     Auto,
@@ -60,7 +60,7 @@ where
 }
 
 /// Installs the global subscriber. Later calls are ignored.
-pub fn init(target: LogTarget) {
+pub(crate) fn init(target: LogTarget) {
     let env = std::env::var(EnvFilter::DEFAULT_ENV).ok();
     let filter = || filter(env.as_deref());
     let want_journal = match target {

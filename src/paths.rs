@@ -22,7 +22,7 @@ fn uid() -> u32 {
 
 /// The database: `$STATE_DIRECTORY/tokend.db`, `$XDG_STATE_HOME/tokend/tokend.db`,
 /// `~/.local/state/tokend/tokend.db`.
-pub fn default_database() -> PathBuf {
+pub(crate) fn default_database() -> PathBuf {
     if let Some(dir) = env_dir("STATE_DIRECTORY") {
         return dir.join("tokend.db");
     }
@@ -37,7 +37,7 @@ pub fn default_database() -> PathBuf {
 /// else `/tmp/tokend-$UID/tokend.sock`. Another user can create that last
 /// directory first: the daemon then refuses it (`server::bind`), and the CLI
 /// refuses whoever listens there (`client`'s peer check).
-pub fn default_socket() -> PathBuf {
+pub(crate) fn default_socket() -> PathBuf {
     if let Some(path) = env_dir("TOKEND_SOCKET") {
         return path;
     }
@@ -59,7 +59,7 @@ pub fn default_socket() -> PathBuf {
 /// user whose own default socket does not exist falls back to the system
 /// daemon's `/run/tokend/tokend.sock` when that exists (members of the
 /// `tokend` group may read tokens from it).
-pub fn default_client_socket() -> PathBuf {
+pub(crate) fn default_client_socket() -> PathBuf {
     let own = default_socket();
     let system = Path::new("/run/tokend/tokend.sock");
     if env_dir("TOKEND_SOCKET").is_none() && !own.exists() && system.exists() {
@@ -70,7 +70,7 @@ pub fn default_client_socket() -> PathBuf {
 
 /// The configuration file: `$CONFIGURATION_DIRECTORY/config.toml`,
 /// `$XDG_CONFIG_HOME/tokend/config.toml`, `~/.config/tokend/config.toml`.
-pub fn default_config() -> PathBuf {
+pub(crate) fn default_config() -> PathBuf {
     if let Some(dir) = env_dir("CONFIGURATION_DIRECTORY") {
         return dir.join("config.toml");
     }

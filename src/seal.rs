@@ -26,10 +26,10 @@ use chacha20poly1305::{KeyInit, XChaCha20Poly1305, XNonce};
 use sha2::{Digest, Sha256};
 
 /// What every sealed value starts with (format version 1).
-pub const PREFIX: &str = "tk1:";
+pub(crate) const PREFIX: &str = "tk1:";
 
 /// The systemd credential used as the key when none is configured.
-pub const AUTO_CREDENTIAL: &str = "tokend-db-key";
+pub(crate) const AUTO_CREDENTIAL: &str = "tokend-db-key";
 
 const NONCE_LEN: usize = 24;
 const TAG_LEN: usize = 16;
@@ -80,7 +80,7 @@ pub enum SealError {
 
 /// A 256-bit database encryption key. Its `Debug` shows only a fingerprint,
 /// and the key bytes are zeroed when it is dropped.
-pub struct Key {
+pub(crate) struct Key {
     cipher: XChaCha20Poly1305,
     id: String,
 }
@@ -95,7 +95,7 @@ impl std::fmt::Debug for Key {
 
 impl Key {
     /// A key from its 32 bytes.
-    pub fn from_bytes(mut bytes: [u8; 32]) -> Key {
+    pub(crate) fn from_bytes(mut bytes: [u8; 32]) -> Key {
         let mut hash = Sha256::new();
         hash.update(b"tokend key id\0");
         hash.update(bytes);
@@ -110,7 +110,7 @@ impl Key {
 
     /// A fresh random key (tests, and nothing else: keys belong in files).
     #[cfg(test)]
-    pub fn random() -> Key {
+    pub(crate) fn random() -> Key {
         let mut bytes = [0u8; 32];
         rand::fill(&mut bytes);
         Key::from_bytes(bytes)
@@ -118,13 +118,13 @@ impl Key {
 
     /// Reads a key file, refusing one others may read or write unless it
     /// lies under `$CREDENTIALS_DIRECTORY`.
-    pub fn load(path: &Path) -> Result<Key, SealError> {
+    pub(crate) fn load(path: &Path) -> Result<Key, SealError> {
         let creds = std::env::var_os("CREDENTIALS_DIRECTORY").map(PathBuf::from);
         Key::load_from(path, creds.as_deref())
     }
 
     /// [`Key::load`] with the credentials directory given.
-    pub fn load_from(path: &Path, credentials_dir: Option<&Path>) -> Result<Key, SealError> {
+    pub(crate) fn load_from(path: &Path, credentials_dir: Option<&Path>) -> Result<Key, SealError> {
         let unreadable = |reason| SealError::KeyUnreadable {
             path: path.to_path_buf(),
             reason,
@@ -150,12 +150,12 @@ impl Key {
     }
 
     /// A short fingerprint of the key (not of the bytes themselves), for logs.
-    pub fn id(&self) -> &str {
+    pub(crate) fn id(&self) -> &str {
         &self.id
     }
 
     /// Seals `plaintext` as the `column` of credential `name`.
-    pub fn seal(&self, plaintext: &str, column: &str, name: &str) -> String {
+    pub(crate) fn seal(&self, plaintext: &str, column: &str, name: &str) -> String {
         let mut nonce = [0u8; NONCE_LEN];
         rand::fill(&mut nonce);
         let aad = associated_data(column, name);
@@ -176,7 +176,7 @@ impl Key {
     }
 
     /// Opens a value sealed by [`Key::seal`] for the same column and name.
-    pub fn open(&self, sealed: &str, column: &str, name: &str) -> Result<String, SealError> {
+    pub(crate) fn open(&self, sealed: &str, column: &str, name: &str) -> Result<String, SealError> {
         let body = sealed
             .strip_prefix(PREFIX)
             .ok_or(SealError::Malformed("no tk1: prefix"))?;
@@ -208,12 +208,12 @@ impl Key {
 
 /// Whether a stored value is sealed (as opposed to plaintext from before
 /// encryption was turned on).
-pub fn is_sealed(stored: &str) -> bool {
+pub(crate) fn is_sealed(stored: &str) -> bool {
     stored.starts_with(PREFIX)
 }
 
 /// Seals `value` under `key`, or leaves it plaintext when there is no key.
-pub fn seal(key: Option<&Key>, value: &str, column: &str, name: &str) -> String {
+pub(crate) fn seal(key: Option<&Key>, value: &str, column: &str, name: &str) -> String {
     match key {
         Some(k) => k.seal(value, column, name),
         None => value.to_string(),
@@ -222,7 +222,7 @@ pub fn seal(key: Option<&Key>, value: &str, column: &str, name: &str) -> String 
 
 /// Opens a stored value: a sealed one with `key` (failing without one), a
 /// plaintext one as it is.
-pub fn open(
+pub(crate) fn open(
     key: Option<&Key>,
     stored: &str,
     column: &str,
@@ -239,25 +239,25 @@ pub fn open(
 
 /// A key found for the daemon, and where.
 #[derive(Debug)]
-pub struct LoadedKey {
+pub(crate) struct LoadedKey {
     /// The key.
-    pub key: Key,
+    pub(crate) key: Key,
     /// The file it came from.
-    pub path: PathBuf,
+    pub(crate) path: PathBuf,
     /// True when found as `$CREDENTIALS_DIRECTORY/tokend-db-key` without
     /// being configured.
-    pub automatic: bool,
+    pub(crate) automatic: bool,
 }
 
 /// The daemon's key: the configured file (which must then be usable), else
 /// `$CREDENTIALS_DIRECTORY/tokend-db-key` if it exists, else none.
-pub fn resolve(configured: Option<&Path>) -> Result<Option<LoadedKey>, SealError> {
+pub(crate) fn resolve(configured: Option<&Path>) -> Result<Option<LoadedKey>, SealError> {
     let creds = std::env::var_os("CREDENTIALS_DIRECTORY").map(PathBuf::from);
     resolve_in(configured, creds.as_deref())
 }
 
 /// [`resolve`] with the credentials directory given.
-pub fn resolve_in(
+pub(crate) fn resolve_in(
     configured: Option<&Path>,
     credentials_dir: Option<&Path>,
 ) -> Result<Option<LoadedKey>, SealError> {

@@ -9,17 +9,17 @@ use std::time::Duration;
 use sd_notify::NotifyState;
 
 /// Tells the service manager we are ready, with a status line.
-pub fn ready(status: &str) {
+pub(crate) fn ready(status: &str) {
     send(&[NotifyState::Ready, NotifyState::Status(status)]);
 }
 
 /// Updates the one-line status shown by `systemctl status`.
-pub fn status(status: &str) {
+pub(crate) fn status(status: &str) {
     send(&[NotifyState::Status(status)]);
 }
 
 /// Announces a configuration reload; follow with [`ready`].
-pub fn reloading() {
+pub(crate) fn reloading() {
     let mut states = vec![
         NotifyState::Reloading,
         NotifyState::Status("reloading configuration"),
@@ -32,17 +32,17 @@ pub fn reloading() {
 }
 
 /// Announces shutdown.
-pub fn stopping() {
+pub(crate) fn stopping() {
     send(&[NotifyState::Stopping, NotifyState::Status("stopping")]);
 }
 
 /// Pets the watchdog.
-pub fn watchdog() {
+pub(crate) fn watchdog() {
     send(&[NotifyState::Watchdog]);
 }
 
 /// How often to pet the watchdog: half its timeout, if one is set for us.
-pub fn watchdog_interval() -> Option<Duration> {
+pub(crate) fn watchdog_interval() -> Option<Duration> {
     sd_notify::watchdog_enabled().map(|timeout| timeout / 2)
 }
 
@@ -85,7 +85,7 @@ fn send_nonblocking(path: &std::ffi::OsStr, message: &[u8]) -> std::io::Result<(
 }
 
 /// The listening socket passed by systemd (socket activation), if any.
-pub fn activated_listener() -> std::io::Result<Option<tokio::net::UnixListener>> {
+pub(crate) fn activated_listener() -> std::io::Result<Option<tokio::net::UnixListener>> {
     let Some(fd) = sd_notify::listen_fds()?.next() else {
         return Ok(None);
     };

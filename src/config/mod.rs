@@ -121,7 +121,7 @@ pub struct ProviderConfig {
 /// What a token read gets once the provider rejected the grant
 /// (`invalid_grant` or another of `reauth_errors`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OnInvalidGrant {
+pub(crate) enum OnInvalidGrant {
     /// Refuse it (409 `needs_reauth`): a provider that revokes the whole
     /// grant has made the access token useless too.
     Withhold,

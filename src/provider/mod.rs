@@ -27,7 +27,7 @@ pub(crate) use template::{unknown_placeholders, Encoding, RequestTemplate, PLACE
 
 /// How a failed token request should be treated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FailureKind {
+pub(crate) enum FailureKind {
     /// The grant is dead (`invalid_grant`, digiRunner's `invalid_token`): a
     /// human must authorize again. Stop refreshing.
     Reauth,

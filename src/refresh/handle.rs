@@ -22,7 +22,7 @@ const WAIT_LIMIT: Duration = Duration::from_secs(60);
 
 /// Cheap, cloneable handle for talking to the owner and reading its views.
 #[derive(Clone)]
-pub struct RefresherHandle {
+pub(crate) struct RefresherHandle {
     pub(super) tx: mpsc::Sender<Command>,
     pub(super) published: Arc<DashMap<Arc<str>, Arc<View>>>,
     pub(super) settings: Arc<LiveSettings>,

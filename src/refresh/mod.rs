@@ -52,9 +52,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub(crate) use error::RefreshError;
-pub use handle::RefresherHandle;
+pub(crate) use handle::RefresherHandle;
 pub(crate) use request::{ExchangeRequest, NewCredential};
-pub use view::View;
+pub(crate) use view::View;
 
 use crate::access::Grant;
 use crate::config::{Config, ProviderConfig};

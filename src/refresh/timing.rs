@@ -131,7 +131,9 @@ pub(crate) fn refresh_token_warning(
     cred: &View,
     now: i64,
 ) -> Option<String> {
-    let window = provider.map_or(Duration::from_secs(3 * 86_400), |p| p.refresh_token_warning);
+    let window = provider.map_or(crate::config::defaults::REFRESH_TOKEN_WARNING, |p| {
+        p.refresh_token_warning
+    });
     let rt_expires = cred.extras().refresh_expires_at?;
     let left = rt_expires.saturating_sub(now);
     (left < duration_ms(window)).then(|| {

@@ -16,7 +16,7 @@ use crate::token::{LifetimeSource, Secret};
 /// stays in the database and is read only when a refresh starts, so a
 /// million credentials cost memory for their access tokens and little else.
 #[derive(Debug, Clone)]
-pub struct View {
+pub(crate) struct View {
     /// Credential name (shared with the published map's key).
     pub(crate) name: Arc<str>,
     /// Provider name.
@@ -219,5 +219,41 @@ impl Interner {
         let shared: Arc<str> = Arc::from(s);
         self.strings.insert(Arc::clone(&shared));
         shared
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::token::LifetimeSource;
+
+    fn view_of(cred: &Credential, on_invalid_grant: OnInvalidGrant) -> View {
+        let mut view = View::of(
+            Arc::from(cred.name.as_str()),
+            cred,
+            &mut Interner::default(),
+            Arc::from(Vec::new()),
+        );
+        view.on_invalid_grant = on_invalid_grant;
+        view
+    }
+
+    #[test]
+    fn valid_token_honours_min_validity_and_the_invalid_grant_policy() {
+        let mut c = Credential::new("c", "p", None, 0);
+        c.access_token = Some(Secret::new("a"));
+        c.expires_at = Some(10_000);
+        c.lifetime_source = Some(LifetimeSource::ExpiresIn);
+        let v = view_of(&c, OnInvalidGrant::Withhold);
+        assert!(v.valid_token(5_000, 0).is_some());
+        assert!(v.valid_token(5_000, 5_000).is_none());
+        assert!(v.valid_token(10_000, 0).is_none());
+        c.state = State::NeedsReauth;
+        assert!(view_of(&c, OnInvalidGrant::Withhold)
+            .valid_token(5_000, 0)
+            .is_none());
+        assert!(view_of(&c, OnInvalidGrant::ServeUntilExpiry)
+            .valid_token(5_000, 0)
+            .is_some());
     }
 }

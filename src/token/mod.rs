@@ -7,11 +7,10 @@
 mod response;
 mod timing;
 
-pub use response::{
-    expires_at_ms, jwt_exp, parse_token_response, LifetimeSource, ParseError, ResponseFields,
-    TokenSet,
-};
-pub use timing::{backoff, RefreshTiming};
+pub(crate) use response::{expires_at_ms, parse_token_response, ResponseFields};
+pub use response::{jwt_exp, LifetimeSource, TokenSet};
+pub use timing::backoff;
+pub(crate) use timing::RefreshTiming;
 
 use std::fmt;
 use std::time::Duration;
@@ -30,7 +29,7 @@ impl Secret {
     }
 
     /// The secret itself, for the few places that must send or store it.
-    pub fn expose(&self) -> &str {
+    pub(crate) fn expose(&self) -> &str {
         &self.0
     }
 
@@ -82,7 +81,7 @@ pub fn now_ms() -> i64 {
 }
 
 /// `d` in whole milliseconds, saturating at `i64::MAX`.
-pub fn duration_ms(d: Duration) -> i64 {
+pub(crate) fn duration_ms(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
@@ -90,11 +89,11 @@ pub fn duration_ms(d: Duration) -> i64 {
 /// Longer ones (a stated `u64::MAX` seconds, a JWT `exp` far in the future)
 /// are cut to it, so expiry arithmetic cannot overflow and every expiry is
 /// still a date that formats.
-pub const MAX_LIFETIME_MS: i64 = 100 * 365 * 86_400_000;
+pub(crate) const MAX_LIFETIME_MS: i64 = 100 * 365 * 86_400_000;
 
 /// The Unix ms `secs` seconds after `from_ms`, the lifetime cut to
 /// [`MAX_LIFETIME_MS`].
-pub fn after_secs(from_ms: i64, secs: u64) -> i64 {
+pub(crate) fn after_secs(from_ms: i64, secs: u64) -> i64 {
     let ms = i64::try_from(secs)
         .unwrap_or(i64::MAX)
         .saturating_mul(1000)

@@ -58,7 +58,7 @@ impl fmt::Debug for TokenSet {
 
 /// Why a 2xx body could not be taken as a token response.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum ParseError {
+pub(crate) enum ParseError {
     /// The body is not JSON at all (an HTML error page, say).
     #[error("token endpoint returned a body that is not JSON ({content_type}, {len} bytes)")]
     NotJson {
@@ -81,7 +81,7 @@ pub enum ParseError {
 /// Names of the response fields, so providers with non-standard names work
 /// from configuration alone.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ResponseFields {
+pub(crate) struct ResponseFields {
     /// Field carrying the access token.
     pub access_token: String,
     /// Field carrying the (rotated) refresh token.
@@ -114,7 +114,7 @@ const REFRESH_EXPIRY_FIELDS: [&str; 3] = [
 ];
 
 /// Parses a 2xx token-endpoint body. Unknown fields are kept in `extra`.
-pub fn parse_token_response(
+pub(crate) fn parse_token_response(
     body: &[u8],
     content_type: Option<&str>,
     fields: &ResponseFields,
@@ -208,7 +208,7 @@ pub fn jwt_exp(token: &str) -> Option<i64> {
 /// A JWT's `exp` is what resource servers enforce, so when it is earlier than
 /// `expires_in` implies (it has whole-second precision) it wins; an `exp`
 /// already in the past is taken for clock skew and ignored.
-pub fn expires_at_ms(
+pub(crate) fn expires_at_ms(
     set: &TokenSet,
     sent_at_ms: i64,
     default_lifetime: Duration,

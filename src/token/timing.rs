@@ -7,7 +7,7 @@ use super::duration_ms;
 
 /// When to refresh, as a policy independent of any one credential.
 #[derive(Debug, Clone, PartialEq)]
-pub struct RefreshTiming {
+pub(crate) struct RefreshTiming {
     /// Refresh when this fraction of the lifetime remains (0.25 = at 75%).
     pub remaining_fraction: f64,
     /// Up to this further fraction of the lifetime is added to the margin at
@@ -34,7 +34,7 @@ impl Default for RefreshTiming {
 impl RefreshTiming {
     /// The wall-clock time (ms) at which to refresh a token issued at
     /// `issued_ms` that expires at `expires_ms`. `jitter` is a sample in [0, 1).
-    pub fn refresh_at_ms(&self, issued_ms: i64, expires_ms: i64, jitter: f64) -> i64 {
+    pub(crate) fn refresh_at_ms(&self, issued_ms: i64, expires_ms: i64, jitter: f64) -> i64 {
         let lifetime = expires_ms.saturating_sub(issued_ms).max(0) as f64;
         let fraction = self.remaining_fraction + self.jitter_fraction * jitter.clamp(0.0, 1.0);
         let margin = (lifetime * fraction).min(duration_ms(self.max_margin) as f64);
