@@ -4,9 +4,11 @@
 //! batched statements, the group-commit queue, rekey) calls only what this
 //! module exports: [`open`] and [`open_exclusive`] (file checks, lock,
 //! inspection, pragmas, migrations), [`scan`] (the start-up read),
-//! [`begin_write`], [`close`] and [`compact`], and the connection, row and
-//! query types as [`Pool`], [`Conn`], [`Row`] and [`Query`]. Its rows are
-//! read through [`Source`], which the decoder takes.
+//! [`begin_write`], [`close`] (which returns only once every handle on the
+//! file is closed, see [`close_all`]), [`close_conn`] and [`compact`], and
+//! the connection, row and query types as [`Pool`], [`Conn`], [`Row`] and
+//! [`Query`]. Its rows are read through [`Source`], which the decoder
+//! takes.
 //!
 //! A second backend (PostgreSQL) would stand beside this one as
 //! `store/postgres/` with the same functions, its own migrations and its own
@@ -200,21 +202,34 @@ pub(super) async fn close(pool: &Pool) -> Closed {
 /// and removes the WAL; two closing at once would each leave it to the
 /// other.
 async fn close_all(pool: &Pool) -> Closed {
-    let deadline = tokio::time::Instant::now() + CLOSE_WAIT;
-    while !all_idle(pool) && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-    loop {
-        pool.close().await;
-        let open = pool.size();
-        if open == 0 {
-            return Closed::All;
+    close_within(pool, CLOSE_WAIT).await
+}
+
+/// As [`close_all`], giving up after `wait`: `Pool::close` itself waits for
+/// as long as a connection is in use. Waiting for every connection to be
+/// idle takes at most half of it, so a connection still in use does not
+/// keep the idle ones open too.
+pub(super) async fn close_within(pool: &Pool, wait: Duration) -> Closed {
+    let emptied = tokio::time::timeout(wait, async {
+        let _ = tokio::time::timeout(wait / 2, async {
+            while !all_idle(pool) {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        })
+        .await;
+        loop {
+            pool.close().await;
+            if pool.size() == 0 {
+                return;
+            }
+            // Lets the spawned task that is putting a connection back finish.
+            tokio::time::sleep(Duration::from_millis(1)).await;
         }
-        if tokio::time::Instant::now() >= deadline {
-            return Closed::Lingering(open);
-        }
-        // Lets the spawned task that is putting a connection back finish.
-        tokio::time::sleep(Duration::from_millis(1)).await;
+    })
+    .await;
+    match emptied {
+        Ok(()) => Closed::All,
+        Err(_) => Closed::Lingering(pool.size()),
     }
 }
 
