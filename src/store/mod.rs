@@ -164,9 +164,17 @@ impl Store {
         Ok(done.rows_affected() == 1)
     }
 
-    /// Checkpoints the WAL, closes every connection and releases the lock.
+    /// Checkpoints the WAL, closes every connection and then, once no
+    /// SQLite handle on the file is left open, releases the lock.
     pub async fn close(&self) {
-        sqlite::close(&self.pool).await;
+        if let sqlite::Closed::Lingering(open) = sqlite::close(&self.pool).await {
+            // The lock stays held (until the last clone of this handle is
+            // dropped), so no second process comes in beside them.
+            tracing::warn!(
+                "{open} database connection(s) still open after closing the store; keeping its lock"
+            );
+            return;
+        }
         if let Ok(mut lock) = self.lock.lock() {
             lock.take();
         }

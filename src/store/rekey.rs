@@ -36,11 +36,16 @@ pub(crate) async fn rekey(
     old: Option<&Key>,
     new: Option<&Key>,
 ) -> Result<Rekeyed, StoreError> {
-    let (mut conn, _lock) = sqlite::open_exclusive(path).await?;
-    let done = reseal_all(&mut conn, old, new).await?;
-    // Committed; what follows only scrubs old values from free space.
-    sqlite::compact(conn).await;
-    Ok(done)
+    let (mut conn, lock) = sqlite::open_exclusive(path).await?;
+    let done = reseal_all(&mut conn, old, new).await;
+    match done {
+        // Committed; what follows only scrubs old values from free space.
+        Ok(_) => sqlite::compact(conn).await,
+        Err(_) => sqlite::close_conn(conn).await,
+    }
+    // Only once the connection is closed may another process come in.
+    drop(lock);
+    done
 }
 
 /// Reads every row under `old` and writes its tokens back under `new`, in

@@ -111,3 +111,18 @@ pub(super) fn file_bytes(path: &Path) -> String {
     }
     String::from_utf8_lossy(&all).into_owned()
 }
+
+/// What this process's descriptors open on the database at `path`, its
+/// WAL or its shm (any SQLite handle on the file holds some of them).
+pub(super) fn open_handles(path: &Path) -> Vec<String> {
+    let names: Vec<String> = ["", "-wal", "-shm"]
+        .iter()
+        .map(|suffix| format!("{}{suffix}", path.display()))
+        .collect();
+    std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .filter_map(|fd| std::fs::read_link(fd.ok()?.path()).ok())
+        .map(|target| target.display().to_string())
+        .filter(|target| names.contains(target))
+        .collect()
+}

@@ -7,7 +7,7 @@ use std::path::Path;
 use serde_json::{Map, Value};
 use sqlx::sqlite::{SqliteConnectOptions, SqlitePool};
 
-use super::test_support::{cred, file_bytes, raw_rows, save_one};
+use super::test_support::{cred, file_bytes, open_handles, raw_rows, save_one};
 use super::{Store, StoreError};
 use crate::credential::Credential;
 use crate::fsguard;
@@ -194,6 +194,8 @@ async fn refused_untouched(path: &Path, expect: &str) {
     assert!(matches!(err, StoreError::Unusable { .. }), "{err}");
     assert!(err.to_string().contains(expect), "{err}");
     assert_eq!(std::fs::read(path).unwrap(), before, "file modified");
+    // The look that refused it has closed its connection, too.
+    assert_eq!(open_handles(path), Vec::<String>::new());
     let wal = path.with_extension("db-wal");
     assert!(!wal.exists() || std::fs::metadata(&wal).unwrap().len() == 0);
 }
@@ -274,6 +276,9 @@ async fn linked_or_foreign_database_files_are_refused_untouched() {
     let dir = tempfile::tempdir().unwrap();
     let real = dir.path().join("real.db");
     Store::open(&real).await.unwrap().close().await;
+    // Nothing of that store is left to close later, which would delete the
+    // WAL planted below.
+    assert_eq!(open_handles(&real), Vec::<String>::new());
     let link = dir.path().join("link.db");
     std::os::unix::fs::symlink(&real, &link).unwrap();
     let err = Store::open(&link).await.unwrap_err();
@@ -287,4 +292,51 @@ async fn linked_or_foreign_database_files_are_refused_untouched() {
     let err = Store::open(&real).await.unwrap_err();
     assert!(matches!(err, StoreError::Unsafe { .. }), "{err}");
     assert!(err.to_string().contains("owned by uid 65534"), "{err}");
+}
+
+/// Opens, uses and closes a store at `path` `rounds` times, checking after
+/// each close, with the handle still alive (a connection left in its pool
+/// would still be open), that no descriptor of this process points at the
+/// database, its WAL or its shm, and that the last connection to close
+/// removed the WAL.
+async fn close_leaves_nothing_open(path: &Path, rounds: usize) {
+    let wal = path.with_extension("db-wal");
+    for round in 0..rounds {
+        let store = Store::open(path).await.unwrap();
+        store.replace(&cred("a", "rt", "at", "idt")).await.unwrap();
+        assert_eq!(store.load_each(drop).await.unwrap(), 1);
+        store.close().await;
+        assert_eq!(open_handles(path), Vec::<String>::new(), "round {round}");
+        assert!(!wal.exists(), "round {round}: the WAL is still there");
+        drop(store);
+    }
+}
+
+#[tokio::test]
+async fn close_returns_only_once_every_handle_on_the_file_is_closed() {
+    let dir = tempfile::tempdir().unwrap();
+    close_leaves_nothing_open(&dir.path().join("c.db"), 30).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_leaves_nothing_open_on_a_multi_threaded_runtime() {
+    let dir = tempfile::tempdir().unwrap();
+    close_leaves_nothing_open(&dir.path().join("c.db"), 30).await;
+}
+
+#[tokio::test]
+async fn close_gives_up_on_a_connection_still_in_use_and_says_so() {
+    use super::sqlite::{close_within, Closed};
+    use std::time::Duration;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("u.db");
+    let store = Store::open(&path).await.unwrap();
+    let held = store.pool.acquire().await.unwrap();
+    let wait = Duration::from_millis(200);
+    assert_eq!(close_within(&store.pool, wait).await, Closed::Lingering(1));
+    assert!(!open_handles(&path).is_empty());
+    // Put back into the closed pool, it is closed; the next close sees none.
+    drop(held);
+    assert_eq!(close_within(&store.pool, wait).await, Closed::All);
+    assert_eq!(open_handles(&path), Vec::<String>::new());
 }

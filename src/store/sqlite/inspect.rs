@@ -6,7 +6,7 @@ use std::path::Path;
 
 use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection};
 
-use super::{in_use, is_busy, migrate};
+use super::{close_conn, in_use, is_busy, migrate};
 use crate::store::StoreError;
 
 /// Checks, read-only, that an existing non-empty file at `path` is a
@@ -28,24 +28,33 @@ pub(super) async fn inspect_existing(path: &Path) -> Result<(), StoreError> {
                 true => in_use(path),
                 false => unusable(format!("cannot be opened as SQLite ({e})")),
             })?;
+    let checked = check(path, &mut conn).await;
+    // Closed on every path, refusal included: a dropped connection would be
+    // closed later by sqlx's worker thread, after the caller has perhaps
+    // given up the lock.
+    close_conn(conn).await;
+    checked
+}
+
+/// The checks of [`inspect_existing`] on its read-only connection.
+async fn check(path: &Path, conn: &mut SqliteConnection) -> Result<(), StoreError> {
+    let unusable = |reason: String| unusable(path, reason);
     let tables: Vec<String> =
         sqlx::query_scalar("SELECT name FROM sqlite_master WHERE type = 'table'")
-            .fetch_all(&mut conn)
+            .fetch_all(&mut *conn)
             .await
             .map_err(|e| match is_busy(&e) {
                 true => in_use(path),
                 false => unusable(format!("is not a SQLite database or is corrupt ({e})")),
             })?;
     let check: String = sqlx::query_scalar("PRAGMA quick_check")
-        .fetch_one(&mut conn)
+        .fetch_one(&mut *conn)
         .await
         .map_err(|e| unusable(format!("is corrupt ({e})")))?;
     if check != "ok" {
         return Err(unusable(format!("is corrupt (quick_check: {check})")));
     }
-    check_ours(path, &tables, &mut conn).await?;
-    let _ = sqlx::Connection::close(conn).await;
-    Ok(())
+    check_ours(path, &tables, conn).await
 }
 
 /// Refuses a database that holds tables but not ours, or whose schema is

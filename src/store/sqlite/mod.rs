@@ -4,9 +4,11 @@
 //! batched statements, the group-commit queue, rekey) calls only what this
 //! module exports: [`open`] and [`open_exclusive`] (file checks, lock,
 //! inspection, pragmas, migrations), [`scan`] (the start-up read),
-//! [`begin_write`], [`close`] and [`compact`], and the connection, row and
-//! query types as [`Pool`], [`Conn`], [`Row`] and [`Query`]. Its rows are
-//! read through [`Source`], which the decoder takes.
+//! [`begin_write`], [`close`] (which returns only once every handle on the
+//! file is closed, see [`close_all`]), [`close_conn`] and [`compact`], and
+//! the connection, row and query types as [`Pool`], [`Conn`], [`Row`] and
+//! [`Query`]. Its rows are read through [`Source`], which the decoder
+//! takes.
 //!
 //! A second backend (PostgreSQL) would stand beside this one as
 //! `store/postgres/` with the same functions, its own migrations and its own
@@ -88,10 +90,11 @@ pub(super) async fn open(path: &Path) -> Result<(Pool, DbLock), StoreError> {
         .max_lifetime(None)
         .connect_with(options)
         .await?;
-    migrate::MIGRATOR
-        .run(&pool)
-        .await
-        .map_err(|reason| migration_failed(path, reason))?;
+    if let Err(reason) = migrate::MIGRATOR.run(&pool).await {
+        // Closed before the lock is dropped, as on a normal close.
+        close_all(&pool).await;
+        return Err(migration_failed(path, reason));
+    }
     Ok((pool, lock))
 }
 
@@ -101,10 +104,7 @@ pub(super) async fn open(path: &Path) -> Result<(Pool, DbLock), StoreError> {
 pub(super) async fn open_exclusive(path: &Path) -> Result<(Conn, DbLock), StoreError> {
     let lock = file::guard(path)?;
     inspect::inspect_existing(path).await?;
-    let busy = |e: sqlx::Error| match is_busy(&e) {
-        true => in_use(path),
-        false => StoreError::Sqlx(e),
-    };
+    let busy = busy_is_in_use(path);
     let options = SqliteConnectOptions::new()
         .filename(path)
         .create_if_missing(false)
@@ -116,18 +116,30 @@ pub(super) async fn open_exclusive(path: &Path) -> Result<(Conn, DbLock), StoreE
     let mut conn = sqlx::ConnectOptions::connect(&options)
         .await
         .map_err(busy)?;
-    // In exclusive locking mode the first write takes the file's lock and
-    // keeps it until the connection closes.
+    match take_and_migrate(path, &mut conn).await {
+        Ok(()) => Ok((conn, lock)),
+        Err(e) => {
+            // Closed before the lock is dropped.
+            close_conn(conn).await;
+            Err(e)
+        }
+    }
+}
+
+/// Takes SQLite's exclusive lock on `conn` (in exclusive locking mode the
+/// first write takes it and keeps it until the connection closes), then
+/// migrates.
+async fn take_and_migrate(path: &Path, conn: &mut Conn) -> Result<(), StoreError> {
+    let busy = busy_is_in_use(path);
     sqlx::query("BEGIN IMMEDIATE")
-        .execute(&mut conn)
+        .execute(&mut *conn)
         .await
         .map_err(busy)?;
-    sqlx::query("COMMIT").execute(&mut conn).await?;
+    sqlx::query("COMMIT").execute(&mut *conn).await?;
     migrate::MIGRATOR
-        .run(&mut conn)
+        .run(conn)
         .await
-        .map_err(|reason| migration_failed(path, reason))?;
-    Ok((conn, lock))
+        .map_err(|reason| migration_failed(path, reason))
 }
 
 /// Starts a write transaction. `IMMEDIATE` takes the write lock at once, so
@@ -152,19 +164,90 @@ pub(super) async fn scan(
     scan::scan(handle.as_raw_handle(), sql, |row| each(row))
 }
 
+/// How long [`close`] waits for the pool's last connection to close. The
+/// daemon has stopped every task that uses the store by then, so this only
+/// bounds a connection something still holds.
+const CLOSE_WAIT: Duration = Duration::from_secs(5);
+
+/// What [`close`] left behind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Closed {
+    /// Every connection's SQLite handle is closed.
+    All,
+    /// This many connections were still open when [`CLOSE_WAIT`] ran out.
+    Lingering(u32),
+}
+
 /// Checkpoints the WAL (so the file alone holds everything) and closes
-/// every connection.
-pub(super) async fn close(pool: &Pool) {
+/// every connection, returning once every handle on the file is closed (or
+/// [`CLOSE_WAIT`] has passed).
+pub(super) async fn close(pool: &Pool) -> Closed {
     let _ = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
         .execute(pool)
         .await;
-    pool.close().await;
+    close_all(pool).await
+}
+
+/// Closes the pool and waits until it holds no connection.
+///
+/// One `Pool::close` is not enough (sqlx 0.8): a connection put back just
+/// before it is checked on a spawned task, and can land in the idle queue
+/// after `close` has emptied that queue for the last time. Nothing closes
+/// it then until the last clone of the pool is dropped, so it would outlive
+/// the lock. Each further `close` empties the idle queue again, and `size`
+/// counts a connection until its handle has been closed.
+///
+/// Waiting first until every connection is back in the idle queue lets
+/// `close` close them one after another, so the last is alone on the file
+/// and removes the WAL; two closing at once would each leave it to the
+/// other.
+async fn close_all(pool: &Pool) -> Closed {
+    close_within(pool, CLOSE_WAIT).await
+}
+
+/// As [`close_all`], giving up after `wait`: `Pool::close` itself waits for
+/// as long as a connection is in use. Waiting for every connection to be
+/// idle takes at most half of it, so a connection still in use does not
+/// keep the idle ones open too.
+pub(super) async fn close_within(pool: &Pool, wait: Duration) -> Closed {
+    let emptied = tokio::time::timeout(wait, async {
+        let _ = tokio::time::timeout(wait / 2, async {
+            while !all_idle(pool) {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        })
+        .await;
+        loop {
+            pool.close().await;
+            if pool.size() == 0 {
+                return;
+            }
+            // Lets the spawned task that is putting a connection back finish.
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    })
+    .await;
+    match emptied {
+        Ok(()) => Closed::All,
+        Err(_) => Closed::Lingering(pool.size()),
+    }
+}
+
+/// Whether every connection of the pool is in its idle queue (none is in
+/// use or on its way back).
+fn all_idle(pool: &Pool) -> bool {
+    usize::try_from(pool.size()).is_ok_and(|size| pool.num_idle() >= size)
+}
+
+/// Closes one connection, waiting until its handle is closed (dropping it
+/// would leave that to sqlx's worker thread, later).
+pub(super) async fn close_conn(conn: Conn) {
+    let _ = sqlx::Connection::close(conn).await;
 }
 
 /// After a committed rewrite of every row: compacts the file (`VACUUM`) and
 /// checkpoints the WAL, so no old value survives in free pages, then closes.
 pub(super) async fn compact(mut conn: Conn) {
-    use sqlx::Connection;
     for step in ["VACUUM", "PRAGMA wal_checkpoint(TRUNCATE)"] {
         if let Err(e) = sqlx::query(step).execute(&mut conn).await {
             tracing::warn!(
@@ -172,7 +255,16 @@ pub(super) async fn compact(mut conn: Conn) {
             );
         }
     }
-    let _ = conn.close().await;
+    close_conn(conn).await;
+}
+
+/// Maps an error to [`StoreError::InUse`] when SQLite said another
+/// connection holds the file, to [`StoreError::Sqlx`] otherwise.
+fn busy_is_in_use(path: &Path) -> impl Fn(sqlx::Error) -> StoreError + '_ {
+    move |e| match is_busy(&e) {
+        true => in_use(path),
+        false => StoreError::Sqlx(e),
+    }
 }
 
 /// The refusal for a database another process holds.
