@@ -182,6 +182,24 @@ pub(crate) fn parent_dir(file: &Path) -> &Path {
         .unwrap_or(Path::new("."))
 }
 
+/// Creates `dir` (and missing parents) if it does not exist: mode 0700, or
+/// 0750 and group `gid` so that group's members can reach what is inside.
+/// An existing directory is left as it is, for [`check_private_dir`] to judge.
+pub(crate) fn create_missing_dir(dir: &Path, gid: Option<u32>) -> io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    if dir.exists() {
+        return Ok(());
+    }
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(if gid.is_some() { 0o750 } else { 0o700 })
+        .create(dir)?;
+    if let Some(gid) = gid {
+        std::os::unix::fs::chown(dir, None, Some(gid))?;
+    }
+    Ok(())
+}
+
 /// Checks a directory that holds files tokend creates (the database's, the
 /// socket's): the ancestor rule up to it, and not writable by every user.
 pub(crate) fn check_private_dir(dir: &Path) -> Result<(), UnsafeFile> {

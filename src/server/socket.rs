@@ -3,7 +3,7 @@
 //! mode 0660 (and the readers' group) and `SocketFile` removes it on drop.
 
 use std::io;
-use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use tokio::net::UnixListener;
@@ -65,16 +65,7 @@ pub(crate) async fn bind(
         reason,
     };
     let dir = fsguard::parent_dir(path);
-    if !dir.exists() {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(if gid.is_some() { 0o750 } else { 0o700 })
-            .create(dir)
-            .map_err(bind_err)?;
-        if let Some(gid) = gid {
-            std::os::unix::fs::chown(dir, None, Some(gid)).map_err(bind_err)?;
-        }
-    }
+    fsguard::create_missing_dir(dir, gid).map_err(bind_err)?;
     fsguard::check_private_dir(dir).map_err(|reason| ServerError::Unsafe {
         path: path.to_path_buf(),
         reason,

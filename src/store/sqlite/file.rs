@@ -6,7 +6,6 @@
 //! Everything here runs before a connection opens, so a file another user
 //! could read or replace is refused without SQLite touching it.
 
-use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
 use crate::fsguard::{self, Create};
@@ -86,16 +85,10 @@ pub(super) fn guard(path: &Path) -> Result<DbLock, StoreError> {
         reason,
     };
     let dir = fsguard::parent_dir(path);
-    if !dir.exists() {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .map_err(|reason| StoreError::Prepare {
-                path: path.to_path_buf(),
-                reason,
-            })?;
-    }
+    fsguard::create_missing_dir(dir, None).map_err(|reason| StoreError::Prepare {
+        path: path.to_path_buf(),
+        reason,
+    })?;
     fsguard::check_private_dir(dir).map_err(unsafe_file)?;
     let lock = DbLock::acquire(path)?;
     for suffix in ["", "-wal", "-shm"] {
