@@ -2,13 +2,12 @@
 //! (SO_PEERCRED): clients run as other users through `setpriv`.
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::process::Stdio;
 use std::time::Duration;
 
 use tokio::process::Command;
 
 use crate::support::fake_provider::{FakeConfig, FakeProvider, Flavor};
-use crate::support::{provider_toml, write_private, Daemon, Run, FAST_DAEMON};
+use crate::support::{cli_as, provider_toml, setpriv, write_private, Daemon, Run, FAST_DAEMON};
 
 const SOCKET_GID: u32 = 4242;
 const ADMIN_GID: u32 = 4243;
@@ -16,31 +15,7 @@ const READER_GID: u32 = 4244;
 
 /// Runs the CLI as `uid`, with primary group `gid` and supplementary `groups`.
 async fn as_user(daemon: &Daemon, uid: u32, gid: u32, groups: &[u32], args: &[&str]) -> Run {
-    let groups_arg = if groups.is_empty() {
-        "--clear-groups".to_string()
-    } else {
-        format!(
-            "--groups={}",
-            groups
-                .iter()
-                .map(u32::to_string)
-                .collect::<Vec<_>>()
-                .join(",")
-        )
-    };
-    let out = Command::new("setpriv")
-        .arg(format!("--reuid={uid}"))
-        .arg(format!("--regid={gid}"))
-        .arg(groups_arg)
-        .arg(env!("CARGO_BIN_EXE_tokend"))
-        .arg("--socket")
-        .arg(&daemon.socket)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .await
-        .expect("setpriv (util-linux) must be installed");
-    Run::from_output(&out)
+    cli_as(&daemon.socket, uid, gid, groups, args).await
 }
 
 async fn start() -> (FakeProvider, Daemon) {
@@ -125,12 +100,7 @@ async fn readers_groups_units_and_admins() {
             "{run:?}"
         );
     }
-    let add = Command::new("setpriv")
-        .args([
-            "--reuid=1000",
-            &format!("--regid={SOCKET_GID}"),
-            "--clear-groups",
-        ])
+    let add = setpriv(1000, SOCKET_GID, &[])
         .arg(env!("CARGO_BIN_EXE_tokend"))
         .arg("--socket")
         .arg(&daemon.socket)

@@ -9,10 +9,9 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
-use tokio::process::Command;
 
 use crate::support::fake_provider::{FakeConfig, FakeProvider, Flavor};
-use crate::support::{provider_toml, Daemon, FAST_DAEMON};
+use crate::support::{provider_toml, setpriv, Daemon, FAST_DAEMON};
 
 const SOCKET_GID: u32 = 4252;
 /// Reads `c` (its provider's readers) but not `private`; administers nothing.
@@ -115,10 +114,7 @@ sys.stdout.buffer.write(out)
 "#;
 
 async fn raw_as(daemon: &Daemon, uid: u32, request: &[u8], timeout: Duration) -> Answer {
-    let mut child = Command::new("setpriv")
-        .arg(format!("--reuid={uid}"))
-        .arg(format!("--regid={SOCKET_GID}"))
-        .arg("--clear-groups")
+    let mut child = setpriv(uid, SOCKET_GID, &[])
         // The system interpreter: a per-user one (pyenv) is unreachable to other uids.
         .args(["/usr/bin/python3", "-c", PY_CLIENT])
         .arg(&daemon.socket)

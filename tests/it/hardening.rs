@@ -13,7 +13,9 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 
 use crate::support::fake_provider::{FakeConfig, FakeProvider, Flavor};
-use crate::support::{cli_at, provider_toml, wait_until, write_private, Daemon, FAST_DAEMON};
+use crate::support::{
+    cli_as, cli_at, provider_toml, setpriv, wait_until, write_private, Daemon, FAST_DAEMON,
+};
 
 const OTHER: u32 = 65534;
 
@@ -353,16 +355,7 @@ async fn socket_directories_others_control_are_refused_and_group_readers_get_in(
     .await;
     let meta = std::fs::metadata(socket.parent().unwrap()).unwrap();
     assert_eq!((meta.mode() & 0o777, meta.gid()), (0o750, 4242));
-    let out = Command::new("setpriv")
-        .args(["--reuid=1000", "--regid=4242", "--clear-groups"])
-        .arg(env!("CARGO_BIN_EXE_tokend"))
-        .arg("--socket")
-        .arg(&socket)
-        .arg("status")
-        .output()
-        .await
-        .expect("setpriv (util-linux) must be installed");
-    assert!(out.status.success(), "{out:?}");
+    cli_as(&socket, 1000, 4242, &[], &["status"]).await.ok();
     daemon.kill().await.unwrap();
 }
 
@@ -389,8 +382,7 @@ async fn a_squatter_on_the_socket_gets_no_secret() {
     std::fs::create_dir(&squatted).unwrap();
     give_away(&squatted);
     let socket = squatted.join("tokend.sock");
-    let mut squatter = Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+    let mut squatter = setpriv(65534, 65534, &[])
         .args(["perl", "-e", SQUATTER])
         .arg(&socket)
         .arg("2")

@@ -4,7 +4,6 @@
 //! unless the provider is configured to serve it.
 
 use std::os::unix::fs::PermissionsExt;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use hyper::Method;
@@ -12,10 +11,9 @@ use serde_json::Value;
 use tokend::api::ErrorKind;
 use tokend::client::{Client, ClientError};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::process::Command;
 
 use crate::support::fake_provider::{FakeConfig, FakeProvider, Fault, Flavor};
-use crate::support::{provider_toml, wait_until, write_private, Daemon, Run, FAST_DAEMON};
+use crate::support::{cli_as, provider_toml, wait_until, write_private, Daemon, Run, FAST_DAEMON};
 
 const SOCKET_GID: u32 = 4252;
 const READER_UID: u32 = 1000;
@@ -30,19 +28,7 @@ fn daemon_with_interval(interval: &str) -> String {
 
 /// Runs the CLI as the reader uid (not an administrator).
 async fn as_reader(daemon: &Daemon, args: &[&str]) -> Run {
-    let out = Command::new("setpriv")
-        .arg(format!("--reuid={READER_UID}"))
-        .arg(format!("--regid={SOCKET_GID}"))
-        .arg("--clear-groups")
-        .arg(env!("CARGO_BIN_EXE_tokend"))
-        .arg("--socket")
-        .arg(&daemon.socket)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .await
-        .expect("setpriv (util-linux) must be installed");
-    Run::from_output(&out)
+    cli_as(&daemon.socket, READER_UID, SOCKET_GID, &[], args).await
 }
 
 /// The raw HTTP answer (head and body) to `GET path`.

@@ -323,3 +323,36 @@ where
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// A `setpriv` command that runs what follows as `uid` with primary group
+/// `gid` and exactly the supplementary `groups`: another local user, as the
+/// kernel will report them to the daemon (SO_PEERCRED, /proc).
+pub fn setpriv(uid: u32, gid: u32, groups: &[u32]) -> Command {
+    let groups = match groups {
+        [] => "--clear-groups".to_string(),
+        _ => {
+            let list: Vec<String> = groups.iter().map(u32::to_string).collect();
+            format!("--groups={}", list.join(","))
+        }
+    };
+    let mut cmd = Command::new("setpriv");
+    cmd.arg(format!("--reuid={uid}"))
+        .arg(format!("--regid={gid}"))
+        .arg(groups);
+    cmd
+}
+
+/// Runs the CLI against `socket` as `uid`:`gid` with `groups` (see
+/// [`setpriv`]), stdin closed.
+pub async fn cli_as(socket: &Path, uid: u32, gid: u32, groups: &[u32], args: &[&str]) -> Run {
+    let out = setpriv(uid, gid, groups)
+        .arg(env!("CARGO_BIN_EXE_tokend"))
+        .arg("--socket")
+        .arg(socket)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .expect("setpriv (util-linux) must be installed");
+    Run::from_output(&out)
+}
