@@ -6,13 +6,10 @@
 
 use std::time::Duration;
 
-use futures::StreamExt as _;
-use hyper::Method;
-use serde_json::{json, Value};
-use tokend::client::Client;
+use serde_json::Value;
 
 use crate::support::fake_provider::{FakeConfig, FakeProvider, Flavor};
-use crate::support::{provider_toml, Daemon, FAST_DAEMON};
+use crate::support::{add_families, provider_toml, Daemon, FAST_DAEMON};
 
 const CREDENTIALS: usize = 200;
 const KILLS: usize = 50;
@@ -75,34 +72,8 @@ async fn sigkill_at_random_moments_loses_nothing() {
     )
     .await;
 
-    // 200 credentials, each its own grant family, added through the library
-    // client (each PUT waits for the credential's first refresh).
-    let client = Client::new(&daemon.socket);
-    let grants: Vec<(String, u64)> = (0..CREDENTIALS)
-        .map(|_| fake.issue_refresh_token_family())
-        .collect();
-    let families: Vec<u64> = grants.iter().map(|(_, f)| *f).collect();
-    let added: Vec<_> = futures::stream::iter(grants.iter().enumerate())
-        .map(|(i, (rt, _))| {
-            let client = client.clone();
-            async move {
-                client
-                    .call::<Value>(
-                        Method::PUT,
-                        &format!("/v1/credentials/{}", name(i)),
-                        Some(&json!({"provider": "p", "refresh_token": rt})),
-                    )
-                    .await
-            }
-        })
-        .buffer_unordered(16)
-        .collect()
-        .await;
-    for r in added {
-        if let Err(e) = r {
-            panic!("adding a credential failed: {e}");
-        }
-    }
+    // 200 credentials, each its own grant family.
+    let families = add_families(&daemon, &fake, CREDENTIALS, name, 16).await;
     assert!(
         family_counts(&fake, &families).iter().all(|c| *c >= 1),
         "every credential was refreshed once when added"

@@ -5,13 +5,10 @@
 
 use std::time::Duration;
 
-use futures::StreamExt as _;
-use hyper::Method;
-use serde_json::{json, Value};
-use tokend::client::Client;
+use serde_json::Value;
 
 use crate::support::fake_provider::{FakeConfig, FakeProvider, FamilyOnReuse, Flavor};
-use crate::support::{provider_toml, wait_until, Daemon, FAST_DAEMON};
+use crate::support::{add_families, provider_toml, wait_until, Daemon, FAST_DAEMON};
 
 const CREDENTIALS: usize = 20;
 const KILLS: usize = 15;
@@ -60,32 +57,7 @@ async fn crash_loop_retries_interrupted_refreshes_within_the_reuse_grace() {
         ),
     )
     .await;
-    let client = Client::new(&daemon.socket);
-    let grants: Vec<(String, u64)> = (0..CREDENTIALS)
-        .map(|_| fake.issue_refresh_token_family())
-        .collect();
-    let families: Vec<u64> = grants.iter().map(|(_, f)| *f).collect();
-    let added: Vec<_> = futures::stream::iter(grants.iter().enumerate())
-        .map(|(i, (rt, _))| {
-            let client = client.clone();
-            async move {
-                client
-                    .call::<Value>(
-                        Method::PUT,
-                        &format!("/v1/credentials/{}", name(i)),
-                        Some(&json!({"provider": "p", "refresh_token": rt})),
-                    )
-                    .await
-            }
-        })
-        .buffer_unordered(CREDENTIALS)
-        .collect()
-        .await;
-    for r in added {
-        if let Err(e) = r {
-            panic!("adding a credential failed: {e}");
-        }
-    }
+    let families = add_families(&daemon, &fake, CREDENTIALS, name, CREDENTIALS).await;
 
     for _ in 0..KILLS {
         let pause = rand::random_range(0..=1500);

@@ -356,3 +356,37 @@ pub async fn cli_as(socket: &Path, uid: u32, gid: u32, groups: &[u32], args: &[&
         .expect("setpriv (util-linux) must be installed");
     Run::from_output(&out)
 }
+
+/// Adds `n` credentials named `name(i)`, each its own grant family of
+/// `fake`, through the library client, `concurrency` PUTs at a time (each
+/// waits for the credential's first refresh). Returns the families by index.
+pub async fn add_families(
+    daemon: &Daemon,
+    fake: &FakeProvider,
+    n: usize,
+    name: impl Fn(usize) -> String,
+    concurrency: usize,
+) -> Vec<u64> {
+    use futures::StreamExt as _;
+    let client = tokend::client::Client::new(&daemon.socket);
+    let grants: Vec<(String, u64)> = (0..n).map(|_| fake.issue_refresh_token_family()).collect();
+    let added: Vec<_> = futures::stream::iter(grants.iter().enumerate())
+        .map(|(i, (rt, _))| {
+            let (client, path) = (client.clone(), format!("/v1/credentials/{}", name(i)));
+            async move {
+                let body = serde_json::json!({"provider": "p", "refresh_token": rt});
+                client
+                    .call::<serde_json::Value>(hyper::Method::PUT, &path, Some(&body))
+                    .await
+            }
+        })
+        .buffer_unordered(concurrency)
+        .collect()
+        .await;
+    for r in added {
+        if let Err(e) = r {
+            panic!("adding a credential failed: {e}");
+        }
+    }
+    grants.into_iter().map(|(_, family)| family).collect()
+}
