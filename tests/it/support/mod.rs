@@ -2,8 +2,6 @@
 //! `tokend` binary on a temporary directory (its own socket, database and
 //! configuration) and drives it through the real CLI.
 
-#![allow(dead_code)]
-
 pub mod fake_provider;
 
 use std::path::{Path, PathBuf};
