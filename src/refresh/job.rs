@@ -57,11 +57,23 @@ pub(crate) struct Job {
     pub(crate) earlier_unknown: bool,
 }
 
+/// Where a credential's newest tokens are: in the database, or only in
+/// memory because the database refused them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Durability {
+    /// Committed: the database holds them.
+    Committed,
+    /// Only in memory; their commit is retried.
+    HeldInMemory,
+}
+
 /// What a job tells the owner.
 pub(crate) enum Outcome {
-    /// New tokens; `committed` is false if the database refused them (they
-    /// are then only in memory).
-    Refreshed { cred: Credential, committed: bool },
+    /// New tokens, and whether they reached the database.
+    Refreshed {
+        cred: Credential,
+        durability: Durability,
+    },
     /// The refresh failed. `cred` carries the recorded error and state, or
     /// is `None` if the credential could not even be read.
     Failed {
@@ -69,7 +81,7 @@ pub(crate) enum Outcome {
         failure: Failure,
     },
     /// A commit-only job (retrying tokens held in memory) finished.
-    Committed { ok: bool },
+    CommitRetried(Durability),
     /// The credential was replaced or removed while the job ran.
     Superseded,
 }
@@ -86,51 +98,53 @@ impl Job {
         if PANIC_NEXT_JOB.swap(false, std::sync::atomic::Ordering::SeqCst) {
             panic!("a job panicked on purpose");
         }
-        let (provider, cred, sent_at, uncommitted) = match work {
+        let (provider, cred, sent_at, base) = match work {
             Work::Commit { held } => {
                 return match self.commit_held(held).await {
-                    Some(ok) => Outcome::Committed { ok },
+                    Some(durability) => Outcome::CommitRetried(durability),
                     None => Outcome::Superseded,
                 }
             }
             Work::Refresh { provider } => {
                 let sent_at = now_ms();
-                (provider, self.begin(sent_at).await, sent_at, false)
+                let cred = self.begin(sent_at).await;
+                (provider, cred, sent_at, Durability::Committed)
             }
             Work::CommitThenRefresh { provider, held } => {
-                let Some(committed) = self.commit_held(held.clone()).await else {
+                let Some(durability) = self.commit_held(held.clone()).await else {
                     return Outcome::Superseded;
                 };
                 // Sent after the commit, as the attempt starts then.
                 let sent_at = now_ms();
-                if committed {
+                if durability == Durability::Committed {
                     // The database and memory agree now, but the attempt
                     // still has to be marked.
-                    (provider, self.begin(sent_at).await, sent_at, false)
+                    let cred = self.begin(sent_at).await;
+                    (provider, cred, sent_at, Durability::Committed)
                 } else {
                     // The database is failing and holds an older refresh
                     // token than memory: refreshing with the newest one (the
                     // only one the provider still accepts) beats letting the
                     // access token die.
-                    (provider, Ok(held), sent_at, true)
+                    (provider, Ok(held), sent_at, Durability::HeldInMemory)
                 }
             }
         };
         match cred {
-            Ok(cred) => self.refresh(&provider, cred, sent_at, uncommitted).await,
+            Ok(cred) => self.refresh(&provider, cred, sent_at, base).await,
             Err(outcome) => outcome,
         }
     }
 
     /// Commits tokens held in memory: whether that worked, or `None` if the
     /// credential was replaced or removed meanwhile.
-    async fn commit_held(&self, held: Credential) -> Option<bool> {
+    async fn commit_held(&self, held: Credential) -> Option<Durability> {
         match self.commits.save(held).await {
-            Ok(true) => Some(true),
+            Ok(true) => Some(Durability::Committed),
             Ok(false) => None,
             Err(e) => {
                 tracing::warn!(tokend_credential = %self.name, tokend_error = %e, "commit of tokens held in memory still failing");
-                Some(false)
+                Some(Durability::HeldInMemory)
             }
         }
     }
@@ -168,19 +182,21 @@ impl Job {
         cred.ok_or(Outcome::Superseded)
     }
 
+    /// Refreshes `cred`; `base` says whether `cred` is what the database
+    /// holds (a failure is then recorded there) or only held in memory.
     async fn refresh(
         self,
         provider: &ProviderConfig,
         mut cred: Credential,
         sent_at: i64,
-        uncommitted: bool,
+        base: Durability,
     ) -> Outcome {
         let Some(refresh_token) = cred.refresh_token.clone() else {
             let f = failure(
                 FailureKind::Reauth,
                 "the provider never issued a refresh token and the access token has expired",
             );
-            return self.fail(cred, f, uncommitted).await;
+            return self.fail(cred, f, base).await;
         };
         // `begin` keeps the mark of an earlier attempt whose outcome is
         // unknown; so does this copy, which the failure path saves.
@@ -193,15 +209,15 @@ impl Job {
             Ok(set) => {
                 let (expires_at, source) = expires_at_ms(&set, sent_at, provider.default_lifetime);
                 cred.apply(set, sent_at, expires_at, source);
-                let committed = match self.commits.save(cred.clone()).await {
-                    Ok(true) => true,
+                let durability = match self.commits.save(cred.clone()).await {
+                    Ok(true) => Durability::Committed,
                     Ok(false) => return Outcome::Superseded,
                     Err(e) => {
                         tracing::error!(tokend_credential = %self.name, tokend_error = %e, "commit of refreshed tokens failed");
-                        false
+                        Durability::HeldInMemory
                     }
                 };
-                Outcome::Refreshed { cred, committed }
+                Outcome::Refreshed { cred, durability }
             }
             Err(mut f) => {
                 if f.kind == FailureKind::Reauth && self.earlier_unknown {
@@ -214,19 +230,21 @@ impl Job {
                 if !f.outcome_unknown {
                     cred.refresh_started_at = None;
                 }
-                self.fail(cred, f, uncommitted).await
+                self.fail(cred, f, base).await
             }
         }
     }
 
-    async fn fail(self, mut cred: Credential, failure: Failure, uncommitted: bool) -> Outcome {
+    async fn fail(self, mut cred: Credential, failure: Failure, base: Durability) -> Outcome {
         cred.last_error = Some(failure.message.clone());
         cred.updated_at = now_ms();
         if failure.kind == FailureKind::Reauth {
             cred.state = State::NeedsReauth;
             cred.refresh_started_at = None;
         }
-        if !uncommitted {
+        // Held tokens stay out of a database that holds an older refresh
+        // token than they do; their own commit retry writes them.
+        if base == Durability::Committed {
             match self.commits.save(cred.clone()).await {
                 Ok(false) => return Outcome::Superseded,
                 Ok(true) => {}
@@ -317,7 +335,11 @@ mod tests {
             failure.message
         );
         // A job that does not panic is passed through.
-        let outcome = run_caught("c", async { Outcome::Committed { ok: true } }).await;
-        assert!(matches!(outcome, Outcome::Committed { ok: true }));
+        let outcome =
+            run_caught("c", async { Outcome::CommitRetried(Durability::Committed) }).await;
+        assert!(matches!(
+            outcome,
+            Outcome::CommitRetried(Durability::Committed)
+        ));
     }
 }

@@ -10,7 +10,7 @@
 
 use std::sync::Arc;
 
-use super::job::Outcome;
+use super::job::{Durability, Outcome};
 use super::slots::HeldTokens;
 use super::timing::{blocked_until, failure_retry_at};
 use super::{Refresher, View};
@@ -34,15 +34,16 @@ impl Refresher {
         let now = self.now();
         match outcome {
             Outcome::Superseded => self.edit_view(id, |v| v.refreshing = false),
-            Outcome::Committed { ok } => self.on_committed(id, ok, now),
-            Outcome::Refreshed { cred, committed } => self.on_refreshed(id, cred, committed, now),
+            Outcome::CommitRetried(durability) => self.on_commit_retried(id, durability, now),
+            Outcome::Refreshed { cred, durability } => self.on_refreshed(id, cred, durability, now),
             Outcome::Failed { cred, failure } => self.on_failed(id, cred, failure, now),
         }
     }
 
     /// A commit retry ended.
-    fn on_committed(&mut self, id: u32, ok: bool, now: i64) {
-        if ok {
+    fn on_commit_retried(&mut self, id: u32, durability: Durability, now: i64) {
+        let committed = durability == Durability::Committed;
+        if committed {
             self.slots.forget_held(id);
             let name = self.slots.get(id).map(|s| Arc::clone(&s.view.name));
             event!(info, Kind::CommitRecovered, tokend_credential = %name.unwrap_or_default(), "tokens held in memory are now committed");
@@ -51,7 +52,7 @@ impl Refresher {
         }
         self.edit_view(id, |v| {
             v.refreshing = false;
-            v.uncommitted = !ok;
+            v.uncommitted = !committed;
         });
     }
 
@@ -84,7 +85,8 @@ impl Refresher {
     }
 
     /// New tokens: published, and committed or held in memory.
-    fn on_refreshed(&mut self, id: u32, cred: Credential, committed: bool, now: i64) {
+    fn on_refreshed(&mut self, id: u32, cred: Credential, durability: Durability, now: i64) {
+        let committed = durability == Durability::Committed;
         let Some(old) = self.slots.view(id) else {
             return;
         };

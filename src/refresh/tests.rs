@@ -7,7 +7,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 
 use super::admission::Ticket;
-use super::job::{Outcome, Work};
+use super::job::{Durability, Outcome, Work};
 use super::*;
 use crate::provider::FailureKind;
 use crate::token::{LifetimeSource, Secret};
@@ -148,7 +148,7 @@ impl Harness {
             s,
             Outcome::Refreshed {
                 cred,
-                committed: true,
+                durability: Durability::Committed,
             },
         );
     }
