@@ -17,8 +17,8 @@ use std::collections::{HashMap, HashSet};
 
 use sqlx::Row as _;
 
-use super::columns::{bind_state, select_list, state_columns, Shape, STATE_COUNT};
-use super::sqlite::{Conn, Row};
+use super::columns::{select_list, state_columns, state_values, Shape, STATE_COUNT};
+use super::sqlite::{self, Conn, Row};
 use crate::credential::Credential;
 use crate::seal::Key;
 
@@ -271,7 +271,8 @@ async fn save_chunk(
     );
     let mut query = sqlx::query(&sql).persistent(rows <= CACHED_ROWS);
     for &(_, c) in chunk {
-        query = bind_state(query.bind(&c.name).bind(c.generation), c, key).bind(c.updated_at);
+        let keyed = query.bind(&c.name).bind(c.generation);
+        query = sqlite::bind(keyed, state_values(c, key)).bind(c.updated_at);
     }
     for _ in 0..(rows - chunk.len()) * SAVE_PARAMS {
         query = query.bind(None::<String>);

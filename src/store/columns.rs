@@ -14,7 +14,6 @@ use std::sync::LazyLock;
 
 use serde_json::{Map, Value};
 
-use super::sqlite::Query;
 use super::StoreError;
 use crate::credential::{Credential, State};
 use crate::seal::{self, Key};
@@ -60,11 +59,11 @@ const LAST_REFRESH_AT: usize = index("last_refresh_at");
 const CREATED_AT: usize = index("created_at");
 const UPDATED_AT: usize = index("updated_at");
 
-/// How many columns [`bind_state`] binds: `refresh_token` to
+/// How many columns [`state_values`] gives: `refresh_token` to
 /// `last_refresh_at`, what a refresh changes.
 pub(super) const STATE_COUNT: usize = LAST_REFRESH_AT + 1 - REFRESH_TOKEN;
 
-/// The columns [`bind_state`] binds, in its order.
+/// The columns [`state_values`] gives, in its order.
 pub(super) fn state_columns() -> &'static [&'static str] {
     &COLUMNS[REFRESH_TOKEN..=LAST_REFRESH_AT]
 }
@@ -122,7 +121,7 @@ pub(super) fn select_list(shape: Shape) -> &'static str {
 }
 
 /// The upsert of a whole credential: parameters ?1 name, ?2 provider,
-/// ?3.. the state columns ([`bind_state`]), then created_at, which is also
+/// ?3.. the state columns ([`state_values`]), then created_at, which is also
 /// the first `updated_at`. A replacement bumps the generation so a refresh
 /// still in flight for the old one cannot overwrite it.
 pub(super) fn replace_sql() -> &'static str {
@@ -158,23 +157,34 @@ pub(super) fn replace_sql() -> &'static str {
     &SQL
 }
 
-/// Binds the credential's state columns ([`state_columns`], in order),
-/// sealing the tokens under `key` when there is one.
-pub(super) fn bind_state<'q>(query: Query<'q>, c: &'q Credential, key: Option<&Key>) -> Query<'q> {
-    let seal = |column, s: &Secret| seal_column(key, &c.name, column, s.expose());
-    query
-        .bind(c.refresh_token.as_ref().map(|s| seal("refresh_token", s)))
-        .bind(c.access_token.as_ref().map(|s| seal("access_token", s)))
-        .bind(&c.token_type)
-        .bind(&c.scope)
-        .bind(c.expires_at)
-        .bind(c.lifetime_source.map(LifetimeSource::as_str))
-        .bind(c.refresh_expires_at)
-        .bind(seal_extra(key, &c.name, &c.extra))
-        .bind(c.state.as_str())
-        .bind(&c.last_error)
-        .bind(c.refresh_started_at)
-        .bind(c.last_refresh_at)
+/// One value as a statement binds it, whatever the backend.
+pub(super) enum Bound<'a> {
+    /// A text column: owned when sealed or serialized here.
+    Text(Option<std::borrow::Cow<'a, str>>),
+    /// An integer column.
+    Int(Option<i64>),
+}
+
+/// The credential's state columns ([`state_columns`], in order) as stored:
+/// the tokens sealed under `key` when there is one. The backend binds them.
+pub(super) fn state_values<'a>(c: &'a Credential, key: Option<&Key>) -> [Bound<'a>; STATE_COUNT] {
+    use std::borrow::Cow;
+    let seal = |column, s: &Secret| Cow::Owned(seal_column(key, &c.name, column, s.expose()));
+    let text = |s: Option<&'a str>| Bound::Text(s.map(Cow::Borrowed));
+    [
+        Bound::Text(c.refresh_token.as_ref().map(|s| seal("refresh_token", s))),
+        Bound::Text(c.access_token.as_ref().map(|s| seal("access_token", s))),
+        text(Some(&c.token_type)),
+        text(c.scope.as_deref()),
+        Bound::Int(c.expires_at),
+        text(c.lifetime_source.map(LifetimeSource::as_str)),
+        Bound::Int(c.refresh_expires_at),
+        Bound::Text(Some(Cow::Owned(seal_extra(key, &c.name, &c.extra)))),
+        text(Some(c.state.as_str())),
+        text(c.last_error.as_deref()),
+        Bound::Int(c.refresh_started_at),
+        Bound::Int(c.last_refresh_at),
+    ]
 }
 
 /// `value` of `column` of credential `name` as stored: sealed under `key`,

@@ -148,7 +148,7 @@ impl Store {
         let query = sqlx::query(columns::replace_sql())
             .bind(&c.name)
             .bind(&c.provider);
-        let row = columns::bind_state(query, c, self.key.as_deref())
+        let row = sqlite::bind(query, columns::state_values(c, self.key.as_deref()))
             .bind(c.created_at)
             .fetch_one(&self.pool)
             .await?;

@@ -38,7 +38,7 @@ use sqlx::Row as _;
 
 pub(super) use file::DbLock;
 
-use super::columns::Source;
+use super::columns::{Bound, Source};
 use super::StoreError;
 
 /// The connection pool.
@@ -280,6 +280,17 @@ fn migration_failed(path: &Path, reason: sqlx::migrate::MigrateError) -> StoreEr
         path: path.to_path_buf(),
         reason,
     }
+}
+
+/// Binds `values` to `query`, in order.
+pub(super) fn bind<'q, const N: usize>(mut query: Query<'q>, values: [Bound<'q>; N]) -> Query<'q> {
+    for value in values {
+        query = match value {
+            Bound::Text(text) => query.bind(text),
+            Bound::Int(int) => query.bind(int),
+        };
+    }
+    query
 }
 
 /// Whether SQLite said another connection holds a lock (SQLITE_BUSY or
