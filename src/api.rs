@@ -137,7 +137,7 @@ pub(crate) struct ExchangeCode {
     pub(crate) code_verifier: Option<String>,
 }
 
-/// A credential's state, as `state` in [`TokenResponse`] and
+/// A credential's state, as `state` in `TokenResponse` and
 /// [`CredentialStatus`]: `"active"`, `"needs_reauth"` or `"paused"`.
 ///
 /// ```json

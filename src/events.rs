@@ -1,5 +1,5 @@
 //! The events an operator may want to find again: each kind has a stable
-//! journald `MESSAGE_ID` and a short name, and is logged through [`event!`]
+//! journald `MESSAGE_ID` and a short name, and is logged through `event!`
 //! with the same structured fields everywhere.
 //!
 //! Field names are written as journald will show them, lowercased:

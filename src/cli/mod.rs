@@ -6,7 +6,7 @@
 //!
 //! Every value an option or argument takes may begin with `-`: authorization
 //! codes and PKCE verifiers are base64url, and one in 64 begins with it.
-//! Output goes through [`outln!`], so a reader that closes the pipe early
+//! Output goes through `outln!`, so a reader that closes the pipe early
 //! (`tokend status | head -1`) ends the command quietly with status 0.
 //!
 //! This module holds the arguments and the dispatch; `commands` the commands

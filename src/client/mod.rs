@@ -78,7 +78,7 @@ pub struct Client {
 }
 
 impl Client {
-    /// A client for the daemon at `socket`, with [`DEFAULT_TIMEOUT`].
+    /// A client for the daemon at `socket`, with `DEFAULT_TIMEOUT`.
     pub fn new(socket: &Path) -> Self {
         Client {
             socket: socket.to_path_buf(),
@@ -148,7 +148,7 @@ impl Client {
     }
 
     /// Sends one request and returns the status and body. Runs
-    /// [`Client::raw_blocking`] on tokio's blocking pool; if this future is
+    /// `Client::raw_blocking` on tokio's blocking pool; if this future is
     /// dropped, that thread still finishes the exchange (within the timeout).
     pub async fn raw(
         &self,

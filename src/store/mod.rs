@@ -7,9 +7,9 @@
 //! `sqlx::query` calls mapped by hand, so no `.sqlx/` offline data is needed
 //! to build.
 //!
-//! With a key ([`Store::open_with`]), the refresh token, the access token and
+//! With a key (`Store::open_with`), the refresh token, the access token and
 //! the `id_token` kept in `extra` are sealed on every write and opened on
-//! every read (see [`crate::seal`]); plaintext values written before a key
+//! every read (see `crate::seal`); plaintext values written before a key
 //! was configured are read as they are and sealed on their next write.
 //! Deleted content is overwritten (`secure_delete`), so a value replaced by
 //! its sealed form does not linger in the file's free space.
@@ -83,7 +83,7 @@ impl Store {
 
     /// Every credential, in full (refresh tokens included), by name. For
     /// tests and tools; the daemon streams lighter records with
-    /// [`Store::load_each`].
+    /// `Store::load_each`.
     pub async fn load_all(&self) -> Result<Vec<Credential>, StoreError> {
         let sql = format!(
             "SELECT {} FROM credentials ORDER BY name",
