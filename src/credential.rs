@@ -65,6 +65,63 @@ impl LifetimeSource {
     }
 }
 
+/// How a credential obtains its tokens, as the database names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum GrantKind {
+    /// From a refresh token (RFC 6749 §6), given by an operator or an
+    /// authorization-code exchange.
+    #[default]
+    RefreshToken,
+    /// By the client alone (RFC 6749 §4.4): no refresh token ever.
+    ClientCredentials,
+}
+
+impl GrantKind {
+    /// The name used in the database, the configuration and the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GrantKind::RefreshToken => "refresh_token",
+            GrantKind::ClientCredentials => "client_credentials",
+        }
+    }
+}
+
+impl FromStr for GrantKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "refresh_token" => Ok(GrantKind::RefreshToken),
+            "client_credentials" => Ok(GrantKind::ClientCredentials),
+            other => Err(format!("unknown grant `{other}`")),
+        }
+    }
+}
+
+/// How a credential obtains its tokens, with what the request asks for.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum CredentialGrant {
+    /// Refreshed with the refresh token on record.
+    #[default]
+    RefreshToken,
+    /// Acquired again and again with `grant_type=client_credentials`.
+    ClientCredentials {
+        /// Scope to request; the provider's `scope` when `None`.
+        scope: Option<String>,
+        /// Extra form fields (`audience`, `resource`, ...), in order.
+        params: Vec<(String, String)>,
+    },
+}
+
+impl CredentialGrant {
+    /// Which kind of grant this is.
+    pub fn kind(&self) -> GrantKind {
+        match self {
+            CredentialGrant::RefreshToken => GrantKind::RefreshToken,
+            CredentialGrant::ClientCredentials { .. } => GrantKind::ClientCredentials,
+        }
+    }
+}
+
 /// One credential as stored. Times are Unix milliseconds. Its `Debug` shows
 /// fingerprints of the tokens and only the keys of `extra` (which holds the
 /// id_token).
@@ -74,6 +131,8 @@ pub struct Credential {
     pub name: String,
     /// Name of the provider table in the configuration.
     pub provider: String,
+    /// How it obtains its tokens.
+    pub grant: CredentialGrant,
     /// Bumped on every replacement; guards writes of in-flight refreshes.
     pub generation: i64,
     /// The current refresh token; `None` when the provider never issued one.
@@ -122,6 +181,7 @@ impl fmt::Debug for Credential {
         f.debug_struct("Credential")
             .field("name", &self.name)
             .field("provider", &self.provider)
+            .field("grant", &self.grant.kind())
             .field("generation", &self.generation)
             .field("refresh_token", &self.refresh_token)
             .field("access_token", &self.access_token)
@@ -139,6 +199,7 @@ impl Credential {
         Credential {
             name: name.to_string(),
             provider: provider.to_string(),
+            grant: CredentialGrant::RefreshToken,
             generation: 0,
             refresh_token,
             access_token: None,
@@ -167,6 +228,15 @@ impl Credential {
         expires_at: i64,
         source: LifetimeSource,
     ) {
+        let mut set = set;
+        if self.grant.kind() == GrantKind::ClientCredentials {
+            // RFC 6749 §4.4.3 says no refresh token should be issued here;
+            // one that comes anyway is ignored, not stored: the credential
+            // is re-acquired with the client's own credentials, so the
+            // token would be a secret at rest that nothing ever uses.
+            set.refresh_token = None;
+            set.refresh_expires_in = None;
+        }
         let rotated = set.refresh_token.is_some();
         if let Some(rt) = set.refresh_token {
             self.refresh_token = Some(rt);

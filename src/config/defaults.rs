@@ -55,6 +55,11 @@ pub(crate) fn exchange() -> RequestTemplate {
     RequestTemplate::standard_exchange()
 }
 
+/// `[providers.NAME.client_credentials]`.
+pub(crate) fn client_credentials() -> RequestTemplate {
+    RequestTemplate::standard_client_credentials()
+}
+
 /// `encoding` of a request table that names none.
 pub(crate) const ENCODING: Encoding = Encoding::Form;
 

@@ -130,14 +130,15 @@ fn check_auth_inputs(
     }
 }
 
-/// A request table over its default, which must still send `{required}`.
+/// A request table over its default, which must still send `{required}`
+/// when the grant has a value of its own.
 pub(super) fn request_template(
     c: &mut Collector<'_>,
     provider: &Scope,
     name: &str,
     raw: Option<(RawRequest, Scope)>,
     default: RequestTemplate,
-    required: &str,
+    required: Option<&str>,
 ) -> RequestTemplate {
     let Some((raw, s)) = raw else { return default };
     let encoding = match raw.encoding.as_deref() {
@@ -156,7 +157,7 @@ pub(super) fn request_template(
         fields: template_pairs(c, &s, "fields", raw.fields).unwrap_or(default.fields),
         headers: template_pairs(c, &s, "headers", raw.headers).unwrap_or(default.headers),
     };
-    if !template.mentions(required) {
+    if let Some(required) = required.filter(|r| !template.mentions(r)) {
         c.push(
             s.line("fields"),
             provider.key(name),

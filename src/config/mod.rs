@@ -6,6 +6,7 @@
 //! - `validate`: raw tables into validated settings; it builds the
 //!   provider's request model (`provider::Endpoint`) but does not define it.
 //! - `defaults` and `bounds`: every setting's default and allowed range.
+//! - `credentials`: `[credentials.NAME]`, readers and declared credentials.
 //! - `secrets`: client secrets and the database key's location, from files,
 //!   the environment or systemd credentials.
 //!
@@ -26,11 +27,13 @@ use std::time::Duration;
 use toml::de::DeTable;
 
 use crate::access::Grant;
+use crate::credential::CredentialGrant;
 use crate::provider::Endpoint;
 use crate::token::RefreshTiming;
 
 mod bounds;
 mod collect;
+mod credentials;
 pub(crate) mod defaults;
 mod endpoint;
 mod raw;
@@ -50,6 +53,18 @@ pub struct Config {
     /// Per-credential readers (`[credentials.NAME] readers = [...]`),
     /// overriding the provider's.
     pub(crate) credentials: BTreeMap<String, Arc<[Grant]>>,
+    /// Credentials the configuration declares (`[credentials.NAME] grant =
+    /// ...`): created at start-up and reload when the database lacks them.
+    pub(crate) declared: BTreeMap<String, Declared>,
+}
+
+/// A credential the configuration declares: its provider and grant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Declared {
+    /// The provider's name.
+    pub(crate) provider: String,
+    /// How it is acquired.
+    pub(crate) grant: CredentialGrant,
 }
 
 impl Config {

@@ -16,6 +16,10 @@ use serde::Deserialize;
 #[serde(deny_unknown_fields)]
 pub(super) struct RawCredential {
     pub(super) readers: Option<Vec<String>>,
+    pub(super) provider: Option<String>,
+    pub(super) grant: Option<String>,
+    pub(super) scope: Option<String>,
+    pub(super) params: Option<toml::Table>,
 }
 
 /// `[daemon]`.
@@ -68,9 +72,11 @@ pub(super) struct RawProvider {
 }
 
 /// The sub-tables of `[providers.NAME]`.
-pub(super) const PROVIDER_TABLES: [&str; 3] = ["refresh", "exchange", "response"];
+pub(super) const PROVIDER_TABLES: [&str; 4] =
+    ["refresh", "exchange", "client_credentials", "response"];
 
-/// `[providers.NAME.refresh]` and `[providers.NAME.exchange]`.
+/// `[providers.NAME.refresh]`, `[providers.NAME.exchange]` and
+/// `[providers.NAME.client_credentials]`.
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawRequest {

@@ -11,7 +11,7 @@ use toml::de::DeTable;
 
 use super::collect::{Collector, Scope};
 use super::raw::{RawCredential, RawDaemon, RawProvider, RawRequest, RawResponse, PROVIDER_TABLES};
-use super::{bounds, defaults, endpoint, secrets};
+use super::{bounds, credentials, defaults, endpoint, secrets};
 use super::{Config, DaemonConfig, OnInvalidGrant, ProviderConfig};
 use crate::access::Grant;
 use crate::provider::Endpoint;
@@ -70,17 +70,28 @@ pub(super) fn sections<'r, 'i>(c: &mut Collector<'_>, root: &'r DeTable<'i>) -> 
 pub(super) fn config(c: &mut Collector<'_>, sections: Sections<'_, '_>) -> Option<Config> {
     let (daemon, defaults) = validate_daemon(c, sections.daemon);
     let mut providers = BTreeMap::new();
-    for (name, path, line, table) in sections.providers {
-        let (raw, scope, sub) = provider_tables(c, &path, line, table);
+    for (name, path, line, table) in &sections.providers {
+        let (name, line, table) = (name.clone(), *line, *table);
+        let (raw, scope, sub) = provider_tables(c, path, line, table);
         if let Some(p) = validate_provider(c, &name, &scope, raw, sub, &defaults) {
             providers.insert(name, Arc::new(p));
         }
     }
-    let credentials = validate_credentials(c, sections.credentials);
+    let names: Vec<String> = sections.providers.iter().map(|e| e.0.clone()).collect();
+    let tables = sections
+        .credentials
+        .into_iter()
+        .map(|(name, path, line, table)| {
+            let (raw, scope) = c.table::<RawCredential>(&path, line, table);
+            credentials::Table { name, scope, raw }
+        })
+        .collect();
+    let credentials = credentials::validate(c, tables, &providers, &names);
     c.problems.is_empty().then_some(Config {
         daemon,
         providers,
-        credentials,
+        credentials: credentials.readers,
+        declared: credentials.declared,
     })
 }
 
@@ -107,33 +118,11 @@ fn provider_tables(
         match key.get_ref().as_ref() {
             "refresh" => sub.refresh = Some(c.table(&path, line, table)),
             "exchange" => sub.exchange = Some(c.table(&path, line, table)),
+            "client_credentials" => sub.client_credentials = Some(c.table(&path, line, table)),
             _ => sub.response = Some(c.table(&path, line, table)),
         }
     }
     (raw, scope, sub)
-}
-
-/// Every `[credentials.NAME]`: who may read it.
-fn validate_credentials(
-    c: &mut Collector<'_>,
-    tables: Vec<Entry<'_, '_>>,
-) -> BTreeMap<String, Arc<[Grant]>> {
-    let mut credentials = BTreeMap::new();
-    for (name, path, line, table) in tables {
-        let (raw, scope) = c.table::<RawCredential>(&path, line, table);
-        match raw.readers {
-            Some(readers) => {
-                let grants = c.grants(&scope, "readers", &readers);
-                credentials.insert(name, Arc::from(grants));
-            }
-            None => c.problem(
-                &scope,
-                "readers",
-                "missing; list who may read this credential, e.g. readers = [\"user:backup\"]",
-            ),
-        }
-    }
-    credentials
 }
 
 /// A provider's sub-tables, each with where its keys are.
@@ -141,6 +130,7 @@ fn validate_credentials(
 struct Subtables {
     refresh: Option<(RawRequest, Scope)>,
     exchange: Option<(RawRequest, Scope)>,
+    client_credentials: Option<(RawRequest, Scope)>,
     response: Option<(RawResponse, Scope)>,
 }
 
@@ -314,10 +304,25 @@ fn validate_provider(
         "refresh",
         sub.refresh,
         defaults::refresh(),
-        "refresh_token",
+        Some("refresh_token"),
     );
-    let exchange =
-        endpoint::request_template(c, s, "exchange", sub.exchange, defaults::exchange(), "code");
+    let exchange = endpoint::request_template(
+        c,
+        s,
+        "exchange",
+        sub.exchange,
+        defaults::exchange(),
+        Some("code"),
+    );
+    // Its grant_type is a literal, so no placeholder is required.
+    let client_credentials = endpoint::request_template(
+        c,
+        s,
+        "client_credentials",
+        sub.client_credentials,
+        defaults::client_credentials(),
+        None,
+    );
     let response = endpoint::response_fields(sub.response);
     let durations = provider_durations(c, s, &raw, defaults);
     let on_invalid_grant = on_invalid_grant(c, s, raw.on_invalid_grant.as_deref());
@@ -336,6 +341,7 @@ fn validate_provider(
         scope: raw.scope,
         refresh,
         exchange,
+        client_credentials,
         response,
         reauth_errors: raw
             .reauth_errors

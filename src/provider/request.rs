@@ -33,6 +33,8 @@ pub struct Endpoint {
     pub(crate) refresh: RequestTemplate,
     /// The authorization-code exchange request.
     pub(crate) exchange: RequestTemplate,
+    /// The client-credentials request.
+    pub(crate) client_credentials: RequestTemplate,
     /// Names of the response fields.
     pub(crate) response: ResponseFields,
     /// OAuth `error` codes meaning the grant is dead and a human must log in again.
@@ -60,6 +62,14 @@ pub enum TokenGrant {
         /// The PKCE verifier, if the authorization used PKCE.
         code_verifier: Option<Secret>,
     },
+    /// `grant_type=client_credentials` (RFC 6749 §4.4.2).
+    ClientCredentials {
+        /// Scope to request (`{scope}`), overriding the provider's.
+        scope: Option<String>,
+        /// Extra body fields (`audience`, `resource`, ...), sent after the
+        /// template's own, as given.
+        params: Vec<(String, String)>,
+    },
 }
 
 impl TokenGrant {
@@ -68,6 +78,23 @@ impl TokenGrant {
         match self {
             TokenGrant::Refresh { .. } => &e.refresh,
             TokenGrant::Exchange { .. } => &e.exchange,
+            TokenGrant::ClientCredentials { .. } => &e.client_credentials,
+        }
+    }
+
+    /// The scope this grant asks for itself, over the provider's.
+    fn scope(&self) -> Option<&str> {
+        match self {
+            TokenGrant::ClientCredentials { scope, .. } => scope.as_deref(),
+            TokenGrant::Refresh { .. } | TokenGrant::Exchange { .. } => None,
+        }
+    }
+
+    /// Body fields this grant adds to its template's.
+    fn params(&self) -> &[(String, String)] {
+        match self {
+            TokenGrant::ClientCredentials { params, .. } => params,
+            TokenGrant::Refresh { .. } | TokenGrant::Exchange { .. } => &[],
         }
     }
 
@@ -101,6 +128,8 @@ impl TokenGrant {
                 v.extend(code_verifier.as_ref().map(Secret::expose));
                 v
             }
+            // The client secret is the endpoint's, scrubbed with it.
+            TokenGrant::ClientCredentials { .. } => Vec::new(),
         }
     }
 }
@@ -143,7 +172,7 @@ pub fn prepare(e: &Endpoint, grant: &TokenGrant) -> PreparedRequest {
         match key {
             "client_id" => e.client_id.clone(),
             "client_secret" => e.client_secret.as_ref().map(|s| s.expose().to_string()),
-            "scope" => e.scope.clone(),
+            "scope" => grant.scope().map(str::to_string).or_else(|| e.scope.clone()),
             _ => grant.value(key),
         }
     };
@@ -157,6 +186,7 @@ pub fn prepare(e: &Endpoint, grant: &TokenGrant) -> PreparedRequest {
         headers: rendered(&template.headers),
         fields: rendered(&template.fields),
     };
+    parts.fields.extend(grant.params().iter().cloned());
     e.client_auth.apply(
         e.client_id.as_deref(),
         e.client_secret.as_ref().map(Secret::expose),

@@ -105,6 +105,16 @@ impl RequestTemplate {
         }
     }
 
+    /// The standard client-credentials request (RFC 6749 §4.4.2), scope
+    /// sent if the credential or the provider gives one.
+    pub(crate) fn standard_client_credentials() -> Self {
+        RequestTemplate {
+            encoding: Encoding::Form,
+            fields: pairs(&[("grant_type", "client_credentials"), ("scope", "{scope}")]),
+            headers: Vec::new(),
+        }
+    }
+
     /// Whether any field or header names `{placeholder}`.
     pub(crate) fn mentions(&self, placeholder: &str) -> bool {
         let needle = format!("{{{placeholder}}}");

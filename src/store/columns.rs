@@ -15,15 +15,17 @@ use std::sync::LazyLock;
 use serde_json::{Map, Value};
 
 use super::StoreError;
-use crate::credential::{Credential, State};
+use crate::credential::{Credential, CredentialGrant, GrantKind, State};
 use crate::seal::{self, Key};
 use crate::token::{LifetimeSource, Secret};
 
 /// The table's columns, in the order every statement here writes and reads
 /// them.
-pub(super) const COLUMNS: [&str; 17] = [
+pub(super) const COLUMNS: [&str; 19] = [
     "name",
     "provider",
+    "grant_type",
+    "grant_request",
     "generation",
     "refresh_token",
     "access_token",
@@ -43,6 +45,8 @@ pub(super) const COLUMNS: [&str; 17] = [
 
 const NAME: usize = index("name");
 const PROVIDER: usize = index("provider");
+const GRANT_TYPE: usize = index("grant_type");
+const GRANT_REQUEST: usize = index("grant_request");
 const GENERATION: usize = index("generation");
 const REFRESH_TOKEN: usize = index("refresh_token");
 const ACCESS_TOKEN: usize = index("access_token");
@@ -120,13 +124,13 @@ pub(super) fn select_list(shape: Shape) -> &'static str {
     }
 }
 
-/// The upsert of a whole credential: parameters ?1 name, ?2 provider,
-/// ?3.. the state columns ([`state_values`]), then created_at, which is also
+/// The upsert of a whole credential: parameters ?1 name, ?2 provider, ?3
+/// grant_type and ?4 grant_request ([`grant_values`]), ?5.. the state columns ([`state_values`]), then created_at, which is also
 /// the first `updated_at`. A replacement bumps the generation so a refresh
 /// still in flight for the old one cannot overwrite it.
 pub(super) fn replace_sql() -> &'static str {
     static SQL: LazyLock<String> = LazyLock::new(|| {
-        let first = 3; // ?1 name and ?2 provider come first
+        let first = 5; // ?1 name, ?2 provider and ?3, ?4 the grant come first
         let created = first + STATE_COUNT;
         let values: Vec<String> = COLUMNS
             .iter()
@@ -134,12 +138,14 @@ pub(super) fn replace_sql() -> &'static str {
             .map(|(i, _)| match i {
                 NAME => "?1".into(),
                 PROVIDER => "?2".into(),
+                GRANT_TYPE => "?3".into(),
+                GRANT_REQUEST => "?4".into(),
                 GENERATION => "1".into(),
                 CREATED_AT | UPDATED_AT => format!("?{created}"),
                 i => format!("?{}", i - REFRESH_TOKEN + first),
             })
             .collect();
-        let updates: Vec<String> = ["provider"]
+        let updates: Vec<String> = ["provider", "grant_type", "grant_request"]
             .iter()
             .chain(state_columns())
             .chain(&["updated_at"])
@@ -185,6 +191,44 @@ pub(super) fn state_values<'a>(c: &'a Credential, key: Option<&Key>) -> [Bound<'
         Bound::Int(c.refresh_started_at),
         Bound::Int(c.last_refresh_at),
     ]
+}
+
+/// The grant columns (`grant_type`, `grant_request`) of a credential as
+/// stored. The request holds no secret, so it is not sealed.
+pub(super) fn grant_values(c: &Credential) -> (&'static str, Option<String>) {
+    let request = match &c.grant {
+        CredentialGrant::RefreshToken => None,
+        CredentialGrant::ClientCredentials { scope, params } => Some(
+            serde_json::json!({ "scope": scope, "params": params }).to_string(),
+        ),
+    };
+    (c.grant.kind().as_str(), request)
+}
+
+/// The grant of a row from its `grant_type` and `grant_request` columns.
+fn decode_grant(
+    kind: Option<&str>,
+    request: Option<&str>,
+    corrupt: impl Fn(String) -> StoreError,
+) -> Result<CredentialGrant, StoreError> {
+    /// `grant_request` as stored.
+    #[derive(serde::Deserialize)]
+    struct Request {
+        scope: Option<String>,
+        #[serde(default)]
+        params: Vec<(String, String)>,
+    }
+    match GrantKind::from_str(kind.unwrap_or("refresh_token")).map_err(&corrupt)? {
+        GrantKind::RefreshToken => Ok(CredentialGrant::RefreshToken),
+        GrantKind::ClientCredentials => {
+            let r: Request = serde_json::from_str(request.unwrap_or("{}"))
+                .map_err(|e| corrupt(format!("grant_request is not valid: {e}")))?;
+            Ok(CredentialGrant::ClientCredentials {
+                scope: r.scope,
+                params: r.params,
+            })
+        }
+    }
 }
 
 /// `value` of `column` of credential `name` as stored: sealed under `key`,
@@ -279,7 +323,9 @@ pub(super) fn decode<R: Source + ?Sized>(
     let access_token = token("access_token", ACCESS_TOKEN)?.map(Secret::new);
     let extra = decode_extra(row.text(EXTRA)?, shape, key, &name, &mut stored)?;
     let has_refresh_token = refresh_token.is_some();
+    let grant = decode_grant(row.text(GRANT_TYPE)?, row.text(GRANT_REQUEST)?, corrupt)?;
     let cred = Credential {
+        grant,
         provider: row.text(PROVIDER)?.unwrap_or_default().to_string(),
         generation: required(GENERATION)?,
         refresh_token: match shape {
@@ -358,12 +404,15 @@ mod tests {
                 .split_whitespace()
                 .collect::<Vec<_>>()
                 .join(" "),
-            "INSERT INTO credentials (name, provider, generation, refresh_token, access_token, \
-             token_type, scope, expires_at, lifetime_source, refresh_expires_at, extra, state, \
-             last_error, refresh_started_at, last_refresh_at, created_at, updated_at) \
-             VALUES (?1, ?2, 1, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?15) \
+            "INSERT INTO credentials (name, provider, grant_type, grant_request, generation, \
+             refresh_token, access_token, token_type, scope, expires_at, lifetime_source, \
+             refresh_expires_at, extra, state, last_error, refresh_started_at, last_refresh_at, \
+             created_at, updated_at) \
+             VALUES (?1, ?2, ?3, ?4, 1, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, \
+             ?17, ?17) \
              ON CONFLICT (name) DO UPDATE SET generation = generation + 1, \
-             provider = excluded.provider, refresh_token = excluded.refresh_token, \
+             provider = excluded.provider, grant_type = excluded.grant_type, \
+             grant_request = excluded.grant_request, refresh_token = excluded.refresh_token, \
              access_token = excluded.access_token, token_type = excluded.token_type, \
              scope = excluded.scope, expires_at = excluded.expires_at, \
              lifetime_source = excluded.lifetime_source, \

@@ -145,9 +145,12 @@ impl Store {
     /// still in flight for the old one cannot overwrite it. Returns the stored
     /// generation.
     pub(crate) async fn replace(&self, c: &Credential) -> Result<i64, StoreError> {
+        let (grant_type, grant_request) = columns::grant_values(c);
         let query = sqlx::query(columns::replace_sql())
             .bind(&c.name)
-            .bind(&c.provider);
+            .bind(&c.provider)
+            .bind(grant_type)
+            .bind(grant_request);
         let row = sqlite::bind(query, columns::state_values(c, self.key.as_deref()))
             .bind(c.created_at)
             .fetch_one(&self.pool)
