@@ -414,6 +414,8 @@ fn run(sizes: Sizes) -> Result<(), Error> {
     // One credential, refreshed once on add; then its token response body.
     let client = tokend::client::Client::new(&socket);
     let put = tokend::api::PutCredential {
+        grant: tokend::api::GrantType::RefreshToken,
+        params: Default::default(),
         provider: "fake".into(),
         refresh_token: fake.issue_refresh_token(),
         access_token: None,

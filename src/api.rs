@@ -5,6 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use std::collections::BTreeMap;
 use std::fmt;
 
 use crate::token::fingerprint;
@@ -95,27 +96,62 @@ pub struct CredentialStatus {
     pub updated_at: i64,
 }
 
-/// `PUT /v1/credentials/{name}`:
+/// `PUT /v1/credentials/{name}`, from a refresh token:
 ///
 /// ```json
 /// {"provider":"didit","refresh_token":"8xLOxBtZp8"}
+/// ```
+///
+/// or acquired by the client alone (RFC 6749 §4.4), with an optional scope
+/// and extra form fields:
+///
+/// ```json
+/// {"provider":"api","grant":"client_credentials","scope":"read","params":{"audience":"https://api.example"}}
 /// ```
 #[derive(Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PutCredential {
     /// Provider name from the configuration.
     pub provider: String,
-    /// The refresh token.
+    /// How the credential obtains its tokens; `refresh_token` if absent.
+    #[serde(default, skip_serializing_if = "GrantType::is_refresh_token")]
+    pub grant: GrantType,
+    /// The refresh token; required for the `refresh_token` grant, refused
+    /// for `client_credentials`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub refresh_token: String,
+    /// Extra form fields of a client_credentials request (`audience`,
+    /// `resource`, ...).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub params: BTreeMap<String, String>,
     /// A current access token, if the caller has one (then `expires_in` too).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub access_token: Option<String>,
     /// Lifetime of `access_token` in seconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_in: Option<u64>,
-    /// Scope, if known.
+    /// Scope: as granted, if known, for a refresh token; to request, for
+    /// client_credentials.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scope: Option<String>,
+}
+
+/// How a credential obtains its tokens.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GrantType {
+    /// Refreshed with a refresh token.
+    #[default]
+    RefreshToken,
+    /// Acquired with the client's own credentials.
+    ClientCredentials,
+}
+
+impl GrantType {
+    /// Whether this is the default, `refresh_token`.
+    fn is_refresh_token(&self) -> bool {
+        *self == GrantType::RefreshToken
+    }
 }
 
 /// `POST /v1/credentials/{name}/exchange`:
@@ -307,10 +343,12 @@ impl fmt::Debug for PutCredential {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PutCredential")
             .field("provider", &self.provider)
+            .field("grant", &self.grant)
             .field("refresh_token", &redacted(&self.refresh_token))
             .field("access_token", &self.access_token.as_deref().map(redacted))
             .field("expires_in", &self.expires_in)
             .field("scope", &self.scope)
+            .field("params", &self.params.keys().collect::<Vec<_>>())
             .finish()
     }
 }
@@ -337,7 +375,9 @@ mod tests {
     fn debug_output_never_shows_secrets() {
         let put = PutCredential {
             provider: "p".into(),
+            grant: GrantType::RefreshToken,
             refresh_token: "rt-very-secret".into(),
+            params: BTreeMap::new(),
             access_token: Some("at-very-secret".into()),
             expires_in: Some(60),
             scope: None,

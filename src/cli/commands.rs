@@ -2,6 +2,7 @@
 //! `check-config`), and how their answers are printed: the status table,
 //! durations for humans, and the exit code of each outcome.
 
+use std::collections::BTreeMap;
 use std::io::{self, IsTerminal, Read, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -11,7 +12,8 @@ use hyper::Method;
 
 use super::emit;
 use crate::api::{
-    CredentialState, CredentialStatus, ErrorKind, ExchangeCode, PutCredential, TokenResponse,
+    CredentialState, CredentialStatus, ErrorKind, ExchangeCode, GrantType, PutCredential,
+    TokenResponse,
 };
 use crate::client::{path_segment, Client, ClientError};
 use crate::config::ConfigError;
@@ -205,10 +207,42 @@ pub(super) fn add(
     }
     let body = PutCredential {
         provider,
+        grant: GrantType::RefreshToken,
+        params: BTreeMap::new(),
         refresh_token: token.to_string(),
         access_token: None,
         expires_in: None,
         scope: None,
+    };
+    let path = format!("/v1/credentials/{}", path_segment(name));
+    let st: CredentialStatus = client.call_blocking(Method::PUT, &path, Some(&body))?;
+    report_added(&st, "added")
+}
+
+/// `tokend add --client-credentials`: a credential with no refresh token,
+/// which the daemon acquires at once and again before each expiry.
+pub(super) fn add_client_credentials(
+    client: &Client,
+    name: &str,
+    provider: String,
+    scope: Option<String>,
+    params: &[String],
+) -> anyhow::Result<ExitCode> {
+    let mut fields = BTreeMap::new();
+    for p in params {
+        let Some((k, v)) = p.split_once('=').filter(|(k, _)| !k.is_empty()) else {
+            bail!("--param {p}: give KEY=VALUE, e.g. --param audience=https://api.example");
+        };
+        fields.insert(k.to_string(), v.to_string());
+    }
+    let body = PutCredential {
+        provider,
+        grant: GrantType::ClientCredentials,
+        refresh_token: String::new(),
+        params: fields,
+        access_token: None,
+        expires_in: None,
+        scope,
     };
     let path = format!("/v1/credentials/{}", path_segment(name));
     let st: CredentialStatus = client.call_blocking(Method::PUT, &path, Some(&body))?;

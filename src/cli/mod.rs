@@ -45,7 +45,10 @@ macro_rules! errln {
 
 mod commands;
 
-use commands::{add, check_config, exchange, exchange_body, get, refresh, remove, status};
+use commands::{
+    add, add_client_credentials, check_config, exchange, exchange_body, get, refresh, remove,
+    status,
+};
 
 /// tokend keeps OAuth2 access tokens fresh and hands them to local programs.
 #[derive(Debug, Parser)]
@@ -98,7 +101,8 @@ pub(crate) enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Add or replace a credential from a refresh token read from stdin.
+    /// Add or replace a credential from a refresh token read from stdin,
+    /// or (--client-credentials) one the daemon acquires by the client alone.
     Add {
         /// Credential name.
         #[arg(allow_hyphen_values = true)]
@@ -109,6 +113,21 @@ pub(crate) enum Command {
         /// Read the refresh token from this file instead of stdin.
         #[arg(long, value_name = "FILE", allow_hyphen_values = true)]
         refresh_token_file: Option<PathBuf>,
+        /// No refresh token: the daemon acquires and re-acquires the token
+        /// with the provider's client credentials (RFC 6749 §4.4).
+        #[arg(long, conflicts_with = "refresh_token_file")]
+        client_credentials: bool,
+        /// Scope to request (with --client-credentials); the provider's if absent.
+        #[arg(long, requires = "client_credentials", allow_hyphen_values = true)]
+        scope: Option<String>,
+        /// An extra form field of the request, e.g. --param audience=https://api.example
+        /// (with --client-credentials; repeatable).
+        #[arg(
+            long = "param",
+            value_name = "KEY=VALUE",
+            requires = "client_credentials"
+        )]
+        params: Vec<String>,
     },
     /// Create a credential by exchanging an authorization code, read from
     /// stdin (the PKCE verifier on a second line) unless --code is given.
@@ -263,7 +282,16 @@ fn run(socket: Option<PathBuf>, command: Command) -> anyhow::Result<ExitCode> {
         Command::Add {
             name,
             provider,
+            client_credentials: true,
+            scope,
+            params,
+            ..
+        } => add_client_credentials(&client(), &name, provider, scope, &params),
+        Command::Add {
+            name,
+            provider,
             refresh_token_file,
+            ..
         } => add(&client(), &name, provider, refresh_token_file),
         Command::Exchange {
             name,

@@ -11,18 +11,7 @@ use super::raw::RawCredential;
 use super::{Declared, ProviderConfig};
 use crate::access::Grant;
 use crate::credential::{CredentialGrant, GrantKind};
-use crate::provider::ClientAuth;
-
-/// Body fields a `params` table may not set: the grant and the client's
-/// authentication are tokend's to send, and `scope` has its own key.
-const RESERVED_PARAMS: [&str; 6] = [
-    "grant_type",
-    "scope",
-    "client_id",
-    "client_secret",
-    "client_assertion",
-    "client_assertion_type",
-];
+use crate::provider::{ClientAuth, RESERVED_PARAMS};
 
 /// What the `[credentials.NAME]` tables say.
 #[derive(Default)]
@@ -83,7 +72,11 @@ pub(super) fn validate(
 
 /// The grant a table declares, if it declares one; keys that only a
 /// declared credential takes are problems without `grant`.
-fn declared_grant(c: &mut Collector<'_>, s: &Scope, raw: &RawCredential) -> Option<CredentialGrant> {
+fn declared_grant(
+    c: &mut Collector<'_>,
+    s: &Scope,
+    raw: &RawCredential,
+) -> Option<CredentialGrant> {
     let Some(name) = raw.grant.as_deref() else {
         for (key, given) in [
             ("provider", raw.provider.is_some()),
@@ -91,7 +84,11 @@ fn declared_grant(c: &mut Collector<'_>, s: &Scope, raw: &RawCredential) -> Opti
             ("params", raw.params.is_some()),
         ] {
             if given {
-                c.problem(s, key, "only a declared credential takes this; add grant = \"client_credentials\"");
+                c.problem(
+                    s,
+                    key,
+                    "only a declared credential takes this; add grant = \"client_credentials\"",
+                );
             }
         }
         return None;
@@ -103,12 +100,20 @@ fn declared_grant(c: &mut Collector<'_>, s: &Scope, raw: &RawCredential) -> Opti
             return None;
         }
         Err(_) => {
-            c.problem(s, "grant", format!("unknown grant `{name}`; use client_credentials"));
+            c.problem(
+                s,
+                "grant",
+                format!("unknown grant `{name}`; use client_credentials"),
+            );
             return None;
         }
     }
     if raw.scope.as_deref().is_some_and(|v| v.trim().is_empty()) {
-        c.problem(s, "scope", "is empty; leave it out to use the provider's scope");
+        c.problem(
+            s,
+            "scope",
+            "is empty; leave it out to use the provider's scope",
+        );
     }
     Some(CredentialGrant::ClientCredentials {
         scope: raw.scope.clone(),
@@ -124,13 +129,21 @@ fn params(c: &mut Collector<'_>, s: &Scope, table: Option<toml::Table>) -> Vec<(
     for (k, v) in table.unwrap_or_default() {
         let key = format!("{}.{k}", s.key("params"));
         if RESERVED_PARAMS.contains(&k.as_str()) {
-            c.push(line, key, "tokend sends this field itself; remove it (scope has its own key)");
+            c.push(
+                line,
+                key,
+                "tokend sends this field itself; remove it (scope has its own key)",
+            );
             continue;
         }
         match v {
             toml::Value::String(v) => out.push((k, v)),
             toml::Value::Integer(i) => out.push((k, i.to_string())),
-            other => c.push(line, key, format!("must be a string; found {}", other.type_str())),
+            other => c.push(
+                line,
+                key,
+                format!("must be a string; found {}", other.type_str()),
+            ),
         }
     }
     out

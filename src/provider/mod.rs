@@ -20,6 +20,7 @@ mod template;
 
 pub(crate) use auth::{ClientAuth, Needs};
 pub use client::ProviderClient;
+pub(crate) use request::RESERVED_PARAMS;
 pub use request::{prepare, Endpoint, PreparedRequest, TokenGrant};
 #[cfg(test)]
 pub(crate) use template::pairs;

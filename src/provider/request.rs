@@ -14,6 +14,18 @@ use super::auth::{ClientAuth, Parts};
 use super::template::{render, Encoding, RequestTemplate};
 use crate::token::{fingerprint, ResponseFields, Secret};
 
+/// Body fields a client_credentials grant's extra `params` may not set:
+/// the grant and the client's authentication are tokend's to send, and
+/// `scope` has its own setting.
+pub(crate) const RESERVED_PARAMS: [&str; 6] = [
+    "grant_type",
+    "scope",
+    "client_id",
+    "client_secret",
+    "client_assertion",
+    "client_assertion_type",
+];
+
 /// One token endpoint and how to talk to it.
 #[derive(Debug, Clone)]
 pub struct Endpoint {
@@ -172,7 +184,10 @@ pub fn prepare(e: &Endpoint, grant: &TokenGrant) -> PreparedRequest {
         match key {
             "client_id" => e.client_id.clone(),
             "client_secret" => e.client_secret.as_ref().map(|s| s.expose().to_string()),
-            "scope" => grant.scope().map(str::to_string).or_else(|| e.scope.clone()),
+            "scope" => grant
+                .scope()
+                .map(str::to_string)
+                .or_else(|| e.scope.clone()),
             _ => grant.value(key),
         }
     };

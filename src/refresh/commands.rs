@@ -11,9 +11,10 @@ use super::request::Reply;
 use super::timing::secs_up;
 use super::waiter::Waiter;
 use super::{ExchangeRequest, ExchangeStart, NewCredential, RefreshError, Refresher, View};
-use crate::credential::{Credential, State};
+use crate::credential::{Credential, GrantKind, State};
 use crate::event;
 use crate::events::Kind;
+use crate::provider::ClientAuth;
 use crate::token::{after_secs, duration_ms, LifetimeSource};
 
 /// Whether [`Refresher::ensure`] may refresh a credential that will not be
@@ -139,7 +140,7 @@ impl Refresher {
         self.start_job(id, JobKind::Refresh, now);
     }
 
-    /// Stores a credential given with a refresh token; returns its name.
+    /// Stores a new credential; returns its name.
     pub(super) async fn put(
         &mut self,
         new: NewCredential,
@@ -148,7 +149,14 @@ impl Refresher {
         if !self.config.providers.contains_key(&new.provider) {
             return Err(RefreshError::UnknownProvider(new.provider));
         }
-        let mut cred = Credential::new(&new.name, &new.provider, Some(new.refresh_token), now);
+        if new.grant.kind() == GrantKind::ClientCredentials {
+            let provider = &self.config.providers[&new.provider];
+            if provider.endpoint.client_auth == ClientAuth::None {
+                return Err(RefreshError::UnauthenticatedClient(new.provider));
+            }
+        }
+        let mut cred = Credential::new(&new.name, &new.provider, new.refresh_token, now);
+        cred.grant = new.grant;
         cred.scope = new.scope;
         if let Some((token, secs)) = new.access_token {
             cred.access_token = Some(token);
@@ -163,7 +171,7 @@ impl Refresher {
 
     /// Stores `cred` as a new generation, carrying waiters over from the
     /// credential it replaces, and schedules it.
-    async fn replace(&mut self, mut cred: Credential) -> Result<u32, RefreshError> {
+    pub(super) async fn replace(&mut self, mut cred: Credential) -> Result<u32, RefreshError> {
         let now = self.now();
         let old = self.slots.id_of(&cred.name);
         let old_view = old.and_then(|id| self.slots.view(id));

@@ -62,6 +62,10 @@ pub(crate) enum RefreshError {
     /// The named provider is not in the configuration.
     #[error("provider `{0}` is not configured; add a [providers.{0}] table to the configuration")]
     UnknownProvider(String),
+    /// The provider cannot serve this grant (client_credentials with
+    /// `client_auth = "none"`).
+    #[error("provider `{0}` has client_auth = \"none\", but a client_credentials request must authenticate the client; give the provider a client secret and a client_auth such as basic or body")]
+    UnauthenticatedClient(String),
     /// The authorization-code exchange was refused or failed.
     #[error("authorization code exchange failed: {0}")]
     ExchangeFailed(Failure),

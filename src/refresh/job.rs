@@ -14,7 +14,7 @@ use std::sync::Arc;
 use futures::FutureExt as _;
 
 use crate::config::ProviderConfig;
-use crate::credential::{Credential, State};
+use crate::credential::{Credential, CredentialGrant, GrantKind, State};
 use crate::event;
 use crate::events::Kind;
 use crate::provider::{Failure, FailureKind, ProviderClient, TokenGrant};
@@ -191,20 +191,14 @@ impl Job {
         sent_at: i64,
         base: Durability,
     ) -> Outcome {
-        let Some(refresh_token) = cred.refresh_token.clone() else {
-            let f = failure(
-                FailureKind::Reauth,
-                "the provider never issued a refresh token and the access token has expired",
-            );
-            return self.fail(cred, f, base).await;
+        let grant = match request_grant(&cred) {
+            Ok(grant) => grant,
+            Err(f) => return self.fail(cred, f, base).await,
         };
         // `begin` keeps the mark of an earlier attempt whose outcome is
         // unknown; so does this copy, which the failure path saves.
         cred.refresh_started_at = Some(cred.refresh_started_at.unwrap_or(sent_at));
-        let result = self
-            .client
-            .request(&provider.endpoint, &TokenGrant::Refresh { refresh_token })
-            .await;
+        let result = self.client.request(&provider.endpoint, &grant).await;
         match result {
             Ok(set) => {
                 let (expires_at, source) = expires_at_ms(&set, sent_at, provider.default_lifetime);
@@ -220,6 +214,13 @@ impl Job {
                 Outcome::Refreshed { cred, durability }
             }
             Err(mut f) => {
+                if f.kind == FailureKind::Reauth
+                    && cred.grant.kind() == GrantKind::ClientCredentials
+                {
+                    // No grant of a person's to authorize again: whatever
+                    // the provider rejected is the client's configuration.
+                    f.kind = FailureKind::Misconfigured;
+                }
                 if f.kind == FailureKind::Reauth && self.earlier_unknown {
                     f.message.push_str(
                         "; an earlier refresh of this credential ended without a known outcome (tokend stopped, or the request timed out after it was sent), so the provider has probably rotated the refresh token then",
@@ -257,6 +258,24 @@ impl Job {
             cred: Some(cred),
             failure,
         }
+    }
+}
+
+/// The request that renews `cred`: its refresh token, or the client's own
+/// credentials for a client_credentials credential.
+fn request_grant(cred: &Credential) -> Result<TokenGrant, Failure> {
+    match &cred.grant {
+        CredentialGrant::ClientCredentials { scope, params } => Ok(TokenGrant::ClientCredentials {
+            scope: scope.clone(),
+            params: params.clone(),
+        }),
+        CredentialGrant::RefreshToken => match cred.refresh_token.clone() {
+            Some(refresh_token) => Ok(TokenGrant::Refresh { refresh_token }),
+            None => Err(failure(
+                FailureKind::Reauth,
+                "the provider never issued a refresh token and the access token has expired",
+            )),
+        },
     }
 }
 

@@ -263,6 +263,7 @@ impl Refresher {
     /// for the next refresh, the watchdog, or the 60 s clock check.
     pub(crate) async fn run(mut self) {
         let mut watchdog = crate::systemd::watchdog_interval().map(tokio::time::interval);
+        self.create_declared().await;
         let mut status = tokio::time::interval(Duration::from_secs(1));
         status.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -329,6 +330,7 @@ impl Refresher {
             }
             Command::Reload { config, reply } => {
                 self.reload(config);
+                self.create_declared().await;
                 let _ = reply.send(Ok(()));
             }
         }

@@ -8,7 +8,9 @@ use super::admission::Caps;
 use super::timing::{refresh_due_at, refresh_token_warning, Backoff};
 use super::{Refresher, View};
 use crate::config::{Config, ProviderConfig};
-use crate::credential::{Credential, State};
+use crate::credential::{Credential, GrantKind, State};
+use crate::event;
+use crate::events::Kind;
 
 impl Refresher {
     /// Applies a new configuration (see [`super::RefresherHandle::reload`]).
@@ -16,6 +18,11 @@ impl Refresher {
     /// obey the new ones.
     pub(super) fn reload(&mut self, config: Arc<Config>) {
         let now = self.now();
+        for name in self.config.declared.keys() {
+            if !config.declared.contains_key(name) && self.slots.id_of(name).is_some() {
+                tracing::warn!(tokend_credential = %name, "credential is no longer declared in the configuration; it is kept and still acquired (tokend never deletes a credential on its own); remove it with `tokend remove {name}`");
+            }
+        }
         self.settings.update(&config);
         self.admission.set_caps(Caps::of(&config));
         self.config = config;
@@ -38,6 +45,39 @@ impl Refresher {
             }
             // Unchanged standing: the schedule (and any backoff) is kept.
             self.set_view(id, view);
+        }
+    }
+
+    /// Creates the credentials the configuration declares that the database
+    /// lacks, and re-creates one whose declaration changed (its tokens were
+    /// asked for with another scope or provider). A credential of the same
+    /// name that was added with a refresh token is left alone.
+    pub(super) async fn create_declared(&mut self) {
+        let config = Arc::clone(&self.config);
+        for (name, declared) in &config.declared {
+            if let Some(view) = self.slots.id_of(name).and_then(|id| self.slots.view(id)) {
+                if view.grant != GrantKind::ClientCredentials {
+                    tracing::warn!(tokend_credential = %name, "the configuration declares this credential, but the database holds one of that name with a refresh token; it is left alone (remove it with `tokend remove {name}` to use the declaration)");
+                    continue;
+                }
+                let stored = self.store.load(name).await.ok().flatten();
+                if stored
+                    .is_some_and(|c| c.provider == declared.provider && c.grant == declared.grant)
+                {
+                    continue;
+                }
+            }
+            let now = self.now();
+            let mut cred = Credential::new(name, &declared.provider, None, now);
+            cred.grant = declared.grant.clone();
+            match self.replace(cred).await {
+                Ok(_) => {
+                    event!(info, Kind::CredentialAdded, tokend_credential = %name, tokend_provider = %declared.provider, "declared credential stored; acquiring its token")
+                }
+                Err(e) => {
+                    event!(error, Kind::CredentialAdded, tokend_credential = %name, tokend_error = %e, "cannot store the declared credential; tokend tries again at the next reload")
+                }
+            }
         }
     }
 

@@ -7,17 +7,21 @@ use std::sync::Arc;
 use tokio::sync::oneshot;
 
 use super::{RefreshError, View};
+use crate::credential::CredentialGrant;
 use crate::token::Secret;
 
-/// A new credential from a refresh token (`PUT /v1/credentials/{name}`).
+/// A new credential (`PUT /v1/credentials/{name}`, or one the configuration
+/// declares): from a refresh token, or acquired by the client alone.
 #[derive(Debug, Clone)]
 pub(crate) struct NewCredential {
     /// Credential name.
     pub(crate) name: String,
     /// Provider name.
     pub(crate) provider: String,
-    /// The refresh token.
-    pub(crate) refresh_token: Secret,
+    /// How it obtains its tokens.
+    pub(crate) grant: CredentialGrant,
+    /// The refresh token; `None` for a client_credentials credential.
+    pub(crate) refresh_token: Option<Secret>,
     /// A current access token and its lifetime in seconds, if the caller has one.
     pub(crate) access_token: Option<(Secret, u64)>,
     /// Scope, if known.

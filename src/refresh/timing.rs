@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use super::View;
 use crate::config::ProviderConfig;
+use crate::credential::GrantKind;
 use crate::token::{backoff, duration_ms, RefreshTiming};
 
 /// The longest single sleep: wall time is re-read at least this often, so
@@ -34,7 +35,7 @@ pub(crate) fn refresh_due_at(
     let Some(expires_at) = cred.expires_at.filter(|_| cred.access_token.is_some()) else {
         return now;
     };
-    if !cred.has_refresh_token {
+    if !cred.has_refresh_token && cred.grant == GrantKind::RefreshToken {
         // Nothing to refresh with: look again when the token dies, to mark
         // the credential as needing re-authorization.
         return expires_at;

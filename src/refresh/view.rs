@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use crate::access::Grant;
 use crate::config::OnInvalidGrant;
-use crate::credential::{Credential, State};
+use crate::credential::{Credential, GrantKind, State};
 use crate::token::{LifetimeSource, Secret};
 
 /// A published, immutable snapshot of one credential: everything the socket
@@ -45,6 +45,8 @@ pub(crate) struct View {
     pub(crate) lifetime_source: Option<LifetimeSource>,
     /// Whether the database holds a refresh token for it.
     pub(crate) has_refresh_token: bool,
+    /// How it obtains its tokens.
+    pub(crate) grant: GrantKind,
     /// Whether a refresh is in flight now.
     pub(crate) refreshing: bool,
     /// Whether its token is still served once the grant was rejected (its
@@ -107,6 +109,7 @@ impl View {
             state: cred.state,
             lifetime_source: cred.lifetime_source,
             has_refresh_token: cred.refresh_token.is_some(),
+            grant: cred.grant.kind(),
             refreshing: false,
             on_invalid_grant: OnInvalidGrant::default(),
             uncommitted: false,

@@ -68,6 +68,9 @@ impl From<RefreshError> for ApiError {
             RefreshError::UnknownProvider(_) => {
                 (StatusCode::BAD_REQUEST, ErrorKind::UnknownProvider)
             }
+            RefreshError::UnauthenticatedClient(_) => {
+                (StatusCode::BAD_REQUEST, ErrorKind::BadRequest)
+            }
             RefreshError::ExchangeFailed(_) => (StatusCode::BAD_GATEWAY, ErrorKind::ExchangeFailed),
             RefreshError::Store(_) => (StatusCode::INTERNAL_SERVER_ERROR, ErrorKind::Internal),
             RefreshError::ShuttingDown => {

@@ -25,10 +25,13 @@ use super::error::{json_errors, ApiError, ApiResult};
 use super::{MAX_BODY_BYTES, MAX_EXPIRES_IN_SECS, REQUEST_TIMEOUT};
 use crate::access::Peer;
 use crate::api::{
-    CredentialStatus, ErrorKind, ExchangeCode, Health, HealthStatus, PutCredential, TokenQuery,
+    CredentialStatus, ErrorKind, ExchangeCode, GrantType, Health, HealthStatus, PutCredential,
+    TokenQuery,
 };
+use crate::credential::CredentialGrant;
 use crate::event;
 use crate::events::Kind;
+use crate::provider::RESERVED_PARAMS;
 use crate::refresh::{ExchangeRequest, NewCredential, RefreshError, RefresherHandle};
 use crate::token::Secret;
 
@@ -271,6 +274,45 @@ fn check_name(name: &str) -> ApiResult<()> {
     }
 }
 
+/// The grant of a `PUT` and its refresh token, which only the
+/// `refresh_token` grant has.
+fn put_grant(req: &PutCredential) -> ApiResult<(CredentialGrant, Option<Secret>)> {
+    let token = req.refresh_token.trim();
+    match req.grant {
+        GrantType::RefreshToken if token.is_empty() => {
+            Err(ApiError::bad_request("refresh_token is empty"))
+        }
+        GrantType::RefreshToken if !req.params.is_empty() => Err(ApiError::bad_request(
+            "params are for the client_credentials grant only",
+        )),
+        GrantType::RefreshToken => Ok((CredentialGrant::RefreshToken, Some(Secret::new(token)))),
+        GrantType::ClientCredentials if !token.is_empty() => Err(ApiError::bad_request(
+            "a client_credentials credential has no refresh token; leave refresh_token out",
+        )),
+        GrantType::ClientCredentials if req.access_token.is_some() => Err(ApiError::bad_request(
+            "a client_credentials credential acquires its own access token; leave access_token out",
+        )),
+        GrantType::ClientCredentials => {
+            if let Some(k) = req
+                .params
+                .keys()
+                .find(|k| RESERVED_PARAMS.contains(&k.as_str()))
+            {
+                return Err(ApiError::bad_request(format!(
+                    "params.{k}: tokend sends this field itself; leave it out (scope has its own key)"
+                )));
+            }
+            Ok((
+                CredentialGrant::ClientCredentials {
+                    scope: req.scope.clone(),
+                    params: req.params.clone().into_iter().collect(),
+                },
+                None,
+            ))
+        }
+    }
+}
+
 /// Admin-only: behind [`require_admin`].
 async fn put_credential(
     State(h): State<RefresherHandle>,
@@ -279,9 +321,7 @@ async fn put_credential(
 ) -> ApiResult<(StatusCode, Json<CredentialStatus>)> {
     check_name(&name)?;
     let req: PutCredential = parse_body(&body)?;
-    if req.refresh_token.trim().is_empty() {
-        return Err(ApiError::bad_request("refresh_token is empty"));
-    }
+    let (grant, refresh_token) = put_grant(&req)?;
     let access_token = match (req.access_token, req.expires_in) {
         (Some(_), Some(secs)) if secs > MAX_EXPIRES_IN_SECS => {
             return Err(ApiError::bad_request(format!(
@@ -300,7 +340,8 @@ async fn put_credential(
         .put(NewCredential {
             name,
             provider: req.provider,
-            refresh_token: Secret::new(req.refresh_token.trim()),
+            grant,
+            refresh_token,
             access_token,
             scope: req.scope,
         })

@@ -198,9 +198,9 @@ pub(super) fn state_values<'a>(c: &'a Credential, key: Option<&Key>) -> [Bound<'
 pub(super) fn grant_values(c: &Credential) -> (&'static str, Option<String>) {
     let request = match &c.grant {
         CredentialGrant::RefreshToken => None,
-        CredentialGrant::ClientCredentials { scope, params } => Some(
-            serde_json::json!({ "scope": scope, "params": params }).to_string(),
-        ),
+        CredentialGrant::ClientCredentials { scope, params } => {
+            Some(serde_json::json!({ "scope": scope, "params": params }).to_string())
+        }
     };
     (c.grant.kind().as_str(), request)
 }
