@@ -52,6 +52,12 @@ pub struct FakeConfig {
     /// What a used refresh token presented after its grace does to the rest
     /// of its family (see [`FamilyOnReuse`]).
     pub on_reuse: FamilyOnReuse,
+    /// The `scope` a client_credentials request must send, if any (then
+    /// exactly this; otherwise none may be sent).
+    pub cc_scope: Option<String>,
+    /// The `audience` a client_credentials request must send, if any (then
+    /// exactly this; otherwise none may be sent).
+    pub cc_audience: Option<String>,
 }
 
 /// What reuse of a spent refresh token outside its grace does to the tokens
@@ -92,7 +98,21 @@ impl FakeConfig {
             reuse_grace: Duration::ZERO,
             latency: Duration::ZERO,
             on_reuse: FamilyOnReuse::Kept,
+            cc_scope: None,
+            cc_audience: None,
         }
+    }
+
+    /// Sets the scope and audience a client_credentials request must send
+    /// (see [`FakeConfig::cc_scope`]).
+    pub fn with_client_credentials(
+        mut self,
+        scope: Option<&str>,
+        audience: Option<&str>,
+    ) -> FakeConfig {
+        self.cc_scope = scope.map(str::to_string);
+        self.cc_audience = audience.map(str::to_string);
+        self
     }
 
     /// Sets what reuse outside the grace does to the family (see

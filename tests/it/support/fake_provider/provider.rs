@@ -165,6 +165,11 @@ impl FakeProvider {
 
     /// Successful refreshes (including ones answered by
     /// [`Fault::ProcessThenReset`]).
+    pub fn client_credentials_count(&self) -> usize {
+        self.inner.lock().client_credentials_count
+    }
+
+    /// Successful refreshes so far.
     pub fn refresh_count(&self) -> usize {
         self.inner.lock().refresh_count
     }

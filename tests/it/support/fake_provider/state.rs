@@ -45,6 +45,8 @@ pub(super) struct State {
     /// order (see [`FakeProvider::refresh_wall_times`]).
     pub(super) refresh_log: Vec<(u64, SystemTime)>,
     pub(super) refresh_count: usize,
+    /// Access tokens issued to client_credentials requests.
+    pub(super) client_credentials_count: usize,
     pub(super) exchange_count: usize,
     pub(super) request_times: Vec<Instant>,
     pub(super) reused_refresh_tokens: usize,
@@ -79,6 +81,8 @@ pub(super) struct Inner {
 /// What a grant request asks for, once its wire format has been checked.
 pub(super) enum Grant {
     Refresh(String),
+    /// `grant_type=client_credentials`, client already authenticated.
+    ClientCredentials,
     Exchange {
         code: String,
         redirect_uri: String,
@@ -372,6 +376,12 @@ impl Inner {
     pub(super) fn perform(&self, grant: Grant) -> Result<Value, Reject> {
         match grant {
             Grant::Refresh(token) => self.refresh(&token),
+            Grant::ClientCredentials => {
+                let mut st = self.lock();
+                st.client_credentials_count += 1;
+                // RFC 6749 §4.4.3: no refresh token for this grant.
+                Ok(self.token_response(&mut st, None, false))
+            }
             Grant::Exchange {
                 code,
                 redirect_uri,

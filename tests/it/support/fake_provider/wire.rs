@@ -62,10 +62,16 @@ impl Inner {
                 require_media_type(headers, "application/x-www-form-urlencoded")?;
                 self.check_basic(headers)?;
                 let form = parse_form(&body).map_err(Reject::invalid_request)?;
-                if grant_type(&form)? != "refresh_token" {
-                    return Err(Reject::unsupported_grant_type(
-                        "grant_type must be refresh_token",
-                    ));
+                match grant_type(&form)? {
+                    "refresh_token" => {}
+                    "client_credentials" if self.cfg.flavor == Flavor::DigiRunner => {
+                        return self.client_credentials(&form, &[]);
+                    }
+                    _ => {
+                        return Err(Reject::unsupported_grant_type(
+                            "grant_type must be refresh_token",
+                        ))
+                    }
                 }
                 let f = exact_fields(&form, &["grant_type", "refresh_token"], &[])?;
                 Ok(Grant::Refresh(non_empty(&f, "refresh_token")?))
@@ -96,8 +102,9 @@ impl Inner {
                     verifier: f.get("code_verifier").map(|v| v.to_string()),
                 })
             }
+            "client_credentials" => self.client_credentials(&form, &[]),
             _ => Err(Reject::unsupported_grant_type(
-                "grant_type must be refresh_token or authorization_code",
+                "grant_type must be refresh_token, authorization_code or client_credentials",
             )),
         }
     }
@@ -107,16 +114,29 @@ impl Inner {
         require_media_type(headers, "application/x-www-form-urlencoded")?;
         forbid_authorization(headers, "client credentials go in the body")?;
         let form = parse_form(body).map_err(Reject::invalid_request)?;
-        if grant_type(&form)? != "refresh_token" {
-            return Err(Reject::unsupported_grant_type(
-                "grant_type must be refresh_token",
-            ));
-        }
-        let f = exact_fields(
-            &form,
-            &["client_id", "client_secret", "refresh_token", "grant_type"],
-            &[],
-        )?;
+        let f = match grant_type(&form)? {
+            "refresh_token" => exact_fields(
+                &form,
+                &["client_id", "client_secret", "refresh_token", "grant_type"],
+                &[],
+            )?,
+            "client_credentials" => {
+                self.body_client(&form)?;
+                return self.client_credentials(&form, &["client_id", "client_secret"]);
+            }
+            _ => {
+                return Err(Reject::unsupported_grant_type(
+                    "grant_type must be refresh_token or client_credentials",
+                ))
+            }
+        };
+        self.body_client(&form)?;
+        Ok(Grant::Refresh(non_empty(&f, "refresh_token")?))
+    }
+
+    /// Bakrypt's client authentication: id and secret in the body.
+    fn body_client(&self, form: &[(String, String)]) -> Result<(), Reject> {
+        let f: HashMap<&str, &str> = form.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         if f.get("client_id").copied() != Some(self.cfg.client_id.as_str()) {
             return Err(Reject::invalid_client(
                 "client_id in the body is wrong",
@@ -129,7 +149,34 @@ impl Inner {
                 false,
             ));
         }
-        Ok(Grant::Refresh(non_empty(&f, "refresh_token")?))
+        Ok(())
+    }
+
+    /// A client_credentials request whose client is already authenticated:
+    /// exactly `grant_type`, the client's own body fields (`auth_fields`),
+    /// and the configured scope and audience, nothing else.
+    fn client_credentials(
+        &self,
+        form: &[(String, String)],
+        auth_fields: &[&str],
+    ) -> Result<Grant, Reject> {
+        let mut required = vec!["grant_type"];
+        required.extend_from_slice(auth_fields);
+        required.extend(self.cfg.cc_scope.as_ref().map(|_| "scope"));
+        required.extend(self.cfg.cc_audience.as_ref().map(|_| "audience"));
+        let f = exact_fields(form, &required, &[])?;
+        for (name, want) in [("scope", &self.cfg.cc_scope), ("audience", &self.cfg.cc_audience)] {
+            if let Some(want) = want {
+                if f.get(name).copied() != Some(want.as_str()) {
+                    return Err(Reject::wire(
+                        StatusCode::BAD_REQUEST,
+                        if name == "scope" { "invalid_scope" } else { "invalid_request" },
+                        format!("{name} must be {want:?}"),
+                    ));
+                }
+            }
+        }
+        Ok(Grant::ClientCredentials)
     }
 
     pub(super) fn check_partner(&self, headers: &HeaderMap, body: &[u8]) -> Result<Grant, Reject> {
