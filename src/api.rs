@@ -51,7 +51,7 @@ pub(crate) struct TokenResponse {
 ///  "expires_in":3312,"refresh_token_expires_at":null,"last_refresh_at":1767222000,
 ///  "next_refresh_at":1767224880,"refreshing":false,"last_error":null,
 ///  "lifetime_source":"expires_in","scope":"openid","token_type":"Bearer",
-///  "has_refresh_token":true,"uncommitted":false,"warning":null,
+///  "has_refresh_token":true,"grant":"refresh_token","uncommitted":false,"warning":null,
 ///  "created_at":1767000000,"updated_at":1767222001}
 /// ```
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -84,6 +84,9 @@ pub struct CredentialStatus {
     pub token_type: String,
     /// Whether a refresh token is held.
     pub has_refresh_token: bool,
+    /// How the credential obtains its tokens.
+    #[serde(default)]
+    pub grant: GrantType,
     /// Tokens newer than the database's are held in memory only, because
     /// committing them failed; the commit is being retried.
     pub uncommitted: bool,

@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use super::*;
+use crate::credential::CredentialGrant;
 use crate::provider::{pairs, ClientAuth, Encoding, RequestTemplate};
 
 fn problems(text: &str) -> Vec<Problem> {
@@ -385,4 +386,75 @@ fn durations_accept_seconds_and_text() {
     assert_eq!(cfg.daemon.retry_max, Duration::from_secs(600));
     let p = problems("[daemon]\nretry_max = \"soon\"\n");
     assert_eq!(p[0].key, "daemon.retry_max");
+}
+
+/// A provider `a` with `client_auth`, then `rest`.
+fn with_provider(client_auth: &str, rest: &str) -> String {
+    format!(
+        "[providers.a]\ntoken_url = \"https://a.example/t\"\nclient_id = \"i\"\nclient_secret = \"s\"\nclient_auth = \"{client_auth}\"\n{rest}"
+    )
+}
+
+#[test]
+fn a_declared_client_credentials_credential() {
+    let cfg = parse_config(&with_provider(
+        "body",
+        "[credentials.svc]\nprovider = \"a\"\ngrant = \"client_credentials\"\nscope = \"read\"\nparams = { audience = \"https://api\", resource = \"urn:x\" }\n",
+    ))
+    .unwrap();
+    assert_eq!(
+        cfg.declared["svc"],
+        Declared {
+            provider: "a".into(),
+            grant: CredentialGrant::ClientCredentials {
+                scope: Some("read".into()),
+                params: pairs(&[("audience", "https://api"), ("resource", "urn:x")]),
+            },
+        }
+    );
+    // Its readers come from the provider, as for any credential.
+    assert!(cfg.credentials.get("svc").is_none());
+}
+
+#[test]
+fn declared_credentials_are_checked_at_their_lines() {
+    let found = |text: &str| -> Vec<(Option<usize>, String, String)> {
+        problems(text)
+            .into_iter()
+            .map(|p| (p.line, p.key, p.message))
+            .collect()
+    };
+    let got = found(&with_provider(
+        "none",
+        "[credentials.svc]\nprovider = \"a\"\ngrant = \"client_credentials\"\n",
+    ));
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(
+        (got[0].0, got[0].1.as_str()),
+        (Some(8), "credentials.svc.grant")
+    );
+    assert!(got[0].2.contains("client_auth = \"none\""), "{got:?}");
+
+    let got = found(&with_provider(
+        "basic",
+        "[credentials.svc]\nprovider = \"b\"\ngrant = \"password\"\n[credentials.t]\ngrant = \"client_credentials\"\nparams = { grant_type = \"x\", n = 1, bad = true }\n[credentials.u]\nscope = \"x\"\nreaders = []\n",
+    ));
+    let keys: Vec<_> = got.iter().map(|p| (p.0, p.1.as_str())).collect();
+    assert_eq!(
+        keys,
+        [
+            (Some(8), "credentials.svc.grant"),
+            (Some(10), "credentials.t.provider"),
+            (Some(11), "credentials.t.params.bad"),
+            (Some(11), "credentials.t.params.grant_type"),
+            (Some(13), "credentials.u.scope"),
+        ],
+        "{got:?}"
+    );
+    let got = found(&with_provider(
+        "basic",
+        "[credentials.svc]\nprovider = \"nope\"\ngrant = \"client_credentials\"\n",
+    ));
+    assert_eq!(got[0].1, "credentials.svc.provider", "{got:?}");
+    assert!(got[0].2.contains("no provider `nope`"), "{got:?}");
 }

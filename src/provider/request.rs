@@ -377,4 +377,89 @@ pub(crate) mod tests {
             "grant_type=refresh_token&refresh_token=rt&scope=a+b&client_id=pub"
         );
     }
+
+    fn client_credentials(scope: Option<&str>, params: &[(&str, &str)]) -> TokenGrant {
+        TokenGrant::ClientCredentials {
+            scope: scope.map(str::to_string),
+            params: crate::provider::pairs(params),
+        }
+    }
+
+    /// A provider with `client_auth = auth`, id `a b` and secret `x:y`.
+    fn cc_endpoint(auth: &str) -> Endpoint {
+        endpoint(&format!(
+            "[providers.c]\ntoken_url = \"https://c.example/t\"\nclient_id = \"a b\"\nclient_secret = \"x:y\"\nclient_auth = \"{auth}\"\nscope = \"provider-scope\"\n"
+        ))
+    }
+
+    #[test]
+    fn client_credentials_with_each_client_auth_method() {
+        let grant = client_credentials(Some("read write"), &[("audience", "https://api/x")]);
+        let body = "grant_type=client_credentials&scope=read+write&audience=https%3A%2F%2Fapi%2Fx";
+        let digirunner = format!("Basic {}", B64.encode(format!("a b:{}", B64.encode("x:y"))));
+        for (auth, header_value, tail) in [
+            (
+                "basic",
+                Some(format!("Basic {}", B64.encode("a b:x:y"))),
+                "",
+            ),
+            (
+                "basic_urlencoded",
+                Some(format!("Basic {}", B64.encode("a+b:x%3Ay"))),
+                "",
+            ),
+            ("body", None, "&client_id=a+b&client_secret=x%3Ay"),
+            ("digirunner", Some(digirunner), ""),
+        ] {
+            let r = prepare(&cc_endpoint(auth), &grant);
+            assert_eq!(
+                r.content_type, "application/x-www-form-urlencoded",
+                "{auth}"
+            );
+            assert_eq!(r.body, format!("{body}{tail}"), "{auth}");
+            assert_eq!(
+                header(&r, "authorization"),
+                header_value.as_deref(),
+                "{auth}"
+            );
+        }
+    }
+
+    #[test]
+    fn client_credentials_falls_back_to_the_provider_scope() {
+        let r = prepare(&cc_endpoint("basic"), &client_credentials(None, &[]));
+        assert_eq!(r.body, "grant_type=client_credentials&scope=provider-scope");
+        let p = endpoint(
+            "[providers.c]\ntoken_url = \"https://c.example/t\"\nclient_id = \"i\"\nclient_secret = \"s\"\n",
+        );
+        let r = prepare(&p, &client_credentials(None, &[("resource", "urn:r")]));
+        assert_eq!(r.body, "grant_type=client_credentials&resource=urn%3Ar");
+    }
+
+    #[test]
+    fn client_credentials_template_from_the_configuration() {
+        let p = endpoint(
+            r#"
+            [providers.j]
+            token_url = "https://j.example/t"
+            client_id = "i"
+            client_secret = "s"
+            [providers.j.client_credentials]
+            encoding = "json"
+            fields = { grantType = "client_credentials", scopes = "{scope}" }
+            "#,
+        );
+        let r = prepare(&p, &client_credentials(Some("a"), &[("audience", "x")]));
+        assert_eq!(r.content_type, "application/json");
+        assert_eq!(
+            r.body,
+            r#"{"audience":"x","grantType":"client_credentials","scopes":"a"}"#
+        );
+        assert!(TokenGrant::ClientCredentials {
+            scope: None,
+            params: vec![]
+        }
+        .secrets()
+        .is_empty());
+    }
 }

@@ -2,8 +2,8 @@
 //! conversions live here, not in `api`, so the protocol types know nothing
 //! of the daemon. Times go from milliseconds to the API's seconds.
 
-use crate::api::{CredentialState, CredentialStatus, LifetimeSource, TokenResponse};
-use crate::credential::State;
+use crate::api::{CredentialState, CredentialStatus, GrantType, LifetimeSource, TokenResponse};
+use crate::credential::{GrantKind, State};
 use crate::refresh::View;
 use crate::token::{self, now_ms};
 
@@ -66,6 +66,10 @@ pub(crate) fn credential_status(view: &View) -> CredentialStatus {
         scope: view.scope.as_deref().map(str::to_string),
         token_type: view.token_type.to_string(),
         has_refresh_token: view.has_refresh_token,
+        grant: match view.grant {
+            GrantKind::RefreshToken => GrantType::RefreshToken,
+            GrantKind::ClientCredentials => GrantType::ClientCredentials,
+        },
         uncommitted: view.uncommitted,
         warning: extras.warning.clone(),
         created_at: secs(view.created_at),

@@ -165,12 +165,19 @@ impl Inner {
         required.extend(self.cfg.cc_scope.as_ref().map(|_| "scope"));
         required.extend(self.cfg.cc_audience.as_ref().map(|_| "audience"));
         let f = exact_fields(form, &required, &[])?;
-        for (name, want) in [("scope", &self.cfg.cc_scope), ("audience", &self.cfg.cc_audience)] {
+        for (name, want) in [
+            ("scope", &self.cfg.cc_scope),
+            ("audience", &self.cfg.cc_audience),
+        ] {
             if let Some(want) = want {
                 if f.get(name).copied() != Some(want.as_str()) {
                     return Err(Reject::wire(
                         StatusCode::BAD_REQUEST,
-                        if name == "scope" { "invalid_scope" } else { "invalid_request" },
+                        if name == "scope" {
+                            "invalid_scope"
+                        } else {
+                            "invalid_request"
+                        },
                         format!("{name} must be {want:?}"),
                     ));
                 }
