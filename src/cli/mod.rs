@@ -125,7 +125,8 @@ pub(crate) enum Command {
         #[arg(
             long = "param",
             value_name = "KEY=VALUE",
-            requires = "client_credentials"
+            requires = "client_credentials",
+            allow_hyphen_values = true
         )]
         params: Vec<String>,
     },

@@ -47,9 +47,10 @@ pub(super) fn validate(
                 let grants = c.grants(&scope, "readers", readers);
                 out.readers.insert(name.clone(), Arc::from(grants));
             }
-            // A declared credential may leave its readers to its provider.
-            (None, Some(_)) => {}
-            (None, None) => c.problem(
+            // A declared credential may leave its readers to its provider
+            // (and a broken `grant` is reported on its own).
+            (None, _) if raw.grant.is_some() => {}
+            (None, _) => c.problem(
                 &scope,
                 "readers",
                 "missing; list who may read this credential, e.g. readers = [\"user:backup\"]",

@@ -444,7 +444,7 @@ fn declared_credentials_are_checked_at_their_lines() {
         keys,
         [
             (Some(8), "credentials.svc.grant"),
-            (Some(10), "credentials.t.provider"),
+            (Some(9), "credentials.t.provider"),
             (Some(11), "credentials.t.params.bad"),
             (Some(11), "credentials.t.params.grant_type"),
             (Some(13), "credentials.u.scope"),
