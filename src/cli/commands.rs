@@ -344,6 +344,13 @@ pub(super) fn check_config(file: Option<PathBuf>) -> anyhow::Result<ExitCode> {
                 if names.is_empty() { "" } else { ": " },
                 names.join(", ")
             )?;
+            for (name, declared) in &cfg.declared {
+                outln!(
+                    "  credential {name}: {} from provider {}",
+                    declared.grant.kind().as_str(),
+                    declared.provider
+                )?;
+            }
             Ok(ExitCode::SUCCESS)
         }
         Err(e) => match e.downcast_ref::<ConfigError>() {

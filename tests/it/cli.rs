@@ -69,12 +69,17 @@ async fn every_commented_out_example_provider_is_valid_once_uncommented() {
     write_private(&example, &config);
     write_private(&dir.path().join("didit.secret"), "s1\n");
     write_private(&dir.path().join("digirunner.secret"), "s2\n");
+    write_private(&dir.path().join("machine.secret"), "s4\n");
     std::fs::create_dir(dir.path().join("creds")).unwrap();
     write_private(&dir.path().join("creds/bakrypt-client-secret"), "s3");
     let run = check_config(&example, dir.path());
     assert!(run.status.success(), "{run:?}\n{config}");
     let stdout = String::from_utf8_lossy(&run.stdout);
-    assert!(stdout.contains("ok, 5 provider"), "{stdout}");
+    assert!(stdout.contains("ok, 6 provider"), "{stdout}");
+    assert!(
+        stdout.contains("credential billing-api: client_credentials from provider machine"),
+        "{stdout}"
+    );
 }
 
 const EXAMPLE: &str = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/config.example.toml"));
