@@ -413,7 +413,7 @@ fn a_declared_client_credentials_credential() {
         }
     );
     // Its readers come from the provider, as for any credential.
-    assert!(cfg.credentials.get("svc").is_none());
+    assert!(!cfg.credentials.contains_key("svc"));
 }
 
 #[test]

@@ -9,7 +9,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqlitePool};
 
 use super::test_support::{cred, file_bytes, open_handles, raw_rows, save_one};
 use super::{Store, StoreError};
-use crate::credential::Credential;
+use crate::credential::{Credential, CredentialGrant};
 use crate::fsguard;
 use crate::seal::{self, Key, SealError};
 use crate::token::Secret;
@@ -339,4 +339,26 @@ async fn close_gives_up_on_a_connection_still_in_use_and_says_so() {
     drop(held);
     assert_eq!(close_within(&store.pool, wait).await, Closed::All);
     assert_eq!(open_handles(&path), Vec::<String>::new());
+}
+
+#[tokio::test]
+async fn the_grant_round_trips_and_a_refresh_leaves_it_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("tokend.db")).await.unwrap();
+    let mut c = Credential::new("svc", "p", None, 100);
+    c.grant = CredentialGrant::ClientCredentials {
+        scope: Some("read".into()),
+        params: vec![("audience".into(), "https://api".into())],
+    };
+    c.generation = store.replace(&c).await.unwrap();
+    let plain = Credential::new("rt", "p", Some(Secret::new("rt-1")), 100);
+    store.replace(&plain).await.unwrap();
+    c.access_token = Some(Secret::new("at-1"));
+    assert!(save_one(&store, &c).await);
+    let loaded = store.load("svc").await.unwrap().unwrap();
+    assert_eq!(loaded.grant, c.grant);
+    assert_eq!(loaded.access_token.unwrap().expose(), "at-1");
+    assert!(loaded.refresh_token.is_none());
+    let loaded = store.load("rt").await.unwrap().unwrap();
+    assert_eq!(loaded.grant, CredentialGrant::RefreshToken);
 }

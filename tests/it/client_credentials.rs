@@ -4,7 +4,7 @@
 //! with every client-auth method the fake provider's flavours check.
 
 use std::os::unix::fs::PermissionsExt;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use crate::support::fake_provider::{FakeConfig, FakeProvider, Flavor};
 use crate::support::{cli_as, provider_toml, wait_until, Daemon, FAST_DAEMON};
@@ -38,7 +38,9 @@ async fn a_declared_credential_is_acquired_at_start_and_again_before_expiry() {
     })
     .await;
     let first = daemon.cli(&["get", "svc"]).await;
-    first.ok();
+    let expiry = fake
+        .access_token_expiry(first.ok().stdout.trim())
+        .expect("the served token is the issued one");
     let st = daemon.status("svc").await;
     assert_eq!(st["grant"], "client_credentials", "{st}");
     assert_eq!(st["has_refresh_token"], false, "{st}");
@@ -48,6 +50,7 @@ async fn a_declared_credential_is_acquired_at_start_and_again_before_expiry() {
         fake.client_credentials_count() >= 2
     })
     .await;
+    assert!(SystemTime::now() < expiry, "re-acquired only after expiry");
     let second = daemon.cli(&["get", "svc"]).await;
     assert_ne!(second.ok().stdout, first.stdout);
     assert_eq!(fake.refresh_count(), 0);
@@ -153,7 +156,7 @@ async fn invalid_client_pauses_with_a_clear_status() {
     .await;
     let st = daemon.status("svc").await;
     assert_eq!(st["next_refresh_at"], serde_json::Value::Null, "{st}");
-    assert_ne!(st["state"], "needs_reauth", "{st}");
+    assert_eq!(st["state"], "paused", "{st}");
     let run = daemon.cli(&["get", "svc"]).await;
     assert_eq!(run.code, 1, "{run:?}");
     assert!(run.stderr.contains("paused"), "{run:?}");
@@ -176,4 +179,29 @@ async fn check_config_refuses_a_public_client() {
             && run.stderr.contains("client_auth = \"none\""),
         "{run:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_creates_new_declarations_and_keeps_removed_ones() {
+    let fake = fake(Flavor::Bakrypt, 3600).await;
+    let provider = provider_toml("p", &fake);
+    let daemon = Daemon::start(FAST_DAEMON, &provider).await;
+    daemon.write_config(FAST_DAEMON, &format!("{provider}{}", declared("svc", "p")));
+    daemon.signal(libc::SIGHUP);
+    wait_until(Duration::from_secs(10), "the declared token", || async {
+        fake.client_credentials_count() >= 1
+    })
+    .await;
+    let token = daemon.cli(&["get", "svc"]).await.ok().stdout.clone();
+
+    // Declared no more: kept, still served, and said so in the log.
+    daemon.write_config(FAST_DAEMON, &provider);
+    daemon.signal(libc::SIGHUP);
+    wait_until(Duration::from_secs(10), "the reload warning", || async {
+        daemon.logs().contains("no longer declared")
+    })
+    .await;
+    assert_eq!(daemon.cli(&["get", "svc"]).await.ok().stdout, token);
+    assert_eq!(daemon.status("svc").await["grant"], "client_credentials");
+    daemon.finish(&[&fake]).await;
 }
