@@ -223,12 +223,11 @@ impl Credential {
     /// (scope, id_token...) keep their previous values.
     pub(crate) fn apply(
         &mut self,
-        set: TokenSet,
+        mut set: TokenSet,
         sent_at: i64,
         expires_at: i64,
         source: LifetimeSource,
     ) {
-        let mut set = set;
         if self.grant.kind() == GrantKind::ClientCredentials {
             // RFC 6749 §4.4.3 says no refresh token should be issued here;
             // one that comes anyway is ignored, not stored: the credential
@@ -343,6 +342,24 @@ mod tests {
             LifetimeSource::ExpiresIn,
         );
         assert_eq!(c.refresh_expires_at, None);
+    }
+
+    #[test]
+    fn a_client_credentials_credential_ignores_a_refresh_token() {
+        let mut c = Credential::new("c", "p", None, 0);
+        c.grant = CredentialGrant::ClientCredentials {
+            scope: None,
+            params: Vec::new(),
+        };
+        c.apply(
+            set(r#"{"access_token":"a","refresh_token":"rt-unwanted","refresh_expires_in":60}"#),
+            1_000,
+            5_000,
+            LifetimeSource::ExpiresIn,
+        );
+        assert!(c.refresh_token.is_none());
+        assert_eq!(c.refresh_expires_at, None);
+        assert_eq!(c.access_token.as_ref().unwrap().expose(), "a");
     }
 
     #[test]

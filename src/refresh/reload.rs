@@ -8,7 +8,7 @@ use super::admission::Caps;
 use super::timing::{refresh_due_at, refresh_token_warning, Backoff};
 use super::{Refresher, View};
 use crate::config::{Config, ProviderConfig};
-use crate::credential::{Credential, GrantKind, State};
+use crate::credential::{Credential, CredentialGrant, GrantKind, State};
 use crate::event;
 use crate::events::Kind;
 
@@ -60,22 +60,31 @@ impl Refresher {
                     tracing::warn!(tokend_credential = %name, "the configuration declares this credential, but the database holds one of that name with a refresh token; it is left alone (remove it with `tokend remove {name}` to use the declaration)");
                     continue;
                 }
-                let stored = self.store.load(name).await.ok().flatten();
-                if stored
-                    .is_some_and(|c| c.provider == declared.provider && c.grant == declared.grant)
-                {
-                    continue;
+                // A failed read must not pass for a changed declaration:
+                // re-creating would drop the stored token for nothing.
+                match self.store.load(name).await {
+                    Ok(Some(c)) if c.provider != declared.provider || c.grant != declared.grant => {
+                    }
+                    Ok(_) => continue,
+                    Err(e) => {
+                        tracing::error!(tokend_credential = %name, tokend_error = %e, "cannot read the declared credential to compare it with the configuration; it is left as it is until the next reload");
+                        continue;
+                    }
                 }
             }
             let now = self.now();
             let mut cred = Credential::new(name, &declared.provider, None, now);
             cred.grant = declared.grant.clone();
+            // The scope asked for, until a response says which was granted.
+            if let CredentialGrant::ClientCredentials { scope, .. } = &declared.grant {
+                cred.scope.clone_from(scope);
+            }
             match self.replace(cred).await {
                 Ok(_) => {
                     event!(info, Kind::CredentialAdded, tokend_credential = %name, tokend_provider = %declared.provider, "declared credential stored; acquiring its token")
                 }
                 Err(e) => {
-                    event!(error, Kind::CredentialAdded, tokend_credential = %name, tokend_error = %e, "cannot store the declared credential; tokend tries again at the next reload")
+                    tracing::error!(tokend_credential = %name, tokend_error = %e, "cannot store the declared credential; tokend tries again at the next reload")
                 }
             }
         }

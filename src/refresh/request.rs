@@ -10,8 +10,8 @@ use super::{RefreshError, View};
 use crate::credential::CredentialGrant;
 use crate::token::Secret;
 
-/// A new credential (`PUT /v1/credentials/{name}`, or one the configuration
-/// declares): from a refresh token, or acquired by the client alone.
+/// A new credential (`PUT /v1/credentials/{name}`): from a refresh token,
+/// or acquired by the client alone.
 #[derive(Debug, Clone)]
 pub(crate) struct NewCredential {
     /// Credential name.

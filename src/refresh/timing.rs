@@ -239,6 +239,12 @@ mod tests {
         let mut c = cred(0, 10_000);
         c.has_refresh_token = false;
         assert_eq!(refresh_due_at(&t, None, &c, 0, 0.5), 10_000);
+        // A client_credentials credential has none either, but is
+        // re-acquired at the ordinary refresh point, before expiry.
+        c.grant = GrantKind::ClientCredentials;
+        let normal = refresh_due_at(&t, None, &cred(0, 10_000), 0, 0.5);
+        assert_eq!(refresh_due_at(&t, None, &c, 0, 0.5), normal);
+        assert!(normal < 10_000);
     }
 
     #[test]
