@@ -205,3 +205,32 @@ async fn a_reload_creates_new_declarations_and_keeps_removed_ones() {
     assert_eq!(daemon.status("svc").await["grant"], "client_credentials");
     daemon.finish(&[&fake]).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_refuses_what_the_grant_cannot_use() {
+    let fake = fake(Flavor::Didit, 3600).await;
+    let public = FakeProvider::start(FakeConfig::new(Flavor::Partner)).await;
+    let config = format!(
+        "{}{}",
+        provider_toml("p", &fake),
+        provider_toml("pub", &public)
+    );
+    let daemon = Daemon::start(FAST_DAEMON, &config).await;
+    let cc = ["add", "x", "--provider", "p", "--client-credentials"];
+    let run = daemon
+        .cli(&[&cc[..], &["--param", "grant_type=password"]].concat())
+        .await;
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(run.stderr.contains("params.grant_type"), "{run:?}");
+    let run = daemon
+        .cli(&[&cc[..], &["--param", "audience"]].concat())
+        .await;
+    assert!(run.stderr.contains("KEY=VALUE"), "{run:?}");
+    let run = daemon
+        .cli(&["add", "x", "--provider", "pub", "--client-credentials"])
+        .await;
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(run.stderr.contains("client_auth = \"none\""), "{run:?}");
+    assert_eq!(fake.request_count() + public.request_count(), 0);
+    daemon.finish(&[&fake, &public]).await;
+}
