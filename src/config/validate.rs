@@ -14,7 +14,7 @@ use super::raw::{RawCredential, RawDaemon, RawProvider, RawRequest, RawResponse,
 use super::{bounds, credentials, defaults, endpoint, secrets};
 use super::{Config, DaemonConfig, OnInvalidGrant, ProviderConfig};
 use crate::access::Grant;
-use crate::provider::Endpoint;
+use crate::provider::{Endpoint, RequestTemplate};
 use crate::token::RefreshTiming;
 
 /// A `[providers.NAME]` or `[credentials.NAME]` table: its name, dotted
@@ -292,37 +292,13 @@ fn validate_provider(
     name: &str,
     s: &Scope,
     raw: RawProvider,
-    sub: Subtables,
+    mut sub: Subtables,
     defaults: &ProviderDefaults,
 ) -> Option<ProviderConfig> {
     let before = c.problems.len();
     check_name(c, s, name);
     let client = endpoint::client(c, s, &raw);
-    let refresh = endpoint::request_template(
-        c,
-        s,
-        "refresh",
-        sub.refresh,
-        defaults::refresh(),
-        Some("refresh_token"),
-    );
-    let exchange = endpoint::request_template(
-        c,
-        s,
-        "exchange",
-        sub.exchange,
-        defaults::exchange(),
-        Some("code"),
-    );
-    // Its grant_type is a literal, so no placeholder is required.
-    let client_credentials = endpoint::request_template(
-        c,
-        s,
-        "client_credentials",
-        sub.client_credentials,
-        defaults::client_credentials(),
-        None,
-    );
+    let (refresh, exchange, client_credentials) = request_templates(c, s, &mut sub);
     let response = endpoint::response_fields(sub.response);
     let durations = provider_durations(c, s, &raw, defaults);
     let on_invalid_grant = on_invalid_grant(c, s, raw.on_invalid_grant.as_deref());
@@ -360,6 +336,41 @@ fn validate_provider(
         on_invalid_grant,
         readers,
     })
+}
+
+/// The provider's refresh, exchange and client_credentials requests: each
+/// its default unless the provider gives its table.
+fn request_templates(
+    c: &mut Collector<'_>,
+    s: &Scope,
+    sub: &mut Subtables,
+) -> (RequestTemplate, RequestTemplate, RequestTemplate) {
+    let refresh = endpoint::request_template(
+        c,
+        s,
+        "refresh",
+        sub.refresh.take(),
+        defaults::refresh(),
+        Some("refresh_token"),
+    );
+    let exchange = endpoint::request_template(
+        c,
+        s,
+        "exchange",
+        sub.exchange.take(),
+        defaults::exchange(),
+        Some("code"),
+    );
+    // Its grant_type is a literal, so no placeholder is required.
+    let client_credentials = endpoint::request_template(
+        c,
+        s,
+        "client_credentials",
+        sub.client_credentials.take(),
+        defaults::client_credentials(),
+        None,
+    );
+    (refresh, exchange, client_credentials)
 }
 
 fn check_name(c: &mut Collector<'_>, s: &Scope, name: &str) {
