@@ -28,10 +28,7 @@ async fn start() -> (FakeProvider, Daemon) {
     let extra =
         format!("{FAST_DAEMON}admin_group = \"{ADMIN_GID}\"\nsocket_group = \"{SOCKET_GID}\"\n");
     let daemon = Daemon::start(&extra, &providers).await;
-    // Let other users reach the socket's directory (the socket itself is 0660).
-    for dir in [daemon.dir.path(), daemon.socket.parent().unwrap()] {
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-    }
+    daemon.open_to_other_users();
     daemon.add("c", "p", &fake.issue_refresh_token()).await.ok();
     daemon
         .add("private", "p", &fake.issue_refresh_token())

@@ -2,7 +2,6 @@
 //! satisfy from their own systemd manager, a connection flood from one uid
 //! that leaves the others served, and refusals that cannot flood the log.
 
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -23,10 +22,7 @@ async fn start(readers: &str) -> (FakeProvider, Daemon) {
     let providers = format!("{}{readers}", provider_toml("p", &fake));
     let extra = format!("{FAST_DAEMON}socket_group = \"{SOCKET_GID}\"\n");
     let daemon = Daemon::start(&extra, &providers).await;
-    // Let other users reach the socket's directory (the socket itself is 0660).
-    for dir in [daemon.dir.path(), daemon.socket.parent().unwrap()] {
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-    }
+    daemon.open_to_other_users();
     (fake, daemon)
 }
 

@@ -3,7 +3,6 @@
 //! --client-credentials`, acquired at once and again before each expiry,
 //! with every client-auth method the fake provider's flavours check.
 
-use std::os::unix::fs::PermissionsExt;
 use std::time::{Duration, SystemTime};
 
 use crate::support::fake_provider::{FakeConfig, FakeProvider, Flavor};
@@ -125,9 +124,7 @@ async fn another_uid_without_a_reader_rule_gets_404() {
     let config = format!("{}{}", provider_toml("p", &fake), declared("svc", "p"));
     let extra = format!("{FAST_DAEMON}socket_group = \"{SOCKET_GID}\"\n");
     let daemon = Daemon::start(&extra, &config).await;
-    for dir in [daemon.dir.path(), daemon.socket.parent().unwrap()] {
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-    }
+    daemon.open_to_other_users();
     let token = daemon.cli(&["get", "svc"]).await.ok().stdout.clone();
     let run = cli_as(&daemon.socket, 1000, SOCKET_GID, &[], &["get", "svc"]).await;
     assert_eq!(run.stdout, token, "{run:?}");

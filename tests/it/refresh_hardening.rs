@@ -3,7 +3,6 @@
 //! obeyed), a read waits a bounded time, and a rejected grant's token is withheld
 //! unless the provider is configured to serve it.
 
-use std::os::unix::fs::PermissionsExt;
 use std::time::{Duration, Instant};
 
 use hyper::Method;
@@ -59,9 +58,7 @@ async fn a_reader_cannot_force_refreshes_with_min_valid() {
         ),
     )
     .await;
-    for dir in [daemon.dir.path(), daemon.socket.parent().unwrap()] {
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-    }
+    daemon.open_to_other_users();
     daemon.add("c", "p", &fake.issue_refresh_token()).await.ok();
     let token = as_reader(&daemon, &["get", "c"]).await;
     token.ok();

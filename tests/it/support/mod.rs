@@ -87,6 +87,16 @@ pub fn provider_toml(name: &str, fake: &FakeProvider) -> String {
 }
 
 impl Daemon {
+    /// Lets other users reach the socket's directory (the socket itself
+    /// stays 0660, so its group still decides who may connect).
+    pub fn open_to_other_users(&self) {
+        use std::os::unix::fs::PermissionsExt;
+        for dir in [self.dir.path(), self.socket.parent().expect("socket dir")] {
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))
+                .expect("chmod 0755");
+        }
+    }
+
     /// Starts a daemon whose configuration is `[daemon]` + `daemon_extra` +
     /// `providers`, and waits until its socket answers.
     pub async fn start(daemon_extra: &str, providers: &str) -> Daemon {
