@@ -70,7 +70,7 @@ use job::Outcome;
 use request::{Command, Reply};
 use schedule::Schedule;
 use slots::Slots;
-pub(crate) use view::Interner;
+use view::Interner;
 use waiter::Waiter;
 
 /// Results reported to the owner by the tasks it started.

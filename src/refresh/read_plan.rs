@@ -121,11 +121,9 @@ impl ReadCase<'_> {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
 
     use super::*;
     use crate::credential::Credential;
-    use crate::refresh::view::Interner;
     use crate::token::{LifetimeSource, Secret};
 
     fn cred(issued: i64, expires: i64) -> View {
@@ -134,12 +132,7 @@ mod tests {
         c.expires_at = Some(expires);
         c.lifetime_source = Some(LifetimeSource::ExpiresIn);
         c.last_refresh_at = Some(issued);
-        View::of(
-            Arc::from("c"),
-            &c,
-            &mut Interner::default(),
-            Arc::from(Vec::new()),
-        )
+        View::of_alone(&c)
     }
 
     fn case(view: &View, now: i64, min_valid_ms: i64) -> ReadCase<'_> {

@@ -85,18 +85,11 @@ pub(crate) fn summary<'a>(views: impl Iterator<Item = &'a View>, now: i64) -> St
 mod tests {
     use super::*;
     use crate::credential::{Credential, State};
-    use crate::refresh::view::Interner;
-    use std::sync::Arc;
 
     fn view(state: State, paused: bool, next: Option<i64>) -> View {
         let mut cred = Credential::new("c", "p", None, 0);
         cred.state = state;
-        let mut view = View::of(
-            Arc::from("c"),
-            &cred,
-            &mut Interner::default(),
-            Arc::from(Vec::new()),
-        );
+        let mut view = View::of_alone(&cred);
         view.next_refresh_at = next;
         view.edit_extras(|n| n.paused = paused.then(|| "x".to_string()));
         view

@@ -128,6 +128,17 @@ impl View {
         }
     }
 
+    /// The view of `cred` alone, for tests: its own interner, no readers.
+    #[cfg(test)]
+    pub(crate) fn of_alone(cred: &Credential) -> View {
+        View::of(
+            Arc::from(cred.name.as_str()),
+            cred,
+            &mut Interner::default(),
+            Arc::from(Vec::new()),
+        )
+    }
+
     /// The extras, or empty ones.
     pub(crate) fn extras(&self) -> &Extras {
         static NONE: Extras = Extras {
@@ -231,12 +242,7 @@ mod tests {
     use crate::token::LifetimeSource;
 
     fn view_of(cred: &Credential, on_invalid_grant: OnInvalidGrant) -> View {
-        let mut view = View::of(
-            Arc::from(cred.name.as_str()),
-            cred,
-            &mut Interner::default(),
-            Arc::from(Vec::new()),
-        );
+        let mut view = View::of_alone(cred);
         view.on_invalid_grant = on_invalid_grant;
         view
     }

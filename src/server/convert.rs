@@ -79,21 +79,14 @@ pub(crate) fn credential_status(view: &View) -> CredentialStatus {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
 
     use super::*;
     use crate::credential::Credential;
-    use crate::refresh::Interner;
 
     fn view(state: State, paused: bool) -> View {
         let mut cred = Credential::new("c", "p", None, 0);
         cred.state = state;
-        let mut view = View::of(
-            Arc::from("c"),
-            &cred,
-            &mut Interner::default(),
-            Arc::from(Vec::new()),
-        );
+        let mut view = View::of_alone(&cred);
         view.edit_extras(|n| n.paused = paused.then(|| "x".to_string()));
         view
     }
