@@ -2,6 +2,7 @@
 //! `tokend` binary on a temporary directory (its own socket, database and
 //! configuration) and drives it through the real CLI.
 
+pub mod browser;
 pub mod fake_provider;
 
 use std::path::{Path, PathBuf};
