@@ -4,6 +4,7 @@
 
 pub mod browser;
 pub mod fake_provider;
+pub mod oidc;
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
