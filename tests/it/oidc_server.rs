@@ -83,12 +83,28 @@ async fn client_credentials_with_each_client_secret_method() {
         assert_eq!(claims["scope"], "read write", "{claims}");
         assert_eq!(claims["iss"], server.issuer(), "{claims}");
         // 3 s tokens are acquired again before they expire.
-        wait_until(Duration::from_secs(10), "re-acquisition", || async {
-            server.grants(&client, "client_credentials") >= 2
-        })
-        .await;
-        let second = daemon.cli(&["get", "svc"]).await;
-        assert_ne!(second.ok().stdout.trim(), token);
+        let expiry = claims["exp"].as_u64().expect("exp");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let second = loop {
+            let served = daemon
+                .cli(&["get", "svc"])
+                .await
+                .ok()
+                .stdout
+                .trim()
+                .to_string();
+            if served != token {
+                break served;
+            }
+            assert!(std::time::Instant::now() < deadline, "no re-acquisition");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_secs();
+        assert!(now <= expiry, "re-acquired only after expiry");
+        server.wait_grants(&client, "client_credentials", 2).await;
         let st = daemon.status("svc").await;
         assert_eq!(st["state"], "active", "{st}");
         assert!(
@@ -96,7 +112,6 @@ async fn client_credentials_with_each_client_secret_method() {
             "{:?}",
             server.errors()
         );
-        let second = second.stdout.trim().to_string();
         finish(daemon, &[&token, &second, client.secret.expect("a secret")]).await;
     }
 }
@@ -150,10 +165,8 @@ async fn a_browser_login_is_exchanged_then_refreshed_with_rotation() {
             .await;
         run.ok();
         assert_eq!(
-            server.grants(&client, "authorization_code"),
-            1,
-            "{:?}",
-            server.errors_of(&client)
+            server.wait_grants(&client, "authorization_code", 1).await,
+            1
         );
         let first = daemon
             .cli(&["get", "me"])
@@ -172,7 +185,7 @@ async fn a_browser_login_is_exchanged_then_refreshed_with_rotation() {
 
         // A forced refresh rotates the refresh token.
         daemon.cli(&["refresh", "me"]).await.ok();
-        assert_eq!(server.grants(&client, "refresh_token"), 1);
+        assert_eq!(server.wait_grants(&client, "refresh_token", 1).await, 1);
         let new_rt = stored_refresh_token(&daemon.database, "me")
             .await
             .expect("a refresh token");
@@ -225,4 +238,191 @@ async fn a_browser_login_is_exchanged_then_refreshed_with_rotation() {
         secrets.extend(client.secret);
         finish(daemon, &secrets).await;
     }
+}
+
+// The harness itself: the clients and pages that other tests build on work
+// as the server documents them, driven here by hand.
+
+/// `input` signed by `openssl dgst -sha256 -binary` with `args` (a key).
+fn openssl_sign(args: &[&str], input: &[u8]) -> Vec<u8> {
+    use std::io::Write as _;
+    let mut child = std::process::Command::new("openssl")
+        .args(["dgst", "-sha256", "-binary"])
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("run openssl");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(input)
+        .expect("write to openssl");
+    let out = child.wait_with_output().expect("openssl output");
+    assert!(out.status.success(), "openssl dgst failed");
+    out.stdout
+}
+
+/// A client authentication JWT (RFC 7523 §3) for `client` at `server`'s
+/// token endpoint, signed with `alg` by `openssl` with `key_args`.
+fn client_assertion(
+    server: &OidcServer,
+    client: &OidcClient,
+    alg: &str,
+    key_args: &[&str],
+) -> String {
+    use base64::Engine as _;
+    let b64 = |v: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    let header = serde_json::json!({ "alg": alg, "typ": "JWT" });
+    let claims = serde_json::json!({
+        "iss": client.id,
+        "sub": client.id,
+        "aud": server.token_url(),
+        "jti": format!("{:x}", rand::random::<u128>()),
+        "iat": now,
+        "exp": now + 60,
+    });
+    let input = format!(
+        "{}.{}",
+        b64(header.to_string().as_bytes()),
+        b64(claims.to_string().as_bytes())
+    );
+    let signature = openssl_sign(key_args, input.as_bytes());
+    format!("{input}.{}", b64(&signature))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_harness_clients_authenticate_as_registered() {
+    use crate::support::oidc::{jwt_key_rsa, DPOP, HS, JWT};
+    let server = OidcServer::start().await;
+    let assertion_type = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
+    let hs_key = format!("key:{}", HS.secret.expect("secret"));
+    let rsa_key = jwt_key_rsa().to_str().expect("path").to_string();
+    for (client, alg, key_args) in [
+        (
+            HS,
+            "HS256",
+            vec!["-mac", "HMAC", "-macopt", hs_key.as_str()],
+        ),
+        (JWT, "RS256", vec!["-sign", rsa_key.as_str()]),
+    ] {
+        let assertion = client_assertion(&server, &client, alg, &key_args);
+        let (status, body) = server
+            .token_request(
+                &client,
+                &[
+                    ("grant_type", "client_credentials"),
+                    ("scope", "read"),
+                    ("client_assertion_type", assertion_type),
+                    ("client_assertion", &assertion),
+                ],
+            )
+            .await;
+        assert_eq!(status, 200, "{}: {body}", client.id);
+        assert_eq!(
+            server.wait_grants(&client, "client_credentials", 1).await,
+            1
+        );
+        // The same assertion twice is a replay (RFC 7523 §3, `jti`).
+        let (status, body) = server
+            .token_request(
+                &client,
+                &[
+                    ("grant_type", "client_credentials"),
+                    ("client_assertion_type", assertion_type),
+                    ("client_assertion", &assertion),
+                ],
+            )
+            .await;
+        assert_eq!(
+            (status, &body["error"]),
+            (401, &"invalid_client".into()),
+            "{body}"
+        );
+    }
+    // A DPoP-bound client gets nothing without a proof (RFC 9449 §5).
+    let (status, body) = server
+        .token_request(&DPOP, &[("grant_type", "client_credentials")])
+        .await;
+    assert_eq!(
+        (status, &body["error"]),
+        (400, &"invalid_grant".into()),
+        "{body}"
+    );
+    wait_until(
+        Duration::from_secs(10),
+        "the DPoP refusal event",
+        || async {
+            server
+                .errors_of(&DPOP)
+                .iter()
+                .any(|e| e["error_detail"] == "DPoP proof JWT not provided")
+        },
+    )
+    .await;
+    // A public client must use PKCE.
+    let browser = Browser::new();
+    let mut start = url::Url::parse(&server.authorization_url()).expect("url");
+    start
+        .query_pairs_mut()
+        .append_pair("response_type", "code")
+        .append_pair("client_id", PUBLIC.id)
+        .append_pair("redirect_uri", "http://127.0.0.1:9/callback")
+        .append_pair("scope", "openid");
+    let page = browser.get(start.as_str()).await;
+    let to = page.location.clone().expect("an error redirect");
+    assert!(
+        to.query_pairs()
+            .any(|(k, v)| k == "error" && v == "invalid_request"),
+        "{to}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_code_is_approved_through_the_device_pages() {
+    use crate::support::oidc::approve_device;
+    let server = OidcServer::start().await;
+    let http = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .expect("client");
+    let auth: serde_json::Value = http
+        .post(server.device_authorization_url())
+        .form(&[("client_id", PUBLIC.id), ("scope", "openid read")])
+        .send()
+        .await
+        .expect("device authorization")
+        .json()
+        .await
+        .expect("device JSON");
+    assert_eq!(
+        auth["verification_uri"],
+        server.device_verification_url().as_str(),
+        "{auth}"
+    );
+    let device_code = auth["device_code"].as_str().expect("device_code");
+    let user_code = auth["user_code"].as_str().expect("user_code");
+    let poll = [
+        ("grant_type", "urn:ietf:params:oauth:grant-type:device_code"),
+        ("device_code", device_code),
+    ];
+    let (status, body) = server.token_request(&PUBLIC, &poll).await;
+    assert_eq!(
+        (status, &body["error"]),
+        (400, &"authorization_pending".into()),
+        "{body}"
+    );
+    approve_device(&Browser::new(), &server, user_code).await;
+    let (status, body) = server.token_request(&PUBLIC, &poll).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body["refresh_token"].is_string(), "{body}");
+    let (status, me) = server
+        .userinfo(body["access_token"].as_str().expect("access token"))
+        .await;
+    assert_eq!((status, &me["sub"]), (200, &USER.into()), "{me}");
 }

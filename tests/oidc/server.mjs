@@ -136,6 +136,9 @@ function events(provider) {
     if (error) {
       line.error = error.error ?? error.name;
       line.error_description = error.error_description ?? null;
+      // The reason the server keeps from clients, e.g. "DPoP proof JWT not
+      // provided" behind "grant request is invalid".
+      line.error_detail = error.error_detail ?? error.message ?? null;
     }
     process.stdout.write(`${JSON.stringify(line)}\n`);
   };

@@ -263,7 +263,8 @@ impl OidcServer {
     }
 
     /// Every event line so far: `{"event", "client_id", "grant_type",
-    /// "dpop", "has_resource"}`, and `"error"`, `"error_description"` on
+    /// "dpop", "has_resource"}`, and `"error"`, `"error_description"` and
+    /// `"error_detail"` (the reason the server keeps from the client) on
     /// the `*.error` events.
     pub fn events(&self) -> Vec<serde_json::Value> {
         self.events.lock().expect("events").clone()
@@ -279,6 +280,27 @@ impl OidcServer {
                     && e["grant_type"] == grant_type
             })
             .count()
+    }
+
+    /// Waits (up to 10 s) until `client` has had at least `n` successful
+    /// `grant_type` requests, and returns how many. Event lines are read
+    /// in the background, so one may arrive just after the client saw the
+    /// response.
+    pub async fn wait_grants(&self, client: &OidcClient, grant_type: &str, n: usize) -> usize {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let seen = self.grants(client, grant_type);
+            if seen >= n {
+                return seen;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{} had {seen} {grant_type} grants, not {n}; errors: {:?}",
+                client.id,
+                self.errors_of(client)
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// The failed requests so far (`*.error` and `server_error` events).
