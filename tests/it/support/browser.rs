@@ -408,7 +408,7 @@ impl Browser {
             .map(|((_, p, n), c)| (p, n, c))
             .collect();
         // Longer paths first, as RFC 6265 §5.4 asks.
-        matching.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        matching.sort_by_key(|m| std::cmp::Reverse(m.0.len()));
         matching
             .into_iter()
             .map(|(_, n, c)| (n.clone(), c.value.clone()))
