@@ -381,6 +381,36 @@ async fn the_harness_clients_authenticate_as_registered() {
             .any(|(k, v)| k == "error" && v == "invalid_request"),
         "{to}"
     );
+    // With PKCE, both loopback redirects are accepted on any port (RFC 8252
+    // §7.3): the server moves on to its login page.
+    for redirect in ["http://127.0.0.1:9/callback", "http://[::1]:9/callback"] {
+        let url = authorize_url(&server, &PUBLIC, redirect, "openid", "s", &Pkce::new());
+        let page = browser.get(&url).await;
+        let to = page.location.clone().expect("a redirect");
+        assert!(
+            to.as_str().starts_with(&server.url("/interaction/")),
+            "{redirect}: {to}"
+        );
+    }
+    // Opaque tokens (no resource) can be introspected, and revoked.
+    let (status, body) = server
+        .token_request(&BASIC, &[("grant_type", "client_credentials")])
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let token = body["access_token"].as_str().expect("access token");
+    assert_eq!(server.introspect(&BASIC, token).await["active"], true);
+    let revoked = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .expect("client")
+        .post(server.revocation_url())
+        .basic_auth(BASIC.id, BASIC.secret)
+        .form(&[("token", token)])
+        .send()
+        .await
+        .expect("revocation");
+    assert_eq!(revoked.status().as_u16(), 200);
+    assert_eq!(server.introspect(&BASIC, token).await["active"], false);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
