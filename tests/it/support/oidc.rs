@@ -9,6 +9,22 @@
 //! it supports; [`OidcServer::provider_toml`] writes the tokend provider
 //! table for one of them. [`log_in`] and [`approve_device`] drive its login,
 //! consent and device pages with the test [`Browser`].
+//!
+//! A test against it, in short (see `tests/it/oidc_server.rs`):
+//!
+//! ```ignore
+//! let server = OidcServer::start().await;
+//! let config = server.provider_toml_with("p", &PUBLIC, &[EndpointKey::Authorization]);
+//! let daemon = Daemon::start(FAST_DAEMON, &config).await;
+//! // ... make tokend talk to it; drive pages with `log_in(&Browser::new(), url, stop_at)`
+//! // or `approve_device(&browser, &server, user_code)` ...
+//! assert_eq!(server.wait_grants(&PUBLIC, "refresh_token", 1).await, 1);
+//! assert!(server.errors_of(&PUBLIC).is_empty(), "{:?}", server.errors());
+//! ```
+//!
+//! A client or setting a test needs goes into `tests/oidc/server.mjs`
+//! (its `clients` list, or an `OIDC_*` variable read there and set in
+//! [`OidcServer::start_with`]).
 
 // Each test file uses a different part of it.
 #![allow(dead_code)]
