@@ -249,7 +249,7 @@ pub(super) fn add_client_credentials(
     report_added(&st, "added")
 }
 
-fn report_added(st: &CredentialStatus, verb: &str) -> anyhow::Result<ExitCode> {
+pub(super) fn report_added(st: &CredentialStatus, verb: &str) -> anyhow::Result<ExitCode> {
     let usable = st.state == CredentialState::Active && st.expires_in.is_some_and(|s| s > 0);
     if usable {
         outln!(

@@ -27,7 +27,7 @@ pub(crate) const RESERVED_AUTHORIZE_PARAMS: [&str; 7] = [
 ];
 
 /// Length of an S256 `code_challenge`: base64url of 32 bytes, unpadded.
-pub(crate) const CHALLENGE_LEN: usize = 43;
+const CHALLENGE_LEN: usize = 43;
 
 /// Longest `state` accepted: the CLI sends 43 characters; a little room for
 /// other clients, none for a request that would not fit in a URL.
@@ -168,7 +168,7 @@ pub(crate) enum AuthorizeError {
 
 /// Whether every character of `s` is unreserved (RFC 3986 §2.3), the
 /// alphabet of PKCE verifiers and of base64url.
-pub(crate) fn unreserved(s: &str) -> bool {
+fn unreserved(s: &str) -> bool {
     s.bytes()
         .all(|b| b.is_ascii_alphanumeric() || b"-._~".contains(&b))
 }
@@ -283,7 +283,10 @@ mod tests {
             "not a url",
         ] {
             let err = authorization_url(&fixed, &request(bad, state)).unwrap_err();
-            assert!(matches!(err, AuthorizeError::RedirectUri(_)), "{bad}: {err}");
+            assert!(
+                matches!(err, AuthorizeError::RedirectUri(_)),
+                "{bad}: {err}"
+            );
         }
         let any = endpoint(PROVIDER);
         assert!(authorization_url(&any, &request("http://127.0.0.1:1/callback", state)).is_ok());
@@ -305,7 +308,12 @@ mod tests {
                 "{bad:?}"
             );
         }
-        for bad in ["", "plain", &CHALLENGE[1..], &format!("{}~", &CHALLENGE[1..])] {
+        for bad in [
+            "",
+            "plain",
+            &CHALLENGE[1..],
+            &format!("{}~", &CHALLENGE[1..]),
+        ] {
             let req = AuthorizationRequest {
                 redirect_uri: uri,
                 state: "abcdefgh",
@@ -322,8 +330,8 @@ mod tests {
     #[test]
     fn a_provider_without_an_authorization_endpoint_says_what_to_set() {
         let e = endpoint("[providers.d]\ntoken_url = \"https://d.example/t\"\nclient_id = \"i\"\nclient_secret = \"s\"\n");
-        let err = authorization_url(&e, &request("http://127.0.0.1:5/callback", "abcdefgh"))
-            .unwrap_err();
+        let err =
+            authorization_url(&e, &request("http://127.0.0.1:5/callback", "abcdefgh")).unwrap_err();
         assert_eq!(err, AuthorizeError::NoAuthorizationUrl("d".into()));
         assert!(err.to_string().contains("set authorization_url"), "{err}");
     }

@@ -23,8 +23,8 @@ mod template;
 
 pub(crate) use auth::{ClientAuth, Needs};
 pub(crate) use authorize::{
-    authorization_url, unreserved, AuthorizationRequest, AuthorizeError, Login, Redirect,
-    RedirectHost, CHALLENGE_LEN, RESERVED_AUTHORIZE_PARAMS,
+    authorization_url, AuthorizationRequest, AuthorizeError, Login, Redirect, RedirectHost,
+    RESERVED_AUTHORIZE_PARAMS,
 };
 pub use client::ProviderClient;
 pub(crate) use request::RESERVED_PARAMS;

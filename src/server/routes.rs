@@ -32,9 +32,7 @@ use crate::config::ProviderConfig;
 use crate::credential::CredentialGrant;
 use crate::event;
 use crate::events::Kind;
-use crate::provider::{
-    authorization_url, AuthorizationRequest, AuthorizeError, RESERVED_PARAMS,
-};
+use crate::provider::{authorization_url, AuthorizationRequest, AuthorizeError, RESERVED_PARAMS};
 use crate::refresh::{ExchangeRequest, NewCredential, RefreshError, RefresherHandle};
 use crate::token::Secret;
 
