@@ -502,7 +502,7 @@ mod tests {
     #[test]
     fn s256_of_the_rfc_7636_appendix_b_verifier() {
         assert_eq!(
-            s256("dBjftJeZ4CVP-1J0uwtVotHUHIjx3wyLQgiM9cA7o6IY"),
+            s256("dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk"),
             "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM"
         );
     }

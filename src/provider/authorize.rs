@@ -335,4 +335,60 @@ mod tests {
         assert_eq!(err, AuthorizeError::NoAuthorizationUrl("d".into()));
         assert!(err.to_string().contains("set authorization_url"), "{err}");
     }
+
+    #[test]
+    fn login_settings_default_and_are_checked_at_their_lines() {
+        let e = endpoint(PROVIDER);
+        assert_eq!(
+            e.login.redirect,
+            Redirect {
+                host: RedirectHost::Ipv4,
+                port: 0,
+                path: "/callback".into()
+            }
+        );
+        let text = r#"[providers.x]
+token_url = "https://x.example/t"
+authorization_url = "http://x.example/auth"
+client_auth = "none"
+redirect_host = "example.com"
+redirect_port = 70000
+redirect_path = "callback?x"
+[providers.x.authorize]
+state = "fixed"
+response_type = "token"
+scope = "a"
+prompt = "consent"
+max_age = 0
+nested = { a = 1 }
+[providers.y]
+token_url = "https://y.example/t"
+authorization_url = "https://y.example/a#frag"
+client_id = "c"
+client_auth = "none"
+"#;
+        let err = crate::config::parse_config(text).unwrap_err().to_string();
+        for want in [
+            "config:3: providers.x.authorization_url: plain http",
+            "config:5: providers.x.redirect_host: `example.com` is not a loopback host",
+            "config:6: providers.x.redirect_port",
+            "config:7: providers.x.redirect_path: must begin with '/'",
+            "config:9: providers.x.authorize.state: tokend sends this parameter itself",
+            "config:10: providers.x.authorize.response_type: tokend sends",
+            "config:11: providers.x.authorize.scope: tokend sends",
+            "config:14: providers.x.authorize.nested: must be a string",
+            "config:17: providers.y.authorization_url: must not have a #fragment",
+        ] {
+            assert!(err.contains(want), "{want} not in:\n{err}");
+        }
+        assert!(!err.contains("prompt") && !err.contains("max_age"), "{err}");
+        let no_client = "[providers.z]\ntoken_url = \"https://z.example/t\"\nauthorization_url = \"https://z.example/a\"\nclient_auth = \"none\"\n";
+        let err = crate::config::parse_config(no_client)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("providers.z.client_id: missing; logging in"),
+            "{err}"
+        );
+    }
 }
