@@ -19,6 +19,7 @@ mod hardening;
 mod journal;
 mod lifecycle;
 mod limits;
+mod login;
 mod notify;
 mod refresh_hardening;
 mod robustness;
