@@ -94,7 +94,7 @@ impl Redirect {
     fn check(&self, uri: &str) -> Result<(), AuthorizeError> {
         let bad = |why: &str| AuthorizeError::RedirectUri(format!("`{uri}` {why}"));
         let url = Url::parse(uri).map_err(|e| bad(&format!("is not a URL ({e})")))?;
-        let port = url.port().unwrap_or(0);
+        let port = url.port_or_known_default().unwrap_or(0);
         let ours = self.uri(port);
         if url.scheme() != "http"
             || url.host_str() != Some(self.host.as_str())
@@ -290,6 +290,8 @@ mod tests {
         }
         let any = endpoint(PROVIDER);
         assert!(authorization_url(&any, &request("http://127.0.0.1:1/callback", state)).is_ok());
+        // Port 80 is written out, as the CLI writes it, though URLs elide it.
+        assert!(authorization_url(&any, &request("http://127.0.0.1:80/callback", state)).is_ok());
         assert!(authorization_url(&any, &request("http://127.0.0.1:0/callback", state)).is_err());
         let v6 = endpoint(
             "[providers.m]\ntoken_url = \"https://l.example/t\"\nauthorization_url = \"https://l.example/a\"\nclient_id = \"c\"\nclient_auth = \"none\"\nredirect_host = \"::1\"\n",

@@ -4,6 +4,7 @@
 //! endpoint, fills in the login form and follows the 302 back to the CLI,
 //! which hands the code and verifier to the daemon's exchange.
 
+use std::path::Path;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -13,7 +14,7 @@ use tokio::process::{Child, ChildStdin, Command};
 use tokio::task::JoinHandle;
 
 use crate::support::fake_provider::{FakeConfig, FakeProvider, Flavor};
-use crate::support::{cli_as, provider_toml, Daemon, Run, FAST_DAEMON};
+use crate::support::{cli_as, provider_toml, wait_until, Daemon, Run, FAST_DAEMON};
 
 const SOCKET_GID: u32 = 4253;
 
@@ -44,12 +45,22 @@ impl Login {
     /// Starts `tokend login c -p p ARGS` with no browser to start, and
     /// waits for the URL it prints.
     async fn start(daemon: &Daemon, args: &[&str]) -> Login {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_tokend"))
+        Login::start_with(daemon, args, None).await
+    }
+
+    /// [`Login::start`] with `$BROWSER` set to `browser`, if given.
+    async fn start_with(daemon: &Daemon, args: &[&str], browser: Option<&Path>) -> Login {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tokend"));
+        if let Some(browser) = browser {
+            cmd.env("BROWSER", browser);
+        } else {
+            cmd.env_remove("BROWSER");
+        }
+        let mut child = cmd
             .arg("--socket")
             .arg(&daemon.socket)
             .args(["login", "c", "--provider", "p"])
             .args(args)
-            .env_remove("BROWSER")
             .env_remove("DISPLAY")
             .env_remove("WAYLAND_DISPLAY")
             .stdin(Stdio::piped())
@@ -316,6 +327,21 @@ async fn a_provider_without_an_authorization_endpoint_says_which_key_to_set() {
             .contains("set authorization_url (or issuer) under [providers.p]"),
         "{run:?}"
     );
+    let client = tokend::client::Client::new(&daemon.socket);
+    for (path, status) in [
+        ("/v1/providers/nope/login", 404),
+        ("/v1/providers/p/login", 400),
+        (
+            "/v1/providers/p/authorize?redirect_uri=x&state=abcdefgh&code_challenge=x",
+            400,
+        ),
+    ] {
+        let (got, body) = client
+            .raw(hyper::Method::GET, path, None, "application/json")
+            .await
+            .unwrap();
+        assert_eq!(got, status, "{path}: {body:?}");
+    }
     daemon.finish(&[&fake]).await;
 }
 
@@ -347,5 +373,51 @@ async fn paste_reads_the_address_the_browser_ended_at() {
     assert_eq!(run.code, 0, "{run:?}");
     daemon.cli(&["get", "c"]).await.ok();
     assert!(fake.rejections().is_empty(), "{:?}", fake.rejections());
+    daemon.finish(&[&fake]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_browser_is_started_with_the_url_as_its_one_argument() {
+    let (fake, daemon) = start("").await;
+    let client = tokend::client::Client::new(&daemon.socket);
+    // The daemon refuses a redirect that is not the provider's loopback one.
+    let (status, body) = client
+        .raw(
+            hyper::Method::GET,
+            "/v1/providers/p/authorize?redirect_uri=http%3A%2F%2Fevil.example%3A80%2Fcallback&state=abcdefgh&code_challenge=E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM",
+            None,
+            "application/json",
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 400, "{body:?}");
+    assert!(String::from_utf8_lossy(&body).contains("not the provider's redirect"));
+
+    let seen = daemon.dir.path().join("browser-args");
+    let script = daemon.dir.path().join("browser.sh");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\nprintf '%s\\n' \"$#\" \"$@\" > {0}.tmp && mv {0}.tmp {0}\n",
+            seen.display()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let login = Login::start_with(&daemon, &[], Some(&script)).await;
+    wait_until(Duration::from_secs(10), "the browser to start", || async {
+        seen.exists()
+    })
+    .await;
+    let args = std::fs::read_to_string(&seen).unwrap();
+    assert_eq!(args, format!("1\n{}\n", login.url), "one argument, the URL");
+    let b = browser();
+    let (_, password) = fake.login_credentials();
+    let back = location(&submit(&b, &fake, &login.url, "login", password).await);
+    b.get(&back).send().await.unwrap();
+    let run = login.finish().await;
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(run.stderr.contains("a browser was started"), "{run:?}");
     daemon.finish(&[&fake]).await;
 }
