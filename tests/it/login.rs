@@ -33,9 +33,9 @@ async fn start(extra: &str) -> (FakeProvider, Daemon) {
 }
 
 /// A running `tokend login` and the authorization URL it printed.
-struct Login {
+pub(crate) struct Login {
     child: Child,
-    url: String,
+    pub(crate) url: String,
     stdin: Option<ChildStdin>,
     stderr: Arc<Mutex<String>>,
     reader: JoinHandle<()>,
@@ -44,7 +44,7 @@ struct Login {
 impl Login {
     /// Starts `tokend login c -p p ARGS` with no browser to start, and
     /// waits for the URL it prints.
-    async fn start(daemon: &Daemon, args: &[&str]) -> Login {
+    pub(crate) async fn start(daemon: &Daemon, args: &[&str]) -> Login {
         Login::start_with(daemon, args, None).await
     }
 
@@ -108,7 +108,7 @@ impl Login {
     }
 
     /// Waits for the CLI to exit: its code, stdout and whole stderr.
-    async fn finish(mut self) -> Run {
+    pub(crate) async fn finish(mut self) -> Run {
         drop(self.stdin.take());
         let out = tokio::time::timeout(Duration::from_secs(60), self.child.wait_with_output())
             .await

@@ -21,6 +21,7 @@ mod lifecycle;
 mod limits;
 mod login;
 mod notify;
+mod oidc_login;
 mod oidc_server;
 mod refresh_hardening;
 mod robustness;
