@@ -1,6 +1,6 @@
 //! `tokend login`: the real CLI binds its loopback listener and prints the
-//! authorization URL the real daemon built; a test browser (reqwest over
-//! loopback, redirects off) opens it at the strict fake's authorization
+//! authorization URL the real daemon built; the test browser
+//! (`support::browser`) opens it at the strict fake's authorization
 //! endpoint, fills in the login form and follows the 302 back to the CLI,
 //! which hands the code and verifier to the daemon's exchange.
 
@@ -13,6 +13,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStdin, Command};
 use tokio::task::JoinHandle;
 
+use crate::support::browser::{Browser, Page};
 use crate::support::fake_provider::{FakeConfig, FakeProvider, Flavor};
 use crate::support::{cli_as, provider_toml, wait_until, Daemon, Run, FAST_DAEMON};
 
@@ -121,56 +122,37 @@ impl Login {
     }
 }
 
-/// A browser: no redirects followed, no proxy, loopback only.
-fn browser() -> reqwest::Client {
-    reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .no_proxy()
-        .timeout(Duration::from_secs(30))
-        .build()
-        .expect("reqwest client")
+/// The test browser: no redirect followed on its own, loopback only.
+fn browser() -> Browser {
+    Browser::new()
 }
 
 /// Opens `url` at the fake's authorization endpoint and submits its form
 /// with `action` and `password`; the answer (a 302, or the form again).
-async fn submit(
-    b: &reqwest::Client,
-    fake: &FakeProvider,
-    url: &str,
-    action: &str,
-    password: &str,
-) -> reqwest::Response {
-    let page = b.get(url).send().await.expect("GET authorize");
+async fn submit(b: &Browser, fake: &FakeProvider, url: &str, action: &str, password: &str) -> Page {
+    let page = b.get(url).await;
     assert_eq!(
-        page.status(),
+        page.status,
         200,
         "authorization request refused: {:?}",
         fake.rejections()
     );
-    let html = page.text().await.expect("form");
-    let id = html
-        .split("name=\"request\" value=\"")
-        .nth(1)
-        .and_then(|rest| rest.split('"').next())
-        .expect("the form's request id")
-        .to_string();
     let (user, _) = fake.login_credentials();
-    b.post(format!("{}/authorize", fake.base_url()))
-        .form(&[
-            ("request", id.as_str()),
+    b.submit_form(
+        &page,
+        &[
             ("username", user),
             ("password", password),
             ("action", action),
-        ])
-        .send()
-        .await
-        .expect("POST authorize")
+        ],
+    )
+    .await
 }
 
 /// The `Location` of a 302.
-fn location(r: &reqwest::Response) -> String {
-    assert_eq!(r.status(), 302, "{r:?}");
-    r.headers()["location"].to_str().unwrap().to_string()
+fn location(p: &Page) -> String {
+    assert_eq!(p.status, 302, "{p:?}");
+    p.location.as_ref().expect("Location").to_string()
 }
 
 /// Every parameter of `url`'s query.
@@ -205,9 +187,9 @@ async fn a_browser_login_stores_a_credential_that_serves_tokens() {
     let b = browser();
     // Another request to the listener (a browser's favicon) is not the redirect.
     let favicon = redirect_uri.replace("/callback", "/favicon.ico");
-    assert_eq!(b.get(&favicon).send().await.unwrap().status(), 404);
+    assert_eq!(b.get(&favicon).await.status, 404);
     let again = submit(&b, &fake, &login.url, "login", "wrong").await;
-    assert_eq!(again.status(), 200);
+    assert_eq!(again.status, 200);
     assert_eq!(fake.wrong_passwords(), 1);
     let (_, password) = fake.login_credentials();
     let back = location(&submit(&b, &fake, &login.url, "login", password).await);
@@ -215,9 +197,9 @@ async fn a_browser_login_stores_a_credential_that_serves_tokens() {
     // While it waits, the CLI's argv holds nothing secret.
     let pid = login.child.id().expect("pid");
     let argv = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
-    let page = b.get(&back).send().await.expect("the CLI's listener");
-    assert_eq!(page.status(), 200);
-    let page = page.text().await.unwrap();
+    let page = b.get(&back).await;
+    assert_eq!(page.status, 200);
+    let page = page.body;
     assert!(page.contains("Logged in"), "{page}");
     let run = login.finish().await;
     assert_eq!(run.code, 0, "{run:?}");
@@ -251,7 +233,7 @@ async fn a_forged_state_or_a_denial_exchanges_nothing() {
     let back = location(&submit(&b, &fake, &login.url, "login", password).await);
     let state = param(&query(&back), "state").unwrap();
     let forged = back.replace(&format!("state={state}"), "state=forged-state-value");
-    let page = b.get(&forged).send().await.unwrap().text().await.unwrap();
+    let page = b.get(&forged).await.body;
     assert!(page.contains("Login failed"), "{page}");
     let run = login.finish().await;
     assert_eq!(run.code, 1, "{run:?}");
@@ -259,7 +241,7 @@ async fn a_forged_state_or_a_denial_exchanges_nothing() {
 
     let login = Login::start(&daemon, &[]).await;
     let back = location(&submit(&b, &fake, &login.url, "deny", "").await);
-    b.get(&back).send().await.unwrap();
+    b.get(&back).await;
     let run = login.finish().await;
     assert_eq!(run.code, 1, "{run:?}");
     assert!(
@@ -360,7 +342,7 @@ async fn paste_reads_the_address_the_browser_ended_at() {
     // Nothing listens there: the browser shows an error, the user copies
     // the address.
     assert!(
-        b.get(&back).send().await.is_err(),
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
         "something listens on {back}"
     );
     let mut stdin = login.stdin.take().unwrap();
@@ -415,7 +397,7 @@ async fn the_browser_is_started_with_the_url_as_its_one_argument() {
     let b = browser();
     let (_, password) = fake.login_credentials();
     let back = location(&submit(&b, &fake, &login.url, "login", password).await);
-    b.get(&back).send().await.unwrap();
+    b.get(&back).await;
     let run = login.finish().await;
     assert_eq!(run.code, 0, "{run:?}");
     assert!(run.stderr.contains("a browser was started"), "{run:?}");
