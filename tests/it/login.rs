@@ -333,6 +333,9 @@ async fn paste_reads_the_address_the_browser_ended_at() {
     let port = free.local_addr().unwrap().port();
     drop(free);
     let (fake, daemon) = start(&format!("redirect_port = {port}\n")).await;
+    // An `iss` in the redirect is not checked against a provider with no
+    // issuer configured (RFC 9207 §2.4 needs one to compare with).
+    fake.set_redirect_issuer(Some("http://fake.example"));
     let mut login = Login::start(&daemon, &["--paste"]).await;
     let redirect_uri = param(&query(&login.url), "redirect_uri").unwrap();
     assert_eq!(redirect_uri, format!("http://127.0.0.1:{port}/callback"));
@@ -402,4 +405,71 @@ async fn the_browser_is_started_with_the_url_as_its_one_argument() {
     assert_eq!(run.code, 0, "{run:?}");
     assert!(run.stderr.contains("a browser was started"), "{run:?}");
     daemon.finish(&[&fake]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fake_authorization_endpoint_refuses_what_the_rfcs_forbid() {
+    let fake = FakeProvider::start(FakeConfig::new(Flavor::Didit)).await;
+    let client_id = fake.config().client_id.clone();
+    let good = [
+        ("response_type", "code"),
+        ("client_id", client_id.as_str()),
+        ("redirect_uri", "http://127.0.0.1:5000/callback"),
+        ("state", "abcdefgh"),
+        (
+            "code_challenge",
+            "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM",
+        ),
+        ("code_challenge_method", "S256"),
+    ];
+    let url = |pairs: &[(&str, &str)]| {
+        let mut u = url::Url::parse(&fake.authorization_url()).unwrap();
+        u.query_pairs_mut().extend_pairs(pairs);
+        u.to_string()
+    };
+    let b = browser();
+    assert_eq!(b.get(&url(&good)).await.status, 200);
+    let mut refused = 0;
+    for (key, bad) in [
+        ("response_type", Some("token")),
+        ("client_id", Some("someone-else")),
+        ("redirect_uri", Some("https://app.example/callback")),
+        ("redirect_uri", Some("http://127.0.0.1/callback")),
+        ("code_challenge_method", Some("plain")),
+        ("code_challenge", Some("short")),
+        ("state", None),
+        ("code_challenge", None),
+    ] {
+        let pairs: Vec<(&str, &str)> = good
+            .iter()
+            .filter(|(k, _)| *k != key)
+            .copied()
+            .chain(bad.map(|v| (key, v)))
+            .collect();
+        let page = b.get(&url(&pairs)).await;
+        assert_eq!(page.status, 400, "{key}={bad:?}");
+        refused += 1;
+        assert_eq!(fake.rejections().len(), refused, "{key}={bad:?}");
+    }
+    let mut twice = good.to_vec();
+    twice.push(("state", "again"));
+    assert_eq!(b.get(&url(&twice)).await.status, 400);
+    // A form that was never shown is refused too.
+    let forged = b
+        .post_form(
+            &url::Url::parse(&fake.authorization_url()).unwrap(),
+            &[
+                ("request".into(), "nope".into()),
+                ("action".into(), "login".into()),
+            ],
+        )
+        .await;
+    assert_eq!(forged.status, 400);
+    assert_eq!(
+        fake.rejections().len(),
+        refused + 2,
+        "{:?}",
+        fake.rejections()
+    );
+    assert_eq!(fake.authorize_requests().len(), 1);
 }
