@@ -324,6 +324,27 @@ async fn a_provider_without_an_authorization_endpoint_says_which_key_to_set() {
             .unwrap();
         assert_eq!(got, status, "{path}: {body:?}");
     }
+    // A reload that adds the endpoint takes effect for the next login.
+    let with_login = format!(
+        "{}authorization_url = \"{}\"\nredirect_port = 8399\n",
+        provider_toml("p", &fake),
+        fake.authorization_url()
+    );
+    daemon.write_config(FAST_DAEMON, &with_login);
+    daemon.signal(libc::SIGHUP);
+    wait_until(Duration::from_secs(5), "the reload", || async {
+        let (status, body) = client
+            .raw(
+                hyper::Method::GET,
+                "/v1/providers/p/login",
+                None,
+                "application/json",
+            )
+            .await
+            .unwrap();
+        status == 200 && String::from_utf8_lossy(&body).contains("\"redirect_port\":8399")
+    })
+    .await;
     daemon.finish(&[&fake]).await;
 }
 
