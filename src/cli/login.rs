@@ -6,12 +6,12 @@
 //! browser there, takes the one redirect back, checks it, and hands the code
 //! and verifier to the daemon's exchange in a request body, never on argv.
 //!
-//! The pure parts (PKCE, the redirect's parameters, the browser's page) are
-//! functions with their own tests; the rest is blocking std I/O, like every
-//! other socket command.
+//! The pure parts (PKCE, the redirect's parameters) are functions with
+//! their own tests; `loopback` is the listener and the browser's page. All
+//! of it is blocking std I/O, like every other socket command.
 
 use std::io::{self, BufRead, IsTerminal, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener};
 use std::process::{ExitCode, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -23,18 +23,20 @@ use hyper::Method;
 use rand::RngCore as _;
 use sha2::{Digest as _, Sha256};
 
+use loopback::{bind, page, respond, wait_for_redirect};
+
 use super::commands::report_added;
 use crate::api::{AuthorizeUrl, CredentialStatus, ExchangeCode, LoginSettings};
 use crate::client::{path_segment, Client};
 use crate::provider::RedirectHost;
 use crate::token::{scrub, Secret};
 
+mod loopback;
+
 /// How long `tokend login` waits for the browser, unless `--timeout` says.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
-/// Largest request head the loopback listener reads from a browser.
-const MAX_HEAD: usize = 16 * 1024;
-/// How long one browser connection may take to send its request head.
-const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest address read from stdin with `--paste`.
+const MAX_PASTED: usize = 16 * 1024;
 /// Longest provider text (`error_description`) shown.
 const MAX_PROVIDER_TEXT: usize = 300;
 
@@ -196,31 +198,6 @@ pub(super) fn pasted_query(pasted: &str, redirect_uri: &str) -> Result<String, L
     Ok(url.query().unwrap_or_default().to_string())
 }
 
-/// Escapes text for an HTML page.
-fn html_escape(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '&' => out.push_str("&amp;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
-}
-
-/// The page the browser is shown at the end.
-fn page(title: &str, message: &str) -> String {
-    format!(
-        "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>tokend: {t}</title></head>\n<body><h1>{t}</h1><p>{m}</p></body></html>\n",
-        t = html_escape(title),
-        m = html_escape(message)
-    )
-}
-
 /// `tokend login NAME --provider P` (without `--device`).
 pub(super) fn run(client: &Client, opts: LoginOptions) -> anyhow::Result<ExitCode> {
     let provider_path = format!("/v1/providers/{}", path_segment(&opts.provider));
@@ -308,18 +285,6 @@ fn exchange(
     report_added(&st, "logged in")
 }
 
-/// The loopback listener on the provider's redirect port (or any port).
-fn bind(host: RedirectHost, settings: &LoginSettings) -> anyhow::Result<TcpListener> {
-    let addr = SocketAddr::new(host.ip(), settings.redirect_port);
-    TcpListener::bind(addr).map_err(|e| match e.kind() {
-        io::ErrorKind::AddrInUse => anyhow::anyhow!(
-            "cannot listen on {addr} for the browser's return: the port is in use; stop what listens there, or give provider {} another redirect_port (and register its redirect URI with the provider)",
-            settings.provider
-        ),
-        _ => anyhow::Error::new(e).context(format!("cannot listen on {addr} for the browser's return")),
-    })
-}
-
 /// The port of a `--paste` redirect URI: the fixed one, else one free now
 /// (nothing listens on it: the address is read back from the browser).
 fn paste_port(host: RedirectHost, fixed: u16) -> anyhow::Result<u16> {
@@ -343,7 +308,7 @@ fn read_pasted(redirect_uri: &str, deadline: Instant) -> anyhow::Result<String> 
         let mut line = String::new();
         let read = io::stdin()
             .lock()
-            .take(MAX_HEAD as u64)
+            .take(MAX_PASTED as u64)
             .read_line(&mut line);
         let _ = tx.send(read.map(|_| line));
     });
@@ -397,102 +362,6 @@ fn open_browser(url: &str) -> bool {
             false
         }
     }
-}
-
-/// Accepts browser connections until one asks for `path`: the connection,
-/// kept to answer, and the request's query. Others are answered 404.
-fn wait_for_redirect(
-    listener: &TcpListener,
-    path: &str,
-    deadline: Instant,
-) -> anyhow::Result<(TcpStream, String)> {
-    listener.set_nonblocking(true)?;
-    loop {
-        let remaining = deadline.saturating_duration_since(Instant::now());
-        if remaining.is_zero() {
-            bail!("the browser did not come back within the timeout; nothing was stored; run `tokend login` again (or give --timeout)");
-        }
-        let mut stream = match listener.accept() {
-            Ok((stream, _)) => stream,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                std::thread::sleep(Duration::from_millis(50).min(remaining));
-                continue;
-            }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => {
-                return Err(anyhow::Error::new(e).context("accepting the browser's connection"))
-            }
-        };
-        stream.set_nonblocking(false)?;
-        stream.set_read_timeout(Some(HEAD_TIMEOUT.min(remaining)))?;
-        stream.set_write_timeout(Some(HEAD_TIMEOUT))?;
-        match read_target(&mut stream) {
-            Some(("GET", target)) => {
-                let (got, query) = target.split_once('?').unwrap_or((&target, ""));
-                if got == path {
-                    let query = query.to_string();
-                    return Ok((stream, query));
-                }
-                let _ = respond(
-                    &mut stream,
-                    "404 Not Found",
-                    &page("Not found", "Nothing here."),
-                );
-            }
-            Some(_) => {
-                let _ = respond(
-                    &mut stream,
-                    "405 Method Not Allowed",
-                    &page("Method not allowed", "Only GET is served here."),
-                );
-            }
-            None => {
-                let _ = respond(
-                    &mut stream,
-                    "400 Bad Request",
-                    &page("Bad request", "The request could not be read."),
-                );
-            }
-        }
-    }
-}
-
-/// The method and target of the request on `stream`, if its head reads
-/// whole within [`MAX_HEAD`] bytes.
-fn read_target(stream: &mut TcpStream) -> Option<(&'static str, String)> {
-    let mut buf = Vec::with_capacity(2048);
-    let mut chunk = [0u8; 2048];
-    loop {
-        let n = stream.read(&mut chunk).ok()?;
-        if n == 0 {
-            return None;
-        }
-        buf.extend_from_slice(&chunk[..n]);
-        let mut headers = [httparse::EMPTY_HEADER; 64];
-        let mut req = httparse::Request::new(&mut headers);
-        match req.parse(&buf) {
-            Ok(httparse::Status::Complete(_)) => {
-                let method = match req.method? {
-                    "GET" => "GET",
-                    _ => "OTHER",
-                };
-                return Some((method, req.path?.to_string()));
-            }
-            Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD => {}
-            _ => return None,
-        }
-    }
-}
-
-/// Answers the browser with `body` as an HTML page, and closes.
-fn respond(stream: &mut TcpStream, status: &str, body: &str) -> io::Result<()> {
-    let head = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: text/html; charset=utf-8\r\nContent-Length: {}\r\nCache-Control: no-store\r\nReferrer-Policy: no-referrer\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    stream.write_all(head.as_bytes())?;
-    stream.write_all(body.as_bytes())?;
-    stream.flush()
 }
 
 #[cfg(test)]
@@ -610,15 +479,5 @@ mod tests {
         ] {
             assert!(pasted_query(bad, uri).is_err(), "{bad}");
         }
-    }
-
-    #[test]
-    fn the_browser_page_escapes_what_it_shows() {
-        let p = page("Login failed", "<script>x</script> & \"q\"");
-        assert!(
-            p.contains("&lt;script&gt;x&lt;/script&gt; &amp; &quot;q&quot;"),
-            "{p}"
-        );
-        assert!(!p.contains("<script>"));
     }
 }
