@@ -176,6 +176,60 @@ pub(crate) struct ExchangeCode {
     pub(crate) code_verifier: Option<String>,
 }
 
+/// `GET /v1/providers/{name}/login`: where `tokend login` listens for the
+/// browser's return, so that it can bind before it asks for the URL
+/// (`redirect_port` 0: any free port), and the provider's issuer, which an
+/// `iss` in the redirect must equal (RFC 9207):
+///
+/// ```json
+/// {"provider":"google","redirect_host":"127.0.0.1","redirect_port":0,
+///  "redirect_path":"/callback","issuer":"https://accounts.google.com"}
+/// ```
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct LoginSettings {
+    /// Provider name.
+    pub(crate) provider: String,
+    /// `127.0.0.1`, `localhost` or `[::1]`.
+    pub(crate) redirect_host: String,
+    /// The fixed port, or 0 for any.
+    pub(crate) redirect_port: u16,
+    /// The path the browser is sent back to.
+    pub(crate) redirect_path: String,
+    /// The provider's issuer identifier, if known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) issuer: Option<String>,
+}
+
+/// The query of `GET /v1/providers/{name}/authorize`: what the CLI brings
+/// to the authorization request (the PKCE verifier stays with it):
+///
+/// ```json
+/// {"redirect_uri":"http://127.0.0.1:49152/callback","state":"Yk3...",
+///  "code_challenge":"E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM"}
+/// ```
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct AuthorizeQuery {
+    /// The loopback URI the CLI listens on.
+    pub(crate) redirect_uri: String,
+    /// The CLI's random state.
+    pub(crate) state: String,
+    /// The S256 challenge of the CLI's verifier.
+    pub(crate) code_challenge: String,
+}
+
+/// `GET /v1/providers/{name}/authorize`: the URL to open in a browser (it
+/// holds no secret: the challenge is a hash of the verifier):
+///
+/// ```json
+/// {"url":"https://accounts.example/auth?response_type=code&client_id=..."}
+/// ```
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct AuthorizeUrl {
+    /// The full authorization URL.
+    pub(crate) url: String,
+}
+
 /// A credential's state, as `state` in `TokenResponse` and
 /// [`CredentialStatus`]: `"active"`, `"needs_reauth"` or `"paused"`.
 ///

@@ -16,7 +16,7 @@ use crate::api::{
     TokenResponse,
 };
 use crate::client::{path_segment, Client, ClientError};
-use crate::config::ConfigError;
+use crate::config::{ConfigError, ProviderConfig};
 use crate::daemon::{self, DaemonOptions};
 use crate::paths;
 use crate::token::{now_ms, Secret};
@@ -249,7 +249,7 @@ pub(super) fn add_client_credentials(
     report_added(&st, "added")
 }
 
-fn report_added(st: &CredentialStatus, verb: &str) -> anyhow::Result<ExitCode> {
+pub(super) fn report_added(st: &CredentialStatus, verb: &str) -> anyhow::Result<ExitCode> {
     let usable = st.state == CredentialState::Active && st.expires_in.is_some_and(|s| s > 0);
     if usable {
         outln!(
@@ -344,6 +344,11 @@ pub(super) fn check_config(file: Option<PathBuf>) -> anyhow::Result<ExitCode> {
                 if names.is_empty() { "" } else { ": " },
                 names.join(", ")
             )?;
+            for (name, provider) in &cfg.providers {
+                if let Some(line) = login_line(provider) {
+                    outln!("  provider {name}: {line}")?;
+                }
+            }
             for (name, declared) in &cfg.declared {
                 outln!(
                     "  credential {name}: {} from provider {}",
@@ -362,6 +367,32 @@ pub(super) fn check_config(file: Option<PathBuf>) -> anyhow::Result<ExitCode> {
             _ => Err(e),
         },
     }
+}
+
+/// What `check-config` says of a provider one may log in to.
+fn login_line(provider: &ProviderConfig) -> Option<String> {
+    let e = &provider.endpoint;
+    let url = e.authorization_url.as_ref()?;
+    let redirect = &e.login.redirect;
+    let port = match redirect.port {
+        0 => "PORT".to_string(),
+        port => port.to_string(),
+    };
+    let mut line = format!(
+        "login at {url}, redirect http://{}:{port}{}",
+        redirect.host.as_str(),
+        redirect.path
+    );
+    if !e.login.params.is_empty() {
+        let params: Vec<String> = e
+            .login
+            .params
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        line.push_str(&format!(", authorize params {}", params.join(" ")));
+    }
+    Some(line)
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use super::OnInvalidGrant;
-use crate::provider::{ClientAuth, Encoding, RequestTemplate};
+use crate::provider::{ClientAuth, Encoding, RedirectHost, RequestTemplate};
 use crate::token::{RefreshTiming, ResponseFields};
 
 /// `[daemon] refresh_remaining`, `refresh_jitter`, `min_refresh_interval`
@@ -44,6 +44,13 @@ pub(crate) const REFRESH_TOKEN_WARNING: Duration = Duration::from_secs(3 * 86_40
 pub(crate) const ON_INVALID_GRANT: OnInvalidGrant = OnInvalidGrant::Withhold;
 /// A provider's `reauth_errors`.
 pub(crate) const REAUTH_ERRORS: [&str; 2] = ["invalid_grant", "invalid_token"];
+
+/// A provider's `redirect_host`.
+pub(crate) const REDIRECT_HOST: RedirectHost = RedirectHost::Ipv4;
+/// A provider's `redirect_port`: any free port.
+pub(crate) const REDIRECT_PORT: u16 = 0;
+/// A provider's `redirect_path`.
+pub(crate) const REDIRECT_PATH: &str = "/callback";
 
 /// `[providers.NAME.refresh]`.
 pub(crate) fn refresh() -> RequestTemplate {

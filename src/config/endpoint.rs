@@ -10,7 +10,8 @@ use super::collect::{Collector, Scope};
 use super::raw::{RawProvider, RawRequest, RawResponse};
 use super::{defaults, secrets};
 use crate::provider::{
-    unknown_placeholders, ClientAuth, Encoding, Needs, RequestTemplate, PLACEHOLDERS,
+    unknown_placeholders, ClientAuth, Encoding, Login, Needs, Redirect, RedirectHost,
+    RequestTemplate, PLACEHOLDERS, RESERVED_AUTHORIZE_PARAMS,
 };
 use crate::token::{ResponseFields, Secret};
 
@@ -25,7 +26,7 @@ pub(super) struct Client {
 /// `token_url`, the client secret and `client_auth`, checked together.
 pub(super) fn client(c: &mut Collector<'_>, s: &Scope, raw: &RawProvider) -> Client {
     let token_url = match &raw.token_url {
-        Some(url) => check_url(c, s, url, raw.allow_insecure_http),
+        Some(url) => check_url(c, s, "token_url", url, raw.allow_insecure_http),
         None => {
             c.problem(s, "token_url", "missing; give the provider's token endpoint, e.g. token_url = \"https://login.example/oauth/token\"");
             None
@@ -68,10 +69,10 @@ pub(super) fn response_fields(raw: Option<(RawResponse, Scope)>) -> ResponseFiel
 fn check_url(
     c: &mut Collector<'_>,
     s: &Scope,
+    key: &str,
     raw: &str,
     allow_insecure_http: Option<bool>,
 ) -> Option<Url> {
-    let key = "token_url";
     let url = match Url::parse(raw) {
         Ok(url) => url,
         Err(e) => {
@@ -101,6 +102,87 @@ fn check_url(
             None
         }
     }
+}
+
+/// `authorization_url`, the loopback redirect and the extra authorization
+/// parameters of `[providers.NAME.authorize]`, for `tokend login`.
+pub(super) fn login(
+    c: &mut Collector<'_>,
+    s: &Scope,
+    raw: &RawProvider,
+    authorize: Option<(toml::Table, Scope)>,
+) -> (Option<Url>, Login) {
+    let authorization_url = raw.authorization_url.as_deref().and_then(|url| {
+        let url = check_url(c, s, "authorization_url", url, raw.allow_insecure_http)?;
+        if url.fragment().is_some() {
+            // RFC 6749 §3.1: the endpoint URI must not include a fragment.
+            c.problem(s, "authorization_url", "must not have a #fragment");
+            return None;
+        }
+        if raw.client_id.is_none() {
+            c.problem(
+                s,
+                "client_id",
+                "missing; logging in (authorization_url) sends the client id",
+            );
+        }
+        Some(url)
+    });
+    let host = match raw.redirect_host.as_deref() {
+        None => defaults::REDIRECT_HOST,
+        Some(name) => RedirectHost::from_name(name).unwrap_or_else(|| {
+            c.problem(
+                s,
+                "redirect_host",
+                format!("`{name}` is not a loopback host; use 127.0.0.1, localhost or [::1] (RFC 8252 §7.3)"),
+            );
+            defaults::REDIRECT_HOST
+        }),
+    };
+    let path = raw
+        .redirect_path
+        .clone()
+        .unwrap_or_else(|| defaults::REDIRECT_PATH.to_string());
+    if !redirect_path_ok(&path) {
+        c.problem(
+            s,
+            "redirect_path",
+            "must begin with '/' and hold only letters, digits and -._~/ (no query, no fragment)",
+        );
+    }
+    let redirect = Redirect {
+        host,
+        port: raw.redirect_port.unwrap_or(defaults::REDIRECT_PORT),
+        path,
+    };
+    let params = authorize.map_or_else(Vec::new, |(table, a)| {
+        let mut out = Vec::new();
+        for (k, v) in table {
+            let key = a.key(&k);
+            let line = a.line(&k);
+            if RESERVED_AUTHORIZE_PARAMS.contains(&k.as_str()) {
+                c.push(line, key, "tokend sends this parameter itself; remove it (scope has its own key under the provider)");
+                continue;
+            }
+            match v {
+                toml::Value::String(v) => out.push((k, v)),
+                toml::Value::Integer(i) => out.push((k, i.to_string())),
+                toml::Value::Boolean(b) => out.push((k, b.to_string())),
+                other => c.push(line, key, format!("must be a string; found {}", other.type_str())),
+            }
+        }
+        out
+    });
+    (authorization_url, Login { redirect, params })
+}
+
+/// A redirect path the redirect URI can hold as written, so that the URI
+/// the CLI builds is the one the provider compares byte for byte.
+fn redirect_path_ok(path: &str) -> bool {
+    path.starts_with('/')
+        && path
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._~/".contains(&b))
 }
 
 /// Whether the configuration gives what `auth` needs ([`ClientAuth::needs`]).

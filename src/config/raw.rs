@@ -52,6 +52,10 @@ pub(super) struct RawDaemon {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawProvider {
     pub(super) token_url: Option<String>,
+    pub(super) authorization_url: Option<String>,
+    pub(super) redirect_host: Option<String>,
+    pub(super) redirect_port: Option<u16>,
+    pub(super) redirect_path: Option<String>,
     pub(super) client_id: Option<String>,
     pub(super) client_secret: Option<String>,
     pub(super) client_secret_file: Option<PathBuf>,
@@ -72,8 +76,13 @@ pub(super) struct RawProvider {
 }
 
 /// The sub-tables of `[providers.NAME]`.
-pub(super) const PROVIDER_TABLES: [&str; 4] =
-    ["refresh", "exchange", "client_credentials", "response"];
+pub(super) const PROVIDER_TABLES: [&str; 5] = [
+    "refresh",
+    "exchange",
+    "client_credentials",
+    "response",
+    "authorize",
+];
 
 /// `[providers.NAME.refresh]`, `[providers.NAME.exchange]` and
 /// `[providers.NAME.client_credentials]`.

@@ -119,6 +119,7 @@ fn provider_tables(
             "refresh" => sub.refresh = Some(c.table(&path, line, table)),
             "exchange" => sub.exchange = Some(c.table(&path, line, table)),
             "client_credentials" => sub.client_credentials = Some(c.table(&path, line, table)),
+            "authorize" => sub.authorize = Some(c.table(&path, line, table)),
             _ => sub.response = Some(c.table(&path, line, table)),
         }
     }
@@ -132,6 +133,7 @@ struct Subtables {
     exchange: Option<(RawRequest, Scope)>,
     client_credentials: Option<(RawRequest, Scope)>,
     response: Option<(RawResponse, Scope)>,
+    authorize: Option<(toml::Table, Scope)>,
 }
 
 /// Provider settings whose defaults the `[daemon]` table sets.
@@ -300,6 +302,7 @@ fn validate_provider(
     let client = endpoint::client(c, s, &raw);
     let (refresh, exchange, client_credentials) = request_templates(c, s, &mut sub);
     let response = endpoint::response_fields(sub.response);
+    let (authorization_url, login) = endpoint::login(c, s, &raw, sub.authorize.take());
     let durations = provider_durations(c, s, &raw, defaults);
     let on_invalid_grant = on_invalid_grant(c, s, raw.on_invalid_grant.as_deref());
     let readers: Arc<[Grant]> =
@@ -311,6 +314,8 @@ fn validate_provider(
     let endpoint = Endpoint {
         name: name.to_string(),
         token_url: client.token_url?,
+        authorization_url,
+        login,
         client_id: raw.client_id,
         client_secret: client.client_secret,
         client_auth: client.client_auth,

@@ -10,15 +10,22 @@
 //! - `auth`: every client-auth method's name, needs and wire form.
 //! - `template`: request templates, their placeholders and the renderer.
 //! - `client`: the HTTP exchange and reading the answer.
+//! - `authorize`: the authorization request of `tokend login` (its
+//!   loopback redirect, extra parameters and URL).
 
 use std::time::Duration;
 
 mod auth;
+mod authorize;
 mod client;
 mod request;
 mod template;
 
 pub(crate) use auth::{ClientAuth, Needs};
+pub(crate) use authorize::{
+    authorization_url, AuthorizationRequest, AuthorizeError, Login, Redirect, RedirectHost,
+    RESERVED_AUTHORIZE_PARAMS,
+};
 pub use client::ProviderClient;
 pub(crate) use request::RESERVED_PARAMS;
 pub use request::{prepare, Endpoint, PreparedRequest, TokenGrant};

@@ -11,6 +11,7 @@ use serde_json::Value;
 use url::Url;
 
 use super::auth::{ClientAuth, Parts};
+use super::authorize::Login;
 use super::template::{render, Encoding, RequestTemplate};
 use crate::token::{fingerprint, ResponseFields, Secret};
 
@@ -33,6 +34,10 @@ pub struct Endpoint {
     pub(crate) name: String,
     /// The token endpoint.
     pub token_url: Url,
+    /// The authorization endpoint, for `tokend login`.
+    pub(crate) authorization_url: Option<Url>,
+    /// `tokend login`'s redirect and extra authorization parameters.
+    pub(crate) login: Login,
     /// OAuth client id, if the provider uses one.
     pub(crate) client_id: Option<String>,
     /// OAuth client secret (password), resolved from wherever it was given.

@@ -3,6 +3,7 @@
 //! without asking the owner; everything else is a [`Command`] with a
 //! `oneshot` reply.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -14,7 +15,7 @@ use super::request::{Command, Reply};
 use super::tally::summary;
 use super::{ExchangeRequest, NewCredential, RefreshError, View};
 use crate::access::Policy;
-use crate::config::Config;
+use crate::config::{Config, ProviderConfig};
 use crate::token::{duration_ms, now_ms};
 
 /// How long a caller waits for the owner before giving up.
@@ -35,6 +36,9 @@ pub(crate) struct LiveSettings {
     policy: RwLock<Policy>,
     /// `daemon.read_timeout` in ms.
     read_timeout_ms: AtomicU64,
+    /// The providers, for what the server answers about them (`tokend
+    /// login`'s authorization URL) without asking the owner.
+    providers: RwLock<BTreeMap<String, Arc<ProviderConfig>>>,
 }
 
 impl LiveSettings {
@@ -43,6 +47,7 @@ impl LiveSettings {
         LiveSettings {
             policy: RwLock::new(Policy::for_this_process(config.daemon.admin_gid)),
             read_timeout_ms: AtomicU64::new(read_timeout_ms(config)),
+            providers: RwLock::new(config.providers.clone()),
         }
     }
 
@@ -53,6 +58,9 @@ impl LiveSettings {
         }
         self.read_timeout_ms
             .store(read_timeout_ms(config), Ordering::Relaxed);
+        if let Ok(mut providers) = self.providers.write() {
+            *providers = config.providers.clone();
+        }
     }
 }
 
@@ -68,6 +76,16 @@ impl RefresherHandle {
             .read()
             .map(|p| p.clone())
             .unwrap_or_else(|poisoned| poisoned.into_inner().clone())
+    }
+
+    /// A provider's configuration (as of the last configuration load).
+    pub(crate) fn provider(&self, name: &str) -> Option<Arc<ProviderConfig>> {
+        let providers = self
+            .settings
+            .providers
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        providers.get(name).cloned()
     }
 
     /// The current view of one credential, without asking the owner.

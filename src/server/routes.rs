@@ -25,13 +25,14 @@ use super::error::{json_errors, ApiError, ApiResult};
 use super::{MAX_BODY_BYTES, MAX_EXPIRES_IN_SECS, REQUEST_TIMEOUT};
 use crate::access::Peer;
 use crate::api::{
-    CredentialStatus, ErrorKind, ExchangeCode, GrantType, Health, HealthStatus, PutCredential,
-    TokenQuery,
+    AuthorizeQuery, AuthorizeUrl, CredentialStatus, ErrorKind, ExchangeCode, GrantType, Health,
+    HealthStatus, LoginSettings, PutCredential, TokenQuery,
 };
+use crate::config::ProviderConfig;
 use crate::credential::CredentialGrant;
 use crate::event;
 use crate::events::Kind;
-use crate::provider::RESERVED_PARAMS;
+use crate::provider::{authorization_url, AuthorizationRequest, AuthorizeError, RESERVED_PARAMS};
 use crate::refresh::{ExchangeRequest, NewCredential, RefreshError, RefresherHandle};
 use crate::token::Secret;
 
@@ -66,6 +67,14 @@ pub(crate) fn router(handle: RefresherHandle) -> Router {
         .route(
             "/v1/credentials/{name}/refresh",
             admin("refresh credentials", post(refresh)),
+        )
+        .route(
+            "/v1/providers/{name}/login",
+            admin("log in", get(login_settings)),
+        )
+        .route(
+            "/v1/providers/{name}/authorize",
+            admin("log in", get(authorize)),
         )
         .fallback(|| async {
             ApiError::new(
@@ -385,4 +394,54 @@ async fn delete_credential(
 ) -> ApiResult<StatusCode> {
     h.remove(&name).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// A provider one may log in to: configured, with an authorization endpoint.
+fn login_provider(h: &RefresherHandle, name: &str) -> ApiResult<Arc<ProviderConfig>> {
+    let provider = h.provider(name).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            ErrorKind::NotFound,
+            format!("no provider named `{name}` in the configuration"),
+        )
+    })?;
+    if provider.endpoint.authorization_url.is_none() {
+        return Err(ApiError::bad_request(
+            AuthorizeError::NoAuthorizationUrl(name.to_string()).to_string(),
+        ));
+    }
+    Ok(provider)
+}
+
+/// Admin-only: behind [`require_admin`].
+async fn login_settings(
+    State(h): State<RefresherHandle>,
+    UrlPath(name): UrlPath<String>,
+) -> ApiResult<Json<LoginSettings>> {
+    let provider = login_provider(&h, &name)?;
+    let redirect = &provider.endpoint.login.redirect;
+    Ok(Json(LoginSettings {
+        provider: name,
+        redirect_host: redirect.host.as_str().to_string(),
+        redirect_port: redirect.port,
+        redirect_path: redirect.path.clone(),
+        issuer: None,
+    }))
+}
+
+/// Admin-only: behind [`require_admin`].
+async fn authorize(
+    State(h): State<RefresherHandle>,
+    UrlPath(name): UrlPath<String>,
+    Query(q): Query<AuthorizeQuery>,
+) -> ApiResult<Json<AuthorizeUrl>> {
+    let provider = login_provider(&h, &name)?;
+    let req = AuthorizationRequest {
+        redirect_uri: &q.redirect_uri,
+        state: &q.state,
+        code_challenge: &q.code_challenge,
+    };
+    let url = authorization_url(&provider.endpoint, &req)
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    Ok(Json(AuthorizeUrl { url: url.into() }))
 }

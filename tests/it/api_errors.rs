@@ -140,6 +140,8 @@ async fn admin_requests_are_refused_before_their_body_arrives() {
         "POST /v1/credentials/x/exchange",
         "DELETE /v1/credentials/c",
         "POST /v1/credentials/c/refresh",
+        "GET /v1/providers/p/login",
+        "GET /v1/providers/p/authorize?state=x",
     ] {
         // Promises 100 bytes and sends 10: the refusal must not wait for the rest.
         let request = format!(

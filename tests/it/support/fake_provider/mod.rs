@@ -85,6 +85,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{oneshot, Notify};
 use tokio::task::{JoinHandle, JoinSet};
 
+mod authorize;
 mod config;
 mod http;
 mod provider;
@@ -97,6 +98,7 @@ pub use provider::FakeProvider;
 pub use tokens::find_leaks;
 pub use wire::pkce_s256;
 
+use authorize::{AuthorizeState, AUTHORIZE_PATH};
 use http::*;
 use state::*;
 use tokens::*;

@@ -56,6 +56,7 @@ pub(super) struct State {
     pub(super) rejections: Vec<String>,
     pub(super) faults: VecDeque<Fault>,
     pub(super) sticky_fault: Option<Fault>,
+    pub(super) authorize: AuthorizeState,
 }
 
 impl State {
@@ -489,6 +490,8 @@ impl Inner {
             }
         }
         let offline = grant.offline;
+        // The verifier is as secret as the code: no log may show it.
+        st.add_secret(verifier.unwrap_or_default().to_string());
         if let Some(g) = st.codes.get_mut(code) {
             g.used = true;
         }
