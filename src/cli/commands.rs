@@ -344,6 +344,11 @@ pub(super) fn check_config(file: Option<PathBuf>) -> anyhow::Result<ExitCode> {
                 if names.is_empty() { "" } else { ": " },
                 names.join(", ")
             )?;
+            for (name, provider) in &cfg.providers {
+                if let Some(url) = &provider.endpoint.device_authorization_url {
+                    outln!("  provider {name}: device authorization at {url}")?;
+                }
+            }
             for (name, declared) in &cfg.declared {
                 outln!(
                     "  credential {name}: {} from provider {}",

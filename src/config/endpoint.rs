@@ -18,6 +18,7 @@ use crate::token::{ResponseFields, Secret};
 /// client-auth method, checked against what the method needs.
 pub(super) struct Client {
     pub(super) token_url: Option<Url>,
+    pub(super) device_authorization_url: Option<Url>,
     pub(super) client_secret: Option<Secret>,
     pub(super) client_auth: ClientAuth,
 }
@@ -25,12 +26,21 @@ pub(super) struct Client {
 /// `token_url`, the client secret and `client_auth`, checked together.
 pub(super) fn client(c: &mut Collector<'_>, s: &Scope, raw: &RawProvider) -> Client {
     let token_url = match &raw.token_url {
-        Some(url) => check_url(c, s, url, raw.allow_insecure_http),
+        Some(url) => check_url(c, s, "token_url", url, raw.allow_insecure_http),
         None => {
             c.problem(s, "token_url", "missing; give the provider's token endpoint, e.g. token_url = \"https://login.example/oauth/token\"");
             None
         }
     };
+    let device_authorization_url = raw.device_authorization_url.as_deref().and_then(|url| {
+        check_url(
+            c,
+            s,
+            "device_authorization_url",
+            url,
+            raw.allow_insecure_http,
+        )
+    });
     let client_secret = secrets::client_secret(c, s, raw);
     let client_auth = match raw.client_auth.as_deref() {
         None => defaults::CLIENT_AUTH,
@@ -46,6 +56,7 @@ pub(super) fn client(c: &mut Collector<'_>, s: &Scope, raw: &RawProvider) -> Cli
     check_auth_inputs(c, s, client_auth, &raw.client_id, &client_secret);
     Client {
         token_url,
+        device_authorization_url,
         client_secret,
         client_auth,
     }
@@ -68,10 +79,10 @@ pub(super) fn response_fields(raw: Option<(RawResponse, Scope)>) -> ResponseFiel
 fn check_url(
     c: &mut Collector<'_>,
     s: &Scope,
+    key: &str,
     raw: &str,
     allow_insecure_http: Option<bool>,
 ) -> Option<Url> {
-    let key = "token_url";
     let url = match Url::parse(raw) {
         Ok(url) => url,
         Err(e) => {

@@ -52,6 +52,7 @@ pub(super) struct RawDaemon {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawProvider {
     pub(super) token_url: Option<String>,
+    pub(super) device_authorization_url: Option<String>,
     pub(super) client_id: Option<String>,
     pub(super) client_secret: Option<String>,
     pub(super) client_secret_file: Option<PathBuf>,
@@ -72,11 +73,11 @@ pub(super) struct RawProvider {
 }
 
 /// The sub-tables of `[providers.NAME]`.
-pub(super) const PROVIDER_TABLES: [&str; 4] =
-    ["refresh", "exchange", "client_credentials", "response"];
+pub(super) const PROVIDER_TABLES: [&str; 5] =
+    ["refresh", "exchange", "client_credentials", "device", "response"];
 
-/// `[providers.NAME.refresh]`, `[providers.NAME.exchange]` and
-/// `[providers.NAME.client_credentials]`.
+/// `[providers.NAME.refresh]`, `[providers.NAME.exchange]`,
+/// `[providers.NAME.client_credentials]` and `[providers.NAME.device]`.
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawRequest {

@@ -119,6 +119,7 @@ fn provider_tables(
             "refresh" => sub.refresh = Some(c.table(&path, line, table)),
             "exchange" => sub.exchange = Some(c.table(&path, line, table)),
             "client_credentials" => sub.client_credentials = Some(c.table(&path, line, table)),
+            "device" => sub.device = Some(c.table(&path, line, table)),
             _ => sub.response = Some(c.table(&path, line, table)),
         }
     }
@@ -131,6 +132,7 @@ struct Subtables {
     refresh: Option<(RawRequest, Scope)>,
     exchange: Option<(RawRequest, Scope)>,
     client_credentials: Option<(RawRequest, Scope)>,
+    device: Option<(RawRequest, Scope)>,
     response: Option<(RawResponse, Scope)>,
 }
 
@@ -299,6 +301,14 @@ fn validate_provider(
     check_name(c, s, name);
     let client = endpoint::client(c, s, &raw);
     let (refresh, exchange, client_credentials) = request_templates(c, s, &mut sub);
+    let device = endpoint::request_template(
+        c,
+        s,
+        "device",
+        sub.device.take(),
+        defaults::device(),
+        Some("device_code"),
+    );
     let response = endpoint::response_fields(sub.response);
     let durations = provider_durations(c, s, &raw, defaults);
     let on_invalid_grant = on_invalid_grant(c, s, raw.on_invalid_grant.as_deref());
@@ -311,6 +321,7 @@ fn validate_provider(
     let endpoint = Endpoint {
         name: name.to_string(),
         token_url: client.token_url?,
+        device_authorization_url: client.device_authorization_url,
         client_id: raw.client_id,
         client_secret: client.client_secret,
         client_auth: client.client_auth,
@@ -318,6 +329,7 @@ fn validate_provider(
         refresh,
         exchange,
         client_credentials,
+        device,
         response,
         reauth_errors: raw
             .reauth_errors

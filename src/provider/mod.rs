@@ -10,16 +10,19 @@
 //! - `auth`: every client-auth method's name, needs and wire form.
 //! - `template`: request templates, their placeholders and the renderer.
 //! - `client`: the HTTP exchange and reading the answer.
+//! - `device`: the device authorization response (RFC 8628), read strictly.
 
 use std::time::Duration;
 
 mod auth;
 mod client;
+mod device;
 mod request;
 mod template;
 
 pub(crate) use auth::{ClientAuth, Needs};
 pub use client::ProviderClient;
+pub(crate) use device::{DeviceAuthorization, DEFAULT_INTERVAL_SECS};
 pub(crate) use request::RESERVED_PARAMS;
 pub use request::{prepare, Endpoint, PreparedRequest, TokenGrant};
 #[cfg(test)]

@@ -33,6 +33,9 @@ pub struct Endpoint {
     pub(crate) name: String,
     /// The token endpoint.
     pub token_url: Url,
+    /// The device authorization endpoint (RFC 8628 §3.1), if the provider
+    /// offers the device grant.
+    pub(crate) device_authorization_url: Option<Url>,
     /// OAuth client id, if the provider uses one.
     pub(crate) client_id: Option<String>,
     /// OAuth client secret (password), resolved from wherever it was given.
@@ -47,6 +50,8 @@ pub struct Endpoint {
     pub(crate) exchange: RequestTemplate,
     /// The client-credentials request.
     pub(crate) client_credentials: RequestTemplate,
+    /// The device-code token request (RFC 8628 §3.4).
+    pub(crate) device: RequestTemplate,
     /// Names of the response fields.
     pub(crate) response: ResponseFields,
     /// OAuth `error` codes meaning the grant is dead and a human must log in again.
@@ -82,6 +87,11 @@ pub enum TokenGrant {
         /// template's own, as given.
         params: Vec<(String, String)>,
     },
+    /// `grant_type=urn:ietf:params:oauth:grant-type:device_code` (RFC 8628 §3.4).
+    DeviceCode {
+        /// The device code of the device authorization response.
+        device_code: Secret,
+    },
 }
 
 impl TokenGrant {
@@ -91,6 +101,7 @@ impl TokenGrant {
             TokenGrant::Refresh { .. } => &e.refresh,
             TokenGrant::Exchange { .. } => &e.exchange,
             TokenGrant::ClientCredentials { .. } => &e.client_credentials,
+            TokenGrant::DeviceCode { .. } => &e.device,
         }
     }
 
@@ -98,7 +109,9 @@ impl TokenGrant {
     fn scope(&self) -> Option<&str> {
         match self {
             TokenGrant::ClientCredentials { scope, .. } => scope.as_deref(),
-            TokenGrant::Refresh { .. } | TokenGrant::Exchange { .. } => None,
+            TokenGrant::Refresh { .. }
+            | TokenGrant::Exchange { .. }
+            | TokenGrant::DeviceCode { .. } => None,
         }
     }
 
@@ -106,7 +119,9 @@ impl TokenGrant {
     fn params(&self) -> &[(String, String)] {
         match self {
             TokenGrant::ClientCredentials { params, .. } => params,
-            TokenGrant::Refresh { .. } | TokenGrant::Exchange { .. } => &[],
+            TokenGrant::Refresh { .. }
+            | TokenGrant::Exchange { .. }
+            | TokenGrant::DeviceCode { .. } => &[],
         }
     }
 
@@ -122,6 +137,9 @@ impl TokenGrant {
             }
             ("code_verifier", TokenGrant::Exchange { code_verifier, .. }) => {
                 code_verifier.as_ref().map(|v| v.expose().to_string())
+            }
+            ("device_code", TokenGrant::DeviceCode { device_code }) => {
+                Some(device_code.expose().to_string())
             }
             _ => None,
         }
@@ -140,6 +158,7 @@ impl TokenGrant {
                 v.extend(code_verifier.as_ref().map(Secret::expose));
                 v
             }
+            TokenGrant::DeviceCode { device_code } => vec![device_code.expose()],
             // The client secret is the endpoint's, scrubbed with it.
             TokenGrant::ClientCredentials { .. } => Vec::new(),
         }
@@ -179,16 +198,27 @@ impl fmt::Debug for PreparedRequest {
 
 /// Builds the request for `grant` from the endpoint's description.
 pub fn prepare(e: &Endpoint, grant: &TokenGrant) -> PreparedRequest {
-    let template = grant.template(e);
+    build(e, grant.template(e), Some(grant))
+}
+
+/// Builds the device authorization request (RFC 8628 §3.1): the provider's
+/// scope and the client's authentication, as for a token request.
+pub(crate) fn prepare_device_authorization(e: &Endpoint) -> PreparedRequest {
+    build(e, &RequestTemplate::device_authorization(), None)
+}
+
+/// Renders `template` with the endpoint's values and `grant`'s own, then
+/// adds the client's authentication.
+fn build(e: &Endpoint, template: &RequestTemplate, grant: Option<&TokenGrant>) -> PreparedRequest {
     let lookup = |key: &str| -> Option<String> {
         match key {
             "client_id" => e.client_id.clone(),
             "client_secret" => e.client_secret.as_ref().map(|s| s.expose().to_string()),
             "scope" => grant
-                .scope()
+                .and_then(TokenGrant::scope)
                 .map(str::to_string)
                 .or_else(|| e.scope.clone()),
-            _ => grant.value(key),
+            _ => grant.and_then(|g| g.value(key)),
         }
     };
     let rendered = |items: &[(String, String)]| -> Vec<(String, String)> {
@@ -201,7 +231,9 @@ pub fn prepare(e: &Endpoint, grant: &TokenGrant) -> PreparedRequest {
         headers: rendered(&template.headers),
         fields: rendered(&template.fields),
     };
-    parts.fields.extend(grant.params().iter().cloned());
+    parts
+        .fields
+        .extend(grant.map_or(&[][..], TokenGrant::params).iter().cloned());
     e.client_auth.apply(
         e.client_id.as_deref(),
         e.client_secret.as_ref().map(Secret::expose),
