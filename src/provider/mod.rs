@@ -22,7 +22,6 @@ mod template;
 
 pub(crate) use auth::{ClientAuth, Needs};
 pub use client::ProviderClient;
-pub(crate) use device::{DeviceAuthorization, DEFAULT_INTERVAL_SECS};
 pub(crate) use request::RESERVED_PARAMS;
 pub use request::{prepare, Endpoint, PreparedRequest, TokenGrant};
 #[cfg(test)]
