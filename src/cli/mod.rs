@@ -44,6 +44,7 @@ macro_rules! errln {
 }
 
 mod commands;
+mod device;
 
 use commands::{
     add, add_client_credentials, check_config, exchange, exchange_body, get, refresh, remove,
@@ -151,6 +152,32 @@ pub(crate) enum Command {
         /// given on stdin's second line, see --code).
         #[arg(long, allow_hyphen_values = true, value_parser = secret_arg)]
         code_verifier: Option<Secret>,
+    },
+    /// Log in to a provider and store the credential: a browser and a loopback
+    /// redirect (authorization code with PKCE), or --device (device code).
+    Login {
+        /// Credential name.
+        #[arg(allow_hyphen_values = true)]
+        name: String,
+        /// Provider name from the configuration.
+        #[arg(long, short, allow_hyphen_values = true)]
+        provider: String,
+        /// Device authorization grant: show a code to enter on another device.
+        #[arg(long)]
+        device: bool,
+        /// Print the URL and do not try to open a browser.
+        #[arg(long, conflicts_with = "device")]
+        no_browser: bool,
+        /// Headless: open the URL anywhere, then paste the address the browser
+        /// was sent to at the end.
+        #[arg(long, conflicts_with = "device")]
+        paste: bool,
+        /// Give up after this long [default: 5m].
+        #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+        timeout: Option<std::time::Duration>,
+        /// With --device: return once the code is shown; the daemon goes on polling.
+        #[arg(long, requires = "device")]
+        no_wait: bool,
     },
     /// Refresh a credential now.
     Refresh {
@@ -303,6 +330,17 @@ fn run(socket: Option<PathBuf>, command: Command) -> anyhow::Result<ExitCode> {
         } => {
             let body = exchange_body(provider, code, redirect_uri, code_verifier)?;
             exchange(&client(), &name, &body)
+        }
+        Command::Login {
+            name,
+            provider,
+            device: true,
+            timeout,
+            no_wait,
+            ..
+        } => device::run(&client(), &name, provider, timeout, no_wait),
+        Command::Login { .. } => {
+            anyhow::bail!("tokend login without --device is not in this build yet; use --device")
         }
         Command::Refresh { name } => refresh(&client(), &name),
         Command::Remove { name } => remove(&client(), &name),
