@@ -11,6 +11,7 @@ mod cli;
 mod cli_hardening;
 mod client_credentials;
 mod crash;
+mod device;
 mod crash_loop;
 mod encryption;
 mod fake_selftest;

@@ -216,7 +216,8 @@ pub(super) async fn handle(inner: Arc<Inner>, req: Request<Incoming>) -> Outcome
     let (parts, body) = req.into_parts();
     let path = parts.uri.path().to_string();
     let is_token = path == inner.cfg.flavor.token_path();
-    if !is_token && !path.starts_with("/admin/") {
+    let is_device = path == DEVICE_PATH;
+    if !is_token && !is_device && !path.starts_with("/admin/") {
         return Outcome::Respond(inner.unknown_path(&parts));
     }
     let fault = if is_token {
@@ -233,6 +234,9 @@ pub(super) async fn handle(inner: Arc<Inner>, req: Request<Incoming>) -> Outcome
             "request body unreadable or larger than {MAX_REQUEST_BODY} bytes: {e}"
         )),
     };
+    if is_device {
+        return Outcome::Respond(inner.device_authorization(&parts, body));
+    }
     if !is_token {
         return Outcome::Respond(inner.admin(&parts, body));
     }

@@ -86,6 +86,7 @@ use tokio::sync::{oneshot, Notify};
 use tokio::task::{JoinHandle, JoinSet};
 
 mod config;
+mod device;
 mod http;
 mod provider;
 mod state;
@@ -93,10 +94,13 @@ mod tokens;
 mod wire;
 
 pub use config::{ExpiresIn, FakeConfig, FamilyOnReuse, Fault};
+#[allow(unused_imports)] // only the integration tests drive the device grant
+pub use device::{DevicePoll, DeviceSettings};
 pub use provider::FakeProvider;
 pub use tokens::find_leaks;
 pub use wire::pkce_s256;
 
+use device::*;
 use http::*;
 use state::*;
 use tokens::*;
