@@ -76,7 +76,7 @@ async fn pending_then_slow_down_then_approval_keeps_every_interval() {
     let daemon = Daemon::start(FAST_DAEMON, &provider(&fake, false)).await;
     let started = Instant::now();
     let run = daemon
-        .cli(&["login", "--device", "tv", "--provider", "p"])
+        .cli(&["login", "--device", "tv", "--provider", "p", "--timeout", "20s"])
         .await;
     run.ok();
     let user_code = fake.device_user_codes().pop().expect("a user code");
