@@ -410,6 +410,39 @@ pub(crate) mod tests {
         );
     }
 
+    #[test]
+    fn device_code_grant_and_device_authorization_request() {
+        let grant = TokenGrant::DeviceCode {
+            device_code: Secret::new("GmRh/mhc+x"),
+        };
+        let public = endpoint(
+            "[providers.tv]\ntoken_url = \"https://a.example/t\"\nclient_id = \"tv app\"\nclient_auth = \"none\"\nscope = \"openid offline_access\"\n",
+        );
+        let r = prepare(&public, &grant);
+        assert_eq!(
+            r.body,
+            "grant_type=urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Adevice_code&device_code=GmRh%2Fmhc%2Bx&client_id=tv+app"
+        );
+        assert_eq!(header(&r, "authorization"), None);
+        assert_eq!(grant.secrets(), ["GmRh/mhc+x"]);
+        let r = prepare_device_authorization(&public);
+        assert_eq!(r.content_type, "application/x-www-form-urlencoded");
+        assert_eq!(r.body, "scope=openid+offline_access&client_id=tv+app");
+        let confidential = cc_endpoint("basic");
+        let r = prepare(&confidential, &grant);
+        assert_eq!(
+            r.body,
+            "grant_type=urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Adevice_code&device_code=GmRh%2Fmhc%2Bx"
+        );
+        let basic = format!("Basic {}", B64.encode("a b:x:y"));
+        assert_eq!(header(&r, "authorization"), Some(basic.as_str()));
+        let r = prepare_device_authorization(&confidential);
+        assert_eq!(r.body, "scope=provider-scope");
+        assert_eq!(header(&r, "authorization"), Some(basic.as_str()));
+        let body = prepare_device_authorization(&cc_endpoint("body")).body;
+        assert_eq!(body, "scope=provider-scope&client_id=a+b&client_secret=x%3Ay");
+    }
+
     fn client_credentials(scope: Option<&str>, params: &[(&str, &str)]) -> TokenGrant {
         TokenGrant::ClientCredentials {
             scope: scope.map(str::to_string),
