@@ -12,8 +12,8 @@ use hyper::Method;
 
 use super::emit;
 use crate::api::{
-    CredentialState, CredentialStatus, ErrorKind, ExchangeCode, GrantType, LoginState,
-    LoginStatus, PutCredential, TokenResponse,
+    CredentialState, CredentialStatus, ErrorKind, ExchangeCode, GrantType, LoginState, LoginStatus,
+    PutCredential, TokenResponse,
 };
 use crate::client::{path_segment, Client, ClientError};
 use crate::config::ConfigError;

@@ -73,8 +73,13 @@ pub(super) struct RawProvider {
 }
 
 /// The sub-tables of `[providers.NAME]`.
-pub(super) const PROVIDER_TABLES: [&str; 5] =
-    ["refresh", "exchange", "client_credentials", "device", "response"];
+pub(super) const PROVIDER_TABLES: [&str; 5] = [
+    "refresh",
+    "exchange",
+    "client_credentials",
+    "device",
+    "response",
+];
 
 /// `[providers.NAME.refresh]`, `[providers.NAME.exchange]`,
 /// `[providers.NAME.client_credentials]` and `[providers.NAME.device]`.

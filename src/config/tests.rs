@@ -503,5 +503,8 @@ fn device_authorization_url_is_https_and_its_template_sends_the_device_code() {
         "[providers.tv]\ntoken_url = \"https://idp.example/token\"\nclient_auth = \"none\"\n",
     )
     .unwrap();
-    assert!(cfg.providers["tv"].endpoint.device_authorization_url.is_none());
+    assert!(cfg.providers["tv"]
+        .endpoint
+        .device_authorization_url
+        .is_none());
 }

@@ -8,7 +8,9 @@ use reqwest::header::{HeaderMap, HeaderName, HeaderValue, ACCEPT, AUTHORIZATION,
 use serde_json::Value;
 
 use super::device::{parse_device_authorization, DeviceAuthorization};
-use super::request::{prepare, prepare_device_authorization, Endpoint, PreparedRequest, TokenGrant};
+use super::request::{
+    prepare, prepare_device_authorization, Endpoint, PreparedRequest, TokenGrant,
+};
 use super::{classify, Failure, FailureKind};
 use crate::token::{parse_token_response, scrub, Secret, TokenSet};
 
@@ -111,11 +113,9 @@ impl ProviderClient {
             }
             _ => {
                 let mut f = refusal(e, &answer, error_body.as_ref(), &secrets);
-                f.message = f.message.replacen(
-                    "token endpoint",
-                    "device authorization endpoint",
-                    1,
-                );
+                f.message =
+                    f.message
+                        .replacen("token endpoint", "device authorization endpoint", 1);
                 Err(f)
             }
         }

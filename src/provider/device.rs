@@ -63,15 +63,16 @@ pub(crate) fn parse_device_authorization(body: &[u8]) -> Result<DeviceAuthorizat
     let text = |name: &str| match obj.get(name) {
         Some(Value::String(s)) if !s.is_empty() => Ok(Some(s.as_str())),
         None | Some(Value::Null) => Ok(None),
-        Some(_) => Err(format!("device authorization response: {name} is not a string")),
+        Some(_) => Err(format!(
+            "device authorization response: {name} is not a string"
+        )),
     };
     let required = |name: &str| {
         text(name)?.ok_or_else(|| format!("device authorization response has no {name}"))
     };
     let device_code = Secret::new(required("device_code")?);
     let user_code = required("user_code")?;
-    if user_code.chars().count() > MAX_USER_CODE_CHARS || user_code.chars().any(char::is_control)
-    {
+    if user_code.chars().count() > MAX_USER_CODE_CHARS || user_code.chars().any(char::is_control) {
         return Err(format!(
             "device authorization response: user_code is longer than {MAX_USER_CODE_CHARS} characters or holds control characters"
         ));
@@ -79,9 +80,8 @@ pub(crate) fn parse_device_authorization(body: &[u8]) -> Result<DeviceAuthorizat
     // Some providers (Google) call it verification_url.
     let uri = match text("verification_uri")? {
         Some(uri) => uri,
-        None => required("verification_url").map_err(|_| {
-            "device authorization response has no verification_uri".to_string()
-        })?,
+        None => required("verification_url")
+            .map_err(|_| "device authorization response has no verification_uri".to_string())?,
     };
     let verification_uri = browser_url("verification_uri", uri)?;
     let verification_uri_complete = text("verification_uri_complete")?
@@ -109,9 +109,7 @@ fn browser_url(name: &str, raw: &str) -> Result<String, String> {
     let url = Url::parse(raw)
         .ok()
         .filter(|u| matches!(u.scheme(), "https" | "http") && u.host().is_some())
-        .ok_or_else(|| {
-            format!("device authorization response: {name} is not an http(s) URL")
-        })?;
+        .ok_or_else(|| format!("device authorization response: {name} is not an http(s) URL"))?;
     if url.as_str().len() > MAX_URI_BYTES {
         return Err(format!(
             "device authorization response: {name} is longer than {MAX_URI_BYTES} bytes"
@@ -187,7 +185,10 @@ mod tests {
             ("user_code", Value::from("x".repeat(65))),
             ("verification_uri", Value::from("javascript:alert(1)")),
             ("verification_uri", Value::from("/relative")),
-            ("verification_uri_complete", Value::from("file:///etc/passwd")),
+            (
+                "verification_uri_complete",
+                Value::from("file:///etc/passwd"),
+            ),
             ("expires_in", Value::from(-1)),
             ("expires_in", Value::Null),
             ("interval", Value::from("soon")),

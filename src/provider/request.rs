@@ -440,7 +440,10 @@ pub(crate) mod tests {
         assert_eq!(r.body, "scope=provider-scope");
         assert_eq!(header(&r, "authorization"), Some(basic.as_str()));
         let body = prepare_device_authorization(&cc_endpoint("body")).body;
-        assert_eq!(body, "scope=provider-scope&client_id=a+b&client_secret=x%3Ay");
+        assert_eq!(
+            body,
+            "scope=provider-scope&client_id=a+b&client_secret=x%3Ay"
+        );
     }
 
     fn client_credentials(scope: Option<&str>, params: &[(&str, &str)]) -> TokenGrant {

@@ -5,12 +5,12 @@
 use std::sync::Arc;
 
 use super::admission::Waiting;
+use super::device::{DeviceLoginRequest, DeviceTask, LoginState, LoginView};
 use super::job::JobKind;
 use super::read_plan::{read_plan, ReadCase, ReadPlan};
 use super::request::Reply;
 use super::timing::secs_up;
 use super::waiter::Waiter;
-use super::device::{DeviceLoginRequest, DeviceTask, LoginState, LoginView};
 use super::{ExchangeRequest, ExchangeStart, NewCredential, RefreshError, Refresher, View};
 use crate::credential::{Credential, GrantKind, State};
 use crate::event;
@@ -279,7 +279,9 @@ impl Refresher {
             }
             Err(e) => {
                 tracing::error!(tokend_credential = %name, tokend_error = %e, "device login approved, but the credential could not be stored");
-                LoginState::Failed(format!("approved, but the credential could not be stored: {e}"))
+                LoginState::Failed(format!(
+                    "approved, but the credential could not be stored: {e}"
+                ))
             }
         };
         self.logins.finish(name, login, state);

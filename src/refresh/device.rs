@@ -123,7 +123,12 @@ impl Logins {
     /// Makes room for a new login of `name`, replacing (and stopping) an
     /// older one of that name; returns its id. Finished logins past their
     /// time, then the oldest finished, give way; pending ones never do.
-    fn reserve(&self, name: &str, cancel: CancellationToken, now: i64) -> Result<u64, RefreshError> {
+    fn reserve(
+        &self,
+        name: &str,
+        cancel: CancellationToken,
+        now: i64,
+    ) -> Result<u64, RefreshError> {
         let mut t = self.lock();
         t.entries.retain(|_, e| {
             e.view
@@ -266,7 +271,7 @@ pub(super) fn step(result: &Result<Credential, Failure>, interval: Duration) -> 
 
 /// How a login's polling ended.
 enum Polled {
-    Granted(Credential),
+    Granted(Box<Credential>),
     Failed(String),
     Cancelled,
 }
@@ -338,7 +343,7 @@ impl DeviceTask {
                 let _ = self.reports.send(Report::DeviceGranted {
                     name: self.name,
                     login: id,
-                    cred,
+                    cred: *cred,
                 });
             }
             Polled::Failed(reason) => {
@@ -382,7 +387,7 @@ impl DeviceTask {
             };
             match step(&result, interval) {
                 Step::Granted => match result {
-                    Ok(cred) => return Polled::Granted(cred),
+                    Ok(cred) => return Polled::Granted(Box::new(cred)),
                     Err(f) => return Polled::Failed(f.message),
                 },
                 Step::Stop(reason) => return Polled::Failed(reason),
@@ -475,7 +480,10 @@ mod tests {
             Step::Stop(_)
         ));
         let huge = Duration::MAX;
-        assert_eq!(step(&failed(Some("slow_down"), t), huge), Step::Continue(huge));
+        assert_eq!(
+            step(&failed(Some("slow_down"), t), huge),
+            Step::Continue(huge)
+        );
     }
 
     fn view(name: &str) -> LoginView {
@@ -493,7 +501,11 @@ mod tests {
         }
     }
 
-    fn start(logins: &Logins, name: &str, now: i64) -> Result<(u64, CancellationToken), RefreshError> {
+    fn start(
+        logins: &Logins,
+        name: &str,
+        now: i64,
+    ) -> Result<(u64, CancellationToken), RefreshError> {
         let cancel = CancellationToken::new();
         let id = logins.reserve(name, cancel.clone(), now)?;
         logins.with_current(name, id, |e| e.view = Some(view(name)));
@@ -529,7 +541,10 @@ mod tests {
         let logins = Logins::default();
         let (id, _) = start(&logins, "a", 0).unwrap();
         logins.finish("a", id, LoginState::Failed("denied".into()));
-        assert_eq!(logins.get("a").unwrap().state, LoginState::Failed("denied".into()));
+        assert_eq!(
+            logins.get("a").unwrap().state,
+            LoginState::Failed("denied".into())
+        );
         start(&logins, "b", now_ms().saturating_add(KEEP_FINISHED_MS)).unwrap();
         assert!(logins.get("a").is_none());
         assert!(logins.get("b").is_some());

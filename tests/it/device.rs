@@ -69,19 +69,35 @@ async fn settled(daemon: &Daemon, name: &str) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pending_then_slow_down_then_approval_keeps_every_interval() {
     let fake = fake(
-        &[DevicePoll::Pending, DevicePoll::SlowDown, DevicePoll::Approve],
+        &[
+            DevicePoll::Pending,
+            DevicePoll::SlowDown,
+            DevicePoll::Approve,
+        ],
         false,
     )
     .await;
     let daemon = Daemon::start(FAST_DAEMON, &provider(&fake, false)).await;
     let started = Instant::now();
     let run = daemon
-        .cli(&["login", "--device", "tv", "--provider", "p", "--timeout", "20s"])
+        .cli(&[
+            "login",
+            "--device",
+            "tv",
+            "--provider",
+            "p",
+            "--timeout",
+            "20s",
+        ])
         .await;
     run.ok();
     let user_code = fake.device_user_codes().pop().expect("a user code");
     assert!(run.stderr.contains(&user_code), "{run:?}");
-    assert!(run.stderr.contains(&format!("http://{}/device", fake.addr())), "{run:?}");
+    assert!(
+        run.stderr
+            .contains(&format!("http://{}/device", fake.addr())),
+        "{run:?}"
+    );
     assert!(run.stderr.contains("Ctrl-C stops waiting"), "{run:?}");
     assert!(run.stdout.contains("tv: logged in (provider p)"), "{run:?}");
     // One second, then the five seconds slow_down adds, for good.
@@ -94,14 +110,23 @@ async fn pending_then_slow_down_then_approval_keeps_every_interval() {
     // The credential is an ordinary one now: served and refreshed.
     daemon.cli(&["get", "tv"]).await.ok();
     let st = daemon.status("tv").await;
-    assert_eq!((st["state"].as_str(), st["has_refresh_token"].as_bool()), (Some("active"), Some(true)));
+    assert_eq!(
+        (st["state"].as_str(), st["has_refresh_token"].as_bool()),
+        (Some("active"), Some(true))
+    );
     daemon.cli(&["refresh", "tv"]).await.ok();
     assert_eq!(fake.refresh_count(), 1);
     let login = get_json(&daemon, "/v1/logins/tv").await.unwrap();
     assert_eq!(login["state"], "succeeded", "{login}");
     let config = daemon.config.to_str().unwrap().to_string();
     let check = daemon.cli(&["check-config", &config]).await;
-    assert!(check.ok().stdout.contains("provider p: device authorization at http://"), "{check:?}");
+    assert!(
+        check
+            .ok()
+            .stdout
+            .contains("provider p: device authorization at http://"),
+        "{check:?}"
+    );
     daemon.finish(&[&fake]).await;
 }
 
@@ -125,13 +150,21 @@ async fn access_denied_and_expired_token_end_the_login_without_a_credential() {
         .ok();
     let login = settled(&daemon, "b").await;
     assert_eq!(login["state"], "failed", "{login}");
-    assert!(login["reason"].as_str().unwrap().contains("expired"), "{login}");
+    assert!(
+        login["reason"].as_str().unwrap().contains("expired"),
+        "{login}"
+    );
     for name in ["a", "b"] {
         let run = daemon.cli(&["status", name, "--json"]).await;
         assert_eq!(run.code, 1, "{name}: {run:?}");
     }
     let text = daemon.cli(&["status"]).await;
-    assert!(text.ok().stdout.contains("device login b (provider p): failed"), "{text:?}");
+    assert!(
+        text.ok()
+            .stdout
+            .contains("device login b (provider p): failed"),
+        "{text:?}"
+    );
     assert!(fake.rejections().is_empty(), "{:?}", fake.rejections());
     assert_eq!(fake.exchange_count(), 0);
     daemon.finish(&[&fake]).await;
@@ -195,7 +228,12 @@ async fn no_wait_lists_the_login_a_new_one_replaces_it_and_cancel_stops_the_poll
     assert!(fake.find_leaks(&text).is_empty(), "{text}");
     // `tokend status` shows it, for a name with no credential yet too.
     let status = daemon.cli(&["status"]).await;
-    assert!(status.ok().stdout.contains(&format!("device login tv (provider p): pending, enter {user_code}")), "{status:?}");
+    assert!(
+        status.ok().stdout.contains(&format!(
+            "device login tv (provider p): pending, enter {user_code}"
+        )),
+        "{status:?}"
+    );
     let status = daemon.cli(&["status", "tv"]).await;
     assert!(status.ok().stdout.contains(&user_code), "{status:?}");
     wait_until(Duration::from_secs(5), "polls", || async {
@@ -209,7 +247,11 @@ async fn no_wait_lists_the_login_a_new_one_replaces_it_and_cancel_stops_the_poll
         .ok();
     let polled = fake.device_poll_times().len();
     tokio::time::sleep(Duration::from_millis(2500)).await;
-    assert_eq!(fake.device_poll_times().len(), polled, "polled after cancel");
+    assert_eq!(
+        fake.device_poll_times().len(),
+        polled,
+        "polled after cancel"
+    );
     assert!(get_json(&daemon, "/v1/logins/tv").await.is_err());
     fake.approve_device();
     tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -246,12 +288,18 @@ async fn only_administrators_start_see_or_cancel_logins() {
     assert!(!run.stdout.contains(&code), "{run:?}");
     let run = cli_as(&daemon.socket, 1000, SOCKET_GID, &[], &["status", "tv"]).await;
     assert_eq!(run.code, 1, "{run:?}");
-    assert!(!run.stdout.contains(&code) && !run.stderr.contains(&code), "{run:?}");
+    assert!(
+        !run.stdout.contains(&code) && !run.stderr.contains(&code),
+        "{run:?}"
+    );
     // An unknown provider, or one without a device endpoint, says what to set.
     let run = daemon
         .cli(&["login", "--device", "x", "--provider", "nope", "--no-wait"])
         .await;
-    assert!(run.stderr.contains("provider `nope` is not configured"), "{run:?}");
+    assert!(
+        run.stderr.contains("provider `nope` is not configured"),
+        "{run:?}"
+    );
     daemon.finish(&[&fake]).await;
 }
 
@@ -263,7 +311,11 @@ async fn a_provider_without_a_device_endpoint_names_the_key_to_set() {
         .cli(&["login", "--device", "tv", "--provider", "p"])
         .await;
     assert_eq!(run.code, 1, "{run:?}");
-    assert!(run.stderr.contains("no device_authorization_url; set it in [providers.p]"), "{run:?}");
+    assert!(
+        run.stderr
+            .contains("no device_authorization_url; set it in [providers.p]"),
+        "{run:?}"
+    );
     // The device endpoint refusing the client is reported, nothing stored.
     let fake2 = FakeProvider::start(FakeConfig::new(Flavor::Didit)).await;
     fake2.enable_device(DeviceSettings::default());
@@ -276,8 +328,17 @@ async fn a_provider_without_a_device_endpoint_names_the_key_to_set() {
         .cli(&["login", "--device", "tv", "--provider", "p"])
         .await;
     assert_eq!(run.code, 1, "{run:?}");
-    assert!(run.stderr.contains("device authorization endpoint answered 401 invalid_client"), "{run:?}");
-    assert!(get_json(&daemon2, "/v1/logins").await.unwrap().as_array().unwrap().is_empty());
+    assert!(
+        run.stderr
+            .contains("device authorization endpoint answered 401 invalid_client"),
+        "{run:?}"
+    );
+    assert!(get_json(&daemon2, "/v1/logins")
+        .await
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .is_empty());
     daemon.finish(&[&fake]).await;
     daemon2.finish(&[&fake2]).await;
 }

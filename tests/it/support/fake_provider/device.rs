@@ -229,8 +229,8 @@ impl Inner {
         let Some(settings) = self.lock().device.settings.clone() else {
             return Ok(None);
         };
-        let is_device = url::form_urlencoded::parse(body)
-            .any(|(k, v)| k == "grant_type" && v == DEVICE_GRANT);
+        let is_device =
+            url::form_urlencoded::parse(body).any(|(k, v)| k == "grant_type" && v == DEVICE_GRANT);
         if !is_device {
             return Ok(None);
         }
