@@ -49,7 +49,15 @@ async fn a_device_login_approved_in_the_browser_is_stored_and_refreshed() {
         let cli = Command::new(env!("CARGO_BIN_EXE_tokend"))
             .arg("--socket")
             .arg(&daemon.socket)
-            .args(["login", "--device", "tv", "--provider", "p", "--timeout", "60s"])
+            .args([
+                "login",
+                "--device",
+                "tv",
+                "--provider",
+                "p",
+                "--timeout",
+                "60s",
+            ])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -62,7 +70,10 @@ async fn a_device_login_approved_in_the_browser_is_stored_and_refreshed() {
             server.device_verification_url().as_str(),
             "{login}"
         );
-        let user_code = login["user_code"].as_str().expect("a user code").to_string();
+        let user_code = login["user_code"]
+            .as_str()
+            .expect("a user code")
+            .to_string();
         approve_device(&Browser::new(), &server, &user_code).await;
         let out = tokio::time::timeout(Duration::from_secs(60), cli.wait_with_output())
             .await
@@ -73,7 +84,12 @@ async fn a_device_login_approved_in_the_browser_is_stored_and_refreshed() {
         assert!(out.status.success(), "{}: {stdout} {stderr}", client.id);
         assert!(stderr.contains(&user_code), "{stderr}");
         assert!(stdout.contains("tv: logged in (provider p)"), "{stdout}");
-        assert_eq!(server.grants(&client, DEVICE_GRANT), 1, "{:?}", server.errors());
+        assert_eq!(
+            server.grants(&client, DEVICE_GRANT),
+            1,
+            "{:?}",
+            server.errors()
+        );
         // Only "not yet" answers: no poll too soon (slow_down), nothing malformed.
         let refused: Vec<Value> = server
             .errors_of(&client)
@@ -83,7 +99,13 @@ async fn a_device_login_approved_in_the_browser_is_stored_and_refreshed() {
         assert!(refused.is_empty(), "{}: {refused:?}", client.id);
         let st = daemon.status("tv").await;
         assert_eq!(st["has_refresh_token"], true, "{st}");
-        let token = daemon.cli(&["get", "tv"]).await.ok().stdout.trim().to_string();
+        let token = daemon
+            .cli(&["get", "tv"])
+            .await
+            .ok()
+            .stdout
+            .trim()
+            .to_string();
         assert_eq!(server.userinfo(&token).await.0, 200);
         daemon.cli(&["refresh", "tv"]).await.ok();
         assert_eq!(server.grants(&client, "refresh_token"), 1);
@@ -109,7 +131,12 @@ async fn a_cancelled_device_login_stores_nothing() {
         .call::<Value>(Method::DELETE, "/v1/logins/tv", None::<&()>)
         .await
         .ok();
-    approve_device(&Browser::new(), &server, login["user_code"].as_str().unwrap()).await;
+    approve_device(
+        &Browser::new(),
+        &server,
+        login["user_code"].as_str().unwrap(),
+    )
+    .await;
     // The server's interval is 5 s: a poll would have come by now.
     tokio::time::sleep(Duration::from_secs(7)).await;
     assert_eq!(server.grants(&PUBLIC, DEVICE_GRANT), 0);
