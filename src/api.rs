@@ -230,6 +230,76 @@ pub(crate) struct AuthorizeUrl {
     pub(crate) url: String,
 }
 
+/// `POST /v1/credentials/{name}/device`: start a device login (RFC 8628).
+///
+/// ```json
+/// {"provider":"tv"}
+/// ```
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct StartDeviceLogin {
+    /// Provider name from the configuration.
+    pub(crate) provider: String,
+}
+
+/// A device login, as `POST /v1/credentials/{name}/device` starts it and
+/// `GET /v1/logins[/{name}]` shows it. The device code never leaves the
+/// daemon.
+///
+/// ```json
+/// {"name":"tv","provider":"tv","state":"pending","user_code":"WDJB-MJHT",
+///  "verification_uri":"https://example.com/device",
+///  "verification_uri_complete":"https://example.com/device?user_code=WDJB-MJHT",
+///  "expires_at":1767225600,"expires_in":1800,"interval":5,"reason":null,
+///  "started_at":1767223800,"finished_at":null}
+/// ```
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct LoginStatus {
+    /// Credential name.
+    pub(crate) name: String,
+    /// Provider name.
+    pub(crate) provider: String,
+    /// How the login stands.
+    pub(crate) state: LoginState,
+    /// What the user enters at `verification_uri`.
+    pub(crate) user_code: String,
+    /// Where the user goes to approve.
+    pub(crate) verification_uri: String,
+    /// The URI with the user code in it, if the provider gives one.
+    #[serde(default)]
+    pub(crate) verification_uri_complete: Option<String>,
+    /// When the codes expire, Unix seconds.
+    pub(crate) expires_at: i64,
+    /// Seconds until they expire (negative once expired).
+    pub(crate) expires_in: i64,
+    /// Seconds between the daemon's polls.
+    pub(crate) interval: u64,
+    /// Why a failed login failed.
+    #[serde(default)]
+    pub(crate) reason: Option<String>,
+    /// When the login started, Unix seconds.
+    pub(crate) started_at: i64,
+    /// When it ended, Unix seconds.
+    #[serde(default)]
+    pub(crate) finished_at: Option<i64>,
+}
+
+/// The `state` of a [`LoginStatus`]:
+///
+/// ```json
+/// "pending"
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum LoginState {
+    /// Waiting for the user; the daemon polls.
+    Pending,
+    /// Approved: the credential is stored.
+    Succeeded,
+    /// Ended without a credential; `reason` says why.
+    Failed,
+}
+
 /// A credential's state, as `state` in `TokenResponse` and
 /// [`CredentialStatus`]: `"active"`, `"needs_reauth"` or `"paused"`.
 ///
@@ -478,6 +548,14 @@ mod tests {
             (S::Paused, "paused"),
         ] {
             assert_eq!((name(&state), state.as_str()), (want.into(), want));
+        }
+        use LoginState as G;
+        for (state, want) in [
+            (G::Pending, "pending"),
+            (G::Succeeded, "succeeded"),
+            (G::Failed, "failed"),
+        ] {
+            assert_eq!(name(&state), want);
         }
         use LifetimeSource as L;
         for (source, want) in [

@@ -12,8 +12,8 @@ use hyper::Method;
 
 use super::emit;
 use crate::api::{
-    CredentialState, CredentialStatus, ErrorKind, ExchangeCode, GrantType, PutCredential,
-    TokenResponse,
+    CredentialState, CredentialStatus, ErrorKind, ExchangeCode, GrantType, LoginState, LoginStatus,
+    PutCredential, TokenResponse,
 };
 use crate::client::{path_segment, Client, ClientError};
 use crate::config::{ConfigError, ProviderConfig};
@@ -96,7 +96,19 @@ pub(super) fn status(client: &Client, name: Option<&str>, json: bool) -> anyhow:
     let list: Vec<CredentialStatus> = match name {
         Some(n) => {
             let path = format!("/v1/credentials/{}", path_segment(n));
-            vec![client.call_blocking(Method::GET, &path, None::<&()>)?]
+            match client.call_blocking(Method::GET, &path, None::<&()>) {
+                Ok(st) => vec![st],
+                // A credential a device login is still getting.
+                Err(e) if !json && is_not_found(&e) => {
+                    let logins = unfinished_logins(client, Some(n));
+                    if logins.is_empty() {
+                        return Err(e.into());
+                    }
+                    emit(&logins)?;
+                    return Ok(ExitCode::SUCCESS);
+                }
+                Err(e) => return Err(e.into()),
+            }
         }
         None => client.call_blocking(Method::GET, "/v1/credentials", None::<&()>)?,
     };
@@ -108,10 +120,47 @@ pub(super) fn status(client: &Client, name: Option<&str>, json: bool) -> anyhow:
         outln!("{out}")?;
     } else if list.is_empty() {
         outln!("no credentials; add one with `tokend add NAME --provider P`")?;
+        emit(&unfinished_logins(client, name))?;
     } else {
         emit(&status_table(&list))?;
+        emit(&unfinished_logins(client, name))?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Whether the daemon answered "not found".
+fn is_not_found(e: &ClientError) -> bool {
+    matches!(e, ClientError::Api { body, .. } if body.error == ErrorKind::NotFound)
+}
+
+/// One line per device login (of `name`, or all) that is pending or
+/// failed, for an administrator; nothing for anyone else, who may not see
+/// them.
+fn unfinished_logins(client: &Client, name: Option<&str>) -> String {
+    let logins: Vec<LoginStatus> = client
+        .call_blocking(Method::GET, "/v1/logins", None::<&()>)
+        .unwrap_or_default();
+    let mut out = String::new();
+    for l in logins.iter().filter(|l| name.is_none_or(|n| n == l.name)) {
+        match l.state {
+            LoginState::Pending => out.push_str(&format!(
+                "device login {} (provider {}): pending, enter {} at {}, expires in {}\n",
+                l.name,
+                l.provider,
+                l.user_code,
+                l.verification_uri,
+                human(l.expires_in.max(0))
+            )),
+            LoginState::Failed => out.push_str(&format!(
+                "device login {} (provider {}): failed: {}\n",
+                l.name,
+                l.provider,
+                l.reason.as_deref().unwrap_or("no reason recorded")
+            )),
+            LoginState::Succeeded => {}
+        }
+    }
+    out
 }
 
 /// Renders the status table.
@@ -172,7 +221,7 @@ fn human_in(secs: Option<i64>) -> String {
     }
 }
 
-fn human(secs: i64) -> String {
+pub(super) fn human(secs: i64) -> String {
     match secs {
         s if s < 60 => format!("{s}s"),
         s if s < 3600 => format!("{}m{}s", s / 60, s % 60),
@@ -347,6 +396,9 @@ pub(super) fn check_config(file: Option<PathBuf>) -> anyhow::Result<ExitCode> {
             for (name, provider) in &cfg.providers {
                 if let Some(line) = login_line(provider) {
                     outln!("  provider {name}: {line}")?;
+                }
+                if let Some(url) = &provider.endpoint.device_authorization_url {
+                    outln!("  provider {name}: device authorization at {url}")?;
                 }
             }
             for (name, declared) in &cfg.declared {

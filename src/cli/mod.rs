@@ -44,6 +44,7 @@ macro_rules! errln {
 }
 
 mod commands;
+mod device;
 mod login;
 
 use commands::{
@@ -331,11 +332,14 @@ fn run(socket: Option<PathBuf>, command: Command) -> anyhow::Result<ExitCode> {
             let body = exchange_body(provider, code, redirect_uri, code_verifier)?;
             exchange(&client(), &name, &body)
         }
-        Command::Login { device: true, .. } => {
-            anyhow::bail!(
-                "tokend login --device: the device authorization grant is not part of this build"
-            )
-        }
+        Command::Login {
+            name,
+            provider,
+            device: true,
+            timeout,
+            no_wait,
+            ..
+        } => device::run(&client(), &name, provider, timeout, no_wait),
         Command::Login {
             name,
             provider,
@@ -418,7 +422,7 @@ mod tests {
         for cmd in std::iter::once(&top).chain(top.get_subcommands()) {
             for arg in cmd.get_arguments() {
                 // A duration never begins with '-'.
-                let duration = arg.get_id() == "timeout";
+                let duration = cmd.get_name() == "login" && arg.get_id() == "timeout";
                 if arg.get_action().takes_values() && !duration {
                     assert!(
                         arg.is_allow_hyphen_values_set(),

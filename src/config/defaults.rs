@@ -67,6 +67,11 @@ pub(crate) fn client_credentials() -> RequestTemplate {
     RequestTemplate::standard_client_credentials()
 }
 
+/// `[providers.NAME.device]`.
+pub(crate) fn device() -> RequestTemplate {
+    RequestTemplate::standard_device()
+}
+
 /// `encoding` of a request table that names none.
 pub(crate) const ENCODING: Encoding = Encoding::Form;
 

@@ -19,6 +19,7 @@ use crate::token::{ResponseFields, Secret};
 /// client-auth method, checked against what the method needs.
 pub(super) struct Client {
     pub(super) token_url: Option<Url>,
+    pub(super) device_authorization_url: Option<Url>,
     pub(super) client_secret: Option<Secret>,
     pub(super) client_auth: ClientAuth,
 }
@@ -32,6 +33,15 @@ pub(super) fn client(c: &mut Collector<'_>, s: &Scope, raw: &RawProvider) -> Cli
             None
         }
     };
+    let device_authorization_url = raw.device_authorization_url.as_deref().and_then(|url| {
+        check_url(
+            c,
+            s,
+            "device_authorization_url",
+            url,
+            raw.allow_insecure_http,
+        )
+    });
     let client_secret = secrets::client_secret(c, s, raw);
     let client_auth = match raw.client_auth.as_deref() {
         None => defaults::CLIENT_AUTH,
@@ -47,6 +57,7 @@ pub(super) fn client(c: &mut Collector<'_>, s: &Scope, raw: &RawProvider) -> Cli
     check_auth_inputs(c, s, client_auth, &raw.client_id, &client_secret);
     Client {
         token_url,
+        device_authorization_url,
         client_secret,
         client_auth,
     }

@@ -56,6 +56,7 @@ pub(super) struct RawProvider {
     pub(super) redirect_host: Option<String>,
     pub(super) redirect_port: Option<u16>,
     pub(super) redirect_path: Option<String>,
+    pub(super) device_authorization_url: Option<String>,
     pub(super) client_id: Option<String>,
     pub(super) client_secret: Option<String>,
     pub(super) client_secret_file: Option<PathBuf>,
@@ -76,16 +77,17 @@ pub(super) struct RawProvider {
 }
 
 /// The sub-tables of `[providers.NAME]`.
-pub(super) const PROVIDER_TABLES: [&str; 5] = [
+pub(super) const PROVIDER_TABLES: [&str; 6] = [
     "refresh",
     "exchange",
     "client_credentials",
-    "response",
+    "device",
     "authorize",
+    "response",
 ];
 
-/// `[providers.NAME.refresh]`, `[providers.NAME.exchange]` and
-/// `[providers.NAME.client_credentials]`.
+/// `[providers.NAME.refresh]`, `[providers.NAME.exchange]`,
+/// `[providers.NAME.client_credentials]` and `[providers.NAME.device]`.
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawRequest {

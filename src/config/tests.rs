@@ -458,3 +458,53 @@ fn declared_credentials_are_checked_at_their_lines() {
     assert_eq!(got[0].1, "credentials.svc.provider", "{got:?}");
     assert!(got[0].2.contains("no provider `nope`"), "{got:?}");
 }
+
+#[test]
+fn device_authorization_url_is_https_and_its_template_sends_the_device_code() {
+    let provider = |url: &str, rest: &str| {
+        format!(
+            "[providers.tv]\ntoken_url = \"https://idp.example/token\"\nclient_id = \"tv\"\nclient_auth = \"none\"\ndevice_authorization_url = \"{url}\"\n{rest}"
+        )
+    };
+    let cfg = parse_config(&provider("https://idp.example/device", "")).unwrap();
+    let e = &cfg.providers["tv"].endpoint;
+    assert_eq!(
+        e.device_authorization_url.as_ref().map(url::Url::as_str),
+        Some("https://idp.example/device")
+    );
+    assert_eq!(e.device, RequestTemplate::standard_device());
+    assert!(parse_config(&provider("https://idp.example/token", ""))
+        .unwrap()
+        .providers["tv"]
+        .endpoint
+        .device_authorization_url
+        .is_some());
+    let p = problems(&provider("http://idp.example/device", ""));
+    assert_eq!(p.len(), 1, "{p:?}");
+    assert!(p[0].key.ends_with("device_authorization_url"), "{p:?}");
+    assert!(p[0].message.contains("plain http"), "{p:?}");
+    assert!(parse_config(&provider(
+        "http://idp.example/device",
+        "allow_insecure_http = true\n"
+    ))
+    .is_ok());
+    let p = problems(&provider("not a url", ""));
+    assert!(p[0].message.contains("is not a URL"), "{p:?}");
+    let p = problems(&provider(
+        "https://idp.example/device",
+        "[providers.tv.device]\nfields = { code = \"{code}\" }\n",
+    ));
+    assert!(
+        p.iter()
+            .any(|p| p.message.contains("no field or header sends {device_code}")),
+        "{p:?}"
+    );
+    let cfg = parse_config(
+        "[providers.tv]\ntoken_url = \"https://idp.example/token\"\nclient_auth = \"none\"\n",
+    )
+    .unwrap();
+    assert!(cfg.providers["tv"]
+        .endpoint
+        .device_authorization_url
+        .is_none());
+}

@@ -120,6 +120,7 @@ fn provider_tables(
             "exchange" => sub.exchange = Some(c.table(&path, line, table)),
             "client_credentials" => sub.client_credentials = Some(c.table(&path, line, table)),
             "authorize" => sub.authorize = Some(c.table(&path, line, table)),
+            "device" => sub.device = Some(c.table(&path, line, table)),
             _ => sub.response = Some(c.table(&path, line, table)),
         }
     }
@@ -132,6 +133,7 @@ struct Subtables {
     refresh: Option<(RawRequest, Scope)>,
     exchange: Option<(RawRequest, Scope)>,
     client_credentials: Option<(RawRequest, Scope)>,
+    device: Option<(RawRequest, Scope)>,
     response: Option<(RawResponse, Scope)>,
     authorize: Option<(toml::Table, Scope)>,
 }
@@ -301,6 +303,14 @@ fn validate_provider(
     check_name(c, s, name);
     let client = endpoint::client(c, s, &raw);
     let (refresh, exchange, client_credentials) = request_templates(c, s, &mut sub);
+    let device = endpoint::request_template(
+        c,
+        s,
+        "device",
+        sub.device.take(),
+        defaults::device(),
+        Some("device_code"),
+    );
     let response = endpoint::response_fields(sub.response);
     let (authorization_url, login) = endpoint::login(c, s, &raw, sub.authorize.take());
     let durations = provider_durations(c, s, &raw, defaults);
@@ -316,6 +326,7 @@ fn validate_provider(
         token_url: client.token_url?,
         authorization_url,
         login,
+        device_authorization_url: client.device_authorization_url,
         client_id: raw.client_id,
         client_secret: client.client_secret,
         client_auth: client.client_auth,
@@ -323,6 +334,7 @@ fn validate_provider(
         refresh,
         exchange,
         client_credentials,
+        device,
         response,
         reauth_errors: raw
             .reauth_errors

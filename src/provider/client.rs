@@ -7,7 +7,10 @@ use std::time::Duration;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_TYPE};
 use serde_json::Value;
 
-use super::request::{prepare, Endpoint, PreparedRequest, TokenGrant};
+use super::device::{parse_device_authorization, DeviceAuthorization};
+use super::request::{
+    prepare, prepare_device_authorization, Endpoint, PreparedRequest, TokenGrant,
+};
 use super::{classify, Failure, FailureKind};
 use crate::token::{parse_token_response, scrub, Secret, TokenSet};
 
@@ -60,7 +63,7 @@ impl ProviderClient {
         let mut secrets = grant.secrets();
         secrets.extend(e.client_secret.as_ref().map(Secret::expose));
         let secrets = Secrets(secrets);
-        let answer = self.send(e, prepared, &secrets).await?;
+        let answer = self.send(e, &e.token_url, prepared, &secrets).await?;
         let error_body = serde_json::from_slice::<Value>(&answer.body)
             .ok()
             .filter(|v| v.get("error").is_some());
@@ -76,11 +79,54 @@ impl ProviderClient {
         }
     }
 
-    /// Sends the request and reads the answer whole, up to the endpoint's
-    /// size cap.
+    /// Asks the device authorization endpoint for a device and a user code
+    /// (RFC 8628 §3.1). A provider without one is a configuration problem.
+    pub(crate) async fn device_authorization(
+        &self,
+        e: &Endpoint,
+    ) -> Result<DeviceAuthorization, Failure> {
+        let secrets = Secrets(e.client_secret.iter().map(Secret::expose).collect());
+        let Some(url) = &e.device_authorization_url else {
+            return Err(Failure {
+                kind: FailureKind::Misconfigured,
+                ..secrets.transient(
+                    format!(
+                        "provider `{}` has no device_authorization_url; set it in [providers.{}]",
+                        e.name, e.name
+                    ),
+                    false,
+                )
+            });
+        };
+        let answer = self
+            .send(e, url, prepare_device_authorization(e), &secrets)
+            .await?;
+        let error_body = serde_json::from_slice::<Value>(&answer.body)
+            .ok()
+            .filter(|v| v.get("error").is_some());
+        match error_body {
+            None if answer.status == 200 => {
+                parse_device_authorization(&answer.body).map_err(|m| Failure {
+                    status: Some(answer.status),
+                    ..secrets.transient(m, false)
+                })
+            }
+            _ => {
+                let mut f = refusal(e, &answer, error_body.as_ref(), &secrets);
+                f.message =
+                    f.message
+                        .replacen("token endpoint", "device authorization endpoint", 1);
+                Err(f)
+            }
+        }
+    }
+
+    /// Sends the request to `url` and reads the answer whole, up to the
+    /// endpoint's size cap.
     async fn send(
         &self,
         e: &Endpoint,
+        url: &url::Url,
         prepared: PreparedRequest,
         secrets: &Secrets<'_>,
     ) -> Result<Answer, Failure> {
@@ -90,7 +136,7 @@ impl ProviderClient {
         })?;
         let sent = self
             .http
-            .post(e.token_url.clone())
+            .post(url.clone())
             .headers(headers)
             .body(prepared.body)
             .timeout(e.request_timeout)
@@ -98,7 +144,7 @@ impl ProviderClient {
             .await;
         let mut response = sent.map_err(|err| {
             let unknown = !err.is_connect();
-            secrets.transient(describe_reqwest(&err, e), unknown)
+            secrets.transient(describe_reqwest(&err, e, url), unknown)
         })?;
         let status = response.status().as_u16();
         let retry_after = retry_after(&response, e);
@@ -198,7 +244,7 @@ fn header_map(prepared: &PreparedRequest) -> Result<HeaderMap, String> {
     Ok(map)
 }
 
-fn describe_reqwest(err: &reqwest::Error, e: &Endpoint) -> String {
+fn describe_reqwest(err: &reqwest::Error, e: &Endpoint, url: &url::Url) -> String {
     let what = if err.is_timeout() {
         format!("no answer within {:?}", e.request_timeout)
     } else if err.is_connect() {
@@ -214,9 +260,9 @@ fn describe_reqwest(err: &reqwest::Error, e: &Endpoint) -> String {
         source = s.source();
     }
     if cause.is_empty() {
-        format!("{what} to {}", e.token_url)
+        format!("{what} to {url}")
     } else {
-        format!("{what} to {}: {cause}", e.token_url)
+        format!("{what} to {url}: {cause}")
     }
 }
 

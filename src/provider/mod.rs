@@ -12,12 +12,14 @@
 //! - `client`: the HTTP exchange and reading the answer.
 //! - `authorize`: the authorization request of `tokend login` (its
 //!   loopback redirect, extra parameters and URL).
+//! - `device`: the device authorization response (RFC 8628), read strictly.
 
 use std::time::Duration;
 
 mod auth;
 mod authorize;
 mod client;
+mod device;
 mod request;
 mod template;
 

@@ -38,6 +38,9 @@ pub struct Endpoint {
     pub(crate) authorization_url: Option<Url>,
     /// `tokend login`'s redirect and extra authorization parameters.
     pub(crate) login: Login,
+    /// The device authorization endpoint (RFC 8628 §3.1), if the provider
+    /// offers the device grant.
+    pub(crate) device_authorization_url: Option<Url>,
     /// OAuth client id, if the provider uses one.
     pub(crate) client_id: Option<String>,
     /// OAuth client secret (password), resolved from wherever it was given.
@@ -52,6 +55,8 @@ pub struct Endpoint {
     pub(crate) exchange: RequestTemplate,
     /// The client-credentials request.
     pub(crate) client_credentials: RequestTemplate,
+    /// The device-code token request (RFC 8628 §3.4).
+    pub(crate) device: RequestTemplate,
     /// Names of the response fields.
     pub(crate) response: ResponseFields,
     /// OAuth `error` codes meaning the grant is dead and a human must log in again.
@@ -87,6 +92,11 @@ pub enum TokenGrant {
         /// template's own, as given.
         params: Vec<(String, String)>,
     },
+    /// `grant_type=urn:ietf:params:oauth:grant-type:device_code` (RFC 8628 §3.4).
+    DeviceCode {
+        /// The device code of the device authorization response.
+        device_code: Secret,
+    },
 }
 
 impl TokenGrant {
@@ -96,6 +106,7 @@ impl TokenGrant {
             TokenGrant::Refresh { .. } => &e.refresh,
             TokenGrant::Exchange { .. } => &e.exchange,
             TokenGrant::ClientCredentials { .. } => &e.client_credentials,
+            TokenGrant::DeviceCode { .. } => &e.device,
         }
     }
 
@@ -103,7 +114,9 @@ impl TokenGrant {
     fn scope(&self) -> Option<&str> {
         match self {
             TokenGrant::ClientCredentials { scope, .. } => scope.as_deref(),
-            TokenGrant::Refresh { .. } | TokenGrant::Exchange { .. } => None,
+            TokenGrant::Refresh { .. }
+            | TokenGrant::Exchange { .. }
+            | TokenGrant::DeviceCode { .. } => None,
         }
     }
 
@@ -111,7 +124,9 @@ impl TokenGrant {
     fn params(&self) -> &[(String, String)] {
         match self {
             TokenGrant::ClientCredentials { params, .. } => params,
-            TokenGrant::Refresh { .. } | TokenGrant::Exchange { .. } => &[],
+            TokenGrant::Refresh { .. }
+            | TokenGrant::Exchange { .. }
+            | TokenGrant::DeviceCode { .. } => &[],
         }
     }
 
@@ -127,6 +142,9 @@ impl TokenGrant {
             }
             ("code_verifier", TokenGrant::Exchange { code_verifier, .. }) => {
                 code_verifier.as_ref().map(|v| v.expose().to_string())
+            }
+            ("device_code", TokenGrant::DeviceCode { device_code }) => {
+                Some(device_code.expose().to_string())
             }
             _ => None,
         }
@@ -145,6 +163,7 @@ impl TokenGrant {
                 v.extend(code_verifier.as_ref().map(Secret::expose));
                 v
             }
+            TokenGrant::DeviceCode { device_code } => vec![device_code.expose()],
             // The client secret is the endpoint's, scrubbed with it.
             TokenGrant::ClientCredentials { .. } => Vec::new(),
         }
@@ -184,16 +203,27 @@ impl fmt::Debug for PreparedRequest {
 
 /// Builds the request for `grant` from the endpoint's description.
 pub fn prepare(e: &Endpoint, grant: &TokenGrant) -> PreparedRequest {
-    let template = grant.template(e);
+    build(e, grant.template(e), Some(grant))
+}
+
+/// Builds the device authorization request (RFC 8628 §3.1): the provider's
+/// scope and the client's authentication, as for a token request.
+pub(crate) fn prepare_device_authorization(e: &Endpoint) -> PreparedRequest {
+    build(e, &RequestTemplate::device_authorization(), None)
+}
+
+/// Renders `template` with the endpoint's values and `grant`'s own, then
+/// adds the client's authentication.
+fn build(e: &Endpoint, template: &RequestTemplate, grant: Option<&TokenGrant>) -> PreparedRequest {
     let lookup = |key: &str| -> Option<String> {
         match key {
             "client_id" => e.client_id.clone(),
             "client_secret" => e.client_secret.as_ref().map(|s| s.expose().to_string()),
             "scope" => grant
-                .scope()
+                .and_then(TokenGrant::scope)
                 .map(str::to_string)
                 .or_else(|| e.scope.clone()),
-            _ => grant.value(key),
+            _ => grant.and_then(|g| g.value(key)),
         }
     };
     let rendered = |items: &[(String, String)]| -> Vec<(String, String)> {
@@ -206,7 +236,9 @@ pub fn prepare(e: &Endpoint, grant: &TokenGrant) -> PreparedRequest {
         headers: rendered(&template.headers),
         fields: rendered(&template.fields),
     };
-    parts.fields.extend(grant.params().iter().cloned());
+    parts
+        .fields
+        .extend(grant.map_or(&[][..], TokenGrant::params).iter().cloned());
     e.client_auth.apply(
         e.client_id.as_deref(),
         e.client_secret.as_ref().map(Secret::expose),
@@ -380,6 +412,42 @@ pub(crate) mod tests {
         assert_eq!(
             r.body,
             "grant_type=refresh_token&refresh_token=rt&scope=a+b&client_id=pub"
+        );
+    }
+
+    #[test]
+    fn device_code_grant_and_device_authorization_request() {
+        let grant = TokenGrant::DeviceCode {
+            device_code: Secret::new("GmRh/mhc+x"),
+        };
+        let public = endpoint(
+            "[providers.tv]\ntoken_url = \"https://a.example/t\"\nclient_id = \"tv app\"\nclient_auth = \"none\"\nscope = \"openid offline_access\"\n",
+        );
+        let r = prepare(&public, &grant);
+        assert_eq!(
+            r.body,
+            "grant_type=urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Adevice_code&device_code=GmRh%2Fmhc%2Bx&client_id=tv+app"
+        );
+        assert_eq!(header(&r, "authorization"), None);
+        assert_eq!(grant.secrets(), ["GmRh/mhc+x"]);
+        let r = prepare_device_authorization(&public);
+        assert_eq!(r.content_type, "application/x-www-form-urlencoded");
+        assert_eq!(r.body, "scope=openid+offline_access&client_id=tv+app");
+        let confidential = cc_endpoint("basic");
+        let r = prepare(&confidential, &grant);
+        assert_eq!(
+            r.body,
+            "grant_type=urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Adevice_code&device_code=GmRh%2Fmhc%2Bx"
+        );
+        let basic = format!("Basic {}", B64.encode("a b:x:y"));
+        assert_eq!(header(&r, "authorization"), Some(basic.as_str()));
+        let r = prepare_device_authorization(&confidential);
+        assert_eq!(r.body, "scope=provider-scope");
+        assert_eq!(header(&r, "authorization"), Some(basic.as_str()));
+        let body = prepare_device_authorization(&cc_endpoint("body")).body;
+        assert_eq!(
+            body,
+            "scope=provider-scope&client_id=a+b&client_secret=x%3Ay"
         );
     }
 

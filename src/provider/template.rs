@@ -53,7 +53,7 @@ pub(crate) fn one_of(names: &[&str]) -> String {
 }
 
 /// The values a template may name as `{name}`.
-pub(crate) const PLACEHOLDERS: [&str; 7] = [
+pub(crate) const PLACEHOLDERS: [&str; 8] = [
     "refresh_token",
     "client_id",
     "client_secret",
@@ -61,6 +61,7 @@ pub(crate) const PLACEHOLDERS: [&str; 7] = [
     "code",
     "redirect_uri",
     "code_verifier",
+    "device_code",
 ];
 
 /// A request description: encoding, body fields and extra headers, each value
@@ -111,6 +112,29 @@ impl RequestTemplate {
         RequestTemplate {
             encoding: Encoding::Form,
             fields: pairs(&[("grant_type", "client_credentials"), ("scope", "{scope}")]),
+            headers: Vec::new(),
+        }
+    }
+
+    /// The standard device-code token request (RFC 8628 §3.4).
+    pub(crate) fn standard_device() -> Self {
+        RequestTemplate {
+            encoding: Encoding::Form,
+            fields: pairs(&[
+                ("grant_type", "urn:ietf:params:oauth:grant-type:device_code"),
+                ("device_code", "{device_code}"),
+            ]),
+            headers: Vec::new(),
+        }
+    }
+
+    /// The device authorization request (RFC 8628 §3.1): the scope, if
+    /// configured; the client's authentication is added as for a token
+    /// request.
+    pub(crate) fn device_authorization() -> Self {
+        RequestTemplate {
+            encoding: Encoding::Form,
+            fields: pairs(&[("scope", "{scope}")]),
             headers: Vec::new(),
         }
     }

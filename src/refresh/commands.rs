@@ -1,10 +1,11 @@
 //! What the refresher does for its handle's requests: serve or refresh a
-//! token ([`Refresher::ensure`]), add, replace and remove credentials, and
-//! exchange authorization codes.
+//! token ([`Refresher::ensure`]), add, replace and remove credentials,
+//! exchange authorization codes and start device logins.
 
 use std::sync::Arc;
 
 use super::admission::Waiting;
+use super::device::{DeviceLoginRequest, DeviceTask, LoginState, LoginView};
 use super::job::JobKind;
 use super::read_plan::{read_plan, ReadCase, ReadPlan};
 use super::request::Reply;
@@ -225,15 +226,65 @@ impl Refresher {
         name: &str,
         cred: Credential,
     ) -> Result<Arc<View>, RefreshError> {
-        if cred.refresh_token.is_none() {
-            event!(warn, Kind::NoRefreshToken, tokend_credential = %name, tokend_provider = %cred.provider,
-                "the provider issued no refresh token (was offline access requested?); the access token is served until it expires, then the credential needs re-authorization");
-        }
+        warn_if_no_refresh_token(name, &cred);
         let id = self.replace(cred).await?;
         event!(info, Kind::CredentialExchanged, tokend_credential = %name, "authorization code exchanged");
         self.slots
             .view(id)
             .ok_or_else(|| RefreshError::NotFound(name.to_string()))
+    }
+
+    /// Starts a device login as a task of its own, which answers `reply`
+    /// once the provider gave its codes and then polls; the owner only
+    /// stores what it produces ([`Refresher::store_device_login`]).
+    pub(super) fn device_login(&mut self, req: DeviceLoginRequest, reply: Reply<LoginView>) {
+        let Some(provider) = self.config.providers.get(&req.provider).cloned() else {
+            let _ = reply.send(Err(RefreshError::UnknownProvider(req.provider)));
+            return;
+        };
+        if provider.endpoint.device_authorization_url.is_none() {
+            let _ = reply.send(Err(RefreshError::NoDeviceEndpoint(req.provider)));
+            return;
+        }
+        let task = DeviceTask {
+            client: self.client.clone(),
+            provider,
+            name: req.name,
+            logins: Arc::clone(&self.logins),
+            cancel: self.cancel.child_token(),
+            reports: self.reports_tx.clone(),
+        };
+        match task.reserve() {
+            Ok(id) => {
+                self.tasks.spawn(task.run(id, reply));
+            }
+            Err(e) => {
+                let _ = reply.send(Err(e));
+            }
+        }
+    }
+
+    /// Stores the credential of an approved device login, unless the login
+    /// was replaced or cancelled while its last poll was answered.
+    pub(super) async fn store_device_login(&mut self, name: &str, login: u64, cred: Credential) {
+        if !self.logins.is_pending(name, login) {
+            tracing::info!(tokend_credential = %name, "a replaced or cancelled device login was approved; its tokens are dropped");
+            return;
+        }
+        warn_if_no_refresh_token(name, &cred);
+        let state = match self.replace(cred).await {
+            Ok(_) => {
+                event!(info, Kind::CredentialExchanged, tokend_credential = %name, "device login approved; credential stored");
+                LoginState::Succeeded
+            }
+            Err(e) => {
+                tracing::error!(tokend_credential = %name, tokend_error = %e, "device login approved, but the credential could not be stored");
+                LoginState::Failed(format!(
+                    "approved, but the credential could not be stored: {e}"
+                ))
+            }
+        };
+        self.logins.finish(name, login, state);
     }
 
     /// Deletes a credential; its waiters hear it is gone.
@@ -250,6 +301,14 @@ impl Refresher {
         self.schedule.set(id, None);
         event!(info, Kind::CredentialRemoved, tokend_credential = %name, "credential removed");
         Ok(())
+    }
+}
+
+/// Warns that a new credential came without a refresh token.
+fn warn_if_no_refresh_token(name: &str, cred: &Credential) {
+    if cred.refresh_token.is_none() {
+        event!(warn, Kind::NoRefreshToken, tokend_credential = %name, tokend_provider = %cred.provider,
+            "the provider issued no refresh token (was offline access requested?); the access token is served until it expires, then the credential needs re-authorization");
     }
 }
 

@@ -69,6 +69,21 @@ pub(crate) enum RefreshError {
     /// The authorization-code exchange was refused or failed.
     #[error("authorization code exchange failed: {0}")]
     ExchangeFailed(Failure),
+    /// The device authorization request was refused or failed.
+    #[error("device authorization failed: {0}")]
+    DeviceFailed(Failure),
+    /// The provider has no device authorization endpoint.
+    #[error("provider `{0}` has no device_authorization_url; set it in [providers.{0}] to the provider's device authorization endpoint")]
+    NoDeviceEndpoint(String),
+    /// As many device logins as the daemon holds are pending.
+    #[error("{max} device logins are pending already; cancel one (`DELETE /v1/logins/NAME`) or wait for one to finish", max = super::device::MAX_LOGINS)]
+    TooManyLogins,
+    /// No device login of that name.
+    #[error("no device login for `{0}`; see `GET /v1/logins`")]
+    LoginNotFound(String),
+    /// The login was replaced by a newer one, or cancelled, while it started.
+    #[error("the device login for `{0}` was replaced or cancelled while it started")]
+    LoginReplaced(String),
     /// The database failed.
     #[error(transparent)]
     Store(#[from] StoreError),

@@ -27,6 +27,7 @@ pub(crate) struct RefresherHandle {
     pub(super) tx: mpsc::Sender<Command>,
     pub(super) published: Arc<DashMap<Arc<str>, Arc<View>>>,
     pub(super) settings: Arc<LiveSettings>,
+    pub(super) logins: Arc<super::Logins>,
 }
 
 /// The configuration handles read directly, kept current by the owner on
@@ -176,6 +177,20 @@ impl RefresherHandle {
     /// Creates a credential from an authorization code.
     pub(crate) async fn exchange(&self, req: ExchangeRequest) -> Result<Arc<View>, RefreshError> {
         self.ask(|reply| Command::Exchange { req, reply }).await
+    }
+
+    /// Starts a device login and answers with the codes to show the user;
+    /// the daemon then polls on its own.
+    pub(crate) async fn device_login(
+        &self,
+        req: super::DeviceLoginRequest,
+    ) -> Result<super::LoginView, RefreshError> {
+        self.ask(|reply| Command::DeviceLogin { req, reply }).await
+    }
+
+    /// The device logins, pending or recently finished.
+    pub(crate) fn logins(&self) -> &super::Logins {
+        &self.logins
     }
 
     /// Applies a new, already validated configuration: changed providers take

@@ -25,6 +25,7 @@
 
 mod admission;
 mod commands;
+mod device;
 mod error;
 mod handle;
 mod job;
@@ -51,6 +52,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+pub(crate) use device::{DeviceLoginRequest, LoginState, LoginView, Logins};
 pub(crate) use error::RefreshError;
 pub(crate) use handle::RefresherHandle;
 pub(crate) use request::{ExchangeRequest, NewCredential};
@@ -89,6 +91,12 @@ enum Report {
         result: Result<Credential, Failure>,
         reply: Reply<Arc<View>>,
         ticket: Ticket,
+    },
+    /// A device login was approved; the owner stores its credential.
+    DeviceGranted {
+        name: String,
+        login: u64,
+        cred: Credential,
     },
 }
 
@@ -138,6 +146,8 @@ pub(crate) struct Refresher {
     slots: Slots,
     schedule: Schedule,
     admission: Admission<ExchangeStart>,
+    /// Device logins, shared with the handle and the logins' tasks.
+    logins: Arc<Logins>,
     interner: Interner,
     /// Shared by every credential nobody but administrators may read.
     no_readers: Arc<[Grant]>,
@@ -179,7 +189,9 @@ impl Refresher {
         let (reports_tx, reports) = mpsc::unbounded_channel();
         let published = Arc::new(DashMap::new());
         let settings = Arc::new(LiveSettings::new(&config));
+        let logins = Arc::new(Logins::default());
         let mut r = Refresher {
+            logins: Arc::clone(&logins),
             settings: Arc::clone(&settings),
             admission: Admission::new(Caps::of(&config)),
             config,
@@ -208,6 +220,7 @@ impl Refresher {
             tx,
             published,
             settings,
+            logins,
         };
         Ok((r, handle))
     }
@@ -325,6 +338,7 @@ impl Refresher {
                 Err(e) => reply.send(Err(e)).unwrap_or(()),
             },
             Command::Exchange { req, reply } => self.exchange(req, reply),
+            Command::DeviceLogin { req, reply } => self.device_login(req, reply),
             Command::Remove { name, reply } => {
                 let _ = reply.send(self.remove(&name).await);
             }
@@ -351,6 +365,9 @@ impl Refresher {
                 };
                 let _ = reply.send(outcome);
             }
+            Report::DeviceGranted { name, login, cred } => {
+                self.store_device_login(&name, login, cred).await
+            }
             Report::Job {
                 slot,
                 generation,
@@ -366,6 +383,7 @@ impl Refresher {
     }
 
     async fn shutdown(mut self) {
+        self.logins.cancel_all();
         for waiting in self.admission.drain_on_demand() {
             if let Waiting::Exchange(x) = waiting {
                 let _ = x.reply.send(Err(RefreshError::ShuttingDown));

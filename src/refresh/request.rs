@@ -69,6 +69,11 @@ pub(crate) enum Command {
         req: ExchangeRequest,
         reply: Reply<Arc<View>>,
     },
+    /// Start a device login; answered once the provider gave its codes.
+    DeviceLogin {
+        req: super::DeviceLoginRequest,
+        reply: Reply<super::LoginView>,
+    },
     /// Delete a credential.
     Remove { name: String, reply: Reply<()> },
     /// Apply a new, validated configuration.

@@ -2,9 +2,11 @@
 //! conversions live here, not in `api`, so the protocol types know nothing
 //! of the daemon. Times go from milliseconds to the API's seconds.
 
-use crate::api::{CredentialState, CredentialStatus, GrantType, LifetimeSource, TokenResponse};
+use crate::api::{
+    CredentialState, CredentialStatus, GrantType, LifetimeSource, LoginStatus, TokenResponse,
+};
 use crate::credential::{GrantKind, State};
-use crate::refresh::View;
+use crate::refresh::{LoginState, LoginView, View};
 use crate::token::{self, now_ms};
 
 /// The state shown to users: a pause overrides the stored state, a dead
@@ -23,6 +25,29 @@ fn lifetime_source(source: token::LifetimeSource) -> LifetimeSource {
         token::LifetimeSource::ExpiresIn => LifetimeSource::ExpiresIn,
         token::LifetimeSource::JwtExp => LifetimeSource::JwtExp,
         token::LifetimeSource::Default => LifetimeSource::Default,
+    }
+}
+
+/// The wire form of a device login.
+pub(crate) fn login_status(login: &LoginView) -> LoginStatus {
+    let (state, reason) = match &login.state {
+        LoginState::Pending => (crate::api::LoginState::Pending, None),
+        LoginState::Succeeded => (crate::api::LoginState::Succeeded, None),
+        LoginState::Failed(reason) => (crate::api::LoginState::Failed, Some(reason.clone())),
+    };
+    LoginStatus {
+        name: login.name.clone(),
+        provider: login.provider.clone(),
+        state,
+        user_code: login.user_code.clone(),
+        verification_uri: login.verification_uri.clone(),
+        verification_uri_complete: login.verification_uri_complete.clone(),
+        expires_at: login.expires_at / 1000,
+        expires_in: login.expires_at.saturating_sub(now_ms()) / 1000,
+        interval: login.interval.as_secs(),
+        reason,
+        started_at: login.started_at / 1000,
+        finished_at: login.finished_at.map(|t| t / 1000),
     }
 }
 

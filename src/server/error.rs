@@ -71,7 +71,14 @@ impl From<RefreshError> for ApiError {
             RefreshError::UnauthenticatedClient(_) => {
                 (StatusCode::BAD_REQUEST, ErrorKind::BadRequest)
             }
-            RefreshError::ExchangeFailed(_) => (StatusCode::BAD_GATEWAY, ErrorKind::ExchangeFailed),
+            RefreshError::ExchangeFailed(_) | RefreshError::DeviceFailed(_) => {
+                (StatusCode::BAD_GATEWAY, ErrorKind::ExchangeFailed)
+            }
+            RefreshError::NoDeviceEndpoint(_) => (StatusCode::BAD_REQUEST, ErrorKind::BadRequest),
+            RefreshError::LoginNotFound(_) => (StatusCode::NOT_FOUND, ErrorKind::NotFound),
+            RefreshError::TooManyLogins | RefreshError::LoginReplaced(_) => {
+                (StatusCode::SERVICE_UNAVAILABLE, ErrorKind::Unavailable)
+            }
             RefreshError::Store(_) => (StatusCode::INTERNAL_SERVER_ERROR, ErrorKind::Internal),
             RefreshError::ShuttingDown => {
                 (StatusCode::SERVICE_UNAVAILABLE, ErrorKind::ShuttingDown)

@@ -20,20 +20,22 @@ use axum::routing::{delete, get, post, put, MethodRouter};
 use axum::{Json, Router};
 use serde::de::DeserializeOwned;
 
-use super::convert::{credential_status, token_response};
+use super::convert::{credential_status, login_status, token_response};
 use super::error::{json_errors, ApiError, ApiResult};
 use super::{MAX_BODY_BYTES, MAX_EXPIRES_IN_SECS, REQUEST_TIMEOUT};
 use crate::access::Peer;
 use crate::api::{
     AuthorizeQuery, AuthorizeUrl, CredentialStatus, ErrorKind, ExchangeCode, GrantType, Health,
-    HealthStatus, LoginSettings, PutCredential, TokenQuery,
+    HealthStatus, LoginSettings, LoginStatus, PutCredential, StartDeviceLogin, TokenQuery,
 };
 use crate::config::ProviderConfig;
 use crate::credential::CredentialGrant;
 use crate::event;
 use crate::events::Kind;
 use crate::provider::{authorization_url, AuthorizationRequest, AuthorizeError, RESERVED_PARAMS};
-use crate::refresh::{ExchangeRequest, NewCredential, RefreshError, RefresherHandle};
+use crate::refresh::{
+    DeviceLoginRequest, ExchangeRequest, NewCredential, RefreshError, RefresherHandle,
+};
 use crate::token::Secret;
 
 /// The caller, attached to every request by `serve`.
@@ -75,6 +77,16 @@ pub(crate) fn router(handle: RefresherHandle) -> Router {
         .route(
             "/v1/providers/{name}/authorize",
             admin("log in", get(authorize)),
+        )
+        .route(
+            "/v1/credentials/{name}/device",
+            admin("add credentials", post(start_device_login)),
+        )
+        .route("/v1/logins", admin("see device logins", get(list_logins)))
+        .route(
+            "/v1/logins/{name}",
+            admin("see device logins", get(get_login))
+                .merge(admin("cancel device logins", delete(cancel_login))),
         )
         .fallback(|| async {
             ApiError::new(
@@ -444,4 +456,53 @@ async fn authorize(
     let url = authorization_url(&provider.endpoint, &req)
         .map_err(|e| ApiError::bad_request(e.to_string()))?;
     Ok(Json(AuthorizeUrl { url: url.into() }))
+}
+
+/// Admin-only: behind [`require_admin`]. Answers once the provider gave
+/// the codes; the daemon then polls on its own.
+async fn start_device_login(
+    State(h): State<RefresherHandle>,
+    UrlPath(name): UrlPath<String>,
+    body: Bytes,
+) -> ApiResult<(StatusCode, Json<LoginStatus>)> {
+    check_name(&name)?;
+    let req: StartDeviceLogin = parse_body(&body)?;
+    let login = h
+        .device_login(DeviceLoginRequest {
+            name,
+            provider: req.provider,
+        })
+        .await?;
+    Ok((StatusCode::ACCEPTED, Json(login_status(&login))))
+}
+
+/// Admin-only: behind [`require_admin`].
+async fn list_logins(State(h): State<RefresherHandle>) -> Json<Vec<LoginStatus>> {
+    Json(h.logins().list().iter().map(login_status).collect())
+}
+
+/// Admin-only: behind [`require_admin`].
+async fn get_login(
+    State(h): State<RefresherHandle>,
+    UrlPath(name): UrlPath<String>,
+) -> ApiResult<Json<LoginStatus>> {
+    let login = h
+        .logins()
+        .get(&name)
+        .ok_or(RefreshError::LoginNotFound(name))?;
+    Ok(Json(login_status(&login)))
+}
+
+/// Admin-only: behind [`require_admin`]. The poller stops; a credential it
+/// already stored stays.
+async fn cancel_login(
+    State(h): State<RefresherHandle>,
+    UrlPath(name): UrlPath<String>,
+) -> ApiResult<StatusCode> {
+    if h.logins().cancel(&name) {
+        tracing::info!(tokend_credential = %name, "device login cancelled");
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(RefreshError::LoginNotFound(name).into())
+    }
 }

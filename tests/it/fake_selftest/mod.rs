@@ -5,6 +5,7 @@
 //! independently of tokend.
 
 mod behaviour;
+mod device;
 mod flavors;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

@@ -217,7 +217,8 @@ pub(super) async fn handle(inner: Arc<Inner>, req: Request<Incoming>) -> Outcome
     let path = parts.uri.path().to_string();
     let is_token = path == inner.cfg.flavor.token_path();
     let is_authorize = path == AUTHORIZE_PATH;
-    if !is_token && !is_authorize && !path.starts_with("/admin/") {
+    let is_device = path == DEVICE_PATH;
+    if !is_token && !is_authorize && !is_device && !path.starts_with("/admin/") {
         return Outcome::Respond(inner.unknown_path(&parts));
     }
     let fault = if is_token {
@@ -236,6 +237,9 @@ pub(super) async fn handle(inner: Arc<Inner>, req: Request<Incoming>) -> Outcome
     };
     if is_authorize {
         return Outcome::Respond(inner.authorize(&parts, body));
+    }
+    if is_device {
+        return Outcome::Respond(inner.device_authorization(&parts, body));
     }
     if !is_token {
         return Outcome::Respond(inner.admin(&parts, body));

@@ -87,6 +87,7 @@ use tokio::task::{JoinHandle, JoinSet};
 
 mod authorize;
 mod config;
+mod device;
 mod http;
 mod provider;
 mod state;
@@ -94,11 +95,14 @@ mod tokens;
 mod wire;
 
 pub use config::{ExpiresIn, FakeConfig, FamilyOnReuse, Fault};
+#[allow(unused_imports)] // only the integration tests drive the device grant
+pub use device::{DevicePoll, DeviceSettings};
 pub use provider::FakeProvider;
 pub use tokens::find_leaks;
 pub use wire::pkce_s256;
 
 use authorize::{AuthorizeState, AUTHORIZE_PATH};
+use device::*;
 use http::*;
 use state::*;
 use tokens::*;

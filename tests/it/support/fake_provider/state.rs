@@ -57,6 +57,7 @@ pub(super) struct State {
     pub(super) faults: VecDeque<Fault>,
     pub(super) sticky_fault: Option<Fault>,
     pub(super) authorize: AuthorizeState,
+    pub(super) device: DeviceState,
 }
 
 impl State {
@@ -89,6 +90,8 @@ pub(super) enum Grant {
         redirect_uri: String,
         verifier: Option<String>,
     },
+    /// A poll of the device grant (RFC 8628 §3.4).
+    DeviceCode(String),
 }
 
 /// A refusal: the HTTP answer plus, for wire-format problems, the line for
@@ -388,6 +391,7 @@ impl Inner {
                 redirect_uri,
                 verifier,
             } => self.exchange(&code, &redirect_uri, verifier.as_deref()),
+            Grant::DeviceCode(code) => self.device_token(&code),
         }
     }
 

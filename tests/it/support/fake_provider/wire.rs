@@ -54,6 +54,9 @@ impl Inner {
         }
         let body = body.map_err(Reject::invalid_request)?;
         let headers = &parts.headers;
+        if let Some(grant) = self.check_device_poll(headers, &body)? {
+            return Ok(grant);
+        }
         match self.cfg.flavor {
             Flavor::Partner => self.check_partner(headers, &body),
             Flavor::Didit => self.check_didit(headers, &body),
