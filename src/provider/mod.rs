@@ -8,17 +8,27 @@
 //! - `request`: the request model ([`Endpoint`], [`TokenGrant`]) and
 //!   [`prepare`], which renders it into headers and body.
 //! - `auth`: every client-auth method's name, needs and wire form.
+//! - `assertion`: signed client assertions (`private_key_jwt`,
+//!   `client_secret_jwt`): the key, the claims and the signing.
+//! - `rotation`: several client secrets, and which one worked last.
 //! - `template`: request templates, their placeholders and the renderer.
 //! - `client`: the HTTP exchange and reading the answer.
 
 use std::time::Duration;
 
+mod assertion;
 mod auth;
 mod client;
 mod request;
+mod rotation;
 mod template;
 
+pub use assertion::{AssertionError, AssertionStamp};
+pub(crate) use assertion::{
+    Alg, AssertionSettings, Audience, SigningKey, MIN_HMAC_SECRET_BYTES,
+};
 pub(crate) use auth::{ClientAuth, Needs};
+pub(crate) use rotation::SecretRotation;
 pub use client::ProviderClient;
 pub(crate) use request::RESERVED_PARAMS;
 pub use request::{prepare, Endpoint, PreparedRequest, TokenGrant};

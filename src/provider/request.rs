@@ -5,12 +5,15 @@
 //! of [`TokenGrant`] with its arms in the `impl` below.
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value;
 use url::Url;
 
-use super::auth::{ClientAuth, Parts};
+use super::assertion::{self, AssertionError, AssertionSettings, AssertionStamp};
+use super::auth::{ClientAuth, Parts, SignedAssertion};
+use super::rotation::SecretRotation;
 use super::template::{render, Encoding, RequestTemplate};
 use crate::token::{fingerprint, ResponseFields, Secret};
 
@@ -39,6 +42,12 @@ pub struct Endpoint {
     pub(crate) client_secret: Option<Secret>,
     /// How the client authenticates to the token endpoint.
     pub(crate) client_auth: ClientAuth,
+    /// How client assertions are signed (`private_key_jwt`,
+    /// `client_secret_jwt`); `None` for the other methods.
+    pub(crate) client_assertion: Option<AssertionSettings>,
+    /// Every client secret when several are given (the first is
+    /// `client_secret`), and which one worked last; shared by every clone.
+    pub(crate) secret_rotation: Option<Arc<SecretRotation>>,
     /// Scope to request on refresh, if any (`{scope}` in templates).
     pub(crate) scope: Option<String>,
     /// The refresh request.
@@ -157,6 +166,9 @@ pub struct PreparedRequest {
     pub content_type: &'static str,
     /// The encoded body.
     pub body: String,
+    /// The signed client assertion in the body, if any, to scrub from
+    /// whatever the provider answers.
+    pub(crate) client_assertion: Option<Secret>,
 }
 
 impl fmt::Debug for PreparedRequest {
@@ -177,13 +189,28 @@ impl fmt::Debug for PreparedRequest {
     }
 }
 
-/// Builds the request for `grant` from the endpoint's description.
-pub fn prepare(e: &Endpoint, grant: &TokenGrant) -> PreparedRequest {
+/// Builds the request for `grant` from the endpoint's description; a client
+/// assertion is signed at `stamp`.
+pub fn prepare(
+    e: &Endpoint,
+    grant: &TokenGrant,
+    stamp: &AssertionStamp,
+) -> Result<PreparedRequest, AssertionError> {
+    prepare_with_secret(e, grant, stamp, e.client_secret.as_ref())
+}
+
+/// [`prepare`] with one of the provider's client secrets (rotation).
+pub(crate) fn prepare_with_secret(
+    e: &Endpoint,
+    grant: &TokenGrant,
+    stamp: &AssertionStamp,
+    secret: Option<&Secret>,
+) -> Result<PreparedRequest, AssertionError> {
     let template = grant.template(e);
     let lookup = |key: &str| -> Option<String> {
         match key {
             "client_id" => e.client_id.clone(),
-            "client_secret" => e.client_secret.as_ref().map(|s| s.expose().to_string()),
+            "client_secret" => secret.map(|s| s.expose().to_string()),
             "scope" => grant
                 .scope()
                 .map(str::to_string)
@@ -202,17 +229,30 @@ pub fn prepare(e: &Endpoint, grant: &TokenGrant) -> PreparedRequest {
         fields: rendered(&template.fields),
     };
     parts.fields.extend(grant.params().iter().cloned());
+    let signed = match (&e.client_assertion, e.client_auth.signs()) {
+        (Some(settings), true) => Some((
+            assertion::sign(e, settings, secret.map(Secret::expose), stamp)?,
+            settings.send_client_id,
+        )),
+        (None, true) => return Err(AssertionError::NoKey),
+        (_, false) => None,
+    };
     e.client_auth.apply(
         e.client_id.as_deref(),
-        e.client_secret.as_ref().map(Secret::expose),
+        secret.map(Secret::expose),
+        signed.as_ref().map(|(jwt, with_client_id)| SignedAssertion {
+            jwt,
+            with_client_id: *with_client_id,
+        }),
         template,
         &mut parts,
     );
-    PreparedRequest {
+    Ok(PreparedRequest {
         headers: parts.headers,
         content_type: template.encoding.content_type(),
         body: encode(template.encoding, parts.fields),
-    }
+        client_assertion: signed.map(|(jwt, _)| Secret::new(jwt)),
+    })
 }
 
 /// The body of `fields` in `encoding`.
@@ -246,6 +286,11 @@ pub(crate) mod tests {
         p.endpoint.clone()
     }
 
+    /// The request `prepare` builds at a fixed stamp.
+    pub(crate) fn prep(e: &Endpoint, grant: &TokenGrant) -> PreparedRequest {
+        prepare(e, grant, &AssertionStamp::at(1_700_000_000, "jti-1")).unwrap()
+    }
+
     pub(crate) fn refresh(rt: &str) -> TokenGrant {
         TokenGrant::Refresh {
             refresh_token: Secret::new(rt),
@@ -264,9 +309,9 @@ pub(crate) mod tests {
         let p = endpoint(
             "[providers.d]\ntoken_url = \"https://d.example/t\"\nclient_id = \"id\"\nclient_secret = \"the-client-secret\"\nclient_auth = \"body\"\n",
         );
-        let r = prepare(&p, &refresh("the-refresh-token"));
+        let r = prep(&p, &refresh("the-refresh-token"));
         assert!(r.body.contains("the-refresh-token") && r.body.contains("the-client-secret"));
-        let basic = prepare(
+        let basic = prep(
             &endpoint("[providers.d]\ntoken_url = \"https://d.example/t\"\nclient_id = \"id\"\nclient_secret = \"s\"\n"),
             &refresh("rt"),
         );
@@ -293,7 +338,7 @@ pub(crate) mod tests {
         let p = endpoint(
             "[providers.d]\ntoken_url = \"https://apx.didit.me/auth/v2/token\"\nclient_id = \"id\"\nclient_secret = \"se:cret\"\n",
         );
-        let r = prepare(&p, &refresh("rt/1+"));
+        let r = prep(&p, &refresh("rt/1+"));
         assert_eq!(r.content_type, "application/x-www-form-urlencoded");
         assert_eq!(r.body, "grant_type=refresh_token&refresh_token=rt%2F1%2B");
         assert_eq!(header(&r, "authorization"), Some("Basic aWQ6c2U6Y3JldA=="));
@@ -304,7 +349,7 @@ pub(crate) mod tests {
         let p = endpoint(
             "[providers.d]\ntoken_url = \"https://a.example/t\"\nclient_id = \"a b\"\nclient_secret = \"x:y\"\nclient_auth = \"basic_urlencoded\"\n",
         );
-        let r = prepare(&p, &refresh("rt"));
+        let r = prep(&p, &refresh("rt"));
         let expected = format!("Basic {}", B64.encode("a+b:x%3Ay"));
         assert_eq!(header(&r, "authorization"), Some(expected.as_str()));
     }
@@ -319,7 +364,7 @@ pub(crate) mod tests {
             redirect_uri: "https://your-app.com/callback".into(),
             code_verifier: None,
         };
-        let r = prepare(&p, &grant);
+        let r = prep(&p, &grant);
         assert_eq!(
             r.body,
             "code=the-code&grant_type=authorization_code&redirect_uri=https%3A%2F%2Fyour-app.com%2Fcallback"
@@ -327,7 +372,7 @@ pub(crate) mod tests {
         if let TokenGrant::Exchange { code_verifier, .. } = &mut grant {
             *code_verifier = Some(Secret::new("verifier"));
         }
-        assert!(prepare(&p, &grant)
+        assert!(prep(&p, &grant)
             .body
             .ends_with("&code_verifier=verifier"));
     }
@@ -345,7 +390,7 @@ pub(crate) mod tests {
             headers = { partnerId = "42", grantType = "refresh_token" }
             "#,
         );
-        let r = prepare(&p, &refresh("rt-1"));
+        let r = prep(&p, &refresh("rt-1"));
         assert_eq!(r.content_type, "application/json");
         assert_eq!(r.body, r#"{"refreshToken":"rt-1"}"#);
         assert_eq!(header(&r, "partnerId"), Some("42"));
@@ -358,7 +403,7 @@ pub(crate) mod tests {
         let p = endpoint(
             "[providers.b]\ntoken_url = \"https://bakrypt.io/auth/token/\"\nclient_id = \"cid\"\nclient_secret = \"csec\"\nclient_auth = \"body\"\n",
         );
-        let r = prepare(&p, &refresh("rt"));
+        let r = prep(&p, &refresh("rt"));
         assert_eq!(
             r.body,
             "grant_type=refresh_token&refresh_token=rt&client_id=cid&client_secret=csec"
@@ -371,7 +416,7 @@ pub(crate) mod tests {
         let p = endpoint(
             "[providers.p]\ntoken_url = \"https://a.example/t\"\nclient_id = \"pub\"\nclient_auth = \"none\"\nscope = \"a b\"\n",
         );
-        let r = prepare(&p, &refresh("rt"));
+        let r = prep(&p, &refresh("rt"));
         assert_eq!(
             r.body,
             "grant_type=refresh_token&refresh_token=rt&scope=a+b&client_id=pub"
@@ -411,7 +456,7 @@ pub(crate) mod tests {
             ("body", None, "&client_id=a+b&client_secret=x%3Ay"),
             ("digirunner", Some(digirunner), ""),
         ] {
-            let r = prepare(&cc_endpoint(auth), &grant);
+            let r = prep(&cc_endpoint(auth), &grant);
             assert_eq!(
                 r.content_type, "application/x-www-form-urlencoded",
                 "{auth}"
@@ -427,12 +472,12 @@ pub(crate) mod tests {
 
     #[test]
     fn client_credentials_falls_back_to_the_provider_scope() {
-        let r = prepare(&cc_endpoint("basic"), &client_credentials(None, &[]));
+        let r = prep(&cc_endpoint("basic"), &client_credentials(None, &[]));
         assert_eq!(r.body, "grant_type=client_credentials&scope=provider-scope");
         let p = endpoint(
             "[providers.c]\ntoken_url = \"https://c.example/t\"\nclient_id = \"i\"\nclient_secret = \"s\"\n",
         );
-        let r = prepare(&p, &client_credentials(None, &[("resource", "urn:r")]));
+        let r = prep(&p, &client_credentials(None, &[("resource", "urn:r")]));
         assert_eq!(r.body, "grant_type=client_credentials&resource=urn%3Ar");
     }
 
@@ -449,7 +494,7 @@ pub(crate) mod tests {
             fields = { grantType = "client_credentials", scopes = "{scope}" }
             "#,
         );
-        let r = prepare(&p, &client_credentials(Some("a"), &[("audience", "x")]));
+        let r = prep(&p, &client_credentials(Some("a"), &[("audience", "x")]));
         assert_eq!(r.content_type, "application/json");
         assert_eq!(
             r.body,
