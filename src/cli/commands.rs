@@ -344,6 +344,9 @@ pub(super) fn check_config(file: Option<PathBuf>) -> anyhow::Result<ExitCode> {
                 if names.is_empty() { "" } else { ": " },
                 names.join(", ")
             )?;
+            for (name, p) in &cfg.providers {
+                outln!("  provider {name}: {}", p.endpoint.describe_auth())?;
+            }
             for (name, declared) in &cfg.declared {
                 outln!(
                     "  credential {name}: {} from provider {}",

@@ -80,6 +80,11 @@ impl ClientAuth {
         }
     }
 
+    /// tokend's own name of this method.
+    pub(crate) fn name(self) -> &'static str {
+        self.names()[0]
+    }
+
     /// What this method needs from the configuration.
     pub(crate) fn needs(self) -> Needs {
         match self {

@@ -66,6 +66,34 @@ pub struct Endpoint {
     pub(crate) max_response_bytes: usize,
 }
 
+impl Endpoint {
+    /// How the client authenticates, as `tokend check-config` shows it: the
+    /// method, how its assertions are signed, how many client secrets it
+    /// rotates through. Never a secret, only the key's public fingerprint.
+    pub(crate) fn describe_auth(&self) -> String {
+        let mut out = format!("client_auth {}", self.client_auth.name());
+        if let Some(a) = self.client_assertion.as_ref().filter(|_| self.client_auth.signs()) {
+            out.push_str(&format!(" ({}", a.alg.name()));
+            if let Some(key) = &a.key {
+                out.push_str(&format!(", {key:?}"));
+            }
+            if let Some(kid) = &a.kid {
+                out.push_str(&format!(", kid {kid}"));
+            }
+            out.push_str(&format!(
+                ", audience {}, lifetime {}s, client_id {})",
+                a.audience.describe(),
+                a.lifetime.as_secs(),
+                if a.send_client_id { "sent" } else { "not sent" }
+            ));
+        }
+        if let Some(r) = &self.secret_rotation {
+            out.push_str(&format!(", {} client secrets tried in turn", r.len()));
+        }
+        out
+    }
+}
+
 /// What is being asked of the token endpoint.
 #[derive(Debug, Clone)]
 pub enum TokenGrant {
