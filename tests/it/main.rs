@@ -9,6 +9,7 @@ mod access_hardening;
 mod api_errors;
 mod cli;
 mod cli_hardening;
+mod client_assertion;
 mod client_credentials;
 mod crash;
 mod crash_loop;

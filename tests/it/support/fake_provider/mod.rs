@@ -85,6 +85,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{oneshot, Notify};
 use tokio::task::{JoinHandle, JoinSet};
 
+mod assertion;
 mod config;
 mod http;
 mod provider;
@@ -92,6 +93,7 @@ mod state;
 mod tokens;
 mod wire;
 
+pub use assertion::{AssertionCheck, JWT_BEARER};
 pub use config::{ExpiresIn, FakeConfig, FamilyOnReuse, Fault};
 pub use provider::FakeProvider;
 pub use tokens::find_leaks;
