@@ -120,7 +120,11 @@ fn assertion_settings(
         None => defaults::ASSERTION_AUDIENCE,
     };
     if raw.client_assertion_kid.as_deref() == Some("") {
-        c.problem(s, "client_assertion_kid", "is empty; give the key id the provider knows the key by, or leave it out");
+        c.problem(
+            s,
+            "client_assertion_kid",
+            "is empty; give the key id the provider knows the key by, or leave it out",
+        );
     }
     Some(AssertionSettings {
         alg,

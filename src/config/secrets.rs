@@ -29,7 +29,11 @@ pub(super) fn client_secrets(c: &mut Collector<'_>, s: &Scope, raw: &RawProvider
         return Vec::new();
     };
     if values.0.is_empty() {
-        c.problem(s, key, "the list is empty; give one value or several, the one in use first");
+        c.problem(
+            s,
+            key,
+            "the list is empty; give one value or several, the one in use first",
+        );
         return Vec::new();
     }
     let line = s.line(key).unwrap_or(s.line);
@@ -40,15 +44,23 @@ pub(super) fn client_secrets(c: &mut Collector<'_>, s: &Scope, raw: &RawProvider
             "client_secret" => Some(Secret::new(v.clone())),
             "client_secret_file" => read_secret_file(c, line, &s.key(key), Path::new(v)),
             "client_secret_env" => from_env(c, s, v),
-            _ => from_credential(c, s, key, v).and_then(|path| read_secret_file(c, line, &s.key(key), &path)),
+            _ => from_credential(c, s, key, v)
+                .and_then(|path| read_secret_file(c, line, &s.key(key), &path)),
         })
         .collect()
 }
 
 /// The private key of `private_key_jwt`, from `client_assertion_key_file`
 /// or `client_assertion_key_credential`, as the PEM text it holds.
-pub(super) fn assertion_key(c: &mut Collector<'_>, s: &Scope, raw: &RawProvider) -> Option<(String, Secret)> {
-    let (key, path) = match (&raw.client_assertion_key_file, &raw.client_assertion_key_credential) {
+pub(super) fn assertion_key(
+    c: &mut Collector<'_>,
+    s: &Scope,
+    raw: &RawProvider,
+) -> Option<(String, Secret)> {
+    let (key, path) = match (
+        &raw.client_assertion_key_file,
+        &raw.client_assertion_key_credential,
+    ) {
         (Some(_), Some(_)) => {
             c.problem(
                 s,

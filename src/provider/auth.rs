@@ -100,7 +100,10 @@ impl ClientAuth {
 
     /// Whether this method signs a client assertion ([`SignedAssertion`]).
     pub(crate) fn signs(self) -> bool {
-        matches!(self, ClientAuth::PrivateKeyJwt | ClientAuth::ClientSecretJwt)
+        matches!(
+            self,
+            ClientAuth::PrivateKeyJwt | ClientAuth::ClientSecretJwt
+        )
     }
 
     /// Adds this method's wire form to a request built from `template`: an

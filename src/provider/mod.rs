@@ -23,15 +23,13 @@ mod request;
 mod rotation;
 mod template;
 
+pub(crate) use assertion::{Alg, AssertionSettings, Audience, SigningKey, MIN_HMAC_SECRET_BYTES};
 pub use assertion::{AssertionError, AssertionStamp};
-pub(crate) use assertion::{
-    Alg, AssertionSettings, Audience, SigningKey, MIN_HMAC_SECRET_BYTES,
-};
 pub(crate) use auth::{ClientAuth, Needs};
-pub(crate) use rotation::SecretRotation;
 pub use client::ProviderClient;
 pub(crate) use request::RESERVED_PARAMS;
 pub use request::{prepare, Endpoint, PreparedRequest, TokenGrant};
+pub(crate) use rotation::SecretRotation;
 #[cfg(test)]
 pub(crate) use template::pairs;
 pub(crate) use template::{unknown_placeholders, Encoding, RequestTemplate, PLACEHOLDERS};

@@ -72,7 +72,11 @@ impl Endpoint {
     /// rotates through. Never a secret, only the key's public fingerprint.
     pub(crate) fn describe_auth(&self) -> String {
         let mut out = format!("client_auth {}", self.client_auth.name());
-        if let Some(a) = self.client_assertion.as_ref().filter(|_| self.client_auth.signs()) {
+        if let Some(a) = self
+            .client_assertion
+            .as_ref()
+            .filter(|_| self.client_auth.signs())
+        {
             out.push_str(&format!(" ({}", a.alg.name()));
             if let Some(key) = &a.key {
                 out.push_str(&format!(", {key:?}"));
@@ -268,10 +272,12 @@ pub(crate) fn prepare_with_secret(
     e.client_auth.apply(
         e.client_id.as_deref(),
         secret.map(Secret::expose),
-        signed.as_ref().map(|(jwt, with_client_id)| SignedAssertion {
-            jwt,
-            with_client_id: *with_client_id,
-        }),
+        signed
+            .as_ref()
+            .map(|(jwt, with_client_id)| SignedAssertion {
+                jwt,
+                with_client_id: *with_client_id,
+            }),
         template,
         &mut parts,
     );
@@ -400,9 +406,7 @@ pub(crate) mod tests {
         if let TokenGrant::Exchange { code_verifier, .. } = &mut grant {
             *code_verifier = Some(Secret::new("verifier"));
         }
-        assert!(prep(&p, &grant)
-            .body
-            .ends_with("&code_verifier=verifier"));
+        assert!(prep(&p, &grant).body.ends_with("&code_verifier=verifier"));
     }
 
     #[test]

@@ -38,7 +38,10 @@ impl SecretRotation {
     /// The order to try them in: the one that worked last, then the others
     /// in the configuration's order.
     pub(crate) fn order(&self) -> impl Iterator<Item = (usize, &Secret)> {
-        let first = self.working.load(Ordering::Relaxed).min(self.len().saturating_sub(1));
+        let first = self
+            .working
+            .load(Ordering::Relaxed)
+            .min(self.len().saturating_sub(1));
         let rest = (0..self.len()).filter(move |&i| i != first);
         std::iter::once(first)
             .chain(rest)

@@ -8,9 +8,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use crate::support::fake_provider::{
-    find_leaks, AssertionCheck, FakeConfig, FakeProvider, Flavor, JWT_BEARER,
-};
+use crate::support::fake_provider::{find_leaks, AssertionCheck, FakeConfig, FakeProvider, Flavor};
 use crate::support::{provider_toml, wait_until, write_private, Daemon, FAST_DAEMON};
 
 /// A private key made by `openssl genpkey` in `dir` (mode 0600), and the
@@ -35,6 +33,9 @@ fn openssl_key(dir: &Path, name: &str, args: &[&str]) -> (std::path::PathBuf, St
     assert!(public.status.success(), "openssl pkey: {public:?}");
     (path, String::from_utf8(public.stdout).unwrap())
 }
+
+/// `client_assertion_type` of a JWT (RFC 7523 §2.2).
+const JWT_BEARER: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
 
 /// The key types tokend signs with: alg, `openssl genpkey` arguments.
 const KEYS: [(&str, &[&str]); 3] = [
@@ -111,7 +112,9 @@ async fn private_key_jwt_with_rsa_p256_and_ed25519_keys() {
     let path = daemon.config.to_str().unwrap().to_string();
     let run = daemon.cli(&["check-config", &path]).await;
     assert!(
-        run.ok().stdout.contains("provider es256: client_auth private_key_jwt (ES256"),
+        run.ok()
+            .stdout
+            .contains("provider es256: client_auth private_key_jwt (ES256"),
         "{run:?}"
     );
     for ((alg, _), fake) in KEYS.iter().zip(&fakes) {
@@ -123,16 +126,21 @@ async fn private_key_jwt_with_rsa_p256_and_ed25519_keys() {
         .await;
         daemon.cli(&["get", &format!("svc-{name}")]).await.ok();
         assert!(fake.refresh_count() >= 2, "{alg}: {}", fake.refresh_count());
-        assert!(fake.rejections().is_empty(), "{alg}: {:?}", fake.rejections());
+        assert!(
+            fake.rejections().is_empty(),
+            "{alg}: {:?}",
+            fake.rejections()
+        );
     }
     let logs = daemon.logs();
     let mut secrets: Vec<String> = checks.iter().flat_map(AssertionCheck::assertions).collect();
     assert!(secrets.len() >= 9, "{}", secrets.len());
     // Every line of the keys' base64, long enough to be a fragment of one.
-    secrets.extend(
-        pems.iter()
-            .flat_map(|p| p.lines().filter(|l| !l.starts_with("-----")).map(String::from)),
-    );
+    secrets.extend(pems.iter().flat_map(|p| {
+        p.lines()
+            .filter(|l| !l.starts_with("-----"))
+            .map(String::from)
+    }));
     let leaks = find_leaks(&secrets, &logs);
     assert!(leaks.is_empty(), "key or assertion in the log: {leaks:?}");
     let refs: Vec<&FakeProvider> = fakes.iter().collect();
@@ -218,8 +226,16 @@ async fn the_fake_refuses_a_replayed_or_wrongly_signed_assertion() {
         .unwrap()
         .to_string();
     let (status, body) = send(good, rt2.clone()).await;
-    assert_eq!((status, body.contains("invalid_client")), (401, true), "{body}");
-    let (status, _) = send(sign("another-secret-another-secret-xx", "jti-2"), rt2.clone()).await;
+    assert_eq!(
+        (status, body.contains("invalid_client")),
+        (401, true),
+        "{body}"
+    );
+    let (status, _) = send(
+        sign("another-secret-another-secret-xx", "jti-2"),
+        rt2.clone(),
+    )
+    .await;
     assert_eq!(status, 401);
     let (status, _) = send(sign(secret, "jti-3"), rt2).await;
     assert_eq!(status, 200);
@@ -245,7 +261,10 @@ async fn a_rotated_client_secret_is_found_and_remembered() {
     refresh_through(&daemon, &fake, "b", "p").await;
     let rejections = fake.rejections();
     assert_eq!(rejections.len(), 1, "{rejections:?}");
-    assert!(rejections[0].contains("wrong client secret"), "{rejections:?}");
+    assert!(
+        rejections[0].contains("wrong client secret"),
+        "{rejections:?}"
+    );
     assert!(fake.refresh_count() >= 4, "{}", fake.refresh_count());
     let logs = daemon.logs();
     assert_eq!(

@@ -66,7 +66,13 @@ async fn client_credentials_with_each_signed_assertion() {
             server.grants(&client, "client_credentials") > before
         })
         .await;
-        let token = daemon.cli(&["get", "svc"]).await.ok().stdout.trim().to_string();
+        let token = daemon
+            .cli(&["get", "svc"])
+            .await
+            .ok()
+            .stdout
+            .trim()
+            .to_string();
         assert!(!token.is_empty());
         assert!(
             server.errors_of(&client).is_empty(),
@@ -112,7 +118,13 @@ async fn a_browser_login_is_exchanged_and_refreshed_with_private_key_jwt() {
     assert_eq!(server.grants(&JWT, "authorization_code"), 1);
     assert_eq!(server.grants(&JWT, "refresh_token"), 2);
     assert!(server.errors_of(&JWT).is_empty(), "{:?}", server.errors());
-    let token = daemon.cli(&["get", "me"]).await.ok().stdout.trim().to_string();
+    let token = daemon
+        .cli(&["get", "me"])
+        .await
+        .ok()
+        .stdout
+        .trim()
+        .to_string();
     assert_eq!(server.userinfo(&token).await.0, 200);
     let mut secrets = vec![token, code];
     secrets.extend(key_lines(jwt_key_rsa()));
@@ -139,6 +151,8 @@ async fn the_current_client_secret_is_found_among_several() {
     let errors = server.errors();
     assert_eq!(errors.len(), 1, "{errors:?}");
     assert_eq!(errors[0]["error"], "invalid_client", "{errors:?}");
-    assert!(daemon.logs().contains("accepts client secret number 2 of 2"));
+    assert!(daemon
+        .logs()
+        .contains("accepts client secret number 2 of 2"));
     finish(daemon, &[secret, "tokend-basic-retired-secret"]).await;
 }

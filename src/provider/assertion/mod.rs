@@ -201,8 +201,7 @@ impl SigningKey {
                         pair.public_key().as_ref(),
                     ));
                 }
-                if let Ok(pair) = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &der)
-                {
+                if let Ok(pair) = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &der) {
                     return Ok(SigningKey::new(
                         EncodingKey::from_ec_der(&der),
                         KeyKind::P256,
@@ -219,8 +218,9 @@ impl SigningKey {
                 ))
             }
             "EC PRIVATE KEY" => {
-                let pair = EcdsaKeyPair::from_private_key_der(&ECDSA_P256_SHA256_FIXED_SIGNING, &der)
-                    .map_err(|e| unsupported(&e))?;
+                let pair =
+                    EcdsaKeyPair::from_private_key_der(&ECDSA_P256_SHA256_FIXED_SIGNING, &der)
+                        .map_err(|e| unsupported(&e))?;
                 let pkcs8 = pair.to_pkcs8v1().map_err(|e| unsupported(&e))?;
                 Ok(SigningKey::new(
                     EncodingKey::from_ec_der(pkcs8.as_ref()),

@@ -12,7 +12,6 @@ use crate::provider::request::tests::{endpoint, refresh};
 use crate::provider::{prepare, TokenGrant};
 use crate::token::Secret;
 
-
 /// A fixed Ed25519 key (RFC 8032 §7.1, test 1) as PKCS#8 v1 PEM.
 pub(crate) const ED25519_PEM: &str = "-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEIJ1hsZ3v/VpguoRK9JLsLMREScVpezJpGXA7rAMcrn9g\n-----END PRIVATE KEY-----\n";
 /// Its public half, as a DER SubjectPublicKeyInfo PEM.
@@ -38,10 +37,16 @@ fn keys_of_each_kind_and_format() {
         KeyError::NotPrivateKey("CERTIFICATE".into())
     );
     assert_eq!(
-        SigningKey::from_pem(b"-----BEGIN ENCRYPTED PRIVATE KEY-----\nAAAA\n-----END ENCRYPTED PRIVATE KEY-----\n").unwrap_err(),
+        SigningKey::from_pem(
+            b"-----BEGIN ENCRYPTED PRIVATE KEY-----\nAAAA\n-----END ENCRYPTED PRIVATE KEY-----\n"
+        )
+        .unwrap_err(),
         KeyError::Encrypted
     );
-    assert_eq!(SigningKey::from_pem(b"hello").unwrap_err(), KeyError::NotPem);
+    assert_eq!(
+        SigningKey::from_pem(b"hello").unwrap_err(),
+        KeyError::NotPem
+    );
     assert!(matches!(
         SigningKey::from_pem(b"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n"),
         Err(KeyError::Unsupported(_))
@@ -220,12 +225,17 @@ fn a_rotation_secret_signs_client_secret_jwt() {
     let rotation = e.secret_rotation.as_ref().unwrap();
     assert_eq!(rotation.len(), 2);
     let second = &rotation.all()[1];
-    let r = crate::provider::request::prepare_with_secret(&e, &refresh("rt"), &stamp(), Some(second))
-        .unwrap();
+    let r =
+        crate::provider::request::prepare_with_secret(&e, &refresh("rt"), &stamp(), Some(second))
+            .unwrap();
     let jwt = r.client_assertion.unwrap().expose().to_string();
     let key = DecodingKey::from_secret(other.as_bytes());
     decode::<Read>(&jwt, &key, &validation(Algorithm::HS256)).unwrap();
-    assert!(e.describe_auth().contains("2 client secrets"), "{}", e.describe_auth());
+    assert!(
+        e.describe_auth().contains("2 client secrets"),
+        "{}",
+        e.describe_auth()
+    );
 }
 
 /// The problems `toml` has, as one message.
@@ -236,9 +246,16 @@ fn problems(toml: &str) -> String {
 #[test]
 fn configuration_mistakes_are_explained() {
     let dir = tempfile::tempdir().unwrap();
-    let ed = key_provider(dir.path(), ED25519_PEM, "client_assertion_alg = \"RS256\"\n");
+    let ed = key_provider(
+        dir.path(),
+        ED25519_PEM,
+        "client_assertion_alg = \"RS256\"\n",
+    );
     let msg = problems(&ed);
-    assert!(msg.contains("RS256 cannot be signed") && msg.contains("EdDSA"), "{msg}");
+    assert!(
+        msg.contains("RS256 cannot be signed") && msg.contains("EdDSA"),
+        "{msg}"
+    );
 
     let msg = problems(&format!(
         "[providers.h]\ntoken_url = \"{URL}\"\nclient_id = \"cid\"\nclient_secret = \"short\"\nclient_auth = \"client_secret_jwt\"\n"
@@ -248,7 +265,10 @@ fn configuration_mistakes_are_explained() {
     let msg = problems(&format!(
         "[providers.b]\ntoken_url = \"{URL}\"\nclient_id = \"cid\"\nclient_secret = \"s\"\nclient_assertion_kid = \"k\"\n"
     ));
-    assert!(msg.contains("client_assertion_kid") && msg.contains("only used with"), "{msg}");
+    assert!(
+        msg.contains("client_assertion_kid") && msg.contains("only used with"),
+        "{msg}"
+    );
 
     let msg = problems(&format!(
         "[providers.k]\ntoken_url = \"{URL}\"\nclient_id = \"cid\"\nclient_auth = \"private_key_jwt\"\n"
@@ -263,7 +283,11 @@ fn configuration_mistakes_are_explained() {
     let msg = problems(&key_provider(dir.path(), "not a key", ""));
     assert!(msg.contains("is not a PEM file"), "{msg}");
 
-    let msg = problems(&key_provider(dir.path(), ED25519_PEM, "client_assertion_alg = \"none\"\n"));
+    let msg = problems(&key_provider(
+        dir.path(),
+        ED25519_PEM,
+        "client_assertion_alg = \"none\"\n",
+    ));
     assert!(msg.contains("unknown algorithm `none`"), "{msg}");
 }
 

@@ -48,7 +48,10 @@ impl AssertionCheck {
 
     /// Assertions signed with HS256 under `secret` (`client_secret_jwt`).
     pub fn shared_secret(secret: &str) -> AssertionCheck {
-        AssertionCheck::new(Algorithm::HS256, DecodingKey::from_secret(secret.as_bytes()))
+        AssertionCheck::new(
+            Algorithm::HS256,
+            DecodingKey::from_secret(secret.as_bytes()),
+        )
     }
 
     fn new(alg: Algorithm, key: DecodingKey) -> AssertionCheck {
@@ -107,7 +110,10 @@ impl Inner {
         forbid_authorization(headers, "the client authenticates with client_assertion")?;
         let fail = |problem: String| Reject::invalid_client(problem, false);
         let one = |name: &str| -> Result<Option<&str>, Reject> {
-            let mut values = form.iter().filter(|(k, _)| k == name).map(|(_, v)| v.as_str());
+            let mut values = form
+                .iter()
+                .filter(|(k, _)| k == name)
+                .map(|(_, v)| v.as_str());
             let first = values.next();
             if values.next().is_some() {
                 return Err(Reject::invalid_request(format!("duplicate field {name:?}")));
@@ -121,7 +127,11 @@ impl Inner {
                     "client_assertion_type is {other:?}; expected {JWT_BEARER}"
                 )))
             }
-            None => return Err(Reject::invalid_request("missing field client_assertion_type")),
+            None => {
+                return Err(Reject::invalid_request(
+                    "missing field client_assertion_type",
+                ))
+            }
         }
         let jwt = one("client_assertion")?
             .ok_or_else(|| Reject::invalid_request("missing field client_assertion"))?;
@@ -170,7 +180,9 @@ impl Inner {
             return Err(fail("client_assertion has no jti".into()));
         };
         if !lock(&check.seen).jtis.insert(jti) {
-            return Err(fail("client_assertion replayed: its jti was seen before".into()));
+            return Err(fail(
+                "client_assertion replayed: its jti was seen before".into(),
+            ));
         }
         Ok(used)
     }

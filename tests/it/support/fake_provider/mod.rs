@@ -93,7 +93,7 @@ mod state;
 mod tokens;
 mod wire;
 
-pub use assertion::{AssertionCheck, JWT_BEARER};
+pub use assertion::AssertionCheck;
 pub use config::{ExpiresIn, FakeConfig, FamilyOnReuse, Fault};
 pub use provider::FakeProvider;
 pub use tokens::find_leaks;
