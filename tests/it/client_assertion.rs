@@ -190,10 +190,10 @@ async fn the_fake_refuses_a_replayed_or_wrongly_signed_assertion() {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs();
-    let sign = |key: &str, jti: &str| {
+    let sign_for = |key: &str, jti: &str, aud: &str, lifetime: u64| {
         let claims = serde_json::json!({
-            "iss": "tokend-test", "sub": "tokend-test", "aud": fake.token_url(),
-            "jti": jti, "iat": now, "exp": now + 60,
+            "iss": "tokend-test", "sub": "tokend-test", "aud": aud,
+            "jti": jti, "iat": now, "exp": now + lifetime,
         });
         jsonwebtoken::encode(
             &jsonwebtoken::Header::default(),
@@ -202,6 +202,7 @@ async fn the_fake_refuses_a_replayed_or_wrongly_signed_assertion() {
         )
         .unwrap()
     };
+    let sign = |key: &str, jti: &str| sign_for(key, jti, &fake.token_url(), 60);
     let http = reqwest::Client::new();
     let send = |jwt: String, rt: String| {
         let http = http.clone();
@@ -237,12 +238,18 @@ async fn the_fake_refuses_a_replayed_or_wrongly_signed_assertion() {
     )
     .await;
     assert_eq!(status, 401);
+    let elsewhere = sign_for(secret, "jti-4", "https://elsewhere.example/token", 60);
+    assert_eq!(send(elsewhere, rt2.clone()).await.0, 401);
+    let long_lived = sign_for(secret, "jti-5", &fake.token_url(), 3600);
+    assert_eq!(send(long_lived, rt2.clone()).await.0, 401);
     let (status, _) = send(sign(secret, "jti-3"), rt2).await;
     assert_eq!(status, 200);
     let rejections = fake.rejections();
-    assert_eq!(rejections.len(), 2, "{rejections:?}");
+    assert_eq!(rejections.len(), 4, "{rejections:?}");
     assert!(rejections[0].contains("replayed"), "{rejections:?}");
     assert!(rejections[1].contains("InvalidSignature"), "{rejections:?}");
+    assert!(rejections[2].contains("InvalidAudience"), "{rejections:?}");
+    assert!(rejections[3].contains("lives 3600 s"), "{rejections:?}");
     fake.shutdown().await;
 }
 
