@@ -281,7 +281,10 @@ async fn refresh_once(
     let grant = tokend::provider::TokenGrant::Refresh {
         refresh_token: tokend::token::Secret::new(token),
     };
-    let prepared = tokend::provider::prepare(&provider.endpoint, &grant);
+    let stamp = tokend::provider::AssertionStamp::new();
+    let Ok(prepared) = tokend::provider::prepare(&provider.endpoint, &grant, &stamp) else {
+        return false;
+    };
     let mut req = client
         .post(provider.endpoint.token_url.clone())
         .header(CONTENT_TYPE, prepared.content_type)

@@ -394,6 +394,7 @@ pub(super) fn check_config(file: Option<PathBuf>) -> anyhow::Result<ExitCode> {
                 names.join(", ")
             )?;
             for (name, provider) in &cfg.providers {
+                outln!("  provider {name}: {}", provider.endpoint.describe_auth())?;
                 if let Some(line) = login_line(provider) {
                     outln!("  provider {name}: {line}")?;
                 }

@@ -32,6 +32,9 @@ pub(super) const READ_TIMEOUT: RangeInclusive<Duration> = ms(100)..=secs(60);
 pub(super) const KEEPALIVE: RangeInclusive<Duration> = secs(60)..=secs(366 * DAY);
 /// `refresh_token_warning`; zero means never warn.
 pub(super) const REFRESH_TOKEN_WARNING: RangeInclusive<Duration> = secs(0)..=secs(366 * DAY);
+/// `assertion_lifetime`: long enough for a clock a little behind, short
+/// enough that a stolen assertion is soon useless.
+pub(super) const ASSERTION_LIFETIME: RangeInclusive<Duration> = secs(5)..=secs(600);
 /// `refresh_remaining`: the fraction of a token's lifetime left when it is
 /// refreshed.
 pub(super) const REFRESH_REMAINING: RangeInclusive<f64> = 0.05..=0.9;

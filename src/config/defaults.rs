@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use super::OnInvalidGrant;
-use crate::provider::{ClientAuth, Encoding, RedirectHost, RequestTemplate};
+use crate::provider::{Audience, ClientAuth, Encoding, RedirectHost, RequestTemplate};
 use crate::token::{RefreshTiming, ResponseFields};
 
 /// `[daemon] refresh_remaining`, `refresh_jitter`, `min_refresh_interval`
@@ -35,6 +35,13 @@ pub(crate) const MAX_RESPONSE_BYTES: usize = 1 << 20;
 
 /// A provider's `client_auth`.
 pub(crate) const CLIENT_AUTH: ClientAuth = ClientAuth::Basic;
+/// A provider's `assertion_audience`.
+pub(crate) const ASSERTION_AUDIENCE: Audience = Audience::TokenEndpoint;
+/// A provider's `assertion_lifetime`: short, as a stolen assertion is good
+/// until it expires (RFC 7523 §3).
+pub(crate) const ASSERTION_LIFETIME: Duration = Duration::from_secs(60);
+/// A provider's `send_client_id`.
+pub(crate) const SEND_CLIENT_ID: bool = true;
 /// A provider's `max_concurrent_refreshes`.
 pub(crate) const PROVIDER_MAX_CONCURRENT_REFRESHES: usize = 4;
 /// A provider's `refresh_token_warning`; also the warning window for a

@@ -4,14 +4,17 @@
 //! templates over their defaults. The model and its vocabulary belong to
 //! `provider`; this only reads the configuration into it.
 
+use std::sync::Arc;
+
 use url::Url;
 
 use super::collect::{Collector, Scope};
 use super::raw::{RawProvider, RawRequest, RawResponse};
-use super::{defaults, secrets};
+use super::{bounds, defaults, secrets};
 use crate::provider::{
-    unknown_placeholders, ClientAuth, Encoding, Login, Needs, Redirect, RedirectHost,
-    RequestTemplate, PLACEHOLDERS, RESERVED_AUTHORIZE_PARAMS,
+    unknown_placeholders, Alg, AssertionSettings, Audience, ClientAuth, Encoding, Login, Needs,
+    Redirect, RedirectHost, RequestTemplate, SecretRotation, SigningKey, MIN_HMAC_SECRET_BYTES,
+    PLACEHOLDERS, RESERVED_AUTHORIZE_PARAMS,
 };
 use crate::token::{ResponseFields, Secret};
 
@@ -22,7 +25,20 @@ pub(super) struct Client {
     pub(super) device_authorization_url: Option<Url>,
     pub(super) client_secret: Option<Secret>,
     pub(super) client_auth: ClientAuth,
+    pub(super) client_assertion: Option<AssertionSettings>,
+    pub(super) secret_rotation: Option<Arc<SecretRotation>>,
 }
+
+/// The settings only the signed client-auth methods read.
+const ASSERTION_KEYS: [&str; 7] = [
+    "client_assertion_key_file",
+    "client_assertion_key_credential",
+    "client_assertion_alg",
+    "client_assertion_kid",
+    "assertion_audience",
+    "assertion_lifetime",
+    "send_client_id",
+];
 
 /// `token_url`, the client secret and `client_auth`, checked together.
 pub(super) fn client(c: &mut Collector<'_>, s: &Scope, raw: &RawProvider) -> Client {
@@ -42,7 +58,8 @@ pub(super) fn client(c: &mut Collector<'_>, s: &Scope, raw: &RawProvider) -> Cli
             raw.allow_insecure_http,
         )
     });
-    let client_secret = secrets::client_secret(c, s, raw);
+    let client_secrets = secrets::client_secrets(c, s, raw);
+    let client_secret = client_secrets.first().cloned();
     let client_auth = match raw.client_auth.as_deref() {
         None => defaults::CLIENT_AUTH,
         Some(name) => ClientAuth::from_name(name).unwrap_or_else(|| {
@@ -54,13 +71,162 @@ pub(super) fn client(c: &mut Collector<'_>, s: &Scope, raw: &RawProvider) -> Cli
             defaults::CLIENT_AUTH
         }),
     };
-    check_auth_inputs(c, s, client_auth, &raw.client_id, &client_secret);
+    check_auth_inputs(c, s, client_auth, raw, &client_secret);
+    let client_assertion = assertion_settings(c, s, raw, client_auth, &client_secrets);
+    let secret_rotation =
+        (client_secrets.len() > 1).then(|| Arc::new(SecretRotation::new(client_secrets)));
     Client {
         token_url,
         device_authorization_url,
         client_secret,
         client_auth,
+        client_assertion,
+        secret_rotation,
     }
+}
+
+/// How `private_key_jwt` and `client_secret_jwt` sign; `None` for the other
+/// methods, which must not be given these settings.
+fn assertion_settings(
+    c: &mut Collector<'_>,
+    s: &Scope,
+    raw: &RawProvider,
+    auth: ClientAuth,
+    secrets: &[Secret],
+) -> Option<AssertionSettings> {
+    let given = [
+        raw.client_assertion_key_file.is_some(),
+        raw.client_assertion_key_credential.is_some(),
+        raw.client_assertion_alg.is_some(),
+        raw.client_assertion_kid.is_some(),
+        raw.assertion_audience.is_some(),
+        raw.assertion_lifetime.is_some(),
+        raw.send_client_id.is_some(),
+    ];
+    if !auth.signs() {
+        for (key, _) in ASSERTION_KEYS.iter().zip(given).filter(|(_, g)| *g) {
+            c.problem(
+                s,
+                key,
+                "only used with client_auth = \"private_key_jwt\" or \"client_secret_jwt\"",
+            );
+        }
+        return None;
+    }
+    let key = if auth == ClientAuth::PrivateKeyJwt {
+        signing_key(c, s, raw)
+    } else {
+        for (key, _) in ASSERTION_KEYS.iter().zip(given).take(2).filter(|(_, g)| *g) {
+            c.problem(s, key, "client_secret_jwt signs with the client secret; remove this key, or use client_auth = \"private_key_jwt\"");
+        }
+        hmac_secrets_long_enough(c, s, secrets);
+        None
+    };
+    let alg = assertion_alg(c, s, raw, auth, key.as_ref());
+    let audience = match raw.assertion_audience.as_deref() {
+        Some("") => {
+            c.problem(s, "assertion_audience", "is empty; use \"token_endpoint\" (the default), \"issuer\" or the audience the provider documents");
+            Audience::TokenEndpoint
+        }
+        Some(v) => Audience::from_setting(v),
+        None => defaults::ASSERTION_AUDIENCE,
+    };
+    if raw.client_assertion_kid.as_deref() == Some("") {
+        c.problem(
+            s,
+            "client_assertion_kid",
+            "is empty; give the key id the provider knows the key by, or leave it out",
+        );
+    }
+    Some(AssertionSettings {
+        alg,
+        key,
+        kid: raw.client_assertion_kid.clone().filter(|k| !k.is_empty()),
+        audience,
+        lifetime: c.duration(
+            s,
+            "assertion_lifetime",
+            raw.assertion_lifetime.as_ref(),
+            defaults::ASSERTION_LIFETIME,
+            bounds::ASSERTION_LIFETIME,
+        ),
+        send_client_id: raw.send_client_id.unwrap_or(defaults::SEND_CLIENT_ID),
+    })
+}
+
+/// The private key of `private_key_jwt`, parsed.
+fn signing_key(c: &mut Collector<'_>, s: &Scope, raw: &RawProvider) -> Option<SigningKey> {
+    let (key, pem) = secrets::assertion_key(c, s, raw)?;
+    match SigningKey::from_pem(pem.expose().as_bytes()) {
+        Ok(k) => Some(k),
+        Err(e) => {
+            c.problem(s, &key, format!("the file {e}"));
+            None
+        }
+    }
+}
+
+/// RFC 7518 §3.2: an HS256 key at least as long as the hash.
+fn hmac_secrets_long_enough(c: &mut Collector<'_>, s: &Scope, secrets: &[Secret]) {
+    for (i, secret) in secrets.iter().enumerate() {
+        if secret.expose().len() < MIN_HMAC_SECRET_BYTES {
+            c.problem(
+                s,
+                "client_secret",
+                format!(
+                    "client secret number {} is {} bytes; client_secret_jwt signs with HS256, whose key must be at least {MIN_HMAC_SECRET_BYTES} bytes (RFC 7518 §3.2): ask the provider for a longer secret, or use another client_auth",
+                    i + 1,
+                    secret.expose().len()
+                ),
+            );
+        }
+    }
+}
+
+/// `client_assertion_alg`, or the key's own, checked against the key.
+fn assertion_alg(
+    c: &mut Collector<'_>,
+    s: &Scope,
+    raw: &RawProvider,
+    auth: ClientAuth,
+    key: Option<&SigningKey>,
+) -> Alg {
+    let key_name = "client_assertion_alg";
+    let default = match key {
+        Some(k) => k.kind().default_alg(),
+        None if auth == ClientAuth::ClientSecretJwt => Alg::Hs256,
+        None => Alg::Rs256,
+    };
+    let Some(name) = raw.client_assertion_alg.as_deref() else {
+        return default;
+    };
+    let Some(alg) = Alg::from_name(name) else {
+        c.problem(
+            s,
+            key_name,
+            format!("unknown algorithm `{name}`; use RS256, PS256, ES256 or EdDSA (private_key_jwt), or HS256 (client_secret_jwt)"),
+        );
+        return default;
+    };
+    match (auth, key) {
+        (ClientAuth::ClientSecretJwt, _) if alg != Alg::Hs256 => c.problem(
+            s,
+            key_name,
+            format!("client_secret_jwt signs with the client secret, so with HS256, not {name}; for {name} use client_auth = \"private_key_jwt\" and a private key"),
+        ),
+        (ClientAuth::PrivateKeyJwt, Some(k)) if !k.kind().signs(alg) => c.problem(
+            s,
+            key_name,
+            format!("{name} cannot be signed with this {k:?}; use {} or another key", k.kind().algs()),
+        ),
+        (ClientAuth::PrivateKeyJwt, _) if alg == Alg::Hs256 => c.problem(
+            s,
+            key_name,
+            "HS256 signs with the client secret: use client_auth = \"client_secret_jwt\" for it",
+        ),
+        _ => {}
+    }
+    alg
 }
 
 /// The response field names of `[providers.NAME.response]` over their
@@ -201,11 +367,11 @@ fn check_auth_inputs(
     c: &mut Collector<'_>,
     s: &Scope,
     auth: ClientAuth,
-    client_id: &Option<String>,
+    raw: &RawProvider,
     secret: &Option<Secret>,
 ) {
     let needs = auth.needs();
-    if needs != Needs::Nothing && client_id.is_none() {
+    if needs != Needs::Nothing && raw.client_id.is_none() {
         c.problem(s, "client_auth", "this client_auth needs client_id");
     }
     // A secret source already reported (unreadable file, unset variable)
@@ -219,6 +385,15 @@ fn check_auth_inputs(
             s,
             "client_auth",
             "this client_auth needs a client secret (client_secret, client_secret_file, client_secret_env or client_secret_credential); for a public client use client_auth = \"none\"",
+        );
+    }
+    let key_given =
+        raw.client_assertion_key_file.is_some() || raw.client_assertion_key_credential.is_some();
+    if needs == Needs::IdAndKey && !key_given {
+        c.problem(
+            s,
+            "client_auth",
+            "private_key_jwt needs a private key: give client_assertion_key_file (a PEM file, mode 0600) or client_assertion_key_credential",
         );
     }
 }

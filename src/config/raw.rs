@@ -58,11 +58,18 @@ pub(super) struct RawProvider {
     pub(super) redirect_path: Option<String>,
     pub(super) device_authorization_url: Option<String>,
     pub(super) client_id: Option<String>,
-    pub(super) client_secret: Option<String>,
-    pub(super) client_secret_file: Option<PathBuf>,
-    pub(super) client_secret_env: Option<String>,
-    pub(super) client_secret_credential: Option<String>,
+    pub(super) client_secret: Option<OneOrMany>,
+    pub(super) client_secret_file: Option<OneOrMany>,
+    pub(super) client_secret_env: Option<OneOrMany>,
+    pub(super) client_secret_credential: Option<OneOrMany>,
     pub(super) client_auth: Option<String>,
+    pub(super) client_assertion_key_file: Option<PathBuf>,
+    pub(super) client_assertion_key_credential: Option<String>,
+    pub(super) client_assertion_alg: Option<String>,
+    pub(super) client_assertion_kid: Option<String>,
+    pub(super) assertion_audience: Option<String>,
+    pub(super) assertion_lifetime: Option<RawDuration>,
+    pub(super) send_client_id: Option<bool>,
     pub(super) scope: Option<String>,
     pub(super) reauth_errors: Option<Vec<String>>,
     pub(super) default_lifetime: Option<RawDuration>,
@@ -105,6 +112,37 @@ pub(super) struct RawResponse {
     pub(super) expires_in: Option<String>,
     pub(super) token_type: Option<String>,
     pub(super) scope: Option<String>,
+}
+
+/// A string, or a list of strings in order (several client secrets, the
+/// one in use first, during a rotation).
+#[derive(Clone)]
+pub(super) struct OneOrMany(pub(super) Vec<String>);
+
+impl<'de> Deserialize<'de> for OneOrMany {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = OneOrMany;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string, or a list of strings")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<OneOrMany, E> {
+                Ok(OneOrMany(vec![v.to_string()]))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<OneOrMany, A::Error> {
+                let mut out = Vec::new();
+                while let Some(v) = seq.next_element::<String>()? {
+                    out.push(v);
+                }
+                Ok(OneOrMany(out))
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
 }
 
 /// A duration as whole seconds or a human string ("90s", "5m", "1h 30m").

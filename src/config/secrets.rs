@@ -13,25 +13,95 @@ use crate::token::Secret;
 /// Where systemd puts `LoadCredential=` files.
 const CREDENTIALS_DIRECTORY: &str = "CREDENTIALS_DIRECTORY";
 
-/// The provider's client secret from the one place it was given, if any.
-pub(super) fn client_secret(c: &mut Collector<'_>, s: &Scope, raw: &RawProvider) -> Option<Secret> {
+/// The provider's client secrets from the one place they were given, in
+/// order: one, or several during a rotation (the first is tried first).
+pub(super) fn client_secrets(c: &mut Collector<'_>, s: &Scope, raw: &RawProvider) -> Vec<Secret> {
     if !given_once(c, s, raw) {
+        return Vec::new();
+    }
+    let sources = [
+        ("client_secret", &raw.client_secret),
+        ("client_secret_file", &raw.client_secret_file),
+        ("client_secret_env", &raw.client_secret_env),
+        ("client_secret_credential", &raw.client_secret_credential),
+    ];
+    let Some((key, Some(values))) = sources.into_iter().find(|(_, v)| v.is_some()) else {
+        return Vec::new();
+    };
+    if values.0.is_empty() {
+        c.problem(
+            s,
+            key,
+            "the list is empty; give one value or several, the one in use first",
+        );
+        return Vec::new();
+    }
+    let line = s.line(key).unwrap_or(s.line);
+    values
+        .0
+        .iter()
+        .filter_map(|v| match key {
+            "client_secret" => Some(Secret::new(v.clone())),
+            "client_secret_file" => read_secret_file(c, line, &s.key(key), Path::new(v)),
+            "client_secret_env" => from_env(c, s, v),
+            _ => from_credential(c, s, key, v)
+                .and_then(|path| read_secret_file(c, line, &s.key(key), &path)),
+        })
+        .collect()
+}
+
+/// The private key of `private_key_jwt`, from `client_assertion_key_file`
+/// or `client_assertion_key_credential`, as the PEM text it holds.
+pub(super) fn assertion_key(
+    c: &mut Collector<'_>,
+    s: &Scope,
+    raw: &RawProvider,
+) -> Option<(String, Secret)> {
+    let (key, path) = match (
+        &raw.client_assertion_key_file,
+        &raw.client_assertion_key_credential,
+    ) {
+        (Some(_), Some(_)) => {
+            c.problem(
+                s,
+                "client_assertion_key_credential",
+                "give the private key one way only: client_assertion_key_file or client_assertion_key_credential",
+            );
+            return None;
+        }
+        (Some(file), None) => ("client_assertion_key_file", file.clone()),
+        (None, Some(name)) => {
+            let key = "client_assertion_key_credential";
+            (key, from_credential(c, s, key, name)?)
+        }
+        (None, None) => return None,
+    };
+    let line = s.line(key).unwrap_or(s.line);
+    if let Some(mode) = open_to_others(&path) {
+        // Whoever can read the key can sign in as the client.
+        c.push(
+            Some(line),
+            s.key(key),
+            format!(
+                "{} is readable by other users (mode {mode:04o}); run `chmod 600 {}`",
+                path.display(),
+                path.display()
+            ),
+        );
         return None;
     }
-    if let Some(v) = &raw.client_secret {
-        return Some(Secret::new(v.clone()));
+    read_secret_file(c, line, &s.key(key), &path).map(|pem| (key.to_string(), pem))
+}
+
+/// The mode of `path` if its group or others have any access to it (and it
+/// is not systemd's credential, which systemd keeps private).
+fn open_to_others(path: &Path) -> Option<u32> {
+    use std::os::unix::fs::PermissionsExt;
+    if crate::fsguard::under_credentials_dir(path) {
+        return None;
     }
-    if let Some(path) = &raw.client_secret_file {
-        let key = "client_secret_file";
-        return read_secret_file(c, s.line(key).unwrap_or(s.line), &s.key(key), path);
-    }
-    if let Some(var) = &raw.client_secret_env {
-        return from_env(c, s, var);
-    }
-    if let Some(cred) = &raw.client_secret_credential {
-        return from_credential(c, s, cred);
-    }
-    None
+    let mode = std::fs::metadata(path).ok()?.permissions().mode() & 0o7777;
+    (mode & 0o077 != 0).then_some(mode)
 }
 
 /// Whether the client secret is given one way at most; a second way is a
@@ -72,20 +142,16 @@ fn from_env(c: &mut Collector<'_>, s: &Scope, var: &str) -> Option<Secret> {
     }
 }
 
-fn from_credential(c: &mut Collector<'_>, s: &Scope, cred: &str) -> Option<Secret> {
-    let key = "client_secret_credential";
+/// Where systemd put credential `cred`, for the setting `key`.
+fn from_credential(c: &mut Collector<'_>, s: &Scope, key: &str, cred: &str) -> Option<PathBuf> {
     match std::env::var_os(CREDENTIALS_DIRECTORY) {
-        Some(dir) => read_secret_file(
-            c,
-            s.line(key).unwrap_or(s.line),
-            &s.key(key),
-            &Path::new(&dir).join(cred),
-        ),
+        Some(dir) => Some(Path::new(&dir).join(cred)),
         None => {
+            let file_key = key.replace("_credential", "_file");
             c.problem(
                 s,
                 key,
-                "$CREDENTIALS_DIRECTORY is not set: run under systemd with LoadCredential=, or use client_secret_file",
+                format!("$CREDENTIALS_DIRECTORY is not set: run under systemd with LoadCredential=, or use {file_key}"),
             );
             None
         }

@@ -330,6 +330,8 @@ fn validate_provider(
         client_id: raw.client_id,
         client_secret: client.client_secret,
         client_auth: client.client_auth,
+        client_assertion: client.client_assertion,
+        secret_rotation: client.secret_rotation,
         scope: raw.scope,
         refresh,
         exchange,

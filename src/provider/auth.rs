@@ -24,6 +24,12 @@ pub(crate) enum ClientAuth {
     /// digiRunner: `Basic Base64(id ":" Base64(secret))`, or `Basic Base64(id ":")`
     /// for a public PKCE client without a secret.
     DigiRunner,
+    /// A JWT signed with the client's private key in the body (RFC 7523
+    /// §2.2, OIDC Core §9 `private_key_jwt`).
+    PrivateKeyJwt,
+    /// A JWT signed with the client secret (HS256) in the body (OIDC Core
+    /// §9 `client_secret_jwt`).
+    ClientSecretJwt,
 }
 
 /// What a client-auth method needs from the provider's configuration.
@@ -35,16 +41,29 @@ pub(crate) enum Needs {
     Id,
     /// A `client_id` and a client secret.
     IdAndSecret,
+    /// A `client_id` and a private key.
+    IdAndKey,
+}
+
+/// A signed client assertion to send, and whether `client_id` goes beside it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SignedAssertion<'a> {
+    /// The JWT.
+    pub(crate) jwt: &'a str,
+    /// Send `client_id` too (RFC 7523 §3.1 leaves it optional).
+    pub(crate) with_client_id: bool,
 }
 
 impl ClientAuth {
     /// Every method, in the order messages name them.
-    const ALL: [ClientAuth; 5] = [
+    const ALL: [ClientAuth; 7] = [
         ClientAuth::Basic,
         ClientAuth::BasicUrlencoded,
         ClientAuth::Body,
         ClientAuth::None,
         ClientAuth::DigiRunner,
+        ClientAuth::PrivateKeyJwt,
+        ClientAuth::ClientSecretJwt,
     ];
 
     /// The names of this method in `client_auth = "..."`: tokend's own
@@ -56,27 +75,45 @@ impl ClientAuth {
             ClientAuth::Body => &["body", "client_secret_post"],
             ClientAuth::None => &["none"],
             ClientAuth::DigiRunner => &["digirunner"],
+            ClientAuth::PrivateKeyJwt => &["private_key_jwt"],
+            ClientAuth::ClientSecretJwt => &["client_secret_jwt"],
         }
+    }
+
+    /// tokend's own name of this method.
+    pub(crate) fn name(self) -> &'static str {
+        self.names()[0]
     }
 
     /// What this method needs from the configuration.
     pub(crate) fn needs(self) -> Needs {
         match self {
-            ClientAuth::Basic | ClientAuth::BasicUrlencoded | ClientAuth::Body => {
-                Needs::IdAndSecret
-            }
+            ClientAuth::Basic
+            | ClientAuth::BasicUrlencoded
+            | ClientAuth::Body
+            | ClientAuth::ClientSecretJwt => Needs::IdAndSecret,
+            ClientAuth::PrivateKeyJwt => Needs::IdAndKey,
             ClientAuth::DigiRunner => Needs::Id,
             ClientAuth::None => Needs::Nothing,
         }
     }
 
+    /// Whether this method signs a client assertion ([`SignedAssertion`]).
+    pub(crate) fn signs(self) -> bool {
+        matches!(
+            self,
+            ClientAuth::PrivateKeyJwt | ClientAuth::ClientSecretJwt
+        )
+    }
+
     /// Adds this method's wire form to a request built from `template`: an
     /// `Authorization` header, or body fields the template does not already
-    /// send.
+    /// send. `assertion` is the signed JWT of the methods that [`sign`](Self::signs).
     pub(crate) fn apply(
         self,
         id: Option<&str>,
         secret: Option<&str>,
+        assertion: Option<SignedAssertion<'_>>,
         template: &RequestTemplate,
         out: &mut Parts,
     ) {
@@ -104,6 +141,17 @@ impl ClientAuth {
                 if unsent("client_id") {
                     out.field("client_id", id);
                 }
+            }
+            ClientAuth::PrivateKeyJwt | ClientAuth::ClientSecretJwt => {
+                let with_id = assertion.is_some_and(|a| a.with_client_id);
+                if with_id && unsent("client_id") {
+                    out.field("client_id", id);
+                }
+                out.field(
+                    "client_assertion_type",
+                    assertion.map(|_| super::assertion::ASSERTION_TYPE),
+                );
+                out.field("client_assertion", assertion.map(|a| a.jwt));
             }
         }
     }
@@ -171,7 +219,7 @@ mod tests {
     fn names_and_aliases() {
         assert_eq!(
             ClientAuth::known_names(),
-            "basic, basic_urlencoded, body, none or digirunner"
+            "basic, basic_urlencoded, body, none, digirunner, private_key_jwt or client_secret_jwt"
         );
         assert_eq!(
             ClientAuth::from_name("client_secret_post"),

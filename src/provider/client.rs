@@ -7,9 +7,10 @@ use std::time::Duration;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_TYPE};
 use serde_json::Value;
 
+use super::assertion::AssertionStamp;
 use super::device::{parse_device_authorization, DeviceAuthorization};
 use super::request::{
-    prepare, prepare_device_authorization, Endpoint, PreparedRequest, TokenGrant,
+    prepare_device_authorization, prepare_with_secret, Endpoint, PreparedRequest, TokenGrant,
 };
 use super::{classify, Failure, FailureKind};
 use crate::token::{parse_token_response, scrub, Secret, TokenSet};
@@ -57,11 +58,65 @@ impl ProviderClient {
         Ok(ProviderClient { http })
     }
 
-    /// Sends `grant` to the token endpoint and parses the answer.
+    /// Sends `grant` to the token endpoint and parses the answer. With
+    /// several client secrets, an `invalid_client` answer makes it try the
+    /// next one (see [`rejects_client`]).
     pub async fn request(&self, e: &Endpoint, grant: &TokenGrant) -> Result<TokenSet, Failure> {
-        let prepared = prepare(e, grant);
+        let Some(rotation) = &e.secret_rotation else {
+            return self.attempt(e, grant, e.client_secret.as_ref()).await;
+        };
+        let mut last = None;
+        for (index, secret) in rotation.order() {
+            // Trying the same refresh token again is safe: a server checks
+            // the client before the grant (RFC 6749 §5.2), so an
+            // `invalid_client` answer has not spent or rotated it.
+            match self.attempt(e, grant, Some(secret)).await {
+                Err(f) if rejects_client(&f) => last = Some(f),
+                Ok(set) => {
+                    if rotation.worked(index) {
+                        tracing::info!(
+                            tokend_provider = %e.name,
+                            tokend_secret_index = index + 1,
+                            tokend_secret = %secret.fingerprint(),
+                            "the provider accepts client secret number {} of {} ({}); it is used from now on",
+                            index + 1,
+                            rotation.len(),
+                            secret.fingerprint()
+                        );
+                    }
+                    return Ok(set);
+                }
+                Err(f) => return Err(f),
+            }
+        }
+        Err(last.unwrap_or_else(|| {
+            Secrets(Vec::new()).transient("no client secret to try".into(), false)
+        }))
+    }
+
+    /// Sends `grant` once, with client secret `secret`.
+    async fn attempt(
+        &self,
+        e: &Endpoint,
+        grant: &TokenGrant,
+        secret: Option<&Secret>,
+    ) -> Result<TokenSet, Failure> {
         let mut secrets = grant.secrets();
         secrets.extend(e.client_secret.as_ref().map(Secret::expose));
+        if let Some(rotation) = &e.secret_rotation {
+            secrets.extend(rotation.all().iter().map(Secret::expose));
+        }
+        let prepared = match prepare_with_secret(e, grant, &AssertionStamp::new(), secret) {
+            Ok(p) => p,
+            Err(err) => {
+                return Err(Failure {
+                    kind: FailureKind::Misconfigured,
+                    ..Secrets(secrets).transient(err.to_string(), false)
+                })
+            }
+        };
+        let assertion = prepared.client_assertion.clone();
+        secrets.extend(assertion.as_ref().map(Secret::expose));
         let secrets = Secrets(secrets);
         let answer = self.send(e, &e.token_url, prepared, &secrets).await?;
         let error_body = serde_json::from_slice::<Value>(&answer.body)
@@ -85,7 +140,11 @@ impl ProviderClient {
         &self,
         e: &Endpoint,
     ) -> Result<DeviceAuthorization, Failure> {
-        let secrets = Secrets(e.client_secret.iter().map(Secret::expose).collect());
+        let mut secrets: Vec<&str> = e.client_secret.iter().map(Secret::expose).collect();
+        if let Some(rotation) = &e.secret_rotation {
+            secrets.extend(rotation.all().iter().map(Secret::expose));
+        }
+        let secrets = Secrets(secrets);
         let Some(url) = &e.device_authorization_url else {
             return Err(Failure {
                 kind: FailureKind::Misconfigured,
@@ -98,9 +157,18 @@ impl ProviderClient {
                 )
             });
         };
-        let answer = self
-            .send(e, url, prepare_device_authorization(e), &secrets)
-            .await?;
+        let secret = match &e.secret_rotation {
+            Some(rotation) => rotation.order().next().map(|(_, s)| s),
+            None => e.client_secret.as_ref(),
+        };
+        let prepared =
+            prepare_device_authorization(e, &AssertionStamp::new(), secret).map_err(|err| {
+                Failure {
+                    kind: FailureKind::Misconfigured,
+                    ..secrets.transient(err.to_string(), false)
+                }
+            })?;
+        let answer = self.send(e, url, prepared, &secrets).await?;
         let error_body = serde_json::from_slice::<Value>(&answer.body)
             .ok()
             .filter(|v| v.get("error").is_some());
@@ -167,6 +235,12 @@ impl ProviderClient {
             body,
         })
     }
+}
+
+/// Whether `f` rejects the client itself, so that another client secret may
+/// do: `invalid_client`, which RFC 6749 §5.2 answers with 400 or 401.
+fn rejects_client(f: &Failure) -> bool {
+    f.error_code.as_deref() == Some("invalid_client") && matches!(f.status, Some(400 | 401))
 }
 
 /// The failure an error answer (or a non-2xx one without an OAuth error) means.

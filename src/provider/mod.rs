@@ -8,6 +8,9 @@
 //! - `request`: the request model ([`Endpoint`], [`TokenGrant`]) and
 //!   [`prepare`], which renders it into headers and body.
 //! - `auth`: every client-auth method's name, needs and wire form.
+//! - `assertion`: signed client assertions (`private_key_jwt`,
+//!   `client_secret_jwt`): the key, the claims and the signing.
+//! - `rotation`: several client secrets, and which one worked last.
 //! - `template`: request templates, their placeholders and the renderer.
 //! - `client`: the HTTP exchange and reading the answer.
 //! - `authorize`: the authorization request of `tokend login` (its
@@ -16,13 +19,17 @@
 
 use std::time::Duration;
 
+mod assertion;
 mod auth;
 mod authorize;
 mod client;
 mod device;
 mod request;
+mod rotation;
 mod template;
 
+pub(crate) use assertion::{Alg, AssertionSettings, Audience, SigningKey, MIN_HMAC_SECRET_BYTES};
+pub use assertion::{AssertionError, AssertionStamp};
 pub(crate) use auth::{ClientAuth, Needs};
 pub(crate) use authorize::{
     authorization_url, AuthorizationRequest, AuthorizeError, Login, Redirect, RedirectHost,
@@ -31,6 +38,7 @@ pub(crate) use authorize::{
 pub use client::ProviderClient;
 pub(crate) use request::RESERVED_PARAMS;
 pub use request::{prepare, Endpoint, PreparedRequest, TokenGrant};
+pub(crate) use rotation::SecretRotation;
 #[cfg(test)]
 pub(crate) use template::pairs;
 pub(crate) use template::{unknown_placeholders, Encoding, RequestTemplate, PLACEHOLDERS};

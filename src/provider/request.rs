@@ -5,13 +5,16 @@
 //! of [`TokenGrant`] with its arms in the `impl` below.
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value;
 use url::Url;
 
-use super::auth::{ClientAuth, Parts};
+use super::assertion::{self, AssertionError, AssertionSettings, AssertionStamp};
+use super::auth::{ClientAuth, Parts, SignedAssertion};
 use super::authorize::Login;
+use super::rotation::SecretRotation;
 use super::template::{render, Encoding, RequestTemplate};
 use crate::token::{fingerprint, ResponseFields, Secret};
 
@@ -47,6 +50,12 @@ pub struct Endpoint {
     pub(crate) client_secret: Option<Secret>,
     /// How the client authenticates to the token endpoint.
     pub(crate) client_auth: ClientAuth,
+    /// How client assertions are signed (`private_key_jwt`,
+    /// `client_secret_jwt`); `None` for the other methods.
+    pub(crate) client_assertion: Option<AssertionSettings>,
+    /// Every client secret when several are given (the first is
+    /// `client_secret`), and which one worked last; shared by every clone.
+    pub(crate) secret_rotation: Option<Arc<SecretRotation>>,
     /// Scope to request on refresh, if any (`{scope}` in templates).
     pub(crate) scope: Option<String>,
     /// The refresh request.
@@ -65,6 +74,38 @@ pub struct Endpoint {
     pub request_timeout: Duration,
     /// Largest response body accepted.
     pub(crate) max_response_bytes: usize,
+}
+
+impl Endpoint {
+    /// How the client authenticates, as `tokend check-config` shows it: the
+    /// method, how its assertions are signed, how many client secrets it
+    /// rotates through. Never a secret, only the key's public fingerprint.
+    pub(crate) fn describe_auth(&self) -> String {
+        let mut out = format!("client_auth {}", self.client_auth.name());
+        if let Some(a) = self
+            .client_assertion
+            .as_ref()
+            .filter(|_| self.client_auth.signs())
+        {
+            out.push_str(&format!(" ({}", a.alg.name()));
+            if let Some(key) = &a.key {
+                out.push_str(&format!(", {key:?}"));
+            }
+            if let Some(kid) = &a.kid {
+                out.push_str(&format!(", kid {kid}"));
+            }
+            out.push_str(&format!(
+                ", audience {}, lifetime {}s, client_id {})",
+                a.audience.describe(),
+                a.lifetime.as_secs(),
+                if a.send_client_id { "sent" } else { "not sent" }
+            ));
+        }
+        if let Some(r) = &self.secret_rotation {
+            out.push_str(&format!(", {} client secrets tried in turn", r.len()));
+        }
+        out
+    }
 }
 
 /// What is being asked of the token endpoint.
@@ -181,6 +222,9 @@ pub struct PreparedRequest {
     pub content_type: &'static str,
     /// The encoded body.
     pub body: String,
+    /// The signed client assertion in the body, if any, to scrub from
+    /// whatever the provider answers.
+    pub(crate) client_assertion: Option<Secret>,
 }
 
 impl fmt::Debug for PreparedRequest {
@@ -201,24 +245,56 @@ impl fmt::Debug for PreparedRequest {
     }
 }
 
-/// Builds the request for `grant` from the endpoint's description.
-pub fn prepare(e: &Endpoint, grant: &TokenGrant) -> PreparedRequest {
-    build(e, grant.template(e), Some(grant))
+/// Builds the request for `grant` from the endpoint's description; a client
+/// assertion is signed at `stamp`.
+pub fn prepare(
+    e: &Endpoint,
+    grant: &TokenGrant,
+    stamp: &AssertionStamp,
+) -> Result<PreparedRequest, AssertionError> {
+    prepare_with_secret(e, grant, stamp, e.client_secret.as_ref())
+}
+
+/// [`prepare`] with one of the provider's client secrets (rotation).
+pub(crate) fn prepare_with_secret(
+    e: &Endpoint,
+    grant: &TokenGrant,
+    stamp: &AssertionStamp,
+    secret: Option<&Secret>,
+) -> Result<PreparedRequest, AssertionError> {
+    build(e, grant.template(e), Some(grant), stamp, secret)
 }
 
 /// Builds the device authorization request (RFC 8628 §3.1): the provider's
 /// scope and the client's authentication, as for a token request.
-pub(crate) fn prepare_device_authorization(e: &Endpoint) -> PreparedRequest {
-    build(e, &RequestTemplate::device_authorization(), None)
+pub(crate) fn prepare_device_authorization(
+    e: &Endpoint,
+    stamp: &AssertionStamp,
+    secret: Option<&Secret>,
+) -> Result<PreparedRequest, AssertionError> {
+    build(
+        e,
+        &RequestTemplate::device_authorization(),
+        None,
+        stamp,
+        secret,
+    )
 }
 
 /// Renders `template` with the endpoint's values and `grant`'s own, then
-/// adds the client's authentication.
-fn build(e: &Endpoint, template: &RequestTemplate, grant: Option<&TokenGrant>) -> PreparedRequest {
+/// adds the client's authentication (`secret`, or an assertion signed at
+/// `stamp`).
+fn build(
+    e: &Endpoint,
+    template: &RequestTemplate,
+    grant: Option<&TokenGrant>,
+    stamp: &AssertionStamp,
+    secret: Option<&Secret>,
+) -> Result<PreparedRequest, AssertionError> {
     let lookup = |key: &str| -> Option<String> {
         match key {
             "client_id" => e.client_id.clone(),
-            "client_secret" => e.client_secret.as_ref().map(|s| s.expose().to_string()),
+            "client_secret" => secret.map(|s| s.expose().to_string()),
             "scope" => grant
                 .and_then(TokenGrant::scope)
                 .map(str::to_string)
@@ -239,17 +315,32 @@ fn build(e: &Endpoint, template: &RequestTemplate, grant: Option<&TokenGrant>) -
     parts
         .fields
         .extend(grant.map_or(&[][..], TokenGrant::params).iter().cloned());
+    let signed = match (&e.client_assertion, e.client_auth.signs()) {
+        (Some(settings), true) => Some((
+            assertion::sign(e, settings, secret.map(Secret::expose), stamp)?,
+            settings.send_client_id,
+        )),
+        (None, true) => return Err(AssertionError::NoKey),
+        (_, false) => None,
+    };
     e.client_auth.apply(
         e.client_id.as_deref(),
-        e.client_secret.as_ref().map(Secret::expose),
+        secret.map(Secret::expose),
+        signed
+            .as_ref()
+            .map(|(jwt, with_client_id)| SignedAssertion {
+                jwt,
+                with_client_id: *with_client_id,
+            }),
         template,
         &mut parts,
     );
-    PreparedRequest {
+    Ok(PreparedRequest {
         headers: parts.headers,
         content_type: template.encoding.content_type(),
         body: encode(template.encoding, parts.fields),
-    }
+        client_assertion: signed.map(|(jwt, _)| Secret::new(jwt)),
+    })
 }
 
 /// The body of `fields` in `encoding`.
@@ -283,6 +374,11 @@ pub(crate) mod tests {
         p.endpoint.clone()
     }
 
+    /// The request `prepare` builds at a fixed stamp.
+    pub(crate) fn prep(e: &Endpoint, grant: &TokenGrant) -> PreparedRequest {
+        prepare(e, grant, &AssertionStamp::at(1_700_000_000, "jti-1")).unwrap()
+    }
+
     pub(crate) fn refresh(rt: &str) -> TokenGrant {
         TokenGrant::Refresh {
             refresh_token: Secret::new(rt),
@@ -301,9 +397,9 @@ pub(crate) mod tests {
         let p = endpoint(
             "[providers.d]\ntoken_url = \"https://d.example/t\"\nclient_id = \"id\"\nclient_secret = \"the-client-secret\"\nclient_auth = \"body\"\n",
         );
-        let r = prepare(&p, &refresh("the-refresh-token"));
+        let r = prep(&p, &refresh("the-refresh-token"));
         assert!(r.body.contains("the-refresh-token") && r.body.contains("the-client-secret"));
-        let basic = prepare(
+        let basic = prep(
             &endpoint("[providers.d]\ntoken_url = \"https://d.example/t\"\nclient_id = \"id\"\nclient_secret = \"s\"\n"),
             &refresh("rt"),
         );
@@ -330,7 +426,7 @@ pub(crate) mod tests {
         let p = endpoint(
             "[providers.d]\ntoken_url = \"https://apx.didit.me/auth/v2/token\"\nclient_id = \"id\"\nclient_secret = \"se:cret\"\n",
         );
-        let r = prepare(&p, &refresh("rt/1+"));
+        let r = prep(&p, &refresh("rt/1+"));
         assert_eq!(r.content_type, "application/x-www-form-urlencoded");
         assert_eq!(r.body, "grant_type=refresh_token&refresh_token=rt%2F1%2B");
         assert_eq!(header(&r, "authorization"), Some("Basic aWQ6c2U6Y3JldA=="));
@@ -341,7 +437,7 @@ pub(crate) mod tests {
         let p = endpoint(
             "[providers.d]\ntoken_url = \"https://a.example/t\"\nclient_id = \"a b\"\nclient_secret = \"x:y\"\nclient_auth = \"basic_urlencoded\"\n",
         );
-        let r = prepare(&p, &refresh("rt"));
+        let r = prep(&p, &refresh("rt"));
         let expected = format!("Basic {}", B64.encode("a+b:x%3Ay"));
         assert_eq!(header(&r, "authorization"), Some(expected.as_str()));
     }
@@ -356,7 +452,7 @@ pub(crate) mod tests {
             redirect_uri: "https://your-app.com/callback".into(),
             code_verifier: None,
         };
-        let r = prepare(&p, &grant);
+        let r = prep(&p, &grant);
         assert_eq!(
             r.body,
             "code=the-code&grant_type=authorization_code&redirect_uri=https%3A%2F%2Fyour-app.com%2Fcallback"
@@ -364,9 +460,7 @@ pub(crate) mod tests {
         if let TokenGrant::Exchange { code_verifier, .. } = &mut grant {
             *code_verifier = Some(Secret::new("verifier"));
         }
-        assert!(prepare(&p, &grant)
-            .body
-            .ends_with("&code_verifier=verifier"));
+        assert!(prep(&p, &grant).body.ends_with("&code_verifier=verifier"));
     }
 
     #[test]
@@ -382,7 +476,7 @@ pub(crate) mod tests {
             headers = { partnerId = "42", grantType = "refresh_token" }
             "#,
         );
-        let r = prepare(&p, &refresh("rt-1"));
+        let r = prep(&p, &refresh("rt-1"));
         assert_eq!(r.content_type, "application/json");
         assert_eq!(r.body, r#"{"refreshToken":"rt-1"}"#);
         assert_eq!(header(&r, "partnerId"), Some("42"));
@@ -395,7 +489,7 @@ pub(crate) mod tests {
         let p = endpoint(
             "[providers.b]\ntoken_url = \"https://bakrypt.io/auth/token/\"\nclient_id = \"cid\"\nclient_secret = \"csec\"\nclient_auth = \"body\"\n",
         );
-        let r = prepare(&p, &refresh("rt"));
+        let r = prep(&p, &refresh("rt"));
         assert_eq!(
             r.body,
             "grant_type=refresh_token&refresh_token=rt&client_id=cid&client_secret=csec"
@@ -408,11 +502,20 @@ pub(crate) mod tests {
         let p = endpoint(
             "[providers.p]\ntoken_url = \"https://a.example/t\"\nclient_id = \"pub\"\nclient_auth = \"none\"\nscope = \"a b\"\n",
         );
-        let r = prepare(&p, &refresh("rt"));
+        let r = prep(&p, &refresh("rt"));
         assert_eq!(
             r.body,
             "grant_type=refresh_token&refresh_token=rt&scope=a+b&client_id=pub"
         );
+    }
+
+    fn device_auth(e: &Endpoint) -> PreparedRequest {
+        prepare_device_authorization(
+            e,
+            &AssertionStamp::at(1_700_000_000, "jti-1"),
+            e.client_secret.as_ref(),
+        )
+        .unwrap()
     }
 
     #[test]
@@ -423,28 +526,28 @@ pub(crate) mod tests {
         let public = endpoint(
             "[providers.tv]\ntoken_url = \"https://a.example/t\"\nclient_id = \"tv app\"\nclient_auth = \"none\"\nscope = \"openid offline_access\"\n",
         );
-        let r = prepare(&public, &grant);
+        let r = prep(&public, &grant);
         assert_eq!(
             r.body,
             "grant_type=urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Adevice_code&device_code=GmRh%2Fmhc%2Bx&client_id=tv+app"
         );
         assert_eq!(header(&r, "authorization"), None);
         assert_eq!(grant.secrets(), ["GmRh/mhc+x"]);
-        let r = prepare_device_authorization(&public);
+        let r = device_auth(&public);
         assert_eq!(r.content_type, "application/x-www-form-urlencoded");
         assert_eq!(r.body, "scope=openid+offline_access&client_id=tv+app");
         let confidential = cc_endpoint("basic");
-        let r = prepare(&confidential, &grant);
+        let r = prep(&confidential, &grant);
         assert_eq!(
             r.body,
             "grant_type=urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Adevice_code&device_code=GmRh%2Fmhc%2Bx"
         );
         let basic = format!("Basic {}", B64.encode("a b:x:y"));
         assert_eq!(header(&r, "authorization"), Some(basic.as_str()));
-        let r = prepare_device_authorization(&confidential);
+        let r = device_auth(&confidential);
         assert_eq!(r.body, "scope=provider-scope");
         assert_eq!(header(&r, "authorization"), Some(basic.as_str()));
-        let body = prepare_device_authorization(&cc_endpoint("body")).body;
+        let body = device_auth(&cc_endpoint("body")).body;
         assert_eq!(
             body,
             "scope=provider-scope&client_id=a+b&client_secret=x%3Ay"
@@ -484,7 +587,7 @@ pub(crate) mod tests {
             ("body", None, "&client_id=a+b&client_secret=x%3Ay"),
             ("digirunner", Some(digirunner), ""),
         ] {
-            let r = prepare(&cc_endpoint(auth), &grant);
+            let r = prep(&cc_endpoint(auth), &grant);
             assert_eq!(
                 r.content_type, "application/x-www-form-urlencoded",
                 "{auth}"
@@ -500,12 +603,12 @@ pub(crate) mod tests {
 
     #[test]
     fn client_credentials_falls_back_to_the_provider_scope() {
-        let r = prepare(&cc_endpoint("basic"), &client_credentials(None, &[]));
+        let r = prep(&cc_endpoint("basic"), &client_credentials(None, &[]));
         assert_eq!(r.body, "grant_type=client_credentials&scope=provider-scope");
         let p = endpoint(
             "[providers.c]\ntoken_url = \"https://c.example/t\"\nclient_id = \"i\"\nclient_secret = \"s\"\n",
         );
-        let r = prepare(&p, &client_credentials(None, &[("resource", "urn:r")]));
+        let r = prep(&p, &client_credentials(None, &[("resource", "urn:r")]));
         assert_eq!(r.body, "grant_type=client_credentials&resource=urn%3Ar");
     }
 
@@ -522,7 +625,7 @@ pub(crate) mod tests {
             fields = { grantType = "client_credentials", scopes = "{scope}" }
             "#,
         );
-        let r = prepare(&p, &client_credentials(Some("a"), &[("audience", "x")]));
+        let r = prep(&p, &client_credentials(Some("a"), &[("audience", "x")]));
         assert_eq!(r.content_type, "application/json");
         assert_eq!(
             r.body,

@@ -71,6 +71,11 @@ async fn every_commented_out_example_provider_is_valid_once_uncommented() {
     write_private(&dir.path().join("digirunner.secret"), "s2\n");
     write_private(&dir.path().join("machine.secret"), "s4\n");
     write_private(&dir.path().join("google.secret"), "s5\n");
+    // RFC 8032 §7.1's first Ed25519 key, as PKCS#8.
+    write_private(
+        &dir.path().join("corp-client.pem"),
+        "-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEIJ1hsZ3v/VpguoRK9JLsLMREScVpezJpGXA7rAMcrn9g\n-----END PRIVATE KEY-----\n",
+    );
     std::fs::create_dir(dir.path().join("creds")).unwrap();
     write_private(&dir.path().join("creds/bakrypt-client-secret"), "s3");
     let run = check_config(&example, dir.path());

@@ -58,6 +58,9 @@ pub struct FakeConfig {
     /// The `audience` a client_credentials request must send, if any (then
     /// exactly this; otherwise none may be sent).
     pub cc_audience: Option<String>,
+    /// Client assertions instead of Basic credentials (see
+    /// [`FakeConfig::with_client_assertion`]).
+    pub assertion: Option<AssertionCheck>,
 }
 
 /// What reuse of a spent refresh token outside its grace does to the tokens
@@ -100,6 +103,7 @@ impl FakeConfig {
             on_reuse: FamilyOnReuse::Kept,
             cc_scope: None,
             cc_audience: None,
+            assertion: None,
         }
     }
 

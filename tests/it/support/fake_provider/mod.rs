@@ -85,6 +85,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{oneshot, Notify};
 use tokio::task::{JoinHandle, JoinSet};
 
+mod assertion;
 mod authorize;
 mod config;
 mod device;
@@ -94,6 +95,7 @@ mod state;
 mod tokens;
 mod wire;
 
+pub use assertion::AssertionCheck;
 pub use config::{ExpiresIn, FakeConfig, FamilyOnReuse, Fault};
 #[allow(unused_imports)] // only the integration tests drive the device grant
 pub use device::{DevicePoll, DeviceSettings};

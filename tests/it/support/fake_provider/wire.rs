@@ -86,17 +86,21 @@ impl Inner {
     /// code exchange (with an optional PKCE verifier).
     fn check_didit(&self, headers: &HeaderMap, body: &[u8]) -> Result<Grant, Reject> {
         require_media_type(headers, "application/x-www-form-urlencoded")?;
-        self.check_basic(headers)?;
         let form = parse_form(body).map_err(Reject::invalid_request)?;
+        let auth = match &self.cfg.assertion {
+            Some(check) => self.check_assertion(check, headers, &form)?,
+            None => self.check_basic(headers).map(|()| Vec::new())?,
+        };
+        let with_auth = |fields: &[&'static str]| [fields, &auth].concat();
         match grant_type(&form)? {
             "refresh_token" => {
-                let f = exact_fields(&form, &["grant_type", "refresh_token"], &[])?;
+                let f = exact_fields(&form, &with_auth(&["grant_type", "refresh_token"]), &[])?;
                 Ok(Grant::Refresh(non_empty(&f, "refresh_token")?))
             }
             "authorization_code" => {
                 let f = exact_fields(
                     &form,
-                    &["code", "grant_type", "redirect_uri"],
+                    &with_auth(&["code", "grant_type", "redirect_uri"]),
                     &["code_verifier"],
                 )?;
                 Ok(Grant::Exchange {
@@ -105,7 +109,7 @@ impl Inner {
                     verifier: f.get("code_verifier").map(|v| v.to_string()),
                 })
             }
-            "client_credentials" => self.client_credentials(&form, &[]),
+            "client_credentials" => self.client_credentials(&form, &auth),
             _ => Err(Reject::unsupported_grant_type(
                 "grant_type must be refresh_token, authorization_code or client_credentials",
             )),
