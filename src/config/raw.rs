@@ -52,6 +52,10 @@ pub(super) struct RawDaemon {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawProvider {
     pub(super) token_url: Option<String>,
+    pub(super) issuer: Option<String>,
+    pub(super) revocation_url: Option<String>,
+    pub(super) revoke_on_remove: Option<bool>,
+    pub(super) discovery_refresh: Option<RawDuration>,
     pub(super) client_id: Option<String>,
     pub(super) client_secret: Option<String>,
     pub(super) client_secret_file: Option<PathBuf>,

@@ -10,21 +10,46 @@
 //! - `auth`: every client-auth method's name, needs and wire form.
 //! - `template`: request templates, their placeholders and the renderer.
 //! - `client`: the HTTP exchange and reading the answer.
+//! - `discovery`: the authorization server's metadata (RFC 8414, OpenID
+//!   Connect Discovery): where it is, fetching it, what is trusted in it.
+//! - `revoke`: token revocation (RFC 7009), built as purely as `prepare`.
 
 use std::time::Duration;
 
 mod auth;
 mod client;
+mod discovery;
 mod request;
+mod revoke;
 mod template;
 
 pub(crate) use auth::{ClientAuth, Needs};
 pub use client::ProviderClient;
+pub(crate) use discovery::{DiscoveryError, Fetched, Metadata};
+pub(crate) use revoke::{prepare_revocation, Revocable, RevocationError};
 pub(crate) use request::RESERVED_PARAMS;
 pub use request::{prepare, Endpoint, PreparedRequest, TokenGrant};
 #[cfg(test)]
 pub(crate) use template::pairs;
 pub(crate) use template::{unknown_placeholders, Encoding, RequestTemplate, PLACEHOLDERS};
+
+/// Whether tokens may be sent to `url`: https, or plain http to a loopback
+/// address, or anywhere with `allow_insecure_http`. Configured and
+/// discovered endpoints alike.
+pub(crate) fn check_transport(url: &url::Url, allow_insecure_http: bool) -> Result<(), String> {
+    let loopback = match url.host() {
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        Some(url::Host::Domain(d)) => d == "localhost",
+        None => false,
+    };
+    match url.scheme() {
+        "https" => Ok(()),
+        "http" if loopback || allow_insecure_http => Ok(()),
+        "http" => Err("plain http would send client secrets and tokens in clear text; use https, or set allow_insecure_http = true if you really mean it".into()),
+        other => Err(format!("unsupported scheme `{other}`; use https")),
+    }
+}
 
 /// How a failed token request should be treated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

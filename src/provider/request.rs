@@ -31,8 +31,20 @@ pub(crate) const RESERVED_PARAMS: [&str; 6] = [
 pub struct Endpoint {
     /// The provider's name, for log lines.
     pub(crate) name: String,
-    /// The token endpoint.
+    /// The token endpoint. For a provider configured by `issuer` alone,
+    /// the discovered one: a provider whose endpoints are not known yet
+    /// never reaches the refresher (see `discovery`).
     pub token_url: Url,
+    /// The issuer (`issuer = "https://..."`), whose metadata (RFC 8414,
+    /// OpenID Connect Discovery) fills in the endpoints not configured.
+    pub(crate) issuer: Option<String>,
+    /// The revocation endpoint (RFC 7009), configured or discovered.
+    pub(crate) revocation_url: Option<Url>,
+    /// The server metadata last discovered from `issuer`, if any.
+    pub(crate) discovered: Option<std::sync::Arc<super::Metadata>>,
+    /// Plain http is allowed to any host (`allow_insecure_http`), for
+    /// discovered endpoints as for configured ones.
+    pub(crate) allow_insecure_http: bool,
     /// OAuth client id, if the provider uses one.
     pub(crate) client_id: Option<String>,
     /// OAuth client secret (password), resolved from wherever it was given.
