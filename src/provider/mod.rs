@@ -25,8 +25,8 @@ mod template;
 
 pub(crate) use auth::{ClientAuth, Needs};
 pub use client::ProviderClient;
-pub(crate) use discovery::{DiscoveryError, Fetched, Metadata};
-pub(crate) use revoke::{prepare_revocation, Revocable, RevocationError};
+pub(crate) use discovery::Metadata;
+pub(crate) use revoke::Revocable;
 pub(crate) use request::RESERVED_PARAMS;
 pub use request::{prepare, Endpoint, PreparedRequest, TokenGrant};
 #[cfg(test)]

@@ -69,6 +69,14 @@ pub(crate) enum RefreshError {
     /// The authorization-code exchange was refused or failed.
     #[error("authorization code exchange failed: {0}")]
     ExchangeFailed(Failure),
+    /// An asked-for revocation failed; the credential was kept.
+    #[error("credential `{name}` was kept because its revocation failed: {message}; remove it anyway with `tokend remove {name} --revoke --force`")]
+    RevocationFailed {
+        /// Credential.
+        name: String,
+        /// Why, scrubbed of the token and the client secret.
+        message: String,
+    },
     /// The database failed.
     #[error(transparent)]
     Store(#[from] StoreError),

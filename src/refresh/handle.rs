@@ -26,6 +26,9 @@ pub(crate) struct RefresherHandle {
     pub(super) tx: mpsc::Sender<Command>,
     pub(super) published: Arc<DashMap<Arc<str>, Arc<View>>>,
     pub(super) settings: Arc<LiveSettings>,
+    /// For revocations, which the handle sends itself: the owner never
+    /// awaits a provider.
+    pub(super) client: crate::provider::ProviderClient,
 }
 
 /// The configuration handles read directly, kept current by the owner on
@@ -176,7 +179,7 @@ impl RefresherHandle {
         .await
     }
 
-    async fn ask<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T, RefreshError> {
+    pub(super) async fn ask<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T, RefreshError> {
         let (tx, rx) = oneshot::channel();
         self.tx
             .send(make(tx))

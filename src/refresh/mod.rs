@@ -32,6 +32,7 @@ mod outcome;
 mod read_plan;
 mod reload;
 mod request;
+mod revoke;
 mod schedule;
 mod slots;
 mod start;
@@ -54,6 +55,7 @@ use tokio_util::task::TaskTracker;
 pub(crate) use error::RefreshError;
 pub(crate) use handle::RefresherHandle;
 pub(crate) use request::{ExchangeRequest, NewCredential};
+pub(crate) use revoke::RemoveOptions;
 pub(crate) use view::View;
 
 use crate::access::Grant;
@@ -205,6 +207,7 @@ impl Refresher {
         r.slots.shrink_to_fit();
         r.schedule.shrink_to_fit();
         let handle = RefresherHandle {
+            client: r.client.clone(),
             tx,
             published,
             settings,
@@ -327,6 +330,9 @@ impl Refresher {
             Command::Exchange { req, reply } => self.exchange(req, reply),
             Command::Remove { name, reply } => {
                 let _ = reply.send(self.remove(&name).await);
+            }
+            Command::ForRevocation { name, reply } => {
+                let _ = reply.send(self.for_revocation(&name).await);
             }
             Command::Reload { config, reply } => {
                 self.reload(config);

@@ -72,6 +72,9 @@ impl From<RefreshError> for ApiError {
                 (StatusCode::BAD_REQUEST, ErrorKind::BadRequest)
             }
             RefreshError::ExchangeFailed(_) => (StatusCode::BAD_GATEWAY, ErrorKind::ExchangeFailed),
+            RefreshError::RevocationFailed { .. } => {
+                (StatusCode::BAD_GATEWAY, ErrorKind::RevocationFailed)
+            }
             RefreshError::Store(_) => (StatusCode::INTERNAL_SERVER_ERROR, ErrorKind::Internal),
             RefreshError::ShuttingDown => {
                 (StatusCode::SERVICE_UNAVAILABLE, ErrorKind::ShuttingDown)

@@ -26,13 +26,15 @@ use super::{MAX_BODY_BYTES, MAX_EXPIRES_IN_SECS, REQUEST_TIMEOUT};
 use crate::access::Peer;
 use crate::api::{
     CredentialStatus, ErrorKind, ExchangeCode, GrantType, Health, HealthStatus, PutCredential,
-    TokenQuery,
+    RemoveQuery, Removed, TokenQuery,
 };
 use crate::credential::CredentialGrant;
 use crate::event;
 use crate::events::Kind;
 use crate::provider::RESERVED_PARAMS;
-use crate::refresh::{ExchangeRequest, NewCredential, RefreshError, RefresherHandle};
+use crate::refresh::{
+    ExchangeRequest, NewCredential, RefreshError, RefresherHandle, RemoveOptions,
+};
 use crate::token::Secret;
 
 /// The caller, attached to every request by `serve`.
@@ -382,7 +384,11 @@ async fn refresh(
 async fn delete_credential(
     State(h): State<RefresherHandle>,
     UrlPath(name): UrlPath<String>,
-) -> ApiResult<StatusCode> {
-    h.remove(&name).await?;
-    Ok(StatusCode::NO_CONTENT)
+    Query(q): Query<RemoveQuery>,
+) -> ApiResult<Json<Removed>> {
+    let opts = RemoveOptions {
+        revoke: q.revoke.unwrap_or(false),
+        force: q.force.unwrap_or(false),
+    };
+    Ok(Json(h.remove_with(&name, opts).await?))
 }

@@ -51,7 +51,7 @@ mod tests;
 
 use batch::{RowWrite, RowWritten};
 use columns::Shape;
-pub(crate) use discovery::{read_metadata_offline, StoredMetadata};
+pub(crate) use discovery::read_metadata_offline;
 pub use error::StoreError;
 pub use group_commit::{GroupCommit, GroupStats};
 pub(crate) use rekey::{rekey, Rekeyed};
