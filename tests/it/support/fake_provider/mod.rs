@@ -86,18 +86,25 @@ use tokio::sync::{oneshot, Notify};
 use tokio::task::{JoinHandle, JoinSet};
 
 mod config;
+mod discovery;
 mod http;
 mod provider;
+mod revoke;
 mod state;
 mod tokens;
 mod wire;
 
 pub use config::{ExpiresIn, FakeConfig, FamilyOnReuse, Fault};
+// Only the integration tests switch the metadata documents.
+#[allow(unused_imports)]
+pub use discovery::DiscoveryMode;
 pub use provider::FakeProvider;
 pub use tokens::find_leaks;
 pub use wire::pkce_s256;
 
+use discovery::*;
 use http::*;
+use revoke::*;
 use state::*;
 use tokens::*;
 use wire::*;

@@ -56,6 +56,8 @@ pub(super) struct State {
     pub(super) rejections: Vec<String>,
     pub(super) faults: VecDeque<Fault>,
     pub(super) sticky_fault: Option<Fault>,
+    pub(super) discovery: DiscoveryState,
+    pub(super) revocation: RevocationState,
 }
 
 impl State {
