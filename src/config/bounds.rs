@@ -29,7 +29,7 @@ pub(super) const REQUEST_TIMEOUT: RangeInclusive<Duration> = ms(100)..=secs(600)
 /// gets through.
 pub(super) const READ_TIMEOUT: RangeInclusive<Duration> = ms(100)..=secs(60);
 /// `discovery_refresh`.
-pub(super) const DISCOVERY_REFRESH: RangeInclusive<Duration> = secs(60)..=secs(30 * DAY);
+pub(super) const DISCOVERY_REFRESH: RangeInclusive<Duration> = secs(1)..=secs(30 * DAY);
 /// `keepalive`.
 pub(super) const KEEPALIVE: RangeInclusive<Duration> = secs(60)..=secs(366 * DAY);
 /// `refresh_token_warning`; zero means never warn.
