@@ -331,8 +331,7 @@ async fn reload(
             }
             let providers = config.providers.len();
             // Every issuer is asked again, as SIGHUP promises.
-            let effective = discovery.reload(Arc::new(config)).await;
-            match handle.reload(Arc::new(effective)).await {
+            match discovery.reload(Arc::new(config), handle).await {
                 Ok(()) => event!(
                     info,
                     Kind::Reloaded,

@@ -21,7 +21,7 @@ use crate::config::{Config, ProviderConfig};
 use crate::event;
 use crate::events::Kind;
 use crate::provider::{Endpoint, Metadata, ProviderClient};
-use crate::refresh::RefresherHandle;
+use crate::refresh::{RefreshError, RefresherHandle};
 use crate::store::Store;
 use crate::token::{duration_ms, now_ms};
 
@@ -141,13 +141,30 @@ impl Discovery {
     }
 
     /// A new configuration file (SIGHUP): fetches every issuer again and
-    /// returns the configuration to reload the refresher with.
-    pub(crate) async fn reload(&self, file: Arc<Config>) -> Config {
-        self.refetch_all(file, Fallback::Stored).await
+    /// reloads the refresher with the result. Done under the state's lock,
+    /// as the periodic refetch is, so an older result never lands after a
+    /// newer one.
+    pub(crate) async fn reload(
+        &self,
+        file: Arc<Config>,
+        handle: &RefresherHandle,
+    ) -> Result<(), RefreshError> {
+        let mut st = self.state.lock().await;
+        let config = self.refetch_all_locked(&mut st, file, Fallback::Stored).await;
+        handle.reload(Arc::new(config)).await
     }
 
     async fn refetch_all(&self, file: Arc<Config>, fallback: Fallback) -> Config {
         let mut st = self.state.lock().await;
+        self.refetch_all_locked(&mut st, file, fallback).await
+    }
+
+    async fn refetch_all_locked(
+        &self,
+        st: &mut State,
+        file: Arc<Config>,
+        fallback: Fallback,
+    ) -> Config {
         st.file = Arc::clone(&file);
         let providers: Vec<Arc<ProviderConfig>> = discovered(&file).cloned().collect();
         st.known.retain(|name, _| file.providers.contains_key(name));
@@ -160,7 +177,7 @@ impl Discovery {
         )
         .await;
         for (p, result) in providers.iter().zip(fetched) {
-            self.record(&mut st, p, result);
+            self.record(st, p, result);
         }
         effective(&st.file, &st.known, &st.errors)
     }
@@ -182,7 +199,8 @@ impl Discovery {
                 _ = cancel.cancelled() => return,
                 _ = tokio::time::sleep(wait) => {}
             }
-            if let Some(config) = self.refetch_due().await {
+            let mut st = self.state.lock().await;
+            if let Some(config) = self.refetch_due(&mut st).await {
                 if let Err(e) = handle.reload(Arc::new(config)).await {
                     tracing::warn!(tokend_error = %e, "cannot hand the discovered endpoints to the refresher");
                 }
@@ -192,8 +210,7 @@ impl Discovery {
 
     /// Refetches the providers due now; the new configuration if anything
     /// the refresher sees changed.
-    async fn refetch_due(&self) -> Option<Config> {
-        let mut st = self.state.lock().await;
+    async fn refetch_due(&self, st: &mut State) -> Option<Config> {
         let now = now_ms();
         let file = Arc::clone(&st.file);
         let due: Vec<Arc<ProviderConfig>> = discovered(&file)
@@ -210,7 +227,7 @@ impl Discovery {
         )
         .await;
         for (p, result) in due.iter().zip(fetched) {
-            self.record(&mut st, p, result);
+            self.record(st, p, result);
         }
         let after = effective(&st.file, &st.known, &st.errors);
         (!same_endpoints(&before, &after)).then_some(after)
