@@ -150,7 +150,9 @@ impl Discovery {
         handle: &RefresherHandle,
     ) -> Result<(), RefreshError> {
         let mut st = self.state.lock().await;
-        let config = self.refetch_all_locked(&mut st, file, Fallback::Stored).await;
+        let config = self
+            .refetch_all_locked(&mut st, file, Fallback::Stored)
+            .await;
         handle.reload(Arc::new(config)).await
     }
 
@@ -314,7 +316,12 @@ impl Discovery {
     }
 
     /// Takes a fetch's result and schedules the provider's next fetch.
-    fn record(&self, st: &mut State, p: &ProviderConfig, result: Result<Known, (String, Option<Known>)>) {
+    fn record(
+        &self,
+        st: &mut State,
+        p: &ProviderConfig,
+        result: Result<Known, (String, Option<Known>)>,
+    ) {
         let Some(discovery) = p.discovery else {
             return;
         };
@@ -347,7 +354,6 @@ impl Discovery {
         st.due
             .insert(p.name.clone(), (now_ms().saturating_add(delay), failures));
     }
-
 }
 
 /// What a failed fetch falls back on when nothing was known before.
@@ -420,21 +426,35 @@ pub(crate) async fn check_lines(config: &Config, database: &std::path::Path) -> 
                 humantime::format_duration(d.refresh)
             ));
         }
-        lines.push(format!("  provider {name}: issuer {issuer}; {}", settings.join(", ")));
+        lines.push(format!(
+            "  provider {name}: issuer {issuer}; {}",
+            settings.join(", ")
+        ));
         let mut quick = e.clone();
         quick.request_timeout = quick.request_timeout.min(CHECK_TIMEOUT);
         let (metadata, whence) = match client.discover(&quick).await {
             Ok(f) => (Some(f.metadata), format!("fetched now from {}", f.url)),
-            Err(err) => match crate::store::read_metadata_offline(database, name).await {
-                Ok(Some(row)) if row.issuer == issuer => {
-                    match Metadata::parse(row.document.as_bytes(), "the stored copy", issuer, e.allow_insecure_http) {
+            Err(err) => {
+                match crate::store::read_metadata_offline(database, name).await {
+                    Ok(Some(row)) if row.issuer == issuer => {
+                        match Metadata::parse(row.document.as_bytes(), "the stored copy", issuer, e.allow_insecure_http) {
                         Ok(m) => (Some(m), format!("cannot fetch it now ({err}); the copy stored in {} {}s ago", database.display(), now_ms().saturating_sub(row.fetched_at) / 1000)),
                         Err(bad) => (None, format!("cannot fetch it now ({err}); the stored copy is refused ({bad})")),
                     }
+                    }
+                    Ok(_) => (
+                        None,
+                        format!(
+                            "cannot fetch it now ({err}); no stored copy in {}",
+                            database.display()
+                        ),
+                    ),
+                    Err(db) => (
+                        None,
+                        format!("cannot fetch it now ({err}); cannot read the stored copy ({db})"),
+                    ),
                 }
-                Ok(_) => (None, format!("cannot fetch it now ({err}); no stored copy in {}", database.display())),
-                Err(db) => (None, format!("cannot fetch it now ({err}); cannot read the stored copy ({db})")),
-            },
+            }
         };
         lines.push(format!("    metadata: {whence}"));
         let Some(m) = metadata else {
@@ -450,7 +470,10 @@ pub(crate) async fn check_lines(config: &Config, database: &std::path::Path) -> 
         lines.push(format!("    token endpoint: {token_url}"));
         for (what, url) in [
             ("authorization endpoint", &m.authorization_endpoint),
-            ("device authorization endpoint", &m.device_authorization_endpoint),
+            (
+                "device authorization endpoint",
+                &m.device_authorization_endpoint,
+            ),
             ("revocation endpoint", &m.revocation_endpoint),
         ] {
             if url.is_some() {
@@ -458,8 +481,14 @@ pub(crate) async fn check_lines(config: &Config, database: &std::path::Path) -> 
             }
         }
         for (what, list) in [
-            ("token endpoint auth methods", &m.token_endpoint_auth_methods_supported),
-            ("code challenge methods", &m.code_challenge_methods_supported),
+            (
+                "token endpoint auth methods",
+                &m.token_endpoint_auth_methods_supported,
+            ),
+            (
+                "code challenge methods",
+                &m.code_challenge_methods_supported,
+            ),
             ("DPoP algorithms", &m.dpop_signing_alg_values_supported),
         ] {
             if !list.is_empty() {
@@ -514,7 +543,11 @@ mod tests {
         let errors = BTreeMap::from([("only".to_string(), "cannot fetch".to_string())]);
         let c = effective(&file, &BTreeMap::new(), &errors);
         assert!(!c.providers.contains_key("only"));
-        assert!(c.pending["only"].contains("cannot fetch"), "{:?}", c.pending);
+        assert!(
+            c.pending["only"].contains("cannot fetch"),
+            "{:?}",
+            c.pending
+        );
         assert!(c.pending["only"].contains("token_url"), "{:?}", c.pending);
         // Explicit endpoints work without metadata.
         assert_eq!(
@@ -547,8 +580,14 @@ mod tests {
             both.revocation_url.as_ref().unwrap().as_str(),
             "https://configured.example/revoke"
         );
-        assert!(same_endpoints(&c, &effective(&file, &known, &BTreeMap::new())));
-        assert!(!same_endpoints(&c, &effective(&file, &BTreeMap::new(), &BTreeMap::new())));
+        assert!(same_endpoints(
+            &c,
+            &effective(&file, &known, &BTreeMap::new())
+        ));
+        assert!(!same_endpoints(
+            &c,
+            &effective(&file, &BTreeMap::new(), &BTreeMap::new())
+        ));
     }
 
     #[test]

@@ -12,8 +12,8 @@ use hyper::Method;
 
 use super::emit;
 use crate::api::{
-    CredentialState, CredentialStatus, ErrorKind, ExchangeCode, GrantType, PutCredential,
-    Removed, Revocation, TokenResponse,
+    CredentialState, CredentialStatus, ErrorKind, ExchangeCode, GrantType, PutCredential, Removed,
+    Revocation, TokenResponse,
 };
 use crate::client::{path_segment, Client, ClientError};
 use crate::config::ConfigError;
@@ -378,7 +378,9 @@ pub(super) fn check_config(file: Option<PathBuf>) -> anyhow::Result<ExitCode> {
                 .clone()
                 .unwrap_or_else(paths::default_database);
             if cfg.providers.values().any(|p| {
-                p.endpoint.issuer.is_some() || p.endpoint.revocation_url.is_some() || p.revoke_on_remove
+                p.endpoint.issuer.is_some()
+                    || p.endpoint.revocation_url.is_some()
+                    || p.revoke_on_remove
             }) {
                 let runtime = tokio::runtime::Builder::new_current_thread()
                     .enable_all()

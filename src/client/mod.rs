@@ -379,11 +379,7 @@ mod tests {
             stream.write_all((head + body).as_bytes()).unwrap();
         });
         let err = Client::new(&path)
-            .call_blocking::<crate::api::Removed>(
-                Method::DELETE,
-                "/v1/credentials/x",
-                None::<&()>,
-            )
+            .call_blocking::<crate::api::Removed>(Method::DELETE, "/v1/credentials/x", None::<&()>)
             .unwrap_err();
         assert_eq!(err.to_string(), "no credential named `x`");
         assert!(matches!(err, ClientError::Api { status, .. } if status == StatusCode::NOT_FOUND));

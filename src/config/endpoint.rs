@@ -10,7 +10,8 @@ use super::collect::{Collector, Scope};
 use super::raw::{RawProvider, RawRequest, RawResponse};
 use super::{defaults, secrets};
 use crate::provider::{
-    check_transport, unknown_placeholders, ClientAuth, Encoding, Needs, RequestTemplate, PLACEHOLDERS,
+    check_transport, unknown_placeholders, ClientAuth, Encoding, Needs, RequestTemplate,
+    PLACEHOLDERS,
 };
 use crate::token::{ResponseFields, Secret};
 

@@ -473,7 +473,10 @@ fn an_issuer_stands_in_for_the_token_url() {
     )
     .unwrap();
     let p = &cfg.providers["g"];
-    assert_eq!(p.endpoint.issuer.as_deref(), Some("https://accounts.example"));
+    assert_eq!(
+        p.endpoint.issuer.as_deref(),
+        Some("https://accounts.example")
+    );
     assert!(p.revoke_on_remove);
     assert_eq!(
         p.discovery,
@@ -511,7 +514,9 @@ fn issuer_and_revocation_url_are_checked() {
         ),
         ("client_auth = \"none\"", "token_url", "issuer ="),
     ] {
-        let p = problems(&format!("[providers.a]\n{toml}\nclient_id = \"i\"\nclient_secret = \"s\"\n"));
+        let p = problems(&format!(
+            "[providers.a]\n{toml}\nclient_id = \"i\"\nclient_secret = \"s\"\n"
+        ));
         let found = p
             .iter()
             .find(|p| p.key == format!("providers.a.{key}"))

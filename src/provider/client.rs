@@ -220,7 +220,10 @@ fn describe_reqwest(err: &reqwest::Error, e: &Endpoint) -> String {
     }
 }
 
-pub(super) async fn read_capped(response: &mut reqwest::Response, cap: usize) -> Result<Vec<u8>, String> {
+pub(super) async fn read_capped(
+    response: &mut reqwest::Response,
+    cap: usize,
+) -> Result<Vec<u8>, String> {
     if response
         .content_length()
         .is_some_and(|len| len as usize > cap)

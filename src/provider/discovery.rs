@@ -349,7 +349,10 @@ mod tests {
             "jwks_uri":"https://as.example/jwks","unknown":{"x":1}}"#,
         )
         .unwrap();
-        assert_eq!(m.token_endpoint.unwrap().as_str(), "https://as.example/token");
+        assert_eq!(
+            m.token_endpoint.unwrap().as_str(),
+            "https://as.example/token"
+        );
         assert_eq!(
             m.revocation_endpoint.unwrap().as_str(),
             "https://as.example/revoke"
@@ -391,10 +394,10 @@ mod tests {
             .unwrap_err();
         assert!(e.to_string().contains("token_endpoint"), "{e}");
         // Loopback http passes, as for a configured token_url.
-        assert!(
-            parse(r#"{"issuer":"https://as.example","token_endpoint":"http://127.0.0.1:9/t"}"#)
-                .is_ok()
-        );
+        assert!(parse(
+            r#"{"issuer":"https://as.example","token_endpoint":"http://127.0.0.1:9/t"}"#
+        )
+        .is_ok());
         assert!(Metadata::parse(
             br#"{"issuer":"https://as.example","revocation_endpoint":"http://as.example/r"}"#,
             "u",
@@ -413,10 +416,7 @@ mod tests {
                 "{doc}"
             );
         }
-        assert!(matches!(
-            parse("[1]"),
-            Err(DiscoveryError::NotJson { .. })
-        ));
+        assert!(matches!(parse("[1]"), Err(DiscoveryError::NotJson { .. })));
         assert!(matches!(
             parse("<html>"),
             Err(DiscoveryError::NotJson { .. })

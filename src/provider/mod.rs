@@ -26,9 +26,9 @@ mod template;
 pub(crate) use auth::{ClientAuth, Needs};
 pub use client::ProviderClient;
 pub(crate) use discovery::Metadata;
-pub(crate) use revoke::Revocable;
 pub(crate) use request::RESERVED_PARAMS;
 pub use request::{prepare, Endpoint, PreparedRequest, TokenGrant};
+pub(crate) use revoke::Revocable;
 #[cfg(test)]
 pub(crate) use template::pairs;
 pub(crate) use template::{unknown_placeholders, Encoding, RequestTemplate, PLACEHOLDERS};

@@ -179,7 +179,10 @@ impl RefresherHandle {
         .await
     }
 
-    pub(super) async fn ask<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T, RefreshError> {
+    pub(super) async fn ask<T>(
+        &self,
+        make: impl FnOnce(Reply<T>) -> Command,
+    ) -> Result<T, RefreshError> {
         let (tx, rx) = oneshot::channel();
         self.tx
             .send(make(tx))

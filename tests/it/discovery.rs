@@ -37,14 +37,21 @@ async fn refreshes_through(daemon: &Daemon, fake: &FakeProvider, name: &str) {
 async fn an_issuer_alone_finds_the_token_endpoint() {
     let fake = fake().await;
     let daemon = Daemon::start(FAST_DAEMON, &issuer_toml("p", &fake, "")).await;
-    daemon.add("mail", "p", &fake.issue_refresh_token()).await.ok();
+    daemon
+        .add("mail", "p", &fake.issue_refresh_token())
+        .await
+        .ok();
     let token = daemon.cli(&["get", "mail"]).await;
     assert!(fake.access_token_expiry(token.ok().stdout.trim()).is_some());
     assert_eq!(
         fake.discovery_requests(),
         ["/.well-known/openid-configuration"]
     );
-    assert!(daemon.logs().contains("metadata of issuer"), "{}", daemon.logs());
+    assert!(
+        daemon.logs().contains("metadata of issuer"),
+        "{}",
+        daemon.logs()
+    );
     assert!(fake.rejections().is_empty(), "{:?}", fake.rejections());
     daemon.finish(&[&fake]).await;
 }
@@ -55,7 +62,10 @@ async fn the_rfc_8414_document_is_tried_when_the_openid_one_is_404() {
     fake.set_issuer_path("/tenant");
     fake.serve_oauth_metadata_only(true);
     let daemon = Daemon::start(FAST_DAEMON, &issuer_toml("p", &fake, "")).await;
-    daemon.add("mail", "p", &fake.issue_refresh_token()).await.ok();
+    daemon
+        .add("mail", "p", &fake.issue_refresh_token())
+        .await
+        .ok();
     refreshes_through(&daemon, &fake, "mail").await;
     // RFC 8414 §3.1: the well-known part goes between host and path.
     assert_eq!(
@@ -76,11 +86,17 @@ async fn a_lying_issuer_is_refused_and_its_credentials_wait_until_it_is_fixed() 
     let daemon = Daemon::start(FAST_DAEMON, &issuer_toml("p", &fake, "")).await;
     // The credential is stored, and waits.
     let added = daemon.add("mail", "p", &fake.issue_refresh_token()).await;
-    assert!(added.stderr.contains("stored, but no token yet"), "{added:?}");
+    assert!(
+        added.stderr.contains("stored, but no token yet"),
+        "{added:?}"
+    );
     let st = daemon.status("mail").await;
     assert_eq!(st["state"], "paused", "{st}");
     let reason = st["last_error"].as_str().unwrap_or_default().to_string();
-    assert!(reason.contains("names issuer `https://evil.example`"), "{reason}");
+    assert!(
+        reason.contains("names issuer `https://evil.example`"),
+        "{reason}"
+    );
     let get = daemon.cli(&["get", "mail"]).await;
     assert_ne!(get.code, 0, "{get:?}");
     // Plain-http endpoints are refused too.
@@ -97,9 +113,11 @@ async fn a_lying_issuer_is_refused_and_its_credentials_wait_until_it_is_fixed() 
     // Fixed: the next fetch resumes the credential.
     fake.set_discovery_mode(DiscoveryMode::Normal);
     daemon.signal(libc::SIGHUP);
-    wait_until(Duration::from_secs(10), "the credential to resume", || async {
-        daemon.status("mail").await["state"] == "active"
-    })
+    wait_until(
+        Duration::from_secs(10),
+        "the credential to resume",
+        || async { daemon.status("mail").await["state"] == "active" },
+    )
     .await;
     daemon.cli(&["get", "mail"]).await.ok();
     assert!(fake.refresh_count() >= 1);
@@ -111,7 +129,10 @@ async fn a_lying_issuer_is_refused_and_its_credentials_wait_until_it_is_fixed() 
 async fn a_restart_while_the_issuer_is_down_uses_the_stored_copy() {
     let fake = fake().await;
     let mut daemon = Daemon::start(FAST_DAEMON, &issuer_toml("p", &fake, "")).await;
-    daemon.add("mail", "p", &fake.issue_refresh_token()).await.ok();
+    daemon
+        .add("mail", "p", &fake.issue_refresh_token())
+        .await
+        .ok();
     daemon.stop().await;
     fake.set_discovery_mode(DiscoveryMode::ServerError);
     daemon.spawn().await;
@@ -124,7 +145,11 @@ async fn a_restart_while_the_issuer_is_down_uses_the_stored_copy() {
     // A provider with neither the issuer nor a stored copy: its
     // credentials are taken, and wait.
     daemon.stop().await;
-    let both = format!("{}{}", issuer_toml("p", &fake, ""), issuer_toml("q", &fake, ""));
+    let both = format!(
+        "{}{}",
+        issuer_toml("p", &fake, ""),
+        issuer_toml("q", &fake, "")
+    );
     daemon.write_config(FAST_DAEMON, &both);
     daemon.spawn().await;
     refreshes_through(&daemon, &fake, "mail").await;
@@ -229,7 +254,10 @@ async fn remove_revoke_revokes_the_refresh_token_at_the_provider() {
 async fn a_failed_revocation_keeps_the_credential_unless_forced() {
     let fake = fake().await;
     let daemon = Daemon::start(FAST_DAEMON, &issuer_toml("p", &fake, "")).await;
-    daemon.add("mail", "p", &fake.issue_refresh_token()).await.ok();
+    daemon
+        .add("mail", "p", &fake.issue_refresh_token())
+        .await
+        .ok();
     fake.fail_revocations(Some(503));
     let kept = daemon.cli(&["remove", "mail", "--revoke"]).await;
     assert_ne!(kept.code, 0, "{kept:?}");
@@ -270,8 +298,14 @@ async fn revoke_on_remove_revokes_and_deletes_even_when_revocation_fails() {
     daemon.cli(&["get", "svc"]).await.ok();
     daemon.cli(&["remove", "svc"]).await.ok();
     // A client_credentials credential revokes its access token.
-    assert_eq!(fake.revocations(), [(Some("access_token".to_string()), true)]);
-    daemon.add("mail", "p", &fake.issue_refresh_token()).await.ok();
+    assert_eq!(
+        fake.revocations(),
+        [(Some("access_token".to_string()), true)]
+    );
+    daemon
+        .add("mail", "p", &fake.issue_refresh_token())
+        .await
+        .ok();
     fake.fail_revocations(Some(500));
     let removed = daemon.cli(&["remove", "mail"]).await;
     assert_eq!(removed.code, 0, "{removed:?}");

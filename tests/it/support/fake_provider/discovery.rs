@@ -66,7 +66,10 @@ impl Inner {
             self.lock()
                 .rejections
                 .push(format!("[discovery] {} {path}: {problem}", parts.method));
-            json_response(StatusCode::BAD_REQUEST, &json!({"error": "invalid_request"}))
+            json_response(
+                StatusCode::BAD_REQUEST,
+                &json!({"error": "invalid_request"}),
+            )
         };
         if parts.method != Method::GET {
             return Some(refuse("metadata is fetched with GET"));
@@ -83,7 +86,8 @@ impl Inner {
         }
         let base = format!("http://{}", self.addr);
         let issuer = format!("{base}{issuer_path}");
-        let token = token_endpoint.unwrap_or_else(|| format!("{base}{}", self.cfg.flavor.token_path()));
+        let token =
+            token_endpoint.unwrap_or_else(|| format!("{base}{}", self.cfg.flavor.token_path()));
         let doc = |issuer: &str, host: &str, token: &str| {
             json!({
                 "issuer": issuer,
@@ -104,10 +108,9 @@ impl Inner {
                 StatusCode::INTERNAL_SERVER_ERROR,
                 &json!({"error": "server_error"}),
             ),
-            DiscoveryMode::WrongIssuer => json_response(
-                StatusCode::OK,
-                &doc("https://evil.example", &base, &token),
-            ),
+            DiscoveryMode::WrongIssuer => {
+                json_response(StatusCode::OK, &doc("https://evil.example", &base, &token))
+            }
             DiscoveryMode::InsecureUrls => json_response(
                 StatusCode::OK,
                 &doc(&issuer, "http://as.example", "http://as.example/token"),

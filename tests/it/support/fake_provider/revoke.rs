@@ -109,7 +109,11 @@ impl Inner {
             st.access_tokens.remove(&token).is_some()
         };
         st.revocation.done.push((hint, known));
-        Ok(response(StatusCode::OK, "application/json", RespBody::full(Bytes::new())))
+        Ok(response(
+            StatusCode::OK,
+            "application/json",
+            RespBody::full(Bytes::new()),
+        ))
     }
 }
 
