@@ -28,6 +28,9 @@ use crate::token::{duration_ms, now_ms};
 /// First retry after a failed fetch; doubled up to the provider's
 /// `discovery_refresh`.
 const RETRY_FIRST: Duration = Duration::from_secs(10);
+/// Longest a fetch at start-up or on SIGHUP may take (at most the
+/// provider's `request_timeout`).
+const BLOCKING_FETCH_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest sleep without re-reading the wall clock.
 const MAX_SLEEP: Duration = Duration::from_secs(60);
 
@@ -244,7 +247,13 @@ impl Discovery {
         fallback: Fallback,
     ) -> Result<Known, (String, Option<Known>)> {
         let issuer = p.endpoint.issuer.clone().unwrap_or_default();
-        match self.client.discover(&p.endpoint).await {
+        // At start-up and on SIGHUP a slow issuer must not hold up the
+        // daemon for long: there is a stored copy, and a retry soon after.
+        let mut endpoint = p.endpoint.clone();
+        if fallback == Fallback::Stored {
+            endpoint.request_timeout = endpoint.request_timeout.min(BLOCKING_FETCH_TIMEOUT);
+        }
+        match self.client.discover(&endpoint).await {
             Ok(fetched) => {
                 let now = now_ms();
                 if let Err(e) = self

@@ -100,7 +100,7 @@ impl RefresherHandle {
         let result = match provider {
             Some(p) => self.client.revoke(&p.endpoint, token).await.map_err(|e| e.to_string()),
             None => Err(format!(
-                "provider `{}` is not in the configuration, so tokend cannot reach its revocation endpoint",
+                "provider `{}` is not in the configuration or still waits for its metadata, so tokend cannot reach its revocation endpoint",
                 cred.provider
             )),
         };
