@@ -172,7 +172,13 @@ impl Discovery {
     ) -> Config {
         st.file = Arc::clone(&file);
         let providers: Vec<Arc<ProviderConfig>> = discovered(&file).cloned().collect();
-        st.known.retain(|name, _| file.providers.contains_key(name));
+        // Metadata is kept only for a provider whose issuer is unchanged.
+        st.known.retain(|name, k| {
+            file.providers
+                .get(name)
+                .and_then(|p| p.endpoint.issuer.as_deref())
+                == Some(k.metadata.issuer.as_str())
+        });
         st.errors.clear();
         st.due.clear();
         let fetched = futures::future::join_all(

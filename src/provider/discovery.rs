@@ -330,6 +330,73 @@ mod tests {
         assert!(well_known_urls("mailto:x@example.com").is_err());
     }
 
+    /// Serves `app` on loopback; the endpoint of a provider whose issuer is
+    /// the server's root.
+    async fn serve(app: axum::Router) -> Endpoint {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        crate::provider::request::tests::endpoint(&format!(
+            "[providers.d]\nissuer = \"http://{addr}\"\nclient_id = \"i\"\nclient_auth = \"none\"\nmax_response_bytes = 2048\n"
+        ))
+    }
+
+    #[tokio::test]
+    async fn the_rfc_8414_document_after_a_404_and_no_redirect_or_huge_body() {
+        use axum::http::StatusCode;
+        use axum::routing::get;
+        let issuer = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let doc = std::sync::Arc::clone(&issuer);
+        let app = axum::Router::new()
+            .route(
+                "/.well-known/oauth-authorization-server",
+                get(move || {
+                    let issuer = doc.lock().unwrap().clone();
+                    async move {
+                        axum::Json(serde_json::json!({
+                            "issuer": issuer,
+                            "token_endpoint": format!("{issuer}/token"),
+                        }))
+                    }
+                }),
+            )
+            .fallback(|| async { StatusCode::NOT_FOUND });
+        let e = serve(app).await;
+        *issuer.lock().unwrap() = e.issuer.clone().unwrap();
+        let client = ProviderClient::new().unwrap();
+        let fetched = client.discover(&e).await.unwrap();
+        assert!(fetched
+            .url
+            .path()
+            .ends_with("/.well-known/oauth-authorization-server"));
+        assert_eq!(
+            fetched.metadata.token_endpoint.unwrap().as_str(),
+            format!("{}/token", e.issuer.as_deref().unwrap())
+        );
+
+        let redirect = axum::Router::new().fallback(|| async {
+            (
+                StatusCode::FOUND,
+                [(
+                    "location",
+                    "https://elsewhere.example/.well-known/openid-configuration",
+                )],
+            )
+        });
+        let e = serve(redirect).await;
+        let err = client.discover(&e).await.unwrap_err();
+        assert!(
+            matches!(err, DiscoveryError::Redirect { status: 302, .. }),
+            "{err}"
+        );
+
+        let huge = axum::Router::new().fallback(|| async { "x".repeat(4096) });
+        let e = serve(huge).await;
+        let err = client.discover(&e).await.unwrap_err();
+        assert!(matches!(err, DiscoveryError::Body { .. }), "{err}");
+        assert!(err.to_string().contains("larger than 2048"), "{err}");
+    }
+
     const ISSUER: &str = "https://as.example";
 
     fn parse(doc: &str) -> Result<Metadata, DiscoveryError> {
