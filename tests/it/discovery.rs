@@ -314,3 +314,33 @@ async fn revoke_on_remove_revokes_and_deletes_even_when_revocation_fails() {
     assert!(fake.rejections().is_empty(), "{:?}", fake.rejections());
     daemon.finish(&[&fake]).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_credential_resumes_when_a_retried_fetch_succeeds() {
+    let fake = fake().await;
+    fake.set_discovery_mode(DiscoveryMode::ServerError);
+    let toml = issuer_toml("p", &fake, "discovery_refresh = \"1s\"");
+    let daemon = Daemon::start(FAST_DAEMON, &toml).await;
+    let added = daemon.add("mail", "p", &fake.issue_refresh_token()).await;
+    assert_ne!(added.code, 0, "{added:?}");
+    let st = daemon.status("mail").await;
+    assert!(
+        st["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("answered 500")),
+        "{st}"
+    );
+    let asked = fake.discovery_requests().len();
+    // No SIGHUP: the retry alone brings the endpoints.
+    fake.set_discovery_mode(DiscoveryMode::Normal);
+    wait_until(
+        Duration::from_secs(10),
+        "the credential to resume",
+        || async { daemon.status("mail").await["state"] == "active" },
+    )
+    .await;
+    assert!(fake.discovery_requests().len() > asked);
+    daemon.cli(&["get", "mail"]).await.ok();
+    assert!(fake.rejections().is_empty(), "{:?}", fake.rejections());
+    daemon.finish(&[&fake]).await;
+}
