@@ -364,6 +364,59 @@ pub(crate) struct TokenQuery {
     pub(crate) min_valid: Option<u64>,
 }
 
+/// The query of `DELETE /v1/credentials/{name}`: `?revoke=true` revokes
+/// the token at the provider first (RFC 7009) and keeps the credential if
+/// that fails, unless `&force=true`.
+///
+/// ```json
+/// {"revoke":true,"force":false}
+/// ```
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+pub(crate) struct RemoveQuery {
+    /// Revoke first.
+    pub(crate) revoke: Option<bool>,
+    /// Delete even if the revocation failed.
+    pub(crate) force: Option<bool>,
+}
+
+/// `DELETE /v1/credentials/{name}`: what was removed and what became of
+/// its revocation.
+///
+/// ```json
+/// {"name":"mail","revocation":"failed","revocation_error":"revocation at https://... failed: answered 503"}
+/// ```
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Removed {
+    /// The credential.
+    pub name: String,
+    /// Whether its token was revoked at the provider.
+    pub revocation: Revocation,
+    /// Why the revocation failed, when it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revocation_error: Option<String>,
+}
+
+/// The `revocation` of a [`Removed`]:
+///
+/// ```json
+/// "revoked"
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Revocation {
+    /// Neither asked for nor configured (`revoke_on_remove`).
+    NotRequested,
+    /// The provider accepted the revocation.
+    Revoked,
+    /// The credential held no token to revoke.
+    NothingToRevoke,
+    /// The revocation failed (the credential was removed all the same).
+    Failed,
+    /// A value from a newer daemon.
+    #[serde(other)]
+    Other,
+}
+
 /// Every error answer:
 ///
 /// ```json
@@ -407,6 +460,8 @@ pub enum ErrorKind {
     Internal,
     /// 502: the provider refused or failed the code exchange.
     ExchangeFailed,
+    /// 502: an asked-for revocation failed; the credential was kept.
+    RevocationFailed,
     /// 503: no token can be had now; retry later.
     Unavailable,
     /// 503: the credential's refreshes are paused.

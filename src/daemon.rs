@@ -13,6 +13,7 @@ use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{load_config, Config};
+use crate::discovery::Discovery;
 use crate::event;
 use crate::events::Kind;
 use crate::fsguard;
@@ -176,9 +177,11 @@ pub(crate) async fn run(opts: DaemonOptions) -> anyhow::Result<()> {
     .context("cannot install signal handlers")?;
     let fd_limit = raise_fd_limit();
     let cancel = CancellationToken::new();
-    let (store, refresher, handle) = start_store(&config, &database, cancel.clone()).await?;
+    let (store, refresher, handle, discovery) =
+        start_store(&config, &database, cancel.clone()).await?;
     release_freed_memory();
     let (listener, socket_file, socket) = listen(&opts, &config).await?;
+    tokio::spawn(Arc::clone(&discovery).run(handle.clone(), cancel.clone()));
     let running = Running {
         refresher: tokio::spawn(refresher.run()),
         server: tokio::spawn(server::serve(
@@ -201,7 +204,7 @@ pub(crate) async fn run(opts: DaemonOptions) -> anyhow::Result<()> {
         "tokend started"
     );
     systemd::ready(&status_line(&handle));
-    handle_signals(signals, &opts, &handle, &config).await;
+    handle_signals(signals, &opts, &handle, &discovery, &config).await;
     running.stop(config.daemon.shutdown_timeout).await;
     store.close().await;
     drop(socket_file);
@@ -209,19 +212,22 @@ pub(crate) async fn run(opts: DaemonOptions) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Opens the database and loads the refresher from it; on failure the
-/// store is closed again, so its lock and WAL are released in order.
+/// Opens the database, discovers the endpoints of providers given by their
+/// issuer (or takes the stored copies) and loads the refresher; on failure
+/// the store is closed again, so its lock and WAL are released in order.
 async fn start_store(
     config: &Arc<Config>,
     database: &Path,
     cancel: CancellationToken,
-) -> anyhow::Result<(Store, Refresher, RefresherHandle)> {
+) -> anyhow::Result<(Store, Refresher, RefresherHandle, Arc<Discovery>)> {
     let key = encryption_key(config)?;
     let store = Store::open_with(database, key).await?;
     let client = ProviderClient::new().context("cannot build the HTTP client")?;
+    let (discovery, effective) =
+        Discovery::start(Arc::clone(config), store.clone(), client.clone()).await;
     let commits = GroupCommit::start(store.clone(), COMMIT_BATCH);
-    match Refresher::load(Arc::clone(config), store.clone(), commits, client, cancel).await {
-        Ok((refresher, handle)) => Ok((store, refresher, handle)),
+    match Refresher::load(Arc::new(effective), store.clone(), commits, client, cancel).await {
+        Ok((refresher, handle)) => Ok((store, refresher, handle, discovery)),
         Err(e) => {
             store.close().await;
             Err(e.into())
@@ -289,6 +295,7 @@ async fn handle_signals(
     mut signals: signal_hook_tokio::Signals,
     opts: &DaemonOptions,
     handle: &RefresherHandle,
+    discovery: &Discovery,
     running: &Config,
 ) {
     while let Some(signal) = signals.next().await {
@@ -297,14 +304,19 @@ async fn handle_signals(
             return;
         }
         systemd::reloading();
-        reload(opts, handle, running).await;
+        reload(opts, handle, discovery, running).await;
         systemd::ready(&status_line(handle));
     }
 }
 
 /// Parses and validates the configuration anew; swaps it in only if it is
 /// entirely valid.
-async fn reload(opts: &DaemonOptions, handle: &RefresherHandle, running: &Config) {
+async fn reload(
+    opts: &DaemonOptions,
+    handle: &RefresherHandle,
+    discovery: &Discovery,
+    running: &Config,
+) {
     match load(opts) {
         Ok((config, path)) => {
             if config.daemon.socket != running.daemon.socket
@@ -318,7 +330,8 @@ async fn reload(opts: &DaemonOptions, handle: &RefresherHandle, running: &Config
                 );
             }
             let providers = config.providers.len();
-            match handle.reload(Arc::new(config)).await {
+            // Every issuer is asked again, as SIGHUP promises.
+            match discovery.reload(Arc::new(config), handle).await {
                 Ok(()) => event!(
                     info,
                     Kind::Reloaded,

@@ -48,11 +48,19 @@ pub enum Kind {
     RefreshTokenExpiring,
     /// A client was refused a token or an operation.
     AccessDenied,
+    /// A provider's metadata was fetched (or read from the stored copy).
+    Discovered,
+    /// A provider's metadata could not be fetched or was refused.
+    DiscoveryFailed,
+    /// A credential's token was revoked at the provider.
+    Revoked,
+    /// A revocation failed.
+    RevocationFailed,
 }
 
 impl Kind {
     /// Every kind, for documentation and tests.
-    pub const ALL: [Kind; 17] = [
+    pub const ALL: [Kind; 21] = [
         Kind::Started,
         Kind::Stopping,
         Kind::Reloaded,
@@ -70,6 +78,10 @@ impl Kind {
         Kind::NoRefreshToken,
         Kind::RefreshTokenExpiring,
         Kind::AccessDenied,
+        Kind::Discovered,
+        Kind::DiscoveryFailed,
+        Kind::Revoked,
+        Kind::RevocationFailed,
     ];
 
     /// The short name, logged as `tokend_event`.
@@ -92,6 +104,10 @@ impl Kind {
             Kind::NoRefreshToken => "no_refresh_token",
             Kind::RefreshTokenExpiring => "refresh_token_expiring",
             Kind::AccessDenied => "access_denied",
+            Kind::Discovered => "discovered",
+            Kind::DiscoveryFailed => "discovery_failed",
+            Kind::Revoked => "revoked",
+            Kind::RevocationFailed => "revocation_failed",
         }
     }
 
@@ -116,6 +132,10 @@ impl Kind {
             Kind::NoRefreshToken => "5472e4bf01b14d79909d6341550feee0",
             Kind::RefreshTokenExpiring => "09fc360a6ace4febba500d5434074ffd",
             Kind::AccessDenied => "8c1f7d3e52a94b0e9d6a41c2b7e0f358",
+            Kind::Discovered => "00d1913430a14eefbb93b358c32362e8",
+            Kind::DiscoveryFailed => "f40fecedf91c4c5ca26eb2d772c57adc",
+            Kind::Revoked => "6226210686974472b86da21792bc70c3",
+            Kind::RevocationFailed => "7bad4ada585f4b7ca7054edcc84b4df7",
         }
     }
 }

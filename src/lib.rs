@@ -10,6 +10,7 @@ pub mod client;
 pub mod config;
 pub mod credential;
 pub(crate) mod daemon;
+pub(crate) mod discovery;
 pub mod events;
 pub(crate) mod fsguard;
 pub(crate) mod logging;

@@ -13,7 +13,7 @@ use hyper::Method;
 use super::emit;
 use crate::api::{
     CredentialState, CredentialStatus, ErrorKind, ExchangeCode, GrantType, LoginState, LoginStatus,
-    PutCredential, TokenResponse,
+    PutCredential, Removed, Revocation, TokenResponse,
 };
 use crate::client::{path_segment, Client, ClientError};
 use crate::config::{ConfigError, ProviderConfig};
@@ -45,10 +45,38 @@ pub(super) fn refresh(client: &Client, name: &str) -> anyhow::Result<ExitCode> {
 }
 
 /// `tokend remove`.
-pub(super) fn remove(client: &Client, name: &str) -> anyhow::Result<ExitCode> {
-    let path = format!("/v1/credentials/{}", path_segment(name));
-    client.call_empty_blocking(Method::DELETE, &path)?;
-    outln!("{name}: removed")?;
+pub(super) fn remove(
+    client: &Client,
+    name: &str,
+    revoke: bool,
+    force: bool,
+) -> anyhow::Result<ExitCode> {
+    let query = match (revoke, force) {
+        (false, _) => "",
+        (true, false) => "?revoke=true",
+        (true, true) => "?revoke=true&force=true",
+    };
+    let path = format!("/v1/credentials/{}{query}", path_segment(name));
+    let removed: Removed = client.call_blocking(Method::DELETE, &path, None::<&()>)?;
+    match removed.revocation {
+        Revocation::Revoked => outln!("{name}: token revoked at the provider; removed")?,
+        Revocation::NothingToRevoke => outln!("{name}: held no token to revoke; removed")?,
+        Revocation::Failed => {
+            outln!("{name}: removed")?;
+            errln!(
+                "warning: {name}: {}; the grant may still be live at the provider",
+                removed
+                    .revocation_error
+                    .as_deref()
+                    .unwrap_or("revocation failed")
+            );
+            // Asked for and forced: removed, but the revocation did not happen.
+            if revoke {
+                return Ok(ExitCode::from(1));
+            }
+        }
+        Revocation::NotRequested | Revocation::Other => outln!("{name}: removed")?,
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -400,6 +428,24 @@ pub(super) fn check_config(file: Option<PathBuf>) -> anyhow::Result<ExitCode> {
                 }
                 if let Some(url) = &provider.endpoint.device_authorization_url {
                     outln!("  provider {name}: device authorization at {url}")?;
+                }
+            }
+            let database = cfg
+                .daemon
+                .database
+                .clone()
+                .unwrap_or_else(paths::default_database);
+            if cfg.providers.values().any(|p| {
+                p.endpoint.issuer.is_some()
+                    || p.endpoint.revocation_url.is_some()
+                    || p.revoke_on_remove
+            }) {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .context("cannot start the async runtime")?;
+                for line in runtime.block_on(crate::discovery::check_lines(&cfg, &database)) {
+                    outln!("{line}")?;
                 }
             }
             for (name, declared) in &cfg.declared {

@@ -191,6 +191,13 @@ pub(crate) enum Command {
         /// Credential name.
         #[arg(allow_hyphen_values = true)]
         name: String,
+        /// Revoke its token at the provider first (RFC 7009); if that fails,
+        /// the credential is kept and the command fails.
+        #[arg(long)]
+        revoke: bool,
+        /// With --revoke: delete even if the revocation fails.
+        #[arg(long, requires = "revoke")]
+        force: bool,
     },
     /// Check a configuration file and report every problem.
     CheckConfig {
@@ -358,7 +365,11 @@ fn run(socket: Option<PathBuf>, command: Command) -> anyhow::Result<ExitCode> {
             },
         ),
         Command::Refresh { name } => refresh(&client(), &name),
-        Command::Remove { name } => remove(&client(), &name),
+        Command::Remove {
+            name,
+            revoke,
+            force,
+        } => remove(&client(), &name, revoke, force),
         Command::CheckConfig { file } => check_config(file),
         Command::Rekey {
             config,
@@ -487,7 +498,7 @@ mod tests {
             let name = match cli.command {
                 Command::Get { name, .. }
                 | Command::Refresh { name }
-                | Command::Remove { name }
+                | Command::Remove { name, .. }
                 | Command::Add { name, .. } => name,
                 other => panic!("{other:?}"),
             };

@@ -106,16 +106,6 @@ impl Client {
         decode(status, &bytes)
     }
 
-    /// Sends a request expecting no body (204) on success, blocking.
-    pub(crate) fn call_empty_blocking(
-        &self,
-        method: Method,
-        path: &str,
-    ) -> Result<(), ClientError> {
-        let (status, bytes) = self.raw_blocking(method, path, None, "application/json")?;
-        expect_success(status, &bytes)
-    }
-
     /// Sends one request and returns the status and body, blocking for at
     /// most the client's timeout.
     pub(crate) fn raw_blocking(
@@ -289,14 +279,6 @@ fn decode<T: DeserializeOwned>(status: StatusCode, bytes: &[u8]) -> Result<T, Cl
         .map_err(|e| ClientError::Http(format!("unexpected answer from tokend: {e}")))
 }
 
-fn expect_success(status: StatusCode, bytes: &[u8]) -> Result<(), ClientError> {
-    if status.is_success() {
-        Ok(())
-    } else {
-        Err(api_error(status, bytes))
-    }
-}
-
 fn api_error(status: StatusCode, bytes: &[u8]) -> ClientError {
     let body = serde_json::from_slice(bytes).unwrap_or_else(|_| ErrorBody {
         error: ErrorKind::Other,
@@ -397,7 +379,7 @@ mod tests {
             stream.write_all((head + body).as_bytes()).unwrap();
         });
         let err = Client::new(&path)
-            .call_empty_blocking(Method::DELETE, "/v1/credentials/x")
+            .call_blocking::<crate::api::Removed>(Method::DELETE, "/v1/credentials/x", None::<&()>)
             .unwrap_err();
         assert_eq!(err.to_string(), "no credential named `x`");
         assert!(matches!(err, ClientError::Api { status, .. } if status == StatusCode::NOT_FOUND));

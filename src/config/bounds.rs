@@ -28,6 +28,8 @@ pub(super) const REQUEST_TIMEOUT: RangeInclusive<Duration> = ms(100)..=secs(600)
 /// `read_timeout`: below the socket's own 75 s request limit, so the 503
 /// gets through.
 pub(super) const READ_TIMEOUT: RangeInclusive<Duration> = ms(100)..=secs(60);
+/// `discovery_refresh`.
+pub(super) const DISCOVERY_REFRESH: RangeInclusive<Duration> = secs(1)..=secs(30 * DAY);
 /// `keepalive`.
 pub(super) const KEEPALIVE: RangeInclusive<Duration> = secs(60)..=secs(366 * DAY);
 /// `refresh_token_warning`; zero means never warn.

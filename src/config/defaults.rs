@@ -49,6 +49,10 @@ pub(crate) const PROVIDER_MAX_CONCURRENT_REFRESHES: usize = 4;
 pub(crate) const REFRESH_TOKEN_WARNING: Duration = Duration::from_secs(3 * 86_400);
 /// A provider's `on_invalid_grant`.
 pub(crate) const ON_INVALID_GRANT: OnInvalidGrant = OnInvalidGrant::Withhold;
+/// A provider's `discovery_refresh`.
+pub(crate) const DISCOVERY_REFRESH: Duration = Duration::from_secs(86_400);
+/// A provider's `revoke_on_remove`.
+pub(crate) const REVOKE_ON_REMOVE: bool = false;
 /// A provider's `reauth_errors`.
 pub(crate) const REAUTH_ERRORS: [&str; 2] = ["invalid_grant", "invalid_token"];
 

@@ -12,9 +12,9 @@ use super::collect::{Collector, Scope};
 use super::raw::{RawProvider, RawRequest, RawResponse};
 use super::{bounds, defaults, secrets};
 use crate::provider::{
-    unknown_placeholders, Alg, AssertionSettings, Audience, ClientAuth, Encoding, Login, Needs,
-    Redirect, RedirectHost, RequestTemplate, SecretRotation, SigningKey, MIN_HMAC_SECRET_BYTES,
-    PLACEHOLDERS, RESERVED_AUTHORIZE_PARAMS,
+    check_transport, unknown_placeholders, Alg, AssertionSettings, Audience, ClientAuth, Encoding,
+    Login, Needs, Redirect, RedirectHost, RequestTemplate, SecretRotation, SigningKey,
+    MIN_HMAC_SECRET_BYTES, PLACEHOLDERS, RESERVED_AUTHORIZE_PARAMS,
 };
 use crate::token::{ResponseFields, Secret};
 
@@ -44,8 +44,10 @@ const ASSERTION_KEYS: [&str; 7] = [
 pub(super) fn client(c: &mut Collector<'_>, s: &Scope, raw: &RawProvider) -> Client {
     let token_url = match &raw.token_url {
         Some(url) => check_url(c, s, "token_url", url, raw.allow_insecure_http),
+        // Discovered from the issuer's metadata at run time.
+        None if raw.issuer.is_some() => None,
         None => {
-            c.problem(s, "token_url", "missing; give the provider's token endpoint, e.g. token_url = \"https://login.example/oauth/token\"");
+            c.problem(s, "token_url", "missing; give the provider's token endpoint, e.g. token_url = \"https://login.example/oauth/token\", or its issuer to discover it, e.g. issuer = \"https://login.example\"");
             None
         }
     };
@@ -243,6 +245,33 @@ pub(super) fn response_fields(raw: Option<(RawResponse, Scope)>) -> ResponseFiel
     }
 }
 
+/// The issuer (RFC 8414 §2: a URL with no query or fragment, https unless
+/// `allow_insecure_http`) and the revocation endpoint, each if configured.
+pub(super) fn discovery_keys(
+    c: &mut Collector<'_>,
+    s: &Scope,
+    raw: &RawProvider,
+) -> (Option<String>, Option<Url>) {
+    let issuer = raw.issuer.as_ref().and_then(|issuer| {
+        let url = check_url(c, s, "issuer", issuer, raw.allow_insecure_http)?;
+        if url.query().is_some() || url.fragment().is_some() {
+            c.problem(
+                s,
+                "issuer",
+                "an issuer has no query or fragment (RFC 8414 §2); give the issuer exactly as the provider's metadata states it",
+            );
+            return None;
+        }
+        // Kept as written: the metadata's `issuer` must equal it exactly.
+        Some(issuer.clone())
+    });
+    let revocation_url = raw
+        .revocation_url
+        .as_ref()
+        .and_then(|url| check_url(c, s, "revocation_url", url, raw.allow_insecure_http));
+    (issuer, revocation_url)
+}
+
 fn check_url(
     c: &mut Collector<'_>,
     s: &Scope,
@@ -257,25 +286,10 @@ fn check_url(
             return None;
         }
     };
-    let loopback = match url.host() {
-        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
-        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
-        Some(url::Host::Domain(d)) => d == "localhost",
-        None => false,
-    };
-    match url.scheme() {
-        "https" => Some(url),
-        "http" if loopback || allow_insecure_http == Some(true) => Some(url),
-        "http" => {
-            c.problem(
-                s,
-                key,
-                "plain http would send client secrets and tokens in clear text; use https, or set allow_insecure_http = true if you really mean it",
-            );
-            None
-        }
-        other => {
-            c.problem(s, key, format!("unsupported scheme `{other}`; use https"));
+    match check_transport(&url, allow_insecure_http == Some(true)) {
+        Ok(()) => Some(url),
+        Err(message) => {
+            c.problem(s, key, message);
             None
         }
     }

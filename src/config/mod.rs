@@ -56,6 +56,10 @@ pub struct Config {
     /// Credentials the configuration declares (`[credentials.NAME] grant =
     /// ...`): created at start-up and reload when the database lacks them.
     pub(crate) declared: BTreeMap<String, Declared>,
+    /// Providers held back because their endpoints are not discovered yet,
+    /// each with why: their credentials wait. Always empty as parsed; the
+    /// daemon's discovery moves providers here (`discovery::effective`).
+    pub(crate) pending: BTreeMap<String, String>,
 }
 
 /// A credential the configuration declares: its provider and grant.
@@ -131,6 +135,20 @@ pub struct ProviderConfig {
     /// Who may read the tokens of this provider's credentials, unless a
     /// `[credentials.NAME]` table says otherwise.
     pub(crate) readers: Arc<[Grant]>,
+    /// Revoke a credential's token at the provider (RFC 7009) before it is
+    /// removed, even when the remover did not ask to.
+    pub(crate) revoke_on_remove: bool,
+    /// How the provider's metadata is discovered, if it has an issuer.
+    pub(crate) discovery: Option<Discovery>,
+}
+
+/// A provider with an `issuer`: how its metadata is kept current.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Discovery {
+    /// How often the metadata is fetched again (`discovery_refresh`).
+    pub(crate) refresh: Duration,
+    /// `token_url` is configured, so the provider works without metadata.
+    pub(crate) token_url_configured: bool,
 }
 
 /// What a token read gets once the provider rejected the grant

@@ -508,3 +508,103 @@ fn device_authorization_url_is_https_and_its_template_sends_the_device_code() {
         .device_authorization_url
         .is_none());
 }
+
+#[test]
+fn an_issuer_stands_in_for_the_token_url() {
+    let cfg = parse_config(
+        r#"
+        [providers.g]
+        issuer = "https://accounts.example"
+        client_id = "id"
+        client_secret = "secret"
+        revoke_on_remove = true
+        discovery_refresh = "6h"
+        "#,
+    )
+    .unwrap();
+    let p = &cfg.providers["g"];
+    assert_eq!(
+        p.endpoint.issuer.as_deref(),
+        Some("https://accounts.example")
+    );
+    assert!(p.revoke_on_remove);
+    assert_eq!(
+        p.discovery,
+        Some(Discovery {
+            refresh: Duration::from_secs(6 * 3600),
+            token_url_configured: false,
+        })
+    );
+    assert!(cfg.pending.is_empty());
+    let plain = parse_config(
+        "[providers.p]\ntoken_url = \"https://p.example/t\"\nclient_id = \"i\"\nclient_secret = \"s\"\n",
+    )
+    .unwrap();
+    let p = &plain.providers["p"];
+    assert_eq!(p.discovery, None);
+    assert!(!p.revoke_on_remove);
+    assert_eq!(p.endpoint.revocation_url, None);
+}
+
+#[test]
+fn issuer_and_revocation_url_are_checked() {
+    for (toml, key, what) in [
+        ("issuer = \"https://a.example/?x=1\"", "issuer", "no query"),
+        ("issuer = \"http://a.example\"", "issuer", "plain http"),
+        ("issuer = \"not a url\"", "issuer", "not a URL"),
+        (
+            "token_url = \"https://a.example/t\"\nrevocation_url = \"http://a.example/r\"",
+            "revocation_url",
+            "plain http",
+        ),
+        (
+            "issuer = \"https://a.example\"\ndiscovery_refresh = \"100ms\"",
+            "discovery_refresh",
+            "",
+        ),
+        ("client_auth = \"none\"", "token_url", "issuer ="),
+    ] {
+        let p = problems(&format!(
+            "[providers.a]\n{toml}\nclient_id = \"i\"\nclient_secret = \"s\"\n"
+        ));
+        let found = p
+            .iter()
+            .find(|p| p.key == format!("providers.a.{key}"))
+            .unwrap_or_else(|| panic!("{key} not reported: {p:?}"));
+        assert!(found.message.contains(what), "{found:?}");
+    }
+}
+
+#[test]
+fn a_header_alone_keeps_the_default_body() {
+    // GitHub answers form-encoded unless asked for JSON.
+    let cfg = parse_config(
+        r#"
+        [providers.github]
+        token_url = "https://github.com/login/oauth/access_token"
+        client_id = "id"
+        client_secret = "secret"
+        client_auth = "body"
+        [providers.github.refresh]
+        headers = { Accept = "application/json" }
+        "#,
+    )
+    .unwrap();
+    let refresh = &cfg.providers["github"].endpoint.refresh;
+    assert_eq!(refresh.fields, RequestTemplate::standard_refresh().fields);
+    assert_eq!(refresh.encoding, Encoding::Form);
+    assert_eq!(refresh.headers, pairs(&[("Accept", "application/json")]));
+    let r = crate::provider::prepare(
+        &cfg.providers["github"].endpoint,
+        &crate::provider::TokenGrant::Refresh {
+            refresh_token: crate::token::Secret::new("rt"),
+        },
+        &crate::provider::AssertionStamp::at(1_700_000_000, "jti-1"),
+    )
+    .unwrap();
+    assert_eq!(
+        r.body,
+        "grant_type=refresh_token&refresh_token=rt&client_id=id&client_secret=secret"
+    );
+    assert_eq!(r.headers, pairs(&[("Accept", "application/json")]));
+}

@@ -12,7 +12,7 @@ use toml::de::DeTable;
 use super::collect::{Collector, Scope};
 use super::raw::{RawCredential, RawDaemon, RawProvider, RawRequest, RawResponse, PROVIDER_TABLES};
 use super::{bounds, credentials, defaults, endpoint, secrets};
-use super::{Config, DaemonConfig, OnInvalidGrant, ProviderConfig};
+use super::{Config, DaemonConfig, Discovery, OnInvalidGrant, ProviderConfig};
 use crate::access::Grant;
 use crate::provider::{Endpoint, RequestTemplate};
 use crate::token::RefreshTiming;
@@ -92,6 +92,7 @@ pub(super) fn config(c: &mut Collector<'_>, sections: Sections<'_, '_>) -> Optio
         providers,
         credentials: credentials.readers,
         declared: credentials.declared,
+        pending: BTreeMap::new(),
     })
 }
 
@@ -302,6 +303,14 @@ fn validate_provider(
     let before = c.problems.len();
     check_name(c, s, name);
     let client = endpoint::client(c, s, &raw);
+    let (issuer, revocation_url) = endpoint::discovery_keys(c, s, &raw);
+    let discovery_refresh = c.duration(
+        s,
+        "discovery_refresh",
+        raw.discovery_refresh.as_ref(),
+        defaults::DISCOVERY_REFRESH,
+        bounds::DISCOVERY_REFRESH,
+    );
     let (refresh, exchange, client_credentials) = request_templates(c, s, &mut sub);
     let device = endpoint::request_template(
         c,
@@ -321,12 +330,29 @@ fn validate_provider(
     if c.problems.len() > before {
         return None;
     }
+    let discovery = issuer.as_ref().map(|_| Discovery {
+        refresh: discovery_refresh,
+        token_url_configured: client.token_url.is_some(),
+    });
+    // Until discovery says otherwise, a provider given by its issuer alone
+    // stands with the issuer as its token URL; such a provider is held back
+    // from the refresher until its metadata is known (`discovery`), so
+    // nothing is ever sent there.
+    let token_url = match (client.token_url, &issuer) {
+        (Some(url), _) => url,
+        (None, Some(issuer)) => url::Url::parse(issuer).ok()?,
+        (None, None) => return None,
+    };
     let endpoint = Endpoint {
         name: name.to_string(),
-        token_url: client.token_url?,
+        token_url,
         authorization_url,
         login,
         device_authorization_url: client.device_authorization_url,
+        issuer,
+        revocation_url,
+        discovered: None,
+        allow_insecure_http: raw.allow_insecure_http == Some(true),
         client_id: raw.client_id,
         client_secret: client.client_secret,
         client_auth: client.client_auth,
@@ -354,6 +380,8 @@ fn validate_provider(
         refresh_token_warning: durations.refresh_token_warning,
         on_invalid_grant,
         readers,
+        revoke_on_remove: raw.revoke_on_remove.unwrap_or(defaults::REVOKE_ON_REMOVE),
+        discovery,
     })
 }
 

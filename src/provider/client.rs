@@ -18,7 +18,7 @@ use crate::token::{parse_token_response, scrub, Secret, TokenSet};
 /// A shared HTTP client for every provider.
 #[derive(Clone, Debug)]
 pub struct ProviderClient {
-    http: reqwest::Client,
+    pub(super) http: reqwest::Client,
 }
 
 /// The secrets of one request, scrubbed from every message it produces.
@@ -298,7 +298,7 @@ fn retry_after(response: &reqwest::Response, e: &Endpoint) -> Option<Duration> {
     Some(capped)
 }
 
-fn header_map(prepared: &PreparedRequest) -> Result<HeaderMap, String> {
+pub(super) fn header_map(prepared: &PreparedRequest) -> Result<HeaderMap, String> {
     let mut map = HeaderMap::new();
     map.insert(
         CONTENT_TYPE,
@@ -340,7 +340,10 @@ fn describe_reqwest(err: &reqwest::Error, e: &Endpoint, url: &url::Url) -> Strin
     }
 }
 
-async fn read_capped(response: &mut reqwest::Response, cap: usize) -> Result<Vec<u8>, String> {
+pub(super) async fn read_capped(
+    response: &mut reqwest::Response,
+    cap: usize,
+) -> Result<Vec<u8>, String> {
     if response
         .content_length()
         .is_some_and(|len| len as usize > cap)
@@ -394,7 +397,7 @@ pub(crate) fn parse_retry_after(value: &str) -> Option<Duration> {
     )
 }
 
-fn truncate(s: &str, max: usize) -> String {
+pub(super) fn truncate(s: &str, max: usize) -> String {
     if s.len() <= max {
         return s.to_string();
     }

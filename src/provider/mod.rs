@@ -16,6 +16,9 @@
 //! - `authorize`: the authorization request of `tokend login` (its
 //!   loopback redirect, extra parameters and URL).
 //! - `device`: the device authorization response (RFC 8628), read strictly.
+//! - `discovery`: the authorization server's metadata (RFC 8414, OpenID
+//!   Connect Discovery): where it is, fetching it, what is trusted in it.
+//! - `revoke`: token revocation (RFC 7009), built as purely as `prepare`.
 
 use std::time::Duration;
 
@@ -24,7 +27,9 @@ mod auth;
 mod authorize;
 mod client;
 mod device;
+mod discovery;
 mod request;
+mod revoke;
 mod rotation;
 mod template;
 
@@ -36,12 +41,32 @@ pub(crate) use authorize::{
     RESERVED_AUTHORIZE_PARAMS,
 };
 pub use client::ProviderClient;
+pub(crate) use discovery::Metadata;
 pub(crate) use request::RESERVED_PARAMS;
 pub use request::{prepare, Endpoint, PreparedRequest, TokenGrant};
+pub(crate) use revoke::Revocable;
 pub(crate) use rotation::SecretRotation;
 #[cfg(test)]
 pub(crate) use template::pairs;
 pub(crate) use template::{unknown_placeholders, Encoding, RequestTemplate, PLACEHOLDERS};
+
+/// Whether tokens may be sent to `url`: https, or plain http to a loopback
+/// address, or anywhere with `allow_insecure_http`. Configured and
+/// discovered endpoints alike.
+pub(crate) fn check_transport(url: &url::Url, allow_insecure_http: bool) -> Result<(), String> {
+    let loopback = match url.host() {
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        Some(url::Host::Domain(d)) => d == "localhost",
+        None => false,
+    };
+    match url.scheme() {
+        "https" => Ok(()),
+        "http" if loopback || allow_insecure_http => Ok(()),
+        "http" => Err("plain http would send client secrets and tokens in clear text; use https, or set allow_insecure_http = true if you really mean it".into()),
+        other => Err(format!("unsupported scheme `{other}`; use https")),
+    }
+}
 
 /// How a failed token request should be treated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -35,7 +35,9 @@ pub(crate) const RESERVED_PARAMS: [&str; 6] = [
 pub struct Endpoint {
     /// The provider's name, for log lines.
     pub(crate) name: String,
-    /// The token endpoint.
+    /// The token endpoint. For a provider configured by `issuer` alone,
+    /// the discovered one: a provider whose endpoints are not known yet
+    /// never reaches the refresher (see `discovery`).
     pub token_url: Url,
     /// The authorization endpoint, for `tokend login`.
     pub(crate) authorization_url: Option<Url>,
@@ -44,6 +46,16 @@ pub struct Endpoint {
     /// The device authorization endpoint (RFC 8628 §3.1), if the provider
     /// offers the device grant.
     pub(crate) device_authorization_url: Option<Url>,
+    /// The issuer (`issuer = "https://..."`), whose metadata (RFC 8414,
+    /// OpenID Connect Discovery) fills in the endpoints not configured.
+    pub(crate) issuer: Option<String>,
+    /// The revocation endpoint (RFC 7009), configured or discovered.
+    pub(crate) revocation_url: Option<Url>,
+    /// The server metadata last discovered from `issuer`, if any.
+    pub(crate) discovered: Option<std::sync::Arc<super::Metadata>>,
+    /// Plain http is allowed to any host (`allow_insecure_http`), for
+    /// discovered endpoints as for configured ones.
+    pub(crate) allow_insecure_http: bool,
     /// OAuth client id, if the provider uses one.
     pub(crate) client_id: Option<String>,
     /// OAuth client secret (password), resolved from wherever it was given.
@@ -315,6 +327,18 @@ fn build(
     parts
         .fields
         .extend(grant.map_or(&[][..], TokenGrant::params).iter().cloned());
+    authenticate(e, template, parts, stamp, secret)
+}
+
+/// Adds the client's authentication to a request's `parts` (`secret`, or an
+/// assertion signed at `stamp`) and encodes its body as `template` says.
+pub(super) fn authenticate(
+    e: &Endpoint,
+    template: &RequestTemplate,
+    mut parts: Parts,
+    stamp: &AssertionStamp,
+    secret: Option<&Secret>,
+) -> Result<PreparedRequest, AssertionError> {
     let signed = match (&e.client_assertion, e.client_auth.signs()) {
         (Some(settings), true) => Some((
             assertion::sign(e, settings, secret.map(Secret::expose), stamp)?,

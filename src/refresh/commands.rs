@@ -50,7 +50,12 @@ impl Refresher {
         match freshness {
             Freshness::IfStale => {
                 if let Err(err) = blocked_reason(&view) {
-                    waiter.answer(Err(err));
+                    match waiter {
+                        // A credential just stored for a provider that waits
+                        // for its metadata: stored, and waiting with it.
+                        Waiter::Settled { reply } => reply.send(Ok(view)).unwrap_or(()),
+                        waiter => waiter.answer(Err(err)),
+                    }
                     return;
                 }
             }
@@ -147,14 +152,16 @@ impl Refresher {
         new: NewCredential,
         now: i64,
     ) -> Result<String, RefreshError> {
-        if !self.config.providers.contains_key(&new.provider) {
+        // A provider still waiting for its metadata takes the credential,
+        // which waits with it.
+        let provider = self.config.providers.get(&new.provider);
+        if provider.is_none() && !self.config.pending.contains_key(&new.provider) {
             return Err(RefreshError::UnknownProvider(new.provider));
         }
-        if new.grant.kind() == GrantKind::ClientCredentials {
-            let provider = &self.config.providers[&new.provider];
-            if provider.endpoint.client_auth == ClientAuth::None {
-                return Err(RefreshError::UnauthenticatedClient(new.provider));
-            }
+        if new.grant.kind() == GrantKind::ClientCredentials
+            && provider.is_some_and(|p| p.endpoint.client_auth == ClientAuth::None)
+        {
+            return Err(RefreshError::UnauthenticatedClient(new.provider));
         }
         let mut cred = Credential::new(&new.name, &new.provider, new.refresh_token, now);
         cred.grant = new.grant;
@@ -203,7 +210,14 @@ impl Refresher {
     /// provider has room.
     pub(super) fn exchange(&mut self, req: ExchangeRequest, reply: Reply<Arc<View>>) {
         let Some(provider) = self.config.providers.get(&req.provider).cloned() else {
-            let _ = reply.send(Err(RefreshError::UnknownProvider(req.provider)));
+            let err = match self.config.pending.get(&req.provider) {
+                Some(reason) => RefreshError::Unavailable {
+                    name: req.name,
+                    reason: reason.clone(),
+                },
+                None => RefreshError::UnknownProvider(req.provider),
+            };
+            let _ = reply.send(Err(err));
             return;
         };
         let start = ExchangeStart {

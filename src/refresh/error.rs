@@ -84,6 +84,14 @@ pub(crate) enum RefreshError {
     /// The login was replaced by a newer one, or cancelled, while it started.
     #[error("the device login for `{0}` was replaced or cancelled while it started")]
     LoginReplaced(String),
+    /// An asked-for revocation failed; the credential was kept.
+    #[error("credential `{name}` was kept because its revocation failed: {message}; remove it anyway with `tokend remove {name} --revoke --force`")]
+    RevocationFailed {
+        /// Credential.
+        name: String,
+        /// Why, scrubbed of the token and the client secret.
+        message: String,
+    },
     /// The database failed.
     #[error(transparent)]
     Store(#[from] StoreError),

@@ -28,6 +28,9 @@ pub(crate) struct RefresherHandle {
     pub(super) published: Arc<DashMap<Arc<str>, Arc<View>>>,
     pub(super) settings: Arc<LiveSettings>,
     pub(super) logins: Arc<super::Logins>,
+    /// For revocations, which the handle sends itself: the owner never
+    /// awaits a provider.
+    pub(super) client: crate::provider::ProviderClient,
 }
 
 /// The configuration handles read directly, kept current by the owner on
@@ -209,7 +212,10 @@ impl RefresherHandle {
         .await
     }
 
-    async fn ask<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T, RefreshError> {
+    pub(super) async fn ask<T>(
+        &self,
+        make: impl FnOnce(Reply<T>) -> Command,
+    ) -> Result<T, RefreshError> {
         let (tx, rx) = oneshot::channel();
         self.tx
             .send(make(tx))

@@ -33,6 +33,7 @@ mod outcome;
 mod read_plan;
 mod reload;
 mod request;
+mod revoke;
 mod schedule;
 mod slots;
 mod start;
@@ -56,6 +57,7 @@ pub(crate) use device::{DeviceLoginRequest, LoginState, LoginView, Logins};
 pub(crate) use error::RefreshError;
 pub(crate) use handle::RefresherHandle;
 pub(crate) use request::{ExchangeRequest, NewCredential};
+pub(crate) use revoke::RemoveOptions;
 pub(crate) use view::View;
 
 use crate::access::Grant;
@@ -217,6 +219,7 @@ impl Refresher {
         r.slots.shrink_to_fit();
         r.schedule.shrink_to_fit();
         let handle = RefresherHandle {
+            client: r.client.clone(),
             tx,
             published,
             settings,
@@ -341,6 +344,9 @@ impl Refresher {
             Command::DeviceLogin { req, reply } => self.device_login(req, reply),
             Command::Remove { name, reply } => {
                 let _ = reply.send(self.remove(&name).await);
+            }
+            Command::ForRevocation { name, reply } => {
+                let _ = reply.send(self.for_revocation(&name).await);
             }
             Command::Reload { config, reply } => {
                 self.reload(config);

@@ -113,7 +113,12 @@ impl Refresher {
             .as_deref()
             .map_or_else(Default::default, |p| p.on_invalid_grant);
         let warning = refresh_token_warning(provider.as_deref(), view, now);
-        let paused = provider.is_none().then(|| missing_provider(&view.provider));
+        let paused = provider
+            .is_none()
+            .then(|| match self.config.pending.get(&*view.provider) {
+                Some(reason) => reason.clone(),
+                None => missing_provider(&view.provider),
+            });
         view.edit_extras(|n| {
             n.warning = warning;
             if paused.is_some() {

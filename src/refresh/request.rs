@@ -76,6 +76,15 @@ pub(crate) enum Command {
     },
     /// Delete a credential.
     Remove { name: String, reply: Reply<()> },
+    /// Read a credential, tokens included, and its provider, to revoke it
+    /// before it is removed.
+    ForRevocation {
+        name: String,
+        reply: Reply<(
+            crate::credential::Credential,
+            Option<Arc<crate::config::ProviderConfig>>,
+        )>,
+    },
     /// Apply a new, validated configuration.
     Reload {
         config: Arc<crate::config::Config>,

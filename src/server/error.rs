@@ -79,6 +79,9 @@ impl From<RefreshError> for ApiError {
             RefreshError::TooManyLogins | RefreshError::LoginReplaced(_) => {
                 (StatusCode::SERVICE_UNAVAILABLE, ErrorKind::Unavailable)
             }
+            RefreshError::RevocationFailed { .. } => {
+                (StatusCode::BAD_GATEWAY, ErrorKind::RevocationFailed)
+            }
             RefreshError::Store(_) => (StatusCode::INTERNAL_SERVER_ERROR, ErrorKind::Internal),
             RefreshError::ShuttingDown => {
                 (StatusCode::SERVICE_UNAVAILABLE, ErrorKind::ShuttingDown)

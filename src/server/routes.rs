@@ -26,7 +26,8 @@ use super::{MAX_BODY_BYTES, MAX_EXPIRES_IN_SECS, REQUEST_TIMEOUT};
 use crate::access::Peer;
 use crate::api::{
     AuthorizeQuery, AuthorizeUrl, CredentialStatus, ErrorKind, ExchangeCode, GrantType, Health,
-    HealthStatus, LoginSettings, LoginStatus, PutCredential, StartDeviceLogin, TokenQuery,
+    HealthStatus, LoginSettings, LoginStatus, PutCredential, RemoveQuery, Removed,
+    StartDeviceLogin, TokenQuery,
 };
 use crate::config::ProviderConfig;
 use crate::credential::CredentialGrant;
@@ -35,6 +36,7 @@ use crate::events::Kind;
 use crate::provider::{authorization_url, AuthorizationRequest, AuthorizeError, RESERVED_PARAMS};
 use crate::refresh::{
     DeviceLoginRequest, ExchangeRequest, NewCredential, RefreshError, RefresherHandle,
+    RemoveOptions,
 };
 use crate::token::Secret;
 
@@ -403,9 +405,13 @@ async fn refresh(
 async fn delete_credential(
     State(h): State<RefresherHandle>,
     UrlPath(name): UrlPath<String>,
-) -> ApiResult<StatusCode> {
-    h.remove(&name).await?;
-    Ok(StatusCode::NO_CONTENT)
+    Query(q): Query<RemoveQuery>,
+) -> ApiResult<Json<Removed>> {
+    let opts = RemoveOptions {
+        revoke: q.revoke.unwrap_or(false),
+        force: q.force.unwrap_or(false),
+    };
+    Ok(Json(h.remove_with(&name, opts).await?))
 }
 
 /// A provider one may log in to: configured, with an authorization endpoint.
@@ -437,7 +443,7 @@ async fn login_settings(
         redirect_host: redirect.host.as_str().to_string(),
         redirect_port: redirect.port,
         redirect_path: redirect.path.clone(),
-        issuer: None,
+        issuer: provider.endpoint.issuer.clone(),
     }))
 }
 

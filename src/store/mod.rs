@@ -26,6 +26,7 @@
 //! - `sqlite`: everything SQLite-specific (file checks and lock, pragmas,
 //!   migrations, inspection, the raw start-up scan), the seam where a second
 //!   backend would stand;
+//! - `discovery`: the stored copies of providers' metadata documents;
 //! - `error`: [`StoreError`].
 
 use std::path::Path;
@@ -38,6 +39,7 @@ use crate::seal::Key;
 
 mod batch;
 mod columns;
+mod discovery;
 mod error;
 mod group_commit;
 mod rekey;
@@ -49,6 +51,7 @@ mod tests;
 
 use batch::{RowWrite, RowWritten};
 use columns::Shape;
+pub(crate) use discovery::read_metadata_offline;
 pub use error::StoreError;
 pub use group_commit::{GroupCommit, GroupStats};
 pub(crate) use rekey::{rekey, Rekeyed};

@@ -360,10 +360,8 @@ struct Claims<'a> {
 }
 
 /// The provider's issuer identifier, for `assertion_audience = "issuer"`.
-fn issuer(_e: &Endpoint) -> Option<&str> {
-    // Provider discovery supplies the issuer (`Endpoint::issuer`); until it
-    // is merged there is none, and NoIssuer says which key to set.
-    None
+fn issuer(e: &Endpoint) -> Option<&str> {
+    e.issuer.as_deref()
 }
 
 /// Signs `e`'s client assertion at `stamp`; `secret` is the client secret

@@ -98,6 +98,21 @@ pub(super) async fn open(path: &Path) -> Result<(Pool, DbLock), StoreError> {
     Ok((pool, lock))
 }
 
+/// A read-only connection to an existing database, taking no lock: for
+/// `tokend check-config` to read what a running daemon keeps there.
+pub(super) async fn open_read_only(path: &Path) -> Result<Conn, StoreError> {
+    crate::fsguard::check_read_file(path).map_err(|reason| StoreError::Unsafe {
+        path: path.to_path_buf(),
+        reason,
+    })?;
+    let options = SqliteConnectOptions::new()
+        .filename(path)
+        .read_only(true)
+        .create_if_missing(false)
+        .busy_timeout(Duration::from_secs(1));
+    Ok(sqlx::ConnectOptions::connect(&options).await?)
+}
+
 /// As [`open`], for an offline tool: one connection holding SQLite's
 /// exclusive lock until it closes. Refuses ([`StoreError::InUse`]) if
 /// another connection (a daemon) has the file open.

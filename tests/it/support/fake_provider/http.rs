@@ -215,10 +215,14 @@ pub(super) enum Outcome {
 pub(super) async fn handle(inner: Arc<Inner>, req: Request<Incoming>) -> Outcome {
     let (parts, body) = req.into_parts();
     let path = parts.uri.path().to_string();
+    if let Some(r) = inner.discovery_document(&parts) {
+        return Outcome::Respond(r);
+    }
     let is_token = path == inner.cfg.flavor.token_path();
     let is_authorize = path == AUTHORIZE_PATH;
     let is_device = path == DEVICE_PATH;
-    if !is_token && !is_authorize && !is_device && !path.starts_with("/admin/") {
+    let is_revoke = path == REVOKE_PATH;
+    if !is_token && !is_authorize && !is_device && !is_revoke && !path.starts_with("/admin/") {
         return Outcome::Respond(inner.unknown_path(&parts));
     }
     let fault = if is_token {
@@ -240,6 +244,9 @@ pub(super) async fn handle(inner: Arc<Inner>, req: Request<Incoming>) -> Outcome
     }
     if is_device {
         return Outcome::Respond(inner.device_authorization(&parts, body));
+    }
+    if is_revoke {
+        return Outcome::Respond(inner.revoke(&parts, body));
     }
     if !is_token {
         return Outcome::Respond(inner.admin(&parts, body));

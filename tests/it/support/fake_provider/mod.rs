@@ -89,8 +89,10 @@ mod assertion;
 mod authorize;
 mod config;
 mod device;
+mod discovery;
 mod http;
 mod provider;
+mod revoke;
 mod state;
 mod tokens;
 mod wire;
@@ -99,13 +101,18 @@ pub use assertion::AssertionCheck;
 pub use config::{ExpiresIn, FakeConfig, FamilyOnReuse, Fault};
 #[allow(unused_imports)] // only the integration tests drive the device grant
 pub use device::{DevicePoll, DeviceSettings};
+// Only the integration tests switch the metadata documents.
+#[allow(unused_imports)]
+pub use discovery::DiscoveryMode;
 pub use provider::FakeProvider;
 pub use tokens::find_leaks;
 pub use wire::pkce_s256;
 
 use authorize::{AuthorizeState, AUTHORIZE_PATH};
 use device::*;
+use discovery::*;
 use http::*;
+use revoke::*;
 use state::*;
 use tokens::*;
 use wire::*;

@@ -58,6 +58,8 @@ pub(super) struct State {
     pub(super) sticky_fault: Option<Fault>,
     pub(super) authorize: AuthorizeState,
     pub(super) device: DeviceState,
+    pub(super) discovery: DiscoveryState,
+    pub(super) revocation: RevocationState,
 }
 
 impl State {

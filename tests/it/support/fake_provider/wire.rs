@@ -142,7 +142,7 @@ impl Inner {
     }
 
     /// Bakrypt's client authentication: id and secret in the body.
-    fn body_client(&self, form: &[(String, String)]) -> Result<(), Reject> {
+    pub(super) fn body_client(&self, form: &[(String, String)]) -> Result<(), Reject> {
         let f: HashMap<&str, &str> = form.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         if f.get("client_id").copied() != Some(self.cfg.client_id.as_str()) {
             return Err(Reject::invalid_client(

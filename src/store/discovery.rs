@@ -1,0 +1,91 @@
+//! The stored copies of providers' metadata documents (`discovery` table):
+//! the daemon writes each document it fetches and reads the copy back at
+//! start-up when the issuer cannot be reached; `tokend check-config` reads
+//! them read-only ([`read_metadata_offline`]) beside a running daemon.
+
+use std::path::Path;
+
+use sqlx::Row as _;
+
+use super::{sqlite, Store, StoreError};
+
+/// A metadata document as last fetched.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct StoredMetadata {
+    /// The provider's issuer when it was fetched.
+    pub(crate) issuer: String,
+    /// The document as served.
+    pub(crate) document: String,
+    /// When it was fetched (Unix ms).
+    pub(crate) fetched_at: i64,
+}
+
+const SELECT: &str = "SELECT issuer, document, fetched_at FROM discovery WHERE provider = ?1";
+
+fn decode(row: &sqlite::Row) -> Result<StoredMetadata, sqlx::Error> {
+    Ok(StoredMetadata {
+        issuer: row.try_get("issuer")?,
+        document: row.try_get("document")?,
+        fetched_at: row.try_get("fetched_at")?,
+    })
+}
+
+impl Store {
+    /// Keeps `document`, fetched at `at`, as `provider`'s metadata.
+    pub(crate) async fn save_metadata(
+        &self,
+        provider: &str,
+        issuer: &str,
+        document: &str,
+        at: i64,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO discovery (provider, issuer, document, fetched_at) VALUES (?1, ?2, ?3, ?4) \
+             ON CONFLICT (provider) DO UPDATE SET issuer = excluded.issuer, \
+             document = excluded.document, fetched_at = excluded.fetched_at",
+        )
+        .bind(provider)
+        .bind(issuer)
+        .bind(document)
+        .bind(at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// The metadata last kept for `provider`, if any.
+    pub(crate) async fn load_metadata(
+        &self,
+        provider: &str,
+    ) -> Result<Option<StoredMetadata>, StoreError> {
+        let row = sqlx::query(SELECT)
+            .bind(provider)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.as_ref().map(decode).transpose()?)
+    }
+}
+
+/// The metadata kept for `provider` in the database at `path`, read through
+/// a read-only connection that takes no lock, so a running daemon is not
+/// disturbed. `Ok(None)` if the file or the row is absent.
+pub(crate) async fn read_metadata_offline(
+    path: &Path,
+    provider: &str,
+) -> Result<Option<StoredMetadata>, StoreError> {
+    if !path.exists() {
+        return Ok(None);
+    }
+    let mut conn = sqlite::open_read_only(path).await?;
+    let row = sqlx::query(SELECT)
+        .bind(provider)
+        .fetch_optional(&mut conn)
+        .await;
+    sqlite::close_conn(conn).await;
+    match row {
+        Ok(row) => Ok(row.as_ref().map(decode).transpose()?),
+        // A database from before discovery has no such table.
+        Err(sqlx::Error::Database(e)) if e.message().contains("no such table") => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
