@@ -42,6 +42,8 @@ pub(crate) const PROVIDER_MAX_CONCURRENT_REFRESHES: usize = 4;
 pub(crate) const REFRESH_TOKEN_WARNING: Duration = Duration::from_secs(3 * 86_400);
 /// A provider's `on_invalid_grant`.
 pub(crate) const ON_INVALID_GRANT: OnInvalidGrant = OnInvalidGrant::Withhold;
+/// A provider's `dpop`: off, as most providers do not support DPoP.
+pub(crate) const DPOP: bool = false;
 /// A provider's `reauth_errors`.
 pub(crate) const REAUTH_ERRORS: [&str; 2] = ["invalid_grant", "invalid_token"];
 

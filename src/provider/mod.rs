@@ -15,11 +15,13 @@ use std::time::Duration;
 
 mod auth;
 mod client;
+pub(crate) mod dpop;
 mod request;
 mod template;
 
 pub(crate) use auth::{ClientAuth, Needs};
 pub use client::ProviderClient;
+pub use dpop::DpopKey;
 pub(crate) use request::RESERVED_PARAMS;
 pub use request::{prepare, Endpoint, PreparedRequest, TokenGrant};
 #[cfg(test)]
