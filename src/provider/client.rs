@@ -7,6 +7,7 @@ use std::time::Duration;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_TYPE};
 use serde_json::Value;
 
+use super::dpop::{self, DpopKey, Htm, Nonces, ProofFor, Stamp};
 use super::request::{prepare, Endpoint, PreparedRequest, TokenGrant};
 use super::{classify, Failure, FailureKind};
 use crate::token::{parse_token_response, scrub, Secret, TokenSet};
@@ -15,6 +16,8 @@ use crate::token::{parse_token_response, scrub, Secret, TokenSet};
 #[derive(Clone, Debug)]
 pub struct ProviderClient {
     http: reqwest::Client,
+    /// Each provider's latest `DPoP-Nonce`.
+    nonces: Nonces,
 }
 
 /// The secrets of one request, scrubbed from every message it produces.
@@ -39,7 +42,21 @@ struct Answer {
     status: u16,
     retry_after: Option<Duration>,
     content_type: Option<String>,
+    /// The `DPoP-Nonce` header, if any (already kept in the client's nonces).
+    dpop_nonce: Option<String>,
     body: Vec<u8>,
+}
+
+impl Answer {
+    /// A 400 `use_dpop_nonce` with a nonce to retry with (RFC 9449 §8).
+    fn asks_for_nonce(&self) -> bool {
+        self.status == 400
+            && self.dpop_nonce.is_some()
+            && serde_json::from_slice::<Value>(&self.body)
+                .ok()
+                .and_then(|v| v.get("error")?.as_str().map(|c| c == "use_dpop_nonce"))
+                .unwrap_or(false)
+    }
 }
 
 impl ProviderClient {
@@ -51,30 +68,111 @@ impl ProviderClient {
             .connect_timeout(Duration::from_secs(10))
             .user_agent(concat!("tokend/", env!("CARGO_PKG_VERSION")))
             .build()?;
-        Ok(ProviderClient { http })
+        Ok(ProviderClient {
+            http,
+            nonces: Nonces::default(),
+        })
     }
 
     /// Sends `grant` to the token endpoint and parses the answer.
     pub async fn request(&self, e: &Endpoint, grant: &TokenGrant) -> Result<TokenSet, Failure> {
+        self.request_bound(e, grant, None).await
+    }
+
+    /// As [`ProviderClient::request`]; with a key, the request carries a
+    /// DPoP proof of it (RFC 9449 §5), is sent once more with the server's
+    /// nonce if it asks for one (§8), and the answer must be a DPoP token.
+    pub(crate) async fn request_bound(
+        &self,
+        e: &Endpoint,
+        grant: &TokenGrant,
+        dpop: Option<&DpopKey>,
+    ) -> Result<TokenSet, Failure> {
         let prepared = prepare(e, grant);
-        let mut secrets = grant.secrets();
-        secrets.extend(e.client_secret.as_ref().map(Secret::expose));
-        let secrets = Secrets(secrets);
-        let answer = self.send(e, prepared, &secrets).await?;
-        let error_body = serde_json::from_slice::<Value>(&answer.body)
-            .ok()
-            .filter(|v| v.get("error").is_some());
-        match error_body {
-            None if (200..300).contains(&answer.status) => {
-                parse_token_response(&answer.body, answer.content_type.as_deref(), &e.response)
-                    .map_err(|err| Failure {
-                        status: Some(answer.status),
-                        ..secrets.transient(err.to_string(), true)
-                    })
+        let mut base = grant.secrets();
+        base.extend(e.client_secret.as_ref().map(Secret::expose));
+        let Some(key) = dpop else {
+            let secrets = Secrets(base);
+            let answer = self.send(e, prepared, &secrets).await?;
+            return tokens(e, &answer, &secrets);
+        };
+        let mut nonce_retried = false;
+        loop {
+            let proof = self.token_proof(e, key).map_err(|err| Failure {
+                kind: FailureKind::Transient,
+                ..Secrets(base.clone()).transient(err.to_string(), false)
+            })?;
+            let mut with_proof = prepared.clone();
+            with_proof.headers.push(("DPoP".into(), proof.clone()));
+            let mut secrets = base.clone();
+            secrets.push(&proof);
+            let secrets = Secrets(secrets);
+            let answer = self.send(e, with_proof, &secrets).await?;
+            if !nonce_retried && answer.asks_for_nonce() {
+                // Refused before the grant was looked at: safe to resend.
+                nonce_retried = true;
+                continue;
             }
-            _ => Err(refusal(e, &answer, error_body.as_ref(), &secrets)),
+            return tokens(e, &answer, &secrets).and_then(|set| dpop_bound(e, set));
         }
     }
+
+    /// A proof for a token request to `e`, with its latest nonce.
+    fn token_proof(&self, e: &Endpoint, key: &DpopKey) -> Result<String, dpop::DpopError> {
+        let htu = dpop::htu_of(&mut e.token_url.clone())?;
+        let nonce = self.nonces.get(&e.name);
+        let what = ProofFor {
+            htm: &Htm::post(),
+            htu: &htu,
+            nonce: nonce.as_deref(),
+            access_token: None,
+        };
+        dpop::proof(key, what, &Stamp::now())
+    }
+}
+
+/// The tokens of a 2xx answer, or the failure any other answer means.
+fn tokens(e: &Endpoint, answer: &Answer, secrets: &Secrets<'_>) -> Result<TokenSet, Failure> {
+    let error_body = serde_json::from_slice::<Value>(&answer.body)
+        .ok()
+        .filter(|v| v.get("error").is_some());
+    match error_body {
+        None if (200..300).contains(&answer.status) => {
+            parse_token_response(&answer.body, answer.content_type.as_deref(), &e.response)
+                .map_err(|err| Failure {
+                    status: Some(answer.status),
+                    ..secrets.transient(err.to_string(), true)
+                })
+        }
+        _ => Err(refusal(e, answer, error_body.as_ref(), secrets)),
+    }
+}
+
+/// `set` if it is a DPoP token; a provider that answers a DPoP request
+/// with a bearer token ignored the proof, and its token would be usable by
+/// whoever copies it, which is what `dpop = true` is there to prevent.
+fn dpop_bound(e: &Endpoint, mut set: TokenSet) -> Result<TokenSet, Failure> {
+    if set.token_type.eq_ignore_ascii_case(dpop::TOKEN_TYPE) {
+        set.token_type = dpop::TOKEN_TYPE.to_string();
+        return Ok(set);
+    }
+    let message = format!(
+        "the provider ignored DPoP: it answered token_type `{}` to a request with a DPoP proof; the token was not stored. Enable DPoP for this client at the provider, or set dpop = false for provider {}",
+        truncate(&scrub(&set.token_type, &[set.access_token.expose()]), 40),
+        e.name
+    );
+    tracing::warn!(tokend_provider = %e.name, "{message}");
+    Err(Failure {
+        kind: FailureKind::Misconfigured,
+        status: None,
+        error_code: None,
+        message,
+        retry_after: None,
+        outcome_unknown: false,
+    })
+}
+
+impl ProviderClient {
 
     /// Sends the request and reads the answer whole, up to the endpoint's
     /// size cap.
@@ -107,6 +205,16 @@ impl ProviderClient {
             .get(CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
+        // Servers rotate their nonce on any answer (RFC 9449 §8.2).
+        let dpop_nonce = response
+            .headers()
+            .get("dpop-nonce")
+            .and_then(|v| v.to_str().ok())
+            .filter(|n| dpop::check_nonce(n).is_ok())
+            .map(str::to_string);
+        if let Some(n) = &dpop_nonce {
+            self.nonces.set(&e.name, n);
+        }
         let body = read_capped(&mut response, e.max_response_bytes)
             .await
             .map_err(|m| Failure {
@@ -118,6 +226,7 @@ impl ProviderClient {
             status,
             retry_after,
             content_type,
+            dpop_nonce,
             body,
         })
     }
@@ -190,7 +299,7 @@ fn header_map(prepared: &PreparedRequest) -> Result<HeaderMap, String> {
             .map_err(|_| format!("header name `{k}` is not valid in HTTP"))?;
         let mut value = HeaderValue::from_str(v)
             .map_err(|_| format!("value of header `{k}` is not valid in HTTP"))?;
-        if name == AUTHORIZATION {
+        if name == AUTHORIZATION || name.as_str() == "dpop" {
             value.set_sensitive(true);
         }
         map.insert(name, value);

@@ -48,6 +48,16 @@ pub(crate) enum DpopError {
     BadNonce,
 }
 
+impl DpopError {
+    /// The caller's request was bad (rather than the daemon failing).
+    pub(crate) fn is_request(&self) -> bool {
+        matches!(
+            self,
+            DpopError::BadMethod | DpopError::BadUri(_) | DpopError::BadNonce
+        )
+    }
+}
+
 /// A credential's DPoP key: ECDSA P-256 (ES256). Cloning shares it.
 #[derive(Clone)]
 pub struct DpopKey {

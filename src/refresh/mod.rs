@@ -208,6 +208,7 @@ impl Refresher {
             tx,
             published,
             settings,
+            store: store.clone(),
         };
         Ok((r, handle))
     }

@@ -72,7 +72,16 @@ impl From<RefreshError> for ApiError {
                 (StatusCode::BAD_REQUEST, ErrorKind::BadRequest)
             }
             RefreshError::ExchangeFailed(_) => (StatusCode::BAD_GATEWAY, ErrorKind::ExchangeFailed),
-            RefreshError::Store(_) => (StatusCode::INTERNAL_SERVER_ERROR, ErrorKind::Internal),
+            RefreshError::NotDpop(_) => (StatusCode::BAD_REQUEST, ErrorKind::BadRequest),
+            RefreshError::NotDpopToken(..) => {
+                (StatusCode::SERVICE_UNAVAILABLE, ErrorKind::Unavailable)
+            }
+            RefreshError::Dpop(e) if e.is_request() => {
+                (StatusCode::BAD_REQUEST, ErrorKind::BadRequest)
+            }
+            RefreshError::Dpop(_) | RefreshError::Store(_) => {
+                (StatusCode::INTERNAL_SERVER_ERROR, ErrorKind::Internal)
+            }
             RefreshError::ShuttingDown => {
                 (StatusCode::SERVICE_UNAVAILABLE, ErrorKind::ShuttingDown)
             }
