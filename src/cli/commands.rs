@@ -54,7 +54,7 @@ pub(super) fn remove(client: &Client, name: &str) -> anyhow::Result<ExitCode> {
 
 /// `tokend get`'s exit status when the credential needs re-authorization
 /// and its token is withheld (`on_invalid_grant = "withhold"`).
-const NEEDS_REAUTH_EXIT: u8 = 3;
+pub(super) const NEEDS_REAUTH_EXIT: u8 = 3;
 
 pub(super) fn get(
     client: &Client,
@@ -88,7 +88,7 @@ pub(super) fn get(
 }
 
 /// Whether the daemon answered "needs re-authorization".
-fn is_needs_reauth(e: &ClientError) -> bool {
+pub(super) fn is_needs_reauth(e: &ClientError) -> bool {
     matches!(e, ClientError::Api { body, .. } if body.error == ErrorKind::NeedsReauth)
 }
 
@@ -344,6 +344,11 @@ pub(super) fn check_config(file: Option<PathBuf>) -> anyhow::Result<ExitCode> {
                 if names.is_empty() { "" } else { ": " },
                 names.join(", ")
             )?;
+            for (name, p) in &cfg.providers {
+                if p.endpoint.dpop {
+                    outln!("  provider {name}: DPoP-bound tokens (ES256, one key per credential)")?;
+                }
+            }
             for (name, declared) in &cfg.declared {
                 outln!(
                     "  credential {name}: {} from provider {}",
