@@ -94,7 +94,7 @@ pub(crate) enum Command {
         json: bool,
         /// For a DPoP credential: print `Authorization: DPoP <token>` and
         /// `DPoP: <proof>` header lines for a request with this method and URL.
-        #[arg(long, num_args = 2, value_names = ["METHOD", "URL"])]
+        #[arg(long, num_args = 2, value_names = ["METHOD", "URL"], allow_hyphen_values = true)]
         dpop: Option<Vec<String>>,
         /// With --dpop: the nonce the resource server gave (DPoP-Nonce).
         #[arg(long, requires = "dpop", allow_hyphen_values = true)]

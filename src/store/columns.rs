@@ -426,7 +426,7 @@ mod tests {
     fn the_statements_follow_the_column_list() {
         assert_eq!(state_columns().len(), STATE_COUNT);
         assert_eq!(state_columns().first(), Some(&"refresh_token"));
-        assert_eq!(state_columns().last(), Some(&"last_refresh_at"));
+        assert_eq!(state_columns().last(), Some(&"dpop_key"));
         assert_eq!(
             replace_sql()
                 .split_whitespace()
