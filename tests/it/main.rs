@@ -12,6 +12,7 @@ mod cli_hardening;
 mod client_credentials;
 mod crash;
 mod crash_loop;
+mod dpop;
 mod encryption;
 mod fake_selftest;
 mod faults;

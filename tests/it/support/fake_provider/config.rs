@@ -58,6 +58,9 @@ pub struct FakeConfig {
     /// The `audience` a client_credentials request must send, if any (then
     /// exactly this; otherwise none may be sent).
     pub cc_audience: Option<String>,
+    /// DPoP mode (RFC 9449): every token request needs a proof (see the
+    /// `dpop` module).
+    pub dpop: bool,
 }
 
 /// What reuse of a spent refresh token outside its grace does to the tokens
@@ -100,7 +103,14 @@ impl FakeConfig {
             on_reuse: FamilyOnReuse::Kept,
             cc_scope: None,
             cc_audience: None,
+            dpop: false,
         }
+    }
+
+    /// Requires DPoP proofs and issues DPoP-bound tokens (see [`FakeConfig::dpop`]).
+    pub fn with_dpop(mut self) -> FakeConfig {
+        self.dpop = true;
+        self
     }
 
     /// Sets the scope and audience a client_credentials request must send

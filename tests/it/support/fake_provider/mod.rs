@@ -86,6 +86,7 @@ use tokio::sync::{oneshot, Notify};
 use tokio::task::{JoinHandle, JoinSet};
 
 mod config;
+mod dpop;
 mod http;
 mod provider;
 mod state;
@@ -97,6 +98,7 @@ pub use provider::FakeProvider;
 pub use tokens::find_leaks;
 pub use wire::pkce_s256;
 
+use dpop::DpopState;
 use http::*;
 use state::*;
 use tokens::*;

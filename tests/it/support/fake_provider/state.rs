@@ -56,6 +56,7 @@ pub(super) struct State {
     pub(super) rejections: Vec<String>,
     pub(super) faults: VecDeque<Fault>,
     pub(super) sticky_fault: Option<Fault>,
+    pub(super) dpop: DpopState,
 }
 
 impl State {
