@@ -138,11 +138,12 @@ fn tokens(e: &Endpoint, answer: &Answer, secrets: &Secrets<'_>) -> Result<TokenS
         .filter(|v| v.get("error").is_some());
     match error_body {
         None if (200..300).contains(&answer.status) => {
-            parse_token_response(&answer.body, answer.content_type.as_deref(), &e.response)
-                .map_err(|err| Failure {
+            parse_token_response(&answer.body, answer.content_type.as_deref(), &e.response).map_err(
+                |err| Failure {
                     status: Some(answer.status),
                     ..secrets.transient(err.to_string(), true)
-                })
+                },
+            )
         }
         _ => Err(refusal(e, answer, error_body.as_ref(), secrets)),
     }
@@ -173,7 +174,6 @@ fn dpop_bound(e: &Endpoint, mut set: TokenSet) -> Result<TokenSet, Failure> {
 }
 
 impl ProviderClient {
-
     /// Sends the request and reads the answer whole, up to the endpoint's
     /// size cap.
     async fn send(

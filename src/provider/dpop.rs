@@ -44,7 +44,9 @@ pub(crate) enum DpopError {
     #[error("htu must be an absolute http:// or https:// URL without user info: {0}")]
     BadUri(String),
     /// The nonce has characters RFC 9449 §8 does not allow, or is too long.
-    #[error("nonce must be 1 to 1024 visible ASCII characters other than '\"' and '\\' (RFC 9449 §8)")]
+    #[error(
+        "nonce must be 1 to 1024 visible ASCII characters other than '\"' and '\\' (RFC 9449 §8)"
+    )]
     BadNonce,
 }
 
@@ -87,8 +89,8 @@ pub(crate) struct Jwk {
 impl DpopKey {
     /// A new random key.
     pub(crate) fn generate() -> Result<DpopKey, DpopError> {
-        let pair =
-            EcdsaKeyPair::generate(&ECDSA_P256_SHA256_FIXED_SIGNING).map_err(|_| DpopError::Crypto)?;
+        let pair = EcdsaKeyPair::generate(&ECDSA_P256_SHA256_FIXED_SIGNING)
+            .map_err(|_| DpopError::Crypto)?;
         let doc = pair.to_pkcs8v1().map_err(|_| DpopError::Crypto)?;
         let pkcs8 = Secret::new(B64URL.encode(doc.as_ref()));
         Ok(DpopKey::of(pair, pkcs8))
@@ -107,7 +109,10 @@ impl DpopKey {
     fn of(pair: EcdsaKeyPair, pkcs8: Secret) -> DpopKey {
         // An uncompressed point: 0x04, then x and y of 32 bytes each.
         let point = pair.public_key().as_ref();
-        let (x, y) = point.get(1..).unwrap_or_default().split_at(point.len().saturating_sub(1) / 2);
+        let (x, y) = point
+            .get(1..)
+            .unwrap_or_default()
+            .split_at(point.len().saturating_sub(1) / 2);
         let jwk = Jwk {
             crv: "P-256",
             kty: "EC",
@@ -134,8 +139,8 @@ impl DpopKey {
     /// Its JWK SHA-256 thumbprint (RFC 7638), the `jkt` servers bind to.
     pub fn thumbprint(&self) -> String {
         thumbprint(&[
-            ("crv", &self.jwk.crv),
-            ("kty", &self.jwk.kty),
+            ("crv", self.jwk.crv),
+            ("kty", self.jwk.kty),
             ("x", &self.jwk.x),
             ("y", &self.jwk.y),
         ])
@@ -378,7 +383,10 @@ mod tests {
         );
         // Debug shows the thumbprint, never the private key.
         let debug = format!("{k:?}");
-        assert!(debug.contains(&k.thumbprint()) && !debug.contains(KEY), "{debug}");
+        assert!(
+            debug.contains(&k.thumbprint()) && !debug.contains(KEY),
+            "{debug}"
+        );
         assert!(!jwk.contains("\"d\""));
     }
 
@@ -466,9 +474,21 @@ mod tests {
         for bad in ["", "GE T", "GET\r\n", "G\"", &"A".repeat(33)] {
             assert!(Htm::parse(bad).is_err(), "{bad:?}");
         }
-        assert_eq!(htu("https://API.example:443/a/b?q=1#frag").unwrap(), "https://api.example/a/b");
-        assert_eq!(htu("http://127.0.0.1:8080").unwrap(), "http://127.0.0.1:8080/");
-        for bad in ["/relative", "ftp://x/y", "https://u:p@x/", "mailto:a@b", "not a url"] {
+        assert_eq!(
+            htu("https://API.example:443/a/b?q=1#frag").unwrap(),
+            "https://api.example/a/b"
+        );
+        assert_eq!(
+            htu("http://127.0.0.1:8080").unwrap(),
+            "http://127.0.0.1:8080/"
+        );
+        for bad in [
+            "/relative",
+            "ftp://x/y",
+            "https://u:p@x/",
+            "mailto:a@b",
+            "not a url",
+        ] {
             assert!(htu(bad).is_err(), "{bad}");
         }
         assert!(check_nonce("eyJ7S_zG.eyJH0-Z.HX4w-7v").is_ok());

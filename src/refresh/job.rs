@@ -337,7 +337,10 @@ pub(crate) async fn exchange(
 /// Gives `cred` a DPoP key if its provider uses DPoP and it has none: it
 /// was made before the provider's `dpop = true`. Its refresh token was
 /// issued unbound then; the tokens from now on are bound to the new key.
-pub(crate) fn ensure_dpop_key(provider: &ProviderConfig, cred: &mut Credential) -> Result<(), Failure> {
+pub(crate) fn ensure_dpop_key(
+    provider: &ProviderConfig,
+    cred: &mut Credential,
+) -> Result<(), Failure> {
     if !provider.endpoint.dpop || cred.dpop_key.is_some() {
         return Ok(());
     }

@@ -54,7 +54,9 @@ fn header_lines(run: &Run) -> (String, String) {
     let token = auth
         .strip_prefix("Authorization: DPoP ")
         .unwrap_or_else(|| panic!("{run:?}"));
-    let proof = proof.strip_prefix("DPoP: ").unwrap_or_else(|| panic!("{run:?}"));
+    let proof = proof
+        .strip_prefix("DPoP: ")
+        .unwrap_or_else(|| panic!("{run:?}"));
     (token.to_string(), proof.to_string())
 }
 
@@ -71,14 +73,19 @@ async fn a_dpop_credential_refreshes_with_its_own_key_across_restarts_and_signs_
     let extra = format!("{FAST_DAEMON}socket_group = \"{SOCKET_GID}\"\n");
     let mut daemon = Daemon::start(&extra, &config).await;
     daemon.open_to_other_users();
-    let check = daemon.cli(&["check-config", daemon.config.to_str().unwrap()]).await;
+    let check = daemon
+        .cli(&["check-config", daemon.config.to_str().unwrap()])
+        .await;
     assert!(
         check.ok().stdout.contains("provider p: DPoP-bound tokens"),
         "{check:?}"
     );
 
     // The first request meets the nonce challenge and is sent again with it.
-    daemon.add("api", "p", &fake.issue_refresh_token()).await.ok();
+    daemon
+        .add("api", "p", &fake.issue_refresh_token())
+        .await
+        .ok();
     assert_eq!(fake.dpop_nonce_challenges(), 1);
     let keys = fake.dpop_accepted_keys();
     assert_eq!(keys.len(), 1, "{keys:?}");
@@ -100,7 +107,13 @@ async fn a_dpop_credential_refreshes_with_its_own_key_across_restarts_and_signs_
 
     // A caller's proof, for its own request; query and fragment left out.
     let run = daemon
-        .cli(&["get", "api", "--dpop", "GET", "https://api.example/v1/x?page=2#top"])
+        .cli(&[
+            "get",
+            "api",
+            "--dpop",
+            "GET",
+            "https://api.example/v1/x?page=2#top",
+        ])
         .await;
     let (token, proof) = header_lines(run.ok());
     assert_eq!(fake.dpop_bound_key(&token), Some(jkt.clone()));
@@ -116,13 +129,27 @@ async fn a_dpop_credential_refreshes_with_its_own_key_across_restarts_and_signs_
         1000,
         SOCKET_GID,
         &[],
-        &["get", "api", "--dpop", "POST", "https://api.example/v1/y", "--nonce", "rs-n0nce"],
+        &[
+            "get",
+            "api",
+            "--dpop",
+            "POST",
+            "https://api.example/v1/y",
+            "--nonce",
+            "rs-n0nce",
+        ],
     )
     .await;
     let (token2, proof2) = header_lines(run.ok());
     assert_eq!(token2, token);
-    fake.check_resource_proof(&proof2, &token, "POST", "https://api.example/v1/y", Some("rs-n0nce"))
-        .unwrap();
+    fake.check_resource_proof(
+        &proof2,
+        &token,
+        "POST",
+        "https://api.example/v1/y",
+        Some("rs-n0nce"),
+    )
+    .unwrap();
     // Another local user, not a reader, gets nothing.
     let run = cli_as(
         &daemon.socket,
@@ -136,14 +163,24 @@ async fn a_dpop_credential_refreshes_with_its_own_key_across_restarts_and_signs_
     assert!(run.stdout.is_empty(), "{run:?}");
     assert!(run.stderr.contains("that you may read"), "{run:?}");
     // What callers may not ask for.
-    for (htm, htu) in [("GET", "ftp://api.example/x"), ("G ET", "https://a/"), ("GET", "/relative")] {
+    for (htm, htu) in [
+        ("GET", "ftp://api.example/x"),
+        ("G ET", "https://a/"),
+        ("GET", "/relative"),
+    ] {
         let run = daemon.cli(&["get", "api", "--dpop", htm, htu]).await;
         assert_eq!(run.code, 1, "{run:?}");
-        assert!(run.stderr.contains("htm") || run.stderr.contains("htu"), "{run:?}");
+        assert!(
+            run.stderr.contains("htm") || run.stderr.contains("htu"),
+            "{run:?}"
+        );
     }
 
     // A credential of a provider without DPoP has no key and gets no proof.
-    daemon.add("mail", "plain", &plain.issue_refresh_token()).await.ok();
+    daemon
+        .add("mail", "plain", &plain.issue_refresh_token())
+        .await
+        .ok();
     let run = daemon
         .cli(&["get", "mail", "--dpop", "GET", "https://api.example/x"])
         .await;
@@ -152,7 +189,14 @@ async fn a_dpop_credential_refreshes_with_its_own_key_across_restarts_and_signs_
 
     // The private key is in the database only.
     let json = daemon
-        .cli(&["get", "api", "--dpop", "GET", "https://api.example/v1/x", "--json"])
+        .cli(&[
+            "get",
+            "api",
+            "--dpop",
+            "GET",
+            "https://api.example/v1/x",
+            "--json",
+        ])
         .await;
     let answer: serde_json::Value = serde_json::from_str(&json.ok().stdout).unwrap();
     assert_eq!(answer["token_type"], "DPoP");
@@ -169,7 +213,14 @@ async fn a_dpop_credential_refreshes_with_its_own_key_across_restarts_and_signs_
     shown.push(daemon.logs());
     let [d_b64, d_hex] = private_scalar(&stored);
     for text in &shown {
-        for secret in [&stored[..], &stored[40..80], &d_b64, &d_hex, &proof, &proof2] {
+        for secret in [
+            &stored[..],
+            &stored[40..80],
+            &d_b64,
+            &d_hex,
+            &proof,
+            &proof2,
+        ] {
             assert!(!text.contains(secret), "a secret shows: {secret}");
         }
     }

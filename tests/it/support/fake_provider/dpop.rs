@@ -111,7 +111,11 @@ impl Inner {
     /// The `DPoP-Nonce` header every answer of the DPoP mode carries.
     pub(super) fn dpop_nonce_header(&self, resp: &mut Response<RespBody>) {
         let mut st = self.lock();
-        let nonce = st.dpop.nonce.get_or_insert_with(|| random_alnum(22)).clone();
+        let nonce = st
+            .dpop
+            .nonce
+            .get_or_insert_with(|| random_alnum(22))
+            .clone();
         if let Ok(v) = HeaderValue::from_str(&nonce) {
             resp.headers_mut().insert("dpop-nonce", v);
         }
@@ -219,7 +223,11 @@ impl FakeProvider {
             Some(_) => return Err("the access token is bound to another key".into()),
             None => return Err("the access token was not issued as a DPoP token".into()),
         }
-        let jti = p.claims.get("jti").and_then(Value::as_str).unwrap_or_default();
+        let jti = p
+            .claims
+            .get("jti")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
         if jti.is_empty() || !st.dpop.seen_jti.insert(jti.to_string()) {
             return Err("the proof's jti is missing or was used before".into());
         }
