@@ -2,7 +2,9 @@
 //! `tokend` binary on a temporary directory (its own socket, database and
 //! configuration) and drives it through the real CLI.
 
+pub mod browser;
 pub mod fake_provider;
+pub mod oidc;
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
