@@ -21,6 +21,7 @@ mod journal;
 mod lifecycle;
 mod limits;
 mod notify;
+mod oidc_dpop;
 mod oidc_server;
 mod refresh_hardening;
 mod robustness;
