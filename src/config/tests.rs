@@ -458,3 +458,17 @@ fn declared_credentials_are_checked_at_their_lines() {
     assert_eq!(got[0].1, "credentials.svc.provider", "{got:?}");
     assert!(got[0].2.contains("no provider `nope`"), "{got:?}");
 }
+
+#[test]
+fn dpop_is_off_unless_a_provider_turns_it_on() {
+    let cfg = parse_config(
+        "[providers.a]\ntoken_url = \"https://a.example/t\"\nclient_id = \"i\"\nclient_auth = \"none\"\ndpop = true\n\
+         [providers.b]\ntoken_url = \"https://b.example/t\"\nclient_id = \"i\"\nclient_auth = \"none\"\n",
+    )
+    .unwrap();
+    assert!(cfg.providers["a"].endpoint.dpop);
+    assert!(!cfg.providers["b"].endpoint.dpop);
+    let p = problems("[providers.a]\ntoken_url = \"https://a.example/t\"\nclient_auth = \"none\"\ndpop = \"yes\"\n");
+    assert_eq!(p.len(), 1, "{p:?}");
+    assert_eq!(p[0].line, Some(4), "{p:?}");
+}

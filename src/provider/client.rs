@@ -396,6 +396,11 @@ fn truncate(s: &str, max: usize) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
+    use base64::Engine as _;
+
     use super::*;
     use crate::provider::request::tests::{endpoint, refresh};
 
@@ -437,6 +442,103 @@ mod tests {
             "{}",
             failure.message
         );
+    }
+
+    /// A DPoP token endpoint on loopback: the first request without its
+    /// nonce gets `use_dpop_nonce`; then it answers `token_type`.
+    async fn dpop_server(
+        token_type: &'static str,
+    ) -> (std::net::SocketAddr, Arc<Mutex<Vec<String>>>) {
+        use axum::http::{HeaderMap, StatusCode};
+        use axum::response::IntoResponse;
+        use axum::routing::post;
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let log = Arc::clone(&seen);
+        let app = axum::Router::new().route(
+            "/t",
+            post(move |headers: HeaderMap| {
+                let log = Arc::clone(&log);
+                async move {
+                    let proof = headers
+                        .get("dpop")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or_default()
+                        .to_string();
+                    let claims = proof
+                        .split('.')
+                        .nth(1)
+                        .and_then(|c| B64URL.decode(c).ok())
+                        .and_then(|c| serde_json::from_slice::<Value>(&c).ok())
+                        .unwrap_or_default();
+                    log.lock().unwrap().push(claims.to_string());
+                    if claims["nonce"] != "n-1" {
+                        let body = serde_json::json!({"error": "use_dpop_nonce"});
+                        return (
+                            StatusCode::BAD_REQUEST,
+                            [("dpop-nonce", "n-1")],
+                            axum::Json(body),
+                        )
+                            .into_response();
+                    }
+                    let body = serde_json::json!({
+                        "access_token": "at-1", "token_type": token_type, "expires_in": 60
+                    });
+                    ([("dpop-nonce", "n-1")], axum::Json(body)).into_response()
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        (addr, seen)
+    }
+
+    #[tokio::test]
+    async fn a_dpop_request_learns_the_nonce_once_and_needs_a_dpop_token() {
+        let (addr, seen) = dpop_server("dpop").await;
+        let p = endpoint(&format!(
+            "[providers.d]\ntoken_url = \"http://{addr}/t?x=1\"\nclient_id = \"i\"\nclient_auth = \"none\"\ndpop = true\n"
+        ));
+        let key = DpopKey::generate().unwrap();
+        let client = ProviderClient::new().unwrap();
+        let set = client
+            .request_bound(&p, &refresh("rt"), Some(&key))
+            .await
+            .unwrap();
+        assert_eq!(set.token_type, "DPoP");
+        // The nonce is kept: the next request carries it at once.
+        client
+            .request_bound(&p, &refresh("rt"), Some(&key))
+            .await
+            .unwrap();
+        let seen = seen.lock().unwrap().clone();
+        assert_eq!(seen.len(), 3, "{seen:?}");
+        let claims: Vec<Value> = seen
+            .iter()
+            .map(|c| serde_json::from_str(c).unwrap())
+            .collect();
+        assert!(claims[0].get("nonce").is_none());
+        assert_eq!(claims[1]["nonce"], "n-1");
+        assert_eq!(claims[2]["nonce"], "n-1");
+        assert_eq!(claims[1]["htm"], "POST");
+        assert_eq!(claims[1]["htu"], format!("http://{addr}/t"));
+        assert_ne!(claims[1]["jti"], claims[2]["jti"]);
+
+        let (addr, _) = dpop_server("Bearer").await;
+        let p = endpoint(&format!(
+            "[providers.d]\ntoken_url = \"http://{addr}/t\"\nclient_id = \"i\"\nclient_auth = \"none\"\ndpop = true\n"
+        ));
+        let failure = client
+            .request_bound(&p, &refresh("rt"), Some(&key))
+            .await
+            .unwrap_err();
+        assert_eq!(failure.kind, FailureKind::Misconfigured);
+        assert!(
+            failure.message.contains("ignored DPoP"),
+            "{}",
+            failure.message
+        );
+        assert!(!failure.message.contains("at-1"), "{}", failure.message);
     }
 
     #[test]

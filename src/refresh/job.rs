@@ -369,6 +369,26 @@ fn failure(kind: FailureKind, message: &str) -> Failure {
 mod tests {
     use super::*;
 
+    #[test]
+    fn a_credential_gets_a_dpop_key_once_and_only_from_a_dpop_provider() {
+        let provider = |dpop: bool| {
+            let cfg = crate::config::parse_config(&format!(
+                "[providers.p]\ntoken_url = \"https://p.example/t\"\nclient_id = \"i\"\nclient_auth = \"none\"\ndpop = {dpop}\n"
+            ))
+            .unwrap();
+            cfg.providers["p"].clone()
+        };
+        let mut cred = Credential::new("c", "p", None, 0);
+        ensure_dpop_key(&provider(false), &mut cred).unwrap();
+        assert!(cred.dpop_key.is_none());
+        // Made before its provider used DPoP: a key at its next request.
+        ensure_dpop_key(&provider(true), &mut cred).unwrap();
+        let jkt = cred.dpop_key.as_ref().unwrap().thumbprint();
+        // Kept afterwards: every token stays bound to the same key.
+        ensure_dpop_key(&provider(true), &mut cred).unwrap();
+        assert_eq!(cred.dpop_key.unwrap().thumbprint(), jkt);
+    }
+
     #[tokio::test]
     async fn a_panicking_job_is_a_transient_failure_with_unknown_outcome() {
         let outcome = run_caught("c", async { panic!("job blew up") }).await;
