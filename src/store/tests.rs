@@ -396,3 +396,24 @@ async fn a_dpop_key_is_sealed_kept_by_saves_and_left_out_at_start_up() {
     assert!(err.to_string().contains("dpop_key"), "{err}");
     assert!(other.load_each(|_| {}).await.is_err());
 }
+
+#[tokio::test]
+async fn rekey_reseals_the_dpop_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tokend.db");
+    let store = super::test_support::open(&path, Some([1; 32])).await;
+    let key = crate::provider::DpopKey::generate().unwrap();
+    let mut c = cred("d", "rt-d", "at-d", "idt-d");
+    c.dpop_key = Some(key.clone());
+    store.replace(&c).await.unwrap();
+    store.close().await;
+    let (a, b) = (Key::from_bytes([1; 32]), Key::from_bytes([2; 32]));
+    super::rekey(&path, Some(&a), Some(&b)).await.unwrap();
+    let store = super::test_support::open(&path, Some([2; 32])).await;
+    let read = store.load_dpop_key("d").await.unwrap().unwrap();
+    assert_eq!(read.thumbprint(), key.thumbprint());
+    store.close().await;
+    // Decrypted, it is the stored form itself; under the old key it is not.
+    super::rekey(&path, Some(&b), None).await.unwrap();
+    assert!(file_bytes(&path).contains(key.stored().expose()));
+}
