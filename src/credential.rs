@@ -7,6 +7,7 @@ use std::str::FromStr;
 
 use serde_json::{Map, Value};
 
+use crate::provider::DpopKey;
 use crate::token::{LifetimeSource, Secret, TokenSet};
 
 /// Persisted lifecycle state of a credential.
@@ -159,6 +160,9 @@ pub struct Credential {
     pub refresh_started_at: Option<i64>,
     /// When the last successful refresh was sent.
     pub last_refresh_at: Option<i64>,
+    /// Its DPoP private key, if its provider uses DPoP. Like the refresh
+    /// token, only read from the database when a request or a proof needs it.
+    pub dpop_key: Option<DpopKey>,
     /// When the credential was first stored.
     pub created_at: i64,
     /// When the row last changed.
@@ -188,6 +192,7 @@ impl fmt::Debug for Credential {
             .field("expires_at", &self.expires_at)
             .field("extra_keys", &self.extra.keys().collect::<Vec<_>>())
             .field("state", &self.state)
+            .field("dpop_key", &self.dpop_key)
             .field("last_error", &self.last_error)
             .finish_non_exhaustive()
     }
@@ -213,6 +218,7 @@ impl Credential {
             last_error: None,
             refresh_started_at: None,
             last_refresh_at: None,
+            dpop_key: None,
             created_at: now,
             updated_at: now,
         }

@@ -82,7 +82,7 @@ pub(super) fn remove(
 
 /// `tokend get`'s exit status when the credential needs re-authorization
 /// and its token is withheld (`on_invalid_grant = "withhold"`).
-const NEEDS_REAUTH_EXIT: u8 = 3;
+pub(super) const NEEDS_REAUTH_EXIT: u8 = 3;
 
 pub(super) fn get(
     client: &Client,
@@ -116,7 +116,7 @@ pub(super) fn get(
 }
 
 /// Whether the daemon answered "needs re-authorization".
-fn is_needs_reauth(e: &ClientError) -> bool {
+pub(super) fn is_needs_reauth(e: &ClientError) -> bool {
     matches!(e, ClientError::Api { body, .. } if body.error == ErrorKind::NeedsReauth)
 }
 
@@ -428,6 +428,9 @@ pub(super) fn check_config(file: Option<PathBuf>) -> anyhow::Result<ExitCode> {
                 }
                 if let Some(url) = &provider.endpoint.device_authorization_url {
                     outln!("  provider {name}: device authorization at {url}")?;
+                }
+                if provider.endpoint.dpop {
+                    outln!("  provider {name}: DPoP-bound tokens (ES256, one key per credential)")?;
                 }
             }
             let database = cfg

@@ -45,6 +45,7 @@ macro_rules! errln {
 
 mod commands;
 mod device;
+mod dpop;
 mod login;
 
 use commands::{
@@ -93,6 +94,13 @@ pub(crate) enum Command {
         /// Print the whole token response as JSON.
         #[arg(long)]
         json: bool,
+        /// For a DPoP credential: print `Authorization: DPoP <token>` and
+        /// `DPoP: <proof>` header lines for a request with this method and URL.
+        #[arg(long, num_args = 2, value_names = ["METHOD", "URL"], allow_hyphen_values = true)]
+        dpop: Option<Vec<String>>,
+        /// With --dpop: the nonce the resource server gave (DPoP-Nonce).
+        #[arg(long, requires = "dpop", allow_hyphen_values = true)]
+        nonce: Option<String>,
     },
     /// Show credentials and their state (never secrets).
     Status {
@@ -285,6 +293,8 @@ fn plain_get(args: impl IntoIterator<Item = OsString>) -> Option<Cli> {
             name,
             min_valid: None,
             json: false,
+            dpop: None,
+            nonce: None,
         },
     })
 }
@@ -313,6 +323,14 @@ fn run(socket: Option<PathBuf>, command: Command) -> anyhow::Result<ExitCode> {
             name,
             min_valid,
             json,
+            dpop: Some(request),
+            nonce,
+        } => dpop::get(&client(), &name, min_valid, json, &request, nonce),
+        Command::Get {
+            name,
+            min_valid,
+            json,
+            ..
         } => get(&client(), &name, min_valid, json),
         Command::Status { name, json } => status(&client(), name.as_deref(), json),
         Command::Add {

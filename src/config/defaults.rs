@@ -53,6 +53,8 @@ pub(crate) const ON_INVALID_GRANT: OnInvalidGrant = OnInvalidGrant::Withhold;
 pub(crate) const DISCOVERY_REFRESH: Duration = Duration::from_secs(86_400);
 /// A provider's `revoke_on_remove`.
 pub(crate) const REVOKE_ON_REMOVE: bool = false;
+/// A provider's `dpop`: off, as most providers do not support DPoP.
+pub(crate) const DPOP: bool = false;
 /// A provider's `reauth_errors`.
 pub(crate) const REAUTH_ERRORS: [&str; 2] = ["invalid_grant", "invalid_token"];
 

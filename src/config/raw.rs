@@ -85,6 +85,7 @@ pub(super) struct RawProvider {
     pub(super) refresh_token_warning: Option<RawDuration>,
     pub(super) on_invalid_grant: Option<String>,
     pub(super) readers: Option<Vec<String>>,
+    pub(super) dpop: Option<bool>,
 }
 
 /// The sub-tables of `[providers.NAME]`.

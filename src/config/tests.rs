@@ -608,3 +608,17 @@ fn a_header_alone_keeps_the_default_body() {
     );
     assert_eq!(r.headers, pairs(&[("Accept", "application/json")]));
 }
+
+#[test]
+fn dpop_is_off_unless_a_provider_turns_it_on() {
+    let cfg = parse_config(
+        "[providers.a]\ntoken_url = \"https://a.example/t\"\nclient_id = \"i\"\nclient_auth = \"none\"\ndpop = true\n\
+         [providers.b]\ntoken_url = \"https://b.example/t\"\nclient_id = \"i\"\nclient_auth = \"none\"\n",
+    )
+    .unwrap();
+    assert!(cfg.providers["a"].endpoint.dpop);
+    assert!(!cfg.providers["b"].endpoint.dpop);
+    let p = problems("[providers.a]\ntoken_url = \"https://a.example/t\"\nclient_auth = \"none\"\ndpop = \"yes\"\n");
+    assert_eq!(p.len(), 1, "{p:?}");
+    assert_eq!(p[0].line, Some(4), "{p:?}");
+}

@@ -369,6 +369,7 @@ fn validate_provider(
             .unwrap_or_else(|| defaults::REAUTH_ERRORS.map(String::from).to_vec()),
         request_timeout: durations.request_timeout,
         max_response_bytes,
+        dpop: raw.dpop.unwrap_or(defaults::DPOP),
     };
     Some(ProviderConfig {
         name: name.to_string(),

@@ -9,6 +9,7 @@ use serde_json::Value;
 
 use super::assertion::AssertionStamp;
 use super::device::{parse_device_authorization, DeviceAuthorization};
+use super::dpop::{self, DpopKey, Htm, Nonces, ProofFor, Stamp};
 use super::request::{
     prepare_device_authorization, prepare_with_secret, Endpoint, PreparedRequest, TokenGrant,
 };
@@ -19,6 +20,8 @@ use crate::token::{parse_token_response, scrub, Secret, TokenSet};
 #[derive(Clone, Debug)]
 pub struct ProviderClient {
     pub(super) http: reqwest::Client,
+    /// Each provider's latest `DPoP-Nonce`.
+    nonces: Nonces,
 }
 
 /// The secrets of one request, scrubbed from every message it produces.
@@ -43,7 +46,21 @@ struct Answer {
     status: u16,
     retry_after: Option<Duration>,
     content_type: Option<String>,
+    /// The `DPoP-Nonce` header, if any (already kept in the client's nonces).
+    dpop_nonce: Option<String>,
     body: Vec<u8>,
+}
+
+impl Answer {
+    /// A 400 `use_dpop_nonce` with a nonce to retry with (RFC 9449 §8).
+    fn asks_for_nonce(&self) -> bool {
+        self.status == 400
+            && self.dpop_nonce.is_some()
+            && serde_json::from_slice::<Value>(&self.body)
+                .ok()
+                .and_then(|v| v.get("error")?.as_str().map(|c| c == "use_dpop_nonce"))
+                .unwrap_or(false)
+    }
 }
 
 impl ProviderClient {
@@ -55,22 +72,37 @@ impl ProviderClient {
             .connect_timeout(Duration::from_secs(10))
             .user_agent(concat!("tokend/", env!("CARGO_PKG_VERSION")))
             .build()?;
-        Ok(ProviderClient { http })
+        Ok(ProviderClient {
+            http,
+            nonces: Nonces::default(),
+        })
     }
 
-    /// Sends `grant` to the token endpoint and parses the answer. With
-    /// several client secrets, an `invalid_client` answer makes it try the
-    /// next one (see [`rejects_client`]).
+    /// Sends `grant` to the token endpoint and parses the answer.
     pub async fn request(&self, e: &Endpoint, grant: &TokenGrant) -> Result<TokenSet, Failure> {
+        self.request_bound(e, grant, None).await
+    }
+
+    /// As [`ProviderClient::request`]; with a DPoP key, the request carries
+    /// a proof of it (RFC 9449 §5), is sent once more with the server's
+    /// nonce if it asks for one (§8), and the answer must be a DPoP token.
+    /// With several client secrets, an `invalid_client` answer makes it try
+    /// the next one (see [`rejects_client`]).
+    pub(crate) async fn request_bound(
+        &self,
+        e: &Endpoint,
+        grant: &TokenGrant,
+        dpop: Option<&DpopKey>,
+    ) -> Result<TokenSet, Failure> {
         let Some(rotation) = &e.secret_rotation else {
-            return self.attempt(e, grant, e.client_secret.as_ref()).await;
+            return self.attempt(e, grant, e.client_secret.as_ref(), dpop).await;
         };
         let mut last = None;
         for (index, secret) in rotation.order() {
             // Trying the same refresh token again is safe: a server checks
             // the client before the grant (RFC 6749 §5.2), so an
             // `invalid_client` answer has not spent or rotated it.
-            match self.attempt(e, grant, Some(secret)).await {
+            match self.attempt(e, grant, Some(secret), dpop).await {
                 Err(f) if rejects_client(&f) => last = Some(f),
                 Ok(set) => {
                     if rotation.worked(index) {
@@ -94,43 +126,51 @@ impl ProviderClient {
         }))
     }
 
-    /// Sends `grant` once, with client secret `secret`.
+    /// Sends `grant` with client secret `secret` (and a proof of `dpop`):
+    /// once, or twice when a DPoP server asks for its nonce. Each send is
+    /// prepared anew, so a client assertion's `jti` is never sent twice.
     async fn attempt(
         &self,
         e: &Endpoint,
         grant: &TokenGrant,
         secret: Option<&Secret>,
+        dpop: Option<&DpopKey>,
     ) -> Result<TokenSet, Failure> {
-        let mut secrets = grant.secrets();
-        secrets.extend(e.client_secret.as_ref().map(Secret::expose));
-        if let Some(rotation) = &e.secret_rotation {
-            secrets.extend(rotation.all().iter().map(Secret::expose));
-        }
-        let prepared = match prepare_with_secret(e, grant, &AssertionStamp::new(), secret) {
-            Ok(p) => p,
-            Err(err) => {
-                return Err(Failure {
-                    kind: FailureKind::Misconfigured,
-                    ..Secrets(secrets).transient(err.to_string(), false)
-                })
+        let mut nonce_retried = false;
+        loop {
+            let base = known_secrets(e, grant);
+            let misconfigured = |message: String| Failure {
+                kind: FailureKind::Misconfigured,
+                ..Secrets(base.clone()).transient(message, false)
+            };
+            let mut prepared = prepare_with_secret(e, grant, &AssertionStamp::new(), secret)
+                .map_err(|err| misconfigured(err.to_string()))?;
+            let proof = match dpop {
+                Some(key) => Some(self.token_proof(e, key).map_err(|err| Failure {
+                    kind: FailureKind::Transient,
+                    ..misconfigured(err.to_string())
+                })?),
+                None => None,
+            };
+            let assertion = prepared.client_assertion.clone();
+            let mut secrets = base.clone();
+            secrets.extend(assertion.as_ref().map(Secret::expose));
+            secrets.extend(proof.as_deref());
+            let secrets = Secrets(secrets);
+            if let Some(p) = &proof {
+                prepared.headers.push(("DPoP".into(), p.clone()));
             }
-        };
-        let assertion = prepared.client_assertion.clone();
-        secrets.extend(assertion.as_ref().map(Secret::expose));
-        let secrets = Secrets(secrets);
-        let answer = self.send(e, &e.token_url, prepared, &secrets).await?;
-        let error_body = serde_json::from_slice::<Value>(&answer.body)
-            .ok()
-            .filter(|v| v.get("error").is_some());
-        match error_body {
-            None if (200..300).contains(&answer.status) => {
-                parse_token_response(&answer.body, answer.content_type.as_deref(), &e.response)
-                    .map_err(|err| Failure {
-                        status: Some(answer.status),
-                        ..secrets.transient(err.to_string(), true)
-                    })
+            let answer = self.send(e, &e.token_url, prepared, &secrets).await?;
+            if dpop.is_some() && !nonce_retried && answer.asks_for_nonce() {
+                // Refused before the grant was looked at: safe to resend.
+                nonce_retried = true;
+                continue;
             }
-            _ => Err(refusal(e, &answer, error_body.as_ref(), &secrets)),
+            let set = tokens(e, &answer, &secrets)?;
+            return match dpop {
+                Some(_) => dpop_bound(e, set),
+                None => Ok(set),
+            };
         }
     }
 
@@ -189,6 +229,63 @@ impl ProviderClient {
         }
     }
 
+    /// A proof for a token request to `e`, with its latest nonce.
+    fn token_proof(&self, e: &Endpoint, key: &DpopKey) -> Result<String, dpop::DpopError> {
+        let htu = dpop::htu_of(&mut e.token_url.clone())?;
+        let nonce = self.nonces.get(&e.name);
+        let what = ProofFor {
+            htm: &Htm::post(),
+            htu: &htu,
+            nonce: nonce.as_deref(),
+            access_token: None,
+        };
+        dpop::proof(key, what, &Stamp::now())
+    }
+}
+
+/// The tokens of a 2xx answer, or the failure any other answer means.
+fn tokens(e: &Endpoint, answer: &Answer, secrets: &Secrets<'_>) -> Result<TokenSet, Failure> {
+    let error_body = serde_json::from_slice::<Value>(&answer.body)
+        .ok()
+        .filter(|v| v.get("error").is_some());
+    match error_body {
+        None if (200..300).contains(&answer.status) => {
+            parse_token_response(&answer.body, answer.content_type.as_deref(), &e.response).map_err(
+                |err| Failure {
+                    status: Some(answer.status),
+                    ..secrets.transient(err.to_string(), true)
+                },
+            )
+        }
+        _ => Err(refusal(e, answer, error_body.as_ref(), secrets)),
+    }
+}
+
+/// `set` if it is a DPoP token; a provider that answers a DPoP request
+/// with a bearer token ignored the proof, and its token would be usable by
+/// whoever copies it, which is what `dpop = true` is there to prevent.
+fn dpop_bound(e: &Endpoint, mut set: TokenSet) -> Result<TokenSet, Failure> {
+    if set.token_type.eq_ignore_ascii_case(dpop::TOKEN_TYPE) {
+        set.token_type = dpop::TOKEN_TYPE.to_string();
+        return Ok(set);
+    }
+    let message = format!(
+        "the provider ignored DPoP: it answered token_type `{}` to a request with a DPoP proof; the token was not stored. Enable DPoP for this client at the provider, or set dpop = false for provider {}",
+        truncate(&scrub(&set.token_type, &[set.access_token.expose()]), 40),
+        e.name
+    );
+    tracing::warn!(tokend_provider = %e.name, "{message}");
+    Err(Failure {
+        kind: FailureKind::Misconfigured,
+        status: None,
+        error_code: None,
+        message,
+        retry_after: None,
+        outcome_unknown: false,
+    })
+}
+
+impl ProviderClient {
     /// Sends the request to `url` and reads the answer whole, up to the
     /// endpoint's size cap.
     async fn send(
@@ -221,6 +318,16 @@ impl ProviderClient {
             .get(CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
+        // Servers rotate their nonce on any answer (RFC 9449 §8.2).
+        let dpop_nonce = response
+            .headers()
+            .get("dpop-nonce")
+            .and_then(|v| v.to_str().ok())
+            .filter(|n| dpop::check_nonce(n).is_ok())
+            .map(str::to_string);
+        if let Some(n) = &dpop_nonce {
+            self.nonces.set(&e.name, n);
+        }
         let body = read_capped(&mut response, e.max_response_bytes)
             .await
             .map_err(|m| Failure {
@@ -232,9 +339,21 @@ impl ProviderClient {
             status,
             retry_after,
             content_type,
+            dpop_nonce,
             body,
         })
     }
+}
+
+/// Every secret a request of `grant` to `e` may hold before it is signed:
+/// the grant's own and all the client secrets, scrubbed from messages.
+fn known_secrets<'a>(e: &'a Endpoint, grant: &'a TokenGrant) -> Vec<&'a str> {
+    let mut secrets = grant.secrets();
+    secrets.extend(e.client_secret.as_ref().map(Secret::expose));
+    if let Some(rotation) = &e.secret_rotation {
+        secrets.extend(rotation.all().iter().map(Secret::expose));
+    }
+    secrets
 }
 
 /// Whether `f` rejects the client itself, so that another client secret may
@@ -310,7 +429,7 @@ pub(super) fn header_map(prepared: &PreparedRequest) -> Result<HeaderMap, String
             .map_err(|_| format!("header name `{k}` is not valid in HTTP"))?;
         let mut value = HeaderValue::from_str(v)
             .map_err(|_| format!("value of header `{k}` is not valid in HTTP"))?;
-        if name == AUTHORIZATION {
+        if name == AUTHORIZATION || name.as_str() == "dpop" {
             value.set_sensitive(true);
         }
         map.insert(name, value);
@@ -410,6 +529,11 @@ pub(super) fn truncate(s: &str, max: usize) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
+    use base64::Engine as _;
+
     use super::*;
     use crate::provider::request::tests::{endpoint, refresh};
 
@@ -451,6 +575,103 @@ mod tests {
             "{}",
             failure.message
         );
+    }
+
+    /// A DPoP token endpoint on loopback: the first request without its
+    /// nonce gets `use_dpop_nonce`; then it answers `token_type`.
+    async fn dpop_server(
+        token_type: &'static str,
+    ) -> (std::net::SocketAddr, Arc<Mutex<Vec<String>>>) {
+        use axum::http::{HeaderMap, StatusCode};
+        use axum::response::IntoResponse;
+        use axum::routing::post;
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let log = Arc::clone(&seen);
+        let app = axum::Router::new().route(
+            "/t",
+            post(move |headers: HeaderMap| {
+                let log = Arc::clone(&log);
+                async move {
+                    let proof = headers
+                        .get("dpop")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or_default()
+                        .to_string();
+                    let claims = proof
+                        .split('.')
+                        .nth(1)
+                        .and_then(|c| B64URL.decode(c).ok())
+                        .and_then(|c| serde_json::from_slice::<Value>(&c).ok())
+                        .unwrap_or_default();
+                    log.lock().unwrap().push(claims.to_string());
+                    if claims["nonce"] != "n-1" {
+                        let body = serde_json::json!({"error": "use_dpop_nonce"});
+                        return (
+                            StatusCode::BAD_REQUEST,
+                            [("dpop-nonce", "n-1")],
+                            axum::Json(body),
+                        )
+                            .into_response();
+                    }
+                    let body = serde_json::json!({
+                        "access_token": "at-1", "token_type": token_type, "expires_in": 60
+                    });
+                    ([("dpop-nonce", "n-1")], axum::Json(body)).into_response()
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        (addr, seen)
+    }
+
+    #[tokio::test]
+    async fn a_dpop_request_learns_the_nonce_once_and_needs_a_dpop_token() {
+        let (addr, seen) = dpop_server("dpop").await;
+        let p = endpoint(&format!(
+            "[providers.d]\ntoken_url = \"http://{addr}/t?x=1\"\nclient_id = \"i\"\nclient_auth = \"none\"\ndpop = true\n"
+        ));
+        let key = DpopKey::generate().unwrap();
+        let client = ProviderClient::new().unwrap();
+        let set = client
+            .request_bound(&p, &refresh("rt"), Some(&key))
+            .await
+            .unwrap();
+        assert_eq!(set.token_type, "DPoP");
+        // The nonce is kept: the next request carries it at once.
+        client
+            .request_bound(&p, &refresh("rt"), Some(&key))
+            .await
+            .unwrap();
+        let seen = seen.lock().unwrap().clone();
+        assert_eq!(seen.len(), 3, "{seen:?}");
+        let claims: Vec<Value> = seen
+            .iter()
+            .map(|c| serde_json::from_str(c).unwrap())
+            .collect();
+        assert!(claims[0].get("nonce").is_none());
+        assert_eq!(claims[1]["nonce"], "n-1");
+        assert_eq!(claims[2]["nonce"], "n-1");
+        assert_eq!(claims[1]["htm"], "POST");
+        assert_eq!(claims[1]["htu"], format!("http://{addr}/t"));
+        assert_ne!(claims[1]["jti"], claims[2]["jti"]);
+
+        let (addr, _) = dpop_server("Bearer").await;
+        let p = endpoint(&format!(
+            "[providers.d]\ntoken_url = \"http://{addr}/t\"\nclient_id = \"i\"\nclient_auth = \"none\"\ndpop = true\n"
+        ));
+        let failure = client
+            .request_bound(&p, &refresh("rt"), Some(&key))
+            .await
+            .unwrap_err();
+        assert_eq!(failure.kind, FailureKind::Misconfigured);
+        assert!(
+            failure.message.contains("ignored DPoP"),
+            "{}",
+            failure.message
+        );
+        assert!(!failure.message.contains("at-1"), "{}", failure.message);
     }
 
     #[test]

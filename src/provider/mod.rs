@@ -28,6 +28,7 @@ mod authorize;
 mod client;
 mod device;
 mod discovery;
+pub(crate) mod dpop;
 mod request;
 mod revoke;
 mod rotation;
@@ -42,6 +43,7 @@ pub(crate) use authorize::{
 };
 pub use client::ProviderClient;
 pub(crate) use discovery::Metadata;
+pub use dpop::DpopKey;
 pub(crate) use request::RESERVED_PARAMS;
 pub use request::{prepare, Endpoint, PreparedRequest, TokenGrant};
 pub(crate) use revoke::Revocable;

@@ -86,6 +86,9 @@ pub struct Endpoint {
     pub request_timeout: Duration,
     /// Largest response body accepted.
     pub(crate) max_response_bytes: usize,
+    /// Its tokens are bound to a per-credential key with DPoP (RFC 9449):
+    /// token requests carry a proof, and `token_type` must be `DPoP`.
+    pub(crate) dpop: bool,
 }
 
 impl Endpoint {

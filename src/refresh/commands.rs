@@ -15,7 +15,7 @@ use super::{ExchangeRequest, ExchangeStart, NewCredential, RefreshError, Refresh
 use crate::credential::{Credential, GrantKind, State};
 use crate::event;
 use crate::events::Kind;
-use crate::provider::ClientAuth;
+use crate::provider::{ClientAuth, DpopKey};
 use crate::token::{after_secs, duration_ms, LifetimeSource};
 
 /// Whether [`Refresher::ensure`] may refresh a credential that will not be
@@ -181,6 +181,16 @@ impl Refresher {
     /// credential it replaces, and schedules it.
     pub(super) async fn replace(&mut self, mut cred: Credential) -> Result<u32, RefreshError> {
         let now = self.now();
+        let dpop = self
+            .config
+            .providers
+            .get(&cred.provider)
+            .is_some_and(|p| p.endpoint.dpop);
+        if dpop && cred.dpop_key.is_none() {
+            // Made with the credential, before its first request, so that
+            // every token it is ever issued is bound to this one key.
+            cred.dpop_key = Some(DpopKey::generate().map_err(RefreshError::Dpop)?);
+        }
         let old = self.slots.id_of(&cred.name);
         let old_view = old.and_then(|id| self.slots.view(id));
         if let Some(v) = &old_view {

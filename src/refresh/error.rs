@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use crate::provider::dpop::DpopError;
 use crate::provider::Failure;
 use crate::store::StoreError;
 
@@ -92,6 +93,15 @@ pub(crate) enum RefreshError {
         /// Why, scrubbed of the token and the client secret.
         message: String,
     },
+    /// The credential has no DPoP key: its provider does not use DPoP.
+    #[error("credential `{0}` is not bound to a DPoP key (its provider does not set dpop = true); read it as a bearer token with `tokend get {0}`")]
+    NotDpop(String),
+    /// The credential's current token is not a DPoP token.
+    #[error("the current token of `{0}` is a {1} token, not a DPoP one (it was issued before its provider used DPoP); it is replaced at its next refresh (`tokend refresh {0}`)")]
+    NotDpopToken(String, String),
+    /// A DPoP key or proof could not be made, or the request for one is bad.
+    #[error(transparent)]
+    Dpop(#[from] DpopError),
     /// The database failed.
     #[error(transparent)]
     Store(#[from] StoreError),

@@ -16,6 +16,8 @@ use super::tally::summary;
 use super::{ExchangeRequest, NewCredential, RefreshError, View};
 use crate::access::Policy;
 use crate::config::{Config, ProviderConfig};
+use crate::provider::DpopKey;
+use crate::store::Store;
 use crate::token::{duration_ms, now_ms};
 
 /// How long a caller waits for the owner before giving up.
@@ -31,6 +33,8 @@ pub(crate) struct RefresherHandle {
     /// For revocations, which the handle sends itself: the owner never
     /// awaits a provider.
     pub(super) client: crate::provider::ProviderClient,
+    /// For the one read that skips the owner: a credential's DPoP key.
+    pub(super) store: Store,
 }
 
 /// The configuration handles read directly, kept current by the owner on
@@ -106,6 +110,17 @@ impl RefresherHandle {
             .collect();
         all.sort_by(|a, b| a.name.cmp(&b.name));
         all
+    }
+
+    /// The DPoP key of credential `name`, read from the database: keys
+    /// are not kept in memory (as refresh tokens are not), so a proof
+    /// costs one read by primary key. Its private half goes no further
+    /// than the proof it signs. `NotDpop` if it has none.
+    pub(crate) async fn dpop_key(&self, name: &str) -> Result<DpopKey, RefreshError> {
+        self.store
+            .load_dpop_key(name)
+            .await?
+            .ok_or_else(|| RefreshError::NotDpop(name.to_string()))
     }
 
     /// The status line, from every published view (one pass, no sorting).

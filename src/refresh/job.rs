@@ -17,7 +17,7 @@ use crate::config::ProviderConfig;
 use crate::credential::{Credential, CredentialGrant, GrantKind, State};
 use crate::event;
 use crate::events::Kind;
-use crate::provider::{Failure, FailureKind, ProviderClient, TokenGrant};
+use crate::provider::{DpopKey, Failure, FailureKind, ProviderClient, TokenGrant};
 use crate::store::{GroupCommit, Store};
 use crate::token::{expires_at_ms, now_ms};
 
@@ -198,7 +198,13 @@ impl Job {
         // `begin` keeps the mark of an earlier attempt whose outcome is
         // unknown; so does this copy, which the failure path saves.
         cred.refresh_started_at = Some(cred.refresh_started_at.unwrap_or(sent_at));
-        let result = self.client.request(&provider.endpoint, &grant).await;
+        if let Err(f) = ensure_dpop_key(provider, &mut cred) {
+            return self.fail(cred, f, base).await;
+        }
+        let result = self
+            .client
+            .request_bound(&provider.endpoint, &grant, cred.dpop_key.as_ref())
+            .await;
         match result {
             Ok(set) => {
                 let (expires_at, source) = expires_at_ms(&set, sent_at, provider.default_lifetime);
@@ -316,12 +322,36 @@ pub(crate) async fn exchange(
     name: String,
     grant: TokenGrant,
 ) -> Result<Credential, Failure> {
+    let mut cred = Credential::new(&name, &provider.name, None, now_ms());
+    // The key exists before the code is exchanged: the tokens are bound to it.
+    ensure_dpop_key(&provider, &mut cred)?;
     let sent_at = now_ms();
-    let set = client.request(&provider.endpoint, &grant).await?;
+    let set = client
+        .request_bound(&provider.endpoint, &grant, cred.dpop_key.as_ref())
+        .await?;
     let (expires_at, source) = expires_at_ms(&set, sent_at, provider.default_lifetime);
-    let mut cred = Credential::new(&name, &provider.name, None, sent_at);
     cred.apply(set, sent_at, expires_at, source);
     Ok(cred)
+}
+
+/// Gives `cred` a DPoP key if its provider uses DPoP and it has none: it
+/// was made before the provider's `dpop = true`. Its refresh token was
+/// issued unbound then; the tokens from now on are bound to the new key.
+pub(crate) fn ensure_dpop_key(
+    provider: &ProviderConfig,
+    cred: &mut Credential,
+) -> Result<(), Failure> {
+    if !provider.endpoint.dpop || cred.dpop_key.is_some() {
+        return Ok(());
+    }
+    match DpopKey::generate() {
+        Ok(key) => {
+            tracing::info!(tokend_credential = %cred.name, tokend_provider = %provider.name, tokend_dpop_jkt = %key.thumbprint(), "new DPoP key for the credential");
+            cred.dpop_key = Some(key);
+            Ok(())
+        }
+        Err(e) => Err(failure(FailureKind::Transient, &e.to_string())),
+    }
 }
 
 fn failure(kind: FailureKind, message: &str) -> Failure {
@@ -338,6 +368,26 @@ fn failure(kind: FailureKind, message: &str) -> Failure {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_credential_gets_a_dpop_key_once_and_only_from_a_dpop_provider() {
+        let provider = |dpop: bool| {
+            let cfg = crate::config::parse_config(&format!(
+                "[providers.p]\ntoken_url = \"https://p.example/t\"\nclient_id = \"i\"\nclient_auth = \"none\"\ndpop = {dpop}\n"
+            ))
+            .unwrap();
+            cfg.providers["p"].clone()
+        };
+        let mut cred = Credential::new("c", "p", None, 0);
+        ensure_dpop_key(&provider(false), &mut cred).unwrap();
+        assert!(cred.dpop_key.is_none());
+        // Made before its provider used DPoP: a key at its next request.
+        ensure_dpop_key(&provider(true), &mut cred).unwrap();
+        let jkt = cred.dpop_key.as_ref().unwrap().thumbprint();
+        // Kept afterwards: every token stays bound to the same key.
+        ensure_dpop_key(&provider(true), &mut cred).unwrap();
+        assert_eq!(cred.dpop_key.unwrap().thumbprint(), jkt);
+    }
 
     #[tokio::test]
     async fn a_panicking_job_is_a_transient_failure_with_unknown_outcome() {

@@ -224,6 +224,7 @@ impl Refresher {
             published,
             settings,
             logins,
+            store: store.clone(),
         };
         Ok((r, handle))
     }

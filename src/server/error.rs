@@ -82,7 +82,16 @@ impl From<RefreshError> for ApiError {
             RefreshError::RevocationFailed { .. } => {
                 (StatusCode::BAD_GATEWAY, ErrorKind::RevocationFailed)
             }
-            RefreshError::Store(_) => (StatusCode::INTERNAL_SERVER_ERROR, ErrorKind::Internal),
+            RefreshError::NotDpop(_) => (StatusCode::BAD_REQUEST, ErrorKind::BadRequest),
+            RefreshError::NotDpopToken(..) => {
+                (StatusCode::SERVICE_UNAVAILABLE, ErrorKind::Unavailable)
+            }
+            RefreshError::Dpop(e) if e.is_request() => {
+                (StatusCode::BAD_REQUEST, ErrorKind::BadRequest)
+            }
+            RefreshError::Dpop(_) | RefreshError::Store(_) => {
+                (StatusCode::INTERNAL_SERVER_ERROR, ErrorKind::Internal)
+            }
             RefreshError::ShuttingDown => {
                 (StatusCode::SERVICE_UNAVAILABLE, ErrorKind::ShuttingDown)
             }

@@ -25,15 +25,17 @@ use super::error::{json_errors, ApiError, ApiResult};
 use super::{MAX_BODY_BYTES, MAX_EXPIRES_IN_SECS, REQUEST_TIMEOUT};
 use crate::access::Peer;
 use crate::api::{
-    AuthorizeQuery, AuthorizeUrl, CredentialStatus, ErrorKind, ExchangeCode, GrantType, Health,
-    HealthStatus, LoginSettings, LoginStatus, PutCredential, RemoveQuery, Removed,
-    StartDeviceLogin, TokenQuery,
+    AuthorizeQuery, AuthorizeUrl, CredentialStatus, DpopQuery, DpopTokenResponse, ErrorKind,
+    ExchangeCode, GrantType, Health, HealthStatus, LoginSettings, LoginStatus, PutCredential,
+    RemoveQuery, Removed, StartDeviceLogin, TokenQuery,
 };
 use crate::config::ProviderConfig;
 use crate::credential::CredentialGrant;
 use crate::event;
 use crate::events::Kind;
-use crate::provider::{authorization_url, AuthorizationRequest, AuthorizeError, RESERVED_PARAMS};
+use crate::provider::{
+    authorization_url, dpop, AuthorizationRequest, AuthorizeError, RESERVED_PARAMS,
+};
 use crate::refresh::{
     DeviceLoginRequest, ExchangeRequest, NewCredential, RefreshError, RefresherHandle,
     RemoveOptions,
@@ -57,6 +59,7 @@ pub(crate) fn router(handle: RefresherHandle) -> Router {
     Router::new()
         .route("/v1/health", get(health))
         .route("/v1/tokens/{name}", get(get_token))
+        .route("/v1/tokens/{name}/dpop", get(get_dpop_token))
         .route("/v1/credentials", get(list_credentials))
         .route(
             "/v1/credentials/{name}",
@@ -240,6 +243,46 @@ async fn get_token(
         return Ok(resp);
     }
     Ok(Json(token).into_response())
+}
+
+/// A token and a DPoP proof for one request of the caller's (same access
+/// rule as a token read). Signing costs the daemon a database read and an
+/// ECDSA signature; a caller asking for proofs in a loop is held to its
+/// connections by the per-uid connection cap, like any other request.
+async fn get_dpop_token(
+    State(h): State<RefresherHandle>,
+    Extension(peer): Caller,
+    UrlPath(name): UrlPath<String>,
+    Query(q): Query<DpopQuery>,
+) -> ApiResult<Json<DpopTokenResponse>> {
+    authorize_read(&h, &peer, &name)?;
+    let htm = dpop::Htm::parse(&q.htm).map_err(RefreshError::from)?;
+    let htu = dpop::htu(&q.htu).map_err(RefreshError::from)?;
+    if let Some(nonce) = &q.nonce {
+        dpop::check_nonce(nonce).map_err(RefreshError::from)?;
+    }
+    let key = h.dpop_key(&name).await?;
+    let view = h
+        .token(&name, Duration::from_secs(q.min_valid.unwrap_or(0)))
+        .await?;
+    let token = token_response(&view).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorKind::Unavailable,
+            "no token held",
+        )
+    })?;
+    if !token.token_type.eq_ignore_ascii_case(dpop::TOKEN_TYPE) {
+        return Err(RefreshError::NotDpopToken(name, token.token_type).into());
+    }
+    let what = dpop::ProofFor {
+        htm: &htm,
+        htu: &htu,
+        nonce: q.nonce.as_deref(),
+        access_token: Some(&token.access_token),
+    };
+    let proof = dpop::proof(&key, what, &dpop::Stamp::now()).map_err(RefreshError::from)?;
+    Ok(Json(DpopTokenResponse { token, dpop: proof }))
 }
 
 /// `Accept: text/plain` (without JSON also being acceptable) asks for the bare token.

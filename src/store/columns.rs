@@ -1,9 +1,9 @@
 //! The `credentials` table as the store sees it: the one list of its
 //! columns, the one encoder that binds a credential's values in that order,
 //! and the one decoder that turns a row back into a credential. Sealing on
-//! write and opening on read happen here, so the three token values
-//! (`refresh_token`, `access_token`, `extra.id_token`) are handled by the
-//! same code everywhere.
+//! write and opening on read happen here, so the secret values
+//! (`refresh_token`, `access_token`, `extra.id_token`, and the DPoP private
+//! key `dpop_key`) are handled by the same code everywhere.
 //!
 //! Every statement that names columns in order builds its list from
 //! [`COLUMNS`], and every row is read by position from it, so adding a
@@ -16,12 +16,13 @@ use serde_json::{Map, Value};
 
 use super::StoreError;
 use crate::credential::{Credential, CredentialGrant, GrantKind, State};
+use crate::provider::DpopKey;
 use crate::seal::{self, Key};
 use crate::token::{LifetimeSource, Secret};
 
 /// The table's columns, in the order every statement here writes and reads
 /// them.
-pub(super) const COLUMNS: [&str; 19] = [
+pub(super) const COLUMNS: [&str; 20] = [
     "name",
     "provider",
     "grant_type",
@@ -39,6 +40,7 @@ pub(super) const COLUMNS: [&str; 19] = [
     "last_error",
     "refresh_started_at",
     "last_refresh_at",
+    "dpop_key",
     "created_at",
     "updated_at",
 ];
@@ -60,16 +62,18 @@ const STATE: usize = index("state");
 const LAST_ERROR: usize = index("last_error");
 const REFRESH_STARTED_AT: usize = index("refresh_started_at");
 const LAST_REFRESH_AT: usize = index("last_refresh_at");
+const DPOP_KEY: usize = index("dpop_key");
 const CREATED_AT: usize = index("created_at");
 const UPDATED_AT: usize = index("updated_at");
 
 /// How many columns [`state_values`] gives: `refresh_token` to
-/// `last_refresh_at`, what a refresh changes.
-pub(super) const STATE_COUNT: usize = LAST_REFRESH_AT + 1 - REFRESH_TOKEN;
+/// `dpop_key`, what a refresh may change. (A refresh keeps the DPoP key,
+/// but gives one to a credential made before its provider used DPoP.)
+pub(super) const STATE_COUNT: usize = DPOP_KEY + 1 - REFRESH_TOKEN;
 
 /// The columns [`state_values`] gives, in its order.
 pub(super) fn state_columns() -> &'static [&'static str] {
-    &COLUMNS[REFRESH_TOKEN..=LAST_REFRESH_AT]
+    &COLUMNS[REFRESH_TOKEN..=DPOP_KEY]
 }
 
 /// The position of `name` in [`COLUMNS`]; a name not there fails the build.
@@ -190,6 +194,7 @@ pub(super) fn state_values<'a>(c: &'a Credential, key: Option<&Key>) -> [Bound<'
         text(c.last_error.as_deref()),
         Bound::Int(c.refresh_started_at),
         Bound::Int(c.last_refresh_at),
+        Bound::Text(c.dpop_key.as_ref().map(|k| seal("dpop_key", k.stored()))),
     ]
 }
 
@@ -261,6 +266,22 @@ pub(super) fn open_column(
     })
 }
 
+/// A stored `dpop_key` of credential `name`, opened under `key` and parsed.
+pub(super) fn open_dpop_key(
+    key: Option<&Key>,
+    name: &str,
+    stored: &str,
+) -> Result<DpopKey, StoreError> {
+    parse_dpop_key(name, &open_column(key, name, "dpop_key", stored)?)
+}
+
+fn parse_dpop_key(name: &str, opened: &str) -> Result<DpopKey, StoreError> {
+    DpopKey::from_stored(opened).map_err(|e| StoreError::Corrupt {
+        name: name.to_string(),
+        reason: format!("dpop_key: {e}"),
+    })
+}
+
 /// A row being read, by position in [`COLUMNS`]. Each backend implements it
 /// for its rows.
 pub(super) trait Source {
@@ -321,6 +342,9 @@ pub(super) fn decode<R: Source + ?Sized>(
     };
     let refresh_token = token("refresh_token", REFRESH_TOKEN)?;
     let access_token = token("access_token", ACCESS_TOKEN)?.map(Secret::new);
+    // Opened either way, so that a key that does not open stops start-up,
+    // but parsed (and kept) only in full: start-up needs no key in memory.
+    let dpop_key = token("dpop_key", DPOP_KEY)?;
     let extra = decode_extra(row.text(EXTRA)?, shape, key, &name, &mut stored)?;
     let has_refresh_token = refresh_token.is_some();
     let grant = decode_grant(row.text(GRANT_TYPE)?, row.text(GRANT_REQUEST)?, corrupt)?;
@@ -343,6 +367,10 @@ pub(super) fn decode<R: Source + ?Sized>(
         last_error: row.text(LAST_ERROR)?.map(str::to_string),
         refresh_started_at: row.int(REFRESH_STARTED_AT)?,
         last_refresh_at: row.int(LAST_REFRESH_AT)?,
+        dpop_key: match (shape, dpop_key) {
+            (Shape::Full, Some(k)) => Some(parse_dpop_key(&name, &k)?),
+            _ => None,
+        },
         created_at: required(CREATED_AT)?,
         updated_at: required(UPDATED_AT)?,
         name: name.clone(),
@@ -398,7 +426,7 @@ mod tests {
     fn the_statements_follow_the_column_list() {
         assert_eq!(state_columns().len(), STATE_COUNT);
         assert_eq!(state_columns().first(), Some(&"refresh_token"));
-        assert_eq!(state_columns().last(), Some(&"last_refresh_at"));
+        assert_eq!(state_columns().last(), Some(&"dpop_key"));
         assert_eq!(
             replace_sql()
                 .split_whitespace()
@@ -407,9 +435,9 @@ mod tests {
             "INSERT INTO credentials (name, provider, grant_type, grant_request, generation, \
              refresh_token, access_token, token_type, scope, expires_at, lifetime_source, \
              refresh_expires_at, extra, state, last_error, refresh_started_at, last_refresh_at, \
-             created_at, updated_at) \
+             dpop_key, created_at, updated_at) \
              VALUES (?1, ?2, ?3, ?4, 1, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, \
-             ?17, ?17) \
+             ?17, ?18, ?18) \
              ON CONFLICT (name) DO UPDATE SET generation = generation + 1, \
              provider = excluded.provider, grant_type = excluded.grant_type, \
              grant_request = excluded.grant_request, refresh_token = excluded.refresh_token, \
@@ -419,7 +447,8 @@ mod tests {
              refresh_expires_at = excluded.refresh_expires_at, extra = excluded.extra, \
              state = excluded.state, last_error = excluded.last_error, \
              refresh_started_at = excluded.refresh_started_at, \
-             last_refresh_at = excluded.last_refresh_at, updated_at = excluded.updated_at \
+             last_refresh_at = excluded.last_refresh_at, dpop_key = excluded.dpop_key, \
+             updated_at = excluded.updated_at \
              RETURNING generation"
         );
         assert!(select_list(Shape::Startup).contains(", json_extract(extra, '$.id_token'), state,"));

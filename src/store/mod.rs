@@ -35,6 +35,7 @@ use std::sync::{Arc, Mutex};
 use sqlx::Row as _;
 
 use crate::credential::{Credential, Loaded};
+use crate::provider::DpopKey;
 use crate::seal::Key;
 
 mod batch;
@@ -142,6 +143,22 @@ impl Store {
             .fetch_optional(&self.pool)
             .await?;
         row.map(|row| self.decode_full(&row)).transpose()
+    }
+
+    /// The DPoP key of credential `name`, opened with this store's key;
+    /// `None` if it has none or does not exist.
+    pub(crate) async fn load_dpop_key(&self, name: &str) -> Result<Option<DpopKey>, StoreError> {
+        let row = sqlx::query("SELECT dpop_key FROM credentials WHERE name = ?1")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?;
+        let stored: Option<String> = match row {
+            Some(row) => row.try_get("dpop_key")?,
+            None => None,
+        };
+        stored
+            .map(|s| columns::open_dpop_key(self.key.as_deref(), name, &s))
+            .transpose()
     }
 
     /// Inserts or replaces a credential, bumping its generation so a refresh

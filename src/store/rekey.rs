@@ -78,7 +78,7 @@ async fn reseal_all(
 }
 
 /// Writes the token columns of `c` (refresh and access token, `extra` with
-/// its id_token) sealed under `new`.
+/// its id_token, the DPoP key) sealed under `new`.
 async fn write_tokens(
     conn: &mut Conn,
     c: &Credential,
@@ -87,13 +87,14 @@ async fn write_tokens(
     let seal =
         |column, s: &crate::token::Secret| columns::seal_column(new, &c.name, column, s.expose());
     sqlx::query(
-        "UPDATE credentials SET refresh_token = ?2, access_token = ?3, extra = ?4
+        "UPDATE credentials SET refresh_token = ?2, access_token = ?3, extra = ?4, dpop_key = ?5
          WHERE name = ?1",
     )
     .bind(&c.name)
     .bind(c.refresh_token.as_ref().map(|s| seal("refresh_token", s)))
     .bind(c.access_token.as_ref().map(|s| seal("access_token", s)))
     .bind(columns::seal_extra(new, &c.name, &c.extra))
+    .bind(c.dpop_key.as_ref().map(|k| seal("dpop_key", k.stored())))
     .execute(&mut *conn)
     .await?;
     Ok(())

@@ -362,3 +362,58 @@ async fn the_grant_round_trips_and_a_refresh_leaves_it_alone() {
     let loaded = store.load("rt").await.unwrap().unwrap();
     assert_eq!(loaded.grant, CredentialGrant::RefreshToken);
 }
+
+#[tokio::test]
+async fn a_dpop_key_is_sealed_kept_by_saves_and_left_out_at_start_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tokend.db");
+    let store = super::test_support::open(&path, Some([7; 32])).await;
+    let key = crate::provider::DpopKey::generate().unwrap();
+    let private = key.stored().expose().to_string();
+    let mut c = cred("d", "rt-d", "at-d", "idt-d");
+    c.dpop_key = Some(key.clone());
+    c.generation = store.replace(&c).await.unwrap();
+    let plain = cred("p", "rt-p", "at-p", "idt-p");
+    store.replace(&plain).await.unwrap();
+    // A refresh's save writes the same key back.
+    assert!(save_one(&store, &c).await);
+    assert!(!file_bytes(&path).contains(&private[10..40]));
+
+    let full = store.load("d").await.unwrap().unwrap();
+    assert_eq!(full.dpop_key.unwrap().thumbprint(), key.thumbprint());
+    let read = store.load_dpop_key("d").await.unwrap().unwrap();
+    assert_eq!(read.thumbprint(), key.thumbprint());
+    assert!(store.load_dpop_key("p").await.unwrap().is_none());
+    assert!(store.load_dpop_key("missing").await.unwrap().is_none());
+    let mut at_start = Vec::new();
+    store.load_each(|l| at_start.push(l.cred)).await.unwrap();
+    assert!(at_start.iter().all(|c| c.dpop_key.is_none()));
+    store.close().await;
+
+    // Under another key, the sealed DPoP key does not open: start-up stops.
+    let other = super::test_support::open(&path, Some([8; 32])).await;
+    let err = other.load_dpop_key("d").await.unwrap_err();
+    assert!(err.to_string().contains("dpop_key"), "{err}");
+    assert!(other.load_each(|_| {}).await.is_err());
+}
+
+#[tokio::test]
+async fn rekey_reseals_the_dpop_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tokend.db");
+    let store = super::test_support::open(&path, Some([1; 32])).await;
+    let key = crate::provider::DpopKey::generate().unwrap();
+    let mut c = cred("d", "rt-d", "at-d", "idt-d");
+    c.dpop_key = Some(key.clone());
+    store.replace(&c).await.unwrap();
+    store.close().await;
+    let (a, b) = (Key::from_bytes([1; 32]), Key::from_bytes([2; 32]));
+    super::rekey(&path, Some(&a), Some(&b)).await.unwrap();
+    let store = super::test_support::open(&path, Some([2; 32])).await;
+    let read = store.load_dpop_key("d").await.unwrap().unwrap();
+    assert_eq!(read.thumbprint(), key.thumbprint());
+    store.close().await;
+    // Decrypted, it is the stored form itself; under the old key it is not.
+    super::rekey(&path, Some(&b), None).await.unwrap();
+    assert!(file_bytes(&path).contains(key.stored().expose()));
+}

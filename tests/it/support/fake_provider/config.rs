@@ -61,6 +61,9 @@ pub struct FakeConfig {
     /// Client assertions instead of Basic credentials (see
     /// [`FakeConfig::with_client_assertion`]).
     pub assertion: Option<AssertionCheck>,
+    /// DPoP mode (RFC 9449): every token request needs a proof (see the
+    /// `dpop` module).
+    pub dpop: bool,
 }
 
 /// What reuse of a spent refresh token outside its grace does to the tokens
@@ -104,7 +107,14 @@ impl FakeConfig {
             cc_scope: None,
             cc_audience: None,
             assertion: None,
+            dpop: false,
         }
+    }
+
+    /// Requires DPoP proofs and issues DPoP-bound tokens (see [`FakeConfig::dpop`]).
+    pub fn with_dpop(mut self) -> FakeConfig {
+        self.dpop = true;
+        self
     }
 
     /// Sets the scope and audience a client_credentials request must send

@@ -60,6 +60,7 @@ pub(super) struct State {
     pub(super) device: DeviceState,
     pub(super) discovery: DiscoveryState,
     pub(super) revocation: RevocationState,
+    pub(super) dpop: DpopState,
 }
 
 impl State {

@@ -10,9 +10,21 @@ impl Inner {
     /// Handles a token-path request with no fault: check the wire format,
     /// perform the grant, render the answer, record any rejection.
     pub(super) fn process(&self, parts: &Parts, body: Result<Bytes, String>) -> Response<RespBody> {
-        let result = self
-            .check_wire(parts, body)
-            .and_then(|grant| self.perform(grant));
+        let result = self.check_wire(parts, body).and_then(|grant| {
+            if !self.cfg.dpop {
+                return self.perform(grant);
+            }
+            let jkt = self.dpop_check(parts, &grant)?;
+            Ok(self.dpop_bind(self.perform(grant)?, &jkt))
+        });
+        let mut resp = self.respond(parts, result);
+        if self.cfg.dpop {
+            self.dpop_nonce_header(&mut resp);
+        }
+        resp
+    }
+
+    fn respond(&self, parts: &Parts, result: Result<Value, Reject>) -> Response<RespBody> {
         match result {
             Ok(v) => json_response(StatusCode::OK, &v),
             Err(r) => {
