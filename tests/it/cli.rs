@@ -81,7 +81,7 @@ async fn every_commented_out_example_provider_is_valid_once_uncommented() {
     let run = check_config(&example, dir.path());
     assert!(run.status.success(), "{run:?}\n{config}");
     let stdout = String::from_utf8_lossy(&run.stdout);
-    assert!(stdout.contains("ok, 7 provider"), "{stdout}");
+    assert!(stdout.contains("ok, 8 provider"), "{stdout}");
     assert!(
         stdout.contains("provider google: login at https://accounts.google.com/o/oauth2/v2/auth, redirect http://127.0.0.1:PORT/callback, authorize params access_type=offline prompt=consent"),
         "{stdout}"

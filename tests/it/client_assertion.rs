@@ -292,8 +292,12 @@ async fn when_every_client_secret_is_refused_the_credential_pauses() {
         "client_secret = [\"wrong-secret-one\", \"wrong-secret-two\"]",
     ) + &declared("svc", "p");
     let daemon = Daemon::start(FAST_DAEMON, &config).await;
+    // A declared credential appears once the refresher has created it.
     wait_until(Duration::from_secs(10), "the paused status", || async {
-        daemon.status("svc").await["state"] == "paused"
+        let run = daemon.cli(&["status", "svc", "--json"]).await;
+        run.code == 0
+            && serde_json::from_str::<serde_json::Value>(&run.stdout)
+                .is_ok_and(|v| v["state"] == "paused")
     })
     .await;
     let rejections = fake.rejections();
