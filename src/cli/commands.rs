@@ -474,7 +474,12 @@ pub(super) fn check_config(file: Option<PathBuf>) -> anyhow::Result<ExitCode> {
 /// What `check-config` says of a provider one may log in to.
 fn login_line(provider: &ProviderConfig) -> Option<String> {
     let e = &provider.endpoint;
-    let url = e.authorization_url.as_ref()?;
+    // With an issuer, the authorization endpoint may come from its metadata.
+    let url = match (&e.authorization_url, &e.issuer) {
+        (Some(url), _) => url.to_string(),
+        (None, Some(_)) => "the endpoint of the issuer's metadata".to_string(),
+        (None, None) => return None,
+    };
     let redirect = &e.login.redirect;
     let port = match redirect.port {
         0 => "PORT".to_string(),
