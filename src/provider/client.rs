@@ -197,10 +197,7 @@ impl ProviderClient {
                 )
             });
         };
-        let secret = match &e.secret_rotation {
-            Some(rotation) => rotation.order().next().map(|(_, s)| s),
-            None => e.client_secret.as_ref(),
-        };
+        let secret = e.current_secret();
         let prepared =
             prepare_device_authorization(e, &AssertionStamp::new(), secret).map_err(|err| {
                 Failure {

@@ -92,6 +92,15 @@ pub struct Endpoint {
 }
 
 impl Endpoint {
+    /// The client secret to send first: with several, the one that worked
+    /// last (see `SecretRotation`).
+    pub(crate) fn current_secret(&self) -> Option<&Secret> {
+        match &self.secret_rotation {
+            Some(rotation) => rotation.order().next().map(|(_, s)| s),
+            None => self.client_secret.as_ref(),
+        }
+    }
+
     /// How the client authenticates, as `tokend check-config` shows it: the
     /// method, how its assertions are signed, how many client secrets it
     /// rotates through. Never a secret, only the key's public fingerprint.

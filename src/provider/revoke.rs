@@ -92,10 +92,7 @@ impl ProviderClient {
         if let Some(rotation) = &e.secret_rotation {
             secrets.extend(rotation.all().iter().map(Secret::expose));
         }
-        let client_secret = match &e.secret_rotation {
-            Some(rotation) => rotation.order().next().map(|(_, s)| s),
-            None => e.client_secret.as_ref(),
-        };
+        let client_secret = e.current_secret();
         let fail = |message: String| RevocationError::Failed {
             url: url.to_string(),
             message: scrub(&message, &secrets),

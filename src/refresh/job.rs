@@ -315,14 +315,18 @@ pub(crate) async fn run_caught(name: &str, job: impl Future<Output = Outcome>) -
     }
 }
 
-/// Exchanges an authorization code; the owner stores the result.
+/// Exchanges an authorization code (or polls with a device code); the owner
+/// stores the result. `dpop_key` is the key to bind the tokens to, if the
+/// caller made one already (a device login keeps one for all its polls).
 pub(crate) async fn exchange(
     client: ProviderClient,
     provider: Arc<ProviderConfig>,
     name: String,
     grant: TokenGrant,
+    dpop_key: Option<DpopKey>,
 ) -> Result<Credential, Failure> {
     let mut cred = Credential::new(&name, &provider.name, None, now_ms());
+    cred.dpop_key = dpop_key;
     // The key exists before the code is exchanged: the tokens are bound to it.
     ensure_dpop_key(&provider, &mut cred)?;
     let sent_at = now_ms();

@@ -233,7 +233,7 @@ impl Refresher {
                 redirect_uri: req.redirect_uri,
                 code_verifier: req.code_verifier,
             };
-            let result = job::exchange(client, provider, req.name.clone(), grant).await;
+            let result = job::exchange(client, provider, req.name.clone(), grant, None).await;
             let _ = reports.send(Report::Exchanged {
                 name: req.name,
                 result,

@@ -249,3 +249,62 @@ async fn a_provider_that_answers_bearer_to_a_dpop_request_is_refused() {
     assert!(daemon.logs().contains("the provider ignored DPoP"));
     daemon.finish(&[&fake]).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_login_binds_its_tokens_to_one_key_for_all_its_polls() {
+    use crate::support::fake_provider::{DevicePoll, DeviceSettings};
+    let fake = FakeProvider::start(FakeConfig::new(Flavor::Didit).with_dpop()).await;
+    fake.enable_device(DeviceSettings {
+        script: vec![
+            DevicePoll::Pending,
+            DevicePoll::Pending,
+            DevicePoll::Approve,
+        ],
+        ..DeviceSettings::default()
+    });
+    let config = format!(
+        "{}dpop = true\ndevice_authorization_url = \"{}\"\n",
+        provider_toml("p", &fake),
+        fake.device_authorization_url()
+    );
+    let daemon = Daemon::start(FAST_DAEMON, &config).await;
+    let run = daemon
+        .cli(&[
+            "login",
+            "--device",
+            "tv",
+            "--provider",
+            "p",
+            "--timeout",
+            "20s",
+        ])
+        .await;
+    assert!(run.ok().stdout.contains("tv: logged in"), "{run:?}");
+    // Every poll proved the same key, and it is the one stored.
+    let keys = fake.dpop_accepted_keys();
+    assert!(keys.len() >= 3, "{keys:?}");
+    assert!(keys.iter().all(|k| *k == keys[0]), "{keys:?}");
+    let stored = stored_keys(&daemon).await;
+    assert!(
+        matches!(&stored[..], [(name, Some(_))] if name == "tv"),
+        "{stored:?}"
+    );
+    let get = daemon
+        .cli(&["get", "tv", "--dpop", "GET", "https://api.example/v1/x"])
+        .await;
+    let (token, proof) = header_lines(get.ok());
+    assert_eq!(
+        fake.dpop_bound_key(&token).as_deref(),
+        Some(keys[0].as_str())
+    );
+    fake.check_resource_proof(&proof, &token, "GET", "https://api.example/v1/x", None)
+        .unwrap();
+    assert_eq!(
+        daemon.logs().matches("new DPoP key").count(),
+        1,
+        "{}",
+        daemon.logs()
+    );
+    assert!(fake.rejections().is_empty(), "{:?}", fake.rejections());
+    daemon.finish(&[&fake]).await;
+}
