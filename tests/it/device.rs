@@ -292,6 +292,13 @@ async fn only_administrators_start_see_or_cancel_logins() {
         !run.stdout.contains(&code) && !run.stderr.contains(&code),
         "{run:?}"
     );
+    // Their `tokend status` is not an access refused and logged: the list
+    // of logins is only empty for them.
+    assert!(
+        !daemon.logs().contains("see device logins"),
+        "{}",
+        daemon.logs()
+    );
     // An unknown provider, or one without a device endpoint, says what to set.
     let run = daemon
         .cli(&["login", "--device", "x", "--provider", "nope", "--no-wait"])
