@@ -10,6 +10,14 @@ use std::fmt;
 
 use crate::token::fingerprint;
 
+mod dpop;
+mod login;
+
+pub(crate) use dpop::{DpopQuery, DpopTokenResponse};
+pub(crate) use login::{
+    AuthorizeQuery, AuthorizeUrl, LoginSettings, LoginState, LoginStatus, StartDeviceLogin,
+};
+
 /// `GET /v1/tokens/{name}`:
 ///
 /// ```json
@@ -176,130 +184,6 @@ pub(crate) struct ExchangeCode {
     pub(crate) code_verifier: Option<String>,
 }
 
-/// `GET /v1/providers/{name}/login`: where `tokend login` listens for the
-/// browser's return, so that it can bind before it asks for the URL
-/// (`redirect_port` 0: any free port), and the provider's issuer, which an
-/// `iss` in the redirect must equal (RFC 9207):
-///
-/// ```json
-/// {"provider":"google","redirect_host":"127.0.0.1","redirect_port":0,
-///  "redirect_path":"/callback","issuer":"https://accounts.google.com"}
-/// ```
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub(crate) struct LoginSettings {
-    /// Provider name.
-    pub(crate) provider: String,
-    /// `127.0.0.1`, `localhost` or `[::1]`.
-    pub(crate) redirect_host: String,
-    /// The fixed port, or 0 for any.
-    pub(crate) redirect_port: u16,
-    /// The path the browser is sent back to.
-    pub(crate) redirect_path: String,
-    /// The provider's issuer identifier, if known.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(crate) issuer: Option<String>,
-}
-
-/// The query of `GET /v1/providers/{name}/authorize`: what the CLI brings
-/// to the authorization request (the PKCE verifier stays with it):
-///
-/// ```json
-/// {"redirect_uri":"http://127.0.0.1:49152/callback","state":"Yk3...",
-///  "code_challenge":"E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM"}
-/// ```
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct AuthorizeQuery {
-    /// The loopback URI the CLI listens on.
-    pub(crate) redirect_uri: String,
-    /// The CLI's random state.
-    pub(crate) state: String,
-    /// The S256 challenge of the CLI's verifier.
-    pub(crate) code_challenge: String,
-}
-
-/// `GET /v1/providers/{name}/authorize`: the URL to open in a browser (it
-/// holds no secret: the challenge is a hash of the verifier):
-///
-/// ```json
-/// {"url":"https://accounts.example/auth?response_type=code&client_id=..."}
-/// ```
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub(crate) struct AuthorizeUrl {
-    /// The full authorization URL.
-    pub(crate) url: String,
-}
-
-/// `POST /v1/credentials/{name}/device`: start a device login (RFC 8628).
-///
-/// ```json
-/// {"provider":"tv"}
-/// ```
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct StartDeviceLogin {
-    /// Provider name from the configuration.
-    pub(crate) provider: String,
-}
-
-/// A device login, as `POST /v1/credentials/{name}/device` starts it and
-/// `GET /v1/logins[/{name}]` shows it. The device code never leaves the
-/// daemon.
-///
-/// ```json
-/// {"name":"tv","provider":"tv","state":"pending","user_code":"WDJB-MJHT",
-///  "verification_uri":"https://example.com/device",
-///  "verification_uri_complete":"https://example.com/device?user_code=WDJB-MJHT",
-///  "expires_at":1767225600,"expires_in":1800,"interval":5,"reason":null,
-///  "started_at":1767223800,"finished_at":null}
-/// ```
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub(crate) struct LoginStatus {
-    /// Credential name.
-    pub(crate) name: String,
-    /// Provider name.
-    pub(crate) provider: String,
-    /// How the login stands.
-    pub(crate) state: LoginState,
-    /// What the user enters at `verification_uri`.
-    pub(crate) user_code: String,
-    /// Where the user goes to approve.
-    pub(crate) verification_uri: String,
-    /// The URI with the user code in it, if the provider gives one.
-    #[serde(default)]
-    pub(crate) verification_uri_complete: Option<String>,
-    /// When the codes expire, Unix seconds.
-    pub(crate) expires_at: i64,
-    /// Seconds until they expire (negative once expired).
-    pub(crate) expires_in: i64,
-    /// Seconds between the daemon's polls.
-    pub(crate) interval: u64,
-    /// Why a failed login failed.
-    #[serde(default)]
-    pub(crate) reason: Option<String>,
-    /// When the login started, Unix seconds.
-    pub(crate) started_at: i64,
-    /// When it ended, Unix seconds.
-    #[serde(default)]
-    pub(crate) finished_at: Option<i64>,
-}
-
-/// The `state` of a [`LoginStatus`]:
-///
-/// ```json
-/// "pending"
-/// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub(crate) enum LoginState {
-    /// Waiting for the user; the daemon polls.
-    Pending,
-    /// Approved: the credential is stored.
-    Succeeded,
-    /// Ended without a credential; `reason` says why.
-    Failed,
-}
-
 /// A credential's state, as `state` in `TokenResponse` and
 /// [`CredentialStatus`]: `"active"`, `"needs_reauth"` or `"paused"`.
 ///
@@ -415,53 +299,6 @@ pub enum Revocation {
     /// A value from a newer daemon.
     #[serde(other)]
     Other,
-}
-
-/// The query of `GET /v1/tokens/{name}/dpop`: the method and URL of the
-/// request the proof is for, the resource server's nonce if it gave one,
-/// and `min_valid` as for a token.
-///
-/// ```json
-/// {"htm":"GET","htu":"https://api.example/x","nonce":"eyJ7S_zG","min_valid":60}
-/// ```
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub(crate) struct DpopQuery {
-    /// HTTP method of the request (`GET`, `POST`...), as sent.
-    pub(crate) htm: String,
-    /// Its URL; query and fragment are left out of the proof (RFC 9449 §4.2).
-    pub(crate) htu: String,
-    /// The resource server's `DPoP-Nonce`, if it asked for one.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(crate) nonce: Option<String>,
-    /// Seconds the token must still be valid.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(crate) min_valid: Option<u64>,
-}
-
-/// `GET /v1/tokens/{name}/dpop`: the token answer and a fresh proof for
-/// one request, to send as `Authorization: DPoP <access_token>` and
-/// `DPoP: <dpop>`:
-///
-/// ```json
-/// {"name":"api","access_token":"eyJ...","token_type":"DPoP","expires_at":1767225600,
-///  "expires_in":3312,"state":"active","dpop":"eyJ0eXAiOiJkcG9wK2p3dCIs..."}
-/// ```
-#[derive(Clone, Serialize, Deserialize)]
-pub(crate) struct DpopTokenResponse {
-    /// The token, as `GET /v1/tokens/{name}` answers it.
-    #[serde(flatten)]
-    pub(crate) token: TokenResponse,
-    /// The DPoP proof (a JWT) for that request, with `ath` of the token.
-    pub(crate) dpop: String,
-}
-
-impl fmt::Debug for DpopTokenResponse {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("DpopTokenResponse")
-            .field("token", &self.token)
-            .field("dpop", &redacted(&self.dpop))
-            .finish()
-    }
 }
 
 /// Every error answer:
@@ -597,113 +434,4 @@ impl fmt::Debug for ExchangeCode {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn debug_output_never_shows_secrets() {
-        let put = PutCredential {
-            provider: "p".into(),
-            grant: GrantType::RefreshToken,
-            refresh_token: "rt-very-secret".into(),
-            params: BTreeMap::new(),
-            access_token: Some("at-very-secret".into()),
-            expires_in: Some(60),
-            scope: None,
-        };
-        let code = ExchangeCode {
-            provider: "p".into(),
-            code: "code-very-secret".into(),
-            redirect_uri: "https://app/cb".into(),
-            code_verifier: Some("verifier-very-secret".into()),
-        };
-        let token = TokenResponse {
-            name: "c".into(),
-            access_token: "at-very-secret".into(),
-            token_type: "Bearer".into(),
-            expires_at: 0,
-            expires_in: 0,
-            scope: None,
-            id_token: Some("idt-very-secret".into()),
-            state: CredentialState::Active,
-            warning: None,
-        };
-        let all = format!("{put:?} {code:?} {token:?} {put:#?}");
-        assert!(!all.contains("very-secret"), "{all}");
-        assert!(all.contains("sha256:"));
-    }
-
-    /// The JSON string a wire enum serializes to.
-    fn name<T: Serialize>(value: &T) -> String {
-        match serde_json::to_value(value).unwrap() {
-            serde_json::Value::String(s) => s,
-            other => panic!("not a string: {other}"),
-        }
-    }
-
-    #[test]
-    fn wire_enums_keep_their_names() {
-        use CredentialState as S;
-        for (state, want) in [
-            (S::Active, "active"),
-            (S::NeedsReauth, "needs_reauth"),
-            (S::Paused, "paused"),
-        ] {
-            assert_eq!((name(&state), state.as_str()), (want.into(), want));
-        }
-        use LoginState as G;
-        for (state, want) in [
-            (G::Pending, "pending"),
-            (G::Succeeded, "succeeded"),
-            (G::Failed, "failed"),
-        ] {
-            assert_eq!(name(&state), want);
-        }
-        use LifetimeSource as L;
-        for (source, want) in [
-            (L::ExpiresIn, "expires_in"),
-            (L::JwtExp, "jwt_exp"),
-            (L::Default, "default"),
-        ] {
-            assert_eq!(name(&source), want);
-        }
-        use ErrorKind as K;
-        for (kind, want) in [
-            (K::BadRequest, "bad_request"),
-            (K::UnknownProvider, "unknown_provider"),
-            (K::Forbidden, "forbidden"),
-            (K::NotFound, "not_found"),
-            (K::MethodNotAllowed, "method_not_allowed"),
-            (K::Timeout, "timeout"),
-            (K::NeedsReauth, "needs_reauth"),
-            (K::PayloadTooLarge, "payload_too_large"),
-            (K::MinValidUnsatisfiable, "min_valid_unsatisfiable"),
-            (K::Internal, "internal"),
-            (K::ExchangeFailed, "exchange_failed"),
-            (K::Unavailable, "unavailable"),
-            (K::Paused, "paused"),
-            (K::ShuttingDown, "shutting_down"),
-        ] {
-            assert_eq!(name(&kind), want);
-        }
-        let health = Health {
-            status: HealthStatus::Ok,
-            credentials: 3,
-            version: "0.1.0".into(),
-        };
-        assert_eq!(
-            serde_json::to_string(&health).unwrap(),
-            r#"{"status":"ok","credentials":3,"version":"0.1.0"}"#
-        );
-    }
-
-    #[test]
-    fn an_unknown_error_kind_still_reads() {
-        let body: ErrorBody =
-            serde_json::from_str(r#"{"error":"from_the_future","message":"m"}"#).unwrap();
-        assert_eq!((body.error, body.message.as_str()), (ErrorKind::Other, "m"));
-        let body: ErrorBody =
-            serde_json::from_str(r#"{"error":"needs_reauth","message":"m"}"#).unwrap();
-        assert_eq!(body.error, ErrorKind::NeedsReauth);
-    }
-}
+mod tests;
