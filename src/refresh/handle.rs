@@ -9,7 +9,8 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use dashmap::DashMap;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
 
 use super::request::{Command, Reply};
 use super::tally::summary;
@@ -35,6 +36,10 @@ pub(crate) struct RefresherHandle {
     pub(super) client: crate::provider::ProviderClient,
     /// For the one read that skips the owner: a credential's DPoP key.
     pub(super) store: Store,
+    /// Outputs subscribe here; weak, so the channel closes with the owner.
+    pub(super) updates: broadcast::WeakSender<super::Update>,
+    /// Fires at shutdown, so long-lived outputs end first.
+    pub(super) cancel: CancellationToken,
 }
 
 /// The configuration handles read directly, kept current by the owner on
@@ -121,6 +126,21 @@ impl RefresherHandle {
             .load_dpop_key(name)
             .await?
             .ok_or_else(|| RefreshError::NotDpop(name.to_string()))
+    }
+
+    /// Every new token, state change and removal from now on; `None` once
+    /// the owner has stopped. Subscribe before reading the current view, so
+    /// nothing between the read and the first update is missed.
+    pub(crate) fn subscribe(&self) -> Option<broadcast::Receiver<super::Update>> {
+        if self.cancel.is_cancelled() {
+            return None;
+        }
+        self.updates.upgrade().map(|tx| tx.subscribe())
+    }
+
+    /// Fires when the daemon shuts down.
+    pub(crate) fn shutdown(&self) -> CancellationToken {
+        self.cancel.clone()
     }
 
     /// The status line, from every published view (one pass, no sorting).

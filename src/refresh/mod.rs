@@ -39,6 +39,7 @@ mod slots;
 mod start;
 mod tally;
 mod timing;
+mod updates;
 mod view;
 mod waiter;
 
@@ -58,6 +59,7 @@ pub(crate) use error::RefreshError;
 pub(crate) use handle::RefresherHandle;
 pub(crate) use request::{ExchangeRequest, NewCredential};
 pub(crate) use revoke::RemoveOptions;
+pub(crate) use updates::{change, Update, UpdateKind};
 pub(crate) use view::View;
 
 use crate::access::Grant;
@@ -219,6 +221,8 @@ impl Refresher {
         r.slots.shrink_to_fit();
         r.schedule.shrink_to_fit();
         let handle = RefresherHandle {
+            updates: r.slots.updates().downgrade(),
+            cancel: r.cancel.clone(),
             client: r.client.clone(),
             tx,
             published,

@@ -12,6 +12,7 @@ use dashmap::DashMap;
 
 use super::admission::Queued;
 use super::tally::Tally;
+use super::updates::Updates;
 use super::waiter::Waiter;
 use super::View;
 use crate::credential::Credential;
@@ -89,6 +90,8 @@ pub(crate) struct Slots {
     tally: Tally,
     /// Something changed since the service manager's status line was sent.
     changed: bool,
+    /// Where outputs hear of new tokens, state changes and removals.
+    updates: Updates,
 }
 
 impl Slots {
@@ -100,7 +103,13 @@ impl Slots {
             published,
             tally: Tally::default(),
             changed: true,
+            updates: Updates::new(),
         }
+    }
+
+    /// The outputs' channel.
+    pub(crate) fn updates(&self) -> &Updates {
+        &self.updates
     }
 
     /// Frees memory the load left unused.
@@ -164,6 +173,7 @@ impl Slots {
         self.free.push(id);
         if let Some((_, old)) = self.published.remove(&slot.view.name) {
             self.tally.remove(&old);
+            self.updates.removed(&old.name);
         }
         self.changed = true;
         Some(slot)
@@ -175,9 +185,15 @@ impl Slots {
             return;
         };
         self.tally.add(&view);
-        if let Some(old) = self.published.insert(Arc::clone(&view.name), view) {
-            self.tally.remove(&old);
+        // Sent after the insert, so a receiver that lagged and re-reads the
+        // map finds this view.
+        let old = self
+            .published
+            .insert(Arc::clone(&view.name), Arc::clone(&view));
+        if let Some(old) = &old {
+            self.tally.remove(old);
         }
+        self.updates.published(old.as_deref(), &view);
         self.changed = true;
     }
 

@@ -9,6 +9,7 @@
 //!   status, and every error answer, axum's and tower's too, to
 //!   `{"error": kind, "message": ...}`.
 //! - `convert`: the refresher's views to the wire types of `api`.
+//! - `watch`: a credential's tokens as server-sent events.
 //!
 //! Bodies are capped at [`MAX_BODY_BYTES`], and a request is answered (or
 //! cut with 408) within [`REQUEST_TIMEOUT`].
@@ -20,6 +21,7 @@ mod convert;
 mod error;
 mod routes;
 mod socket;
+mod watch;
 
 pub(crate) use accept::serve;
 pub(crate) use routes::router;

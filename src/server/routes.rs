@@ -60,6 +60,7 @@ pub(crate) fn router(handle: RefresherHandle) -> Router {
         .route("/v1/health", get(health))
         .route("/v1/tokens/{name}", get(get_token))
         .route("/v1/tokens/{name}/dpop", get(get_dpop_token))
+        .route("/v1/tokens/{name}/watch", get(super::watch::watch_token))
         .route("/v1/credentials", get(list_credentials))
         .route(
             "/v1/credentials/{name}",
@@ -159,7 +160,7 @@ fn forbidden(peer: &Peer, what: &str, credential: Option<&str>, message: String)
 /// The caller may read this credential's token or state. To anyone but an
 /// administrator, a credential they may not read answers exactly as a
 /// missing one, so names cannot be probed; the denial is still logged.
-fn authorize_read(h: &RefresherHandle, peer: &Peer, name: &str) -> ApiResult<()> {
+pub(super) fn authorize_read(h: &RefresherHandle, peer: &Peer, name: &str) -> ApiResult<()> {
     let policy = h.policy();
     let hidden = || {
         ApiError::new(
