@@ -47,6 +47,7 @@ mod commands;
 mod device;
 mod dpop;
 mod login;
+mod watch;
 
 use commands::{
     add, add_client_credentials, check_config, exchange, exchange_body, get, refresh, remove,
@@ -187,6 +188,16 @@ pub(crate) enum Command {
         /// With --device: return once the code is shown; the daemon goes on polling.
         #[arg(long, requires = "device")]
         no_wait: bool,
+    },
+    /// Print each new access token of a credential as it comes, one line
+    /// each, until the credential is removed.
+    Watch {
+        /// Credential name.
+        #[arg(allow_hyphen_values = true)]
+        name: String,
+        /// Print each whole token response as one line of JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Refresh a credential now.
     Refresh {
@@ -383,6 +394,7 @@ fn run(socket: Option<PathBuf>, command: Command) -> anyhow::Result<ExitCode> {
             },
         ),
         Command::Refresh { name } => refresh(&client(), &name),
+        Command::Watch { name, json } => watch::run(&client(), &name, json),
         Command::Remove {
             name,
             revoke,
@@ -509,6 +521,7 @@ mod tests {
             (&["tokend", "get", "-tABC"][..], "-tABC"),
             (&["tokend", "get", "--json", "-x"], "-x"),
             (&["tokend", "refresh", "-x"], "-x"),
+            (&["tokend", "watch", "-x"], "-x"),
             (&["tokend", "remove", "-x"], "-x"),
             (&["tokend", "add", "-x", "-p", "-q"], "-x"),
         ] {
@@ -516,6 +529,7 @@ mod tests {
             let name = match cli.command {
                 Command::Get { name, .. }
                 | Command::Refresh { name }
+                | Command::Watch { name, .. }
                 | Command::Remove { name, .. }
                 | Command::Add { name, .. } => name,
                 other => panic!("{other:?}"),

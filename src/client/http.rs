@@ -313,6 +313,99 @@ fn read_line<R: BufRead>(reader: &mut R) -> io::Result<Vec<u8>> {
     Ok(line)
 }
 
+// ---------------------------------------------------------------------------
+// A body read as it arrives (an event stream).
+
+/// Reads a response head and returns its status and a reader of its decoded
+/// body, for a body the caller reads as it arrives rather than whole.
+pub(super) fn read_streamed<R: Read>(
+    mut reader: R,
+) -> io::Result<(StatusCode, Streamed<BufReader<io::Chain<Cursor<Vec<u8>>, R>>>)> {
+    let (head, rest) = read_head(&mut reader, false)?;
+    let inner = BufReader::new(Cursor::new(rest).chain(reader));
+    let left = match head.framing {
+        Framing::Length(n) => n,
+        _ => 0,
+    };
+    Ok((
+        head.status,
+        Streamed {
+            inner,
+            framing: head.framing,
+            left,
+            in_chunk: false,
+            done: false,
+        },
+    ))
+}
+
+/// The decoded body of a streamed response: chunk sizes, chunk ends and
+/// trailers are taken out as they arrive, each line of them bounded.
+pub(super) struct Streamed<R> {
+    inner: R,
+    framing: Framing,
+    /// Bytes left in the body (`Length`) or in the current chunk.
+    left: u64,
+    /// A chunk's data was read: its CRLF comes before the next size line.
+    in_chunk: bool,
+    done: bool,
+}
+
+impl<R: BufRead> Read for Streamed<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.done || buf.is_empty() {
+            return Ok(0);
+        }
+        match self.framing {
+            Framing::Empty => Ok(0),
+            Framing::UntilClose => self.inner.read(buf),
+            Framing::Length(_) => {
+                if self.left == 0 {
+                    return Ok(0);
+                }
+                let n = self.read_some(buf)?;
+                Ok(n)
+            }
+            Framing::Chunked => {
+                if self.left == 0 {
+                    if self.in_chunk && read_line(&mut self.inner)? != b"\r\n" {
+                        return Err(malformed("a chunk does not end with CRLF"));
+                    }
+                    self.in_chunk = false;
+                    let line = read_line(&mut self.inner)?;
+                    if line.is_empty() {
+                        return Err(malformed("the connection closed before the last chunk"));
+                    }
+                    let size = match httparse::parse_chunk_size(&line) {
+                        Ok(httparse::Status::Complete((_, size))) => size,
+                        _ => return Err(malformed("invalid chunk size line")),
+                    };
+                    if size == 0 {
+                        skip_trailers(&mut self.inner)?;
+                        self.done = true;
+                        return Ok(0);
+                    }
+                    self.left = size;
+                    self.in_chunk = true;
+                }
+                self.read_some(buf)
+            }
+        }
+    }
+}
+
+impl<R: BufRead> Streamed<R> {
+    /// Up to `left` bytes of data; the stream ending first is an error.
+    fn read_some(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.by_ref().take(self.left).read(buf)?;
+        if n == 0 {
+            return Err(malformed("the connection closed in the middle of the body"));
+        }
+        self.left = self.left.saturating_sub(n as u64);
+        Ok(n)
+    }
+}
+
 fn malformed(what: &str) -> io::Error {
     io::Error::new(
         io::ErrorKind::InvalidData,
@@ -340,6 +433,43 @@ mod tests {
             self.0 = rest;
             Ok(1)
         }
+    }
+
+    fn streamed(raw: &[u8]) -> io::Result<(StatusCode, Vec<u8>)> {
+        let (status, mut body) = read_streamed(Trickle(raw))?;
+        let mut out = Vec::new();
+        body.read_to_end(&mut out)?;
+        Ok((status, out))
+    }
+
+    #[test]
+    fn a_streamed_body_reads_as_the_whole_one() {
+        for raw in [
+            &b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5;x=y\r\nhello\r\n6\r\n world\r\n0\r\nT: v\r\n\r\n"[..],
+            b"HTTP/1.1 200 OK\r\nContent-Length: 11\r\n\r\nhello worldEXTRA",
+            b"HTTP/1.1 200 OK\r\n\r\nhello world",
+        ] {
+            assert_eq!(streamed(raw).unwrap().1, b"hello world", "{raw:?}");
+            assert_eq!(streamed(raw).unwrap().1, parse(raw).unwrap().1, "{raw:?}");
+        }
+    }
+
+    #[test]
+    fn a_cut_or_bad_streamed_body_is_refused() {
+        for raw in [
+            &b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhel"[..],
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhelloXX3\r\nabc\r\n0\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 11\r\n\r\nhello",
+        ] {
+            assert!(streamed(raw).is_err(), "{raw:?}");
+        }
+        let long = format!(
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1;{}\r\n",
+            "x".repeat(8192)
+        );
+        assert!(streamed(long.as_bytes()).is_err());
     }
 
     fn parse(raw: &[u8]) -> io::Result<(StatusCode, Vec<u8>)> {

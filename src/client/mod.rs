@@ -22,7 +22,10 @@ use socket2::{Domain, SockAddr, Socket, Type};
 
 use crate::api::{ErrorBody, ErrorKind};
 
+mod events;
 mod http;
+
+pub(crate) use events::Event;
 
 use http::{exchange, request_bytes, Deadline};
 
