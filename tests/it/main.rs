@@ -37,3 +37,4 @@ mod scale;
 mod seeds;
 mod system;
 mod units;
+mod watch;
