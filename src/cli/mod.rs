@@ -46,6 +46,7 @@ macro_rules! errln {
 mod commands;
 mod device;
 mod dpop;
+mod exec;
 mod login;
 mod watch;
 
@@ -198,6 +199,25 @@ pub(crate) enum Command {
         /// Print each whole token response as one line of JSON.
         #[arg(long)]
         json: bool,
+    },
+    /// Run a command with current access tokens in its environment, and
+    /// restart or signal it on each new token.
+    Exec {
+        /// Which credential goes in which environment variable, e.g.
+        /// mail=MAIL_TOKEN (at least one).
+        #[arg(value_name = "NAME=ENVVAR", value_parser = exec::parse_mapping, allow_hyphen_values = true)]
+        mappings: Vec<exec::Mapping>,
+        /// On a new token: restart the command with the new environment,
+        /// send it a signal (signal:HUP, signal:USR1, ...), or none.
+        #[arg(long, value_name = "ACTION", default_value = "restart", value_parser = exec::parse_on_new_token, allow_hyphen_values = true)]
+        on_new_token: exec::OnNewToken,
+        /// Wait this long after a new token for others (several
+        /// credentials refreshed together) before acting once.
+        #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = humantime::parse_duration)]
+        debounce: std::time::Duration,
+        /// The command and its arguments, after `--`.
+        #[arg(last = true, required = true, value_name = "CMD")]
+        command: Vec<OsString>,
     },
     /// Refresh a credential now.
     Refresh {
@@ -395,6 +415,20 @@ fn run(socket: Option<PathBuf>, command: Command) -> anyhow::Result<ExitCode> {
         ),
         Command::Refresh { name } => refresh(&client(), &name),
         Command::Watch { name, json } => watch::run(&client(), &name, json),
+        Command::Exec {
+            mappings,
+            on_new_token,
+            debounce,
+            command,
+        } => exec::run(
+            &client(),
+            exec::ExecOptions {
+                mappings,
+                on_new_token,
+                debounce,
+                command,
+            },
+        ),
         Command::Remove {
             name,
             revoke,
@@ -463,7 +497,8 @@ mod tests {
         for cmd in std::iter::once(&top).chain(top.get_subcommands()) {
             for arg in cmd.get_arguments() {
                 // A duration never begins with '-'.
-                let duration = cmd.get_name() == "login" && arg.get_id() == "timeout";
+                let duration = (cmd.get_name() == "login" && arg.get_id() == "timeout")
+                    || (cmd.get_name() == "exec" && arg.get_id() == "debounce");
                 if arg.get_action().takes_values() && !duration {
                     assert!(
                         arg.is_allow_hyphen_values_set(),
@@ -536,6 +571,30 @@ mod tests {
             };
             assert_eq!(name, want, "{args:?}");
         }
+    }
+
+    #[test]
+    fn exec_takes_mappings_flags_and_a_command() {
+        let cli = Cli::try_parse_from(argv(&[
+            "tokend", "exec", "a=A", "-b=B", "--on-new-token", "signal:HUP", "--debounce",
+            "200ms", "--", "sh", "-c", "x",
+        ]))
+        .expect("valid");
+        let Command::Exec {
+            mappings,
+            on_new_token,
+            debounce,
+            command,
+        } = cli.command
+        else {
+            panic!("not exec")
+        };
+        let names: Vec<_> = mappings.iter().map(|m| m.name.as_str()).collect();
+        assert_eq!(names, ["a", "-b"]);
+        assert_eq!(on_new_token, exec::OnNewToken::Signal(libc::SIGHUP));
+        assert_eq!(debounce, std::time::Duration::from_millis(200));
+        assert_eq!(command, argv(&["sh", "-c", "x"]));
+        assert!(Cli::try_parse_from(argv(&["tokend", "exec", "a=A"])).is_err());
     }
 
     #[test]

@@ -25,7 +25,7 @@ use crate::api::{ErrorBody, ErrorKind};
 mod events;
 mod http;
 
-pub(crate) use events::Event;
+pub(crate) use events::{Event, Events};
 
 use http::{exchange, request_bytes, Deadline};
 
