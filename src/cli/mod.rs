@@ -205,7 +205,7 @@ pub(crate) enum Command {
     Exec {
         /// Which credential goes in which environment variable, e.g.
         /// mail=MAIL_TOKEN (at least one).
-        #[arg(value_name = "NAME=ENVVAR", value_parser = exec::parse_mapping, allow_hyphen_values = true)]
+        #[arg(value_name = "NAME=ENVVAR", value_parser = exec::parse_mapping)]
         mappings: Vec<exec::Mapping>,
         /// On a new token: restart the command with the new environment,
         /// send it a signal (signal:HUP, signal:USR1, ...), or none.
@@ -216,7 +216,7 @@ pub(crate) enum Command {
         #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = humantime::parse_duration)]
         debounce: std::time::Duration,
         /// The command and its arguments, after `--`.
-        #[arg(last = true, required = true, value_name = "CMD")]
+        #[arg(last = true, required = true, value_name = "CMD", allow_hyphen_values = true)]
         command: Vec<OsString>,
     },
     /// Refresh a credential now.
@@ -497,9 +497,11 @@ mod tests {
         for cmd in std::iter::once(&top).chain(top.get_subcommands()) {
             for arg in cmd.get_arguments() {
                 // A duration never begins with '-'.
-                let duration = (cmd.get_name() == "login" && arg.get_id() == "timeout")
-                    || (cmd.get_name() == "exec" && arg.get_id() == "debounce");
-                if arg.get_action().takes_values() && !duration {
+                // exec's mappings would swallow the flags after them.
+                let exempt = (cmd.get_name() == "login" && arg.get_id() == "timeout")
+                    || (cmd.get_name() == "exec"
+                        && ["debounce", "mappings"].contains(&arg.get_id().as_str()));
+                if arg.get_action().takes_values() && !exempt {
                     assert!(
                         arg.is_allow_hyphen_values_set(),
                         "`tokend {} {}` refuses a value starting with '-'",
@@ -576,7 +578,7 @@ mod tests {
     #[test]
     fn exec_takes_mappings_flags_and_a_command() {
         let cli = Cli::try_parse_from(argv(&[
-            "tokend", "exec", "a=A", "-b=B", "--on-new-token", "signal:HUP", "--debounce",
+            "tokend", "exec", "a=A", "b.c=B", "--on-new-token", "signal:HUP", "--debounce",
             "200ms", "--", "sh", "-c", "x",
         ]))
         .expect("valid");
@@ -590,7 +592,7 @@ mod tests {
             panic!("not exec")
         };
         let names: Vec<_> = mappings.iter().map(|m| m.name.as_str()).collect();
-        assert_eq!(names, ["a", "-b"]);
+        assert_eq!(names, ["a", "b.c"]);
         assert_eq!(on_new_token, exec::OnNewToken::Signal(libc::SIGHUP));
         assert_eq!(debounce, std::time::Duration::from_millis(200));
         assert_eq!(command, argv(&["sh", "-c", "x"]));

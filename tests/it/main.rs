@@ -17,6 +17,7 @@ mod device;
 mod discovery;
 mod dpop;
 mod encryption;
+mod exec;
 mod fake_selftest;
 mod faults;
 mod hardening;
