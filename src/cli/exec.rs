@@ -167,7 +167,9 @@ pub(super) fn run(client: &Client, opts: ExecOptions) -> anyhow::Result<ExitCode
         if let Some(status) = child.try_wait().context("cannot wait for the child")? {
             return Ok(ExitCode::from(exit_byte(status_code(status))));
         }
-        let timeout = due.map_or(POLL, |d| d.saturating_duration_since(Instant::now()).min(POLL));
+        let timeout = due.map_or(POLL, |d| {
+            d.saturating_duration_since(Instant::now()).min(POLL)
+        });
         match notes.recv_timeout(timeout) {
             Ok(Note::Signal(s)) => send(&child, s),
             Ok(Note::Token(i, token)) => {
@@ -285,7 +287,9 @@ fn watch_thread(
                     wait = Duration::from_secs(1);
                     break;
                 }
-                Err(ClientError::Api { body, .. }) if body.error == crate::api::ErrorKind::NotFound => {
+                Err(ClientError::Api { body, .. })
+                    if body.error == crate::api::ErrorKind::NotFound =>
+                {
                     errln!("tokend: `{name}` is gone; the command keeps its last token");
                     return;
                 }

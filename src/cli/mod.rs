@@ -216,7 +216,12 @@ pub(crate) enum Command {
         #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = humantime::parse_duration)]
         debounce: std::time::Duration,
         /// The command and its arguments, after `--`.
-        #[arg(last = true, required = true, value_name = "CMD", allow_hyphen_values = true)]
+        #[arg(
+            last = true,
+            required = true,
+            value_name = "CMD",
+            allow_hyphen_values = true
+        )]
         command: Vec<OsString>,
     },
     /// Refresh a credential now.
@@ -578,8 +583,18 @@ mod tests {
     #[test]
     fn exec_takes_mappings_flags_and_a_command() {
         let cli = Cli::try_parse_from(argv(&[
-            "tokend", "exec", "a=A", "b.c=B", "--on-new-token", "signal:HUP", "--debounce",
-            "200ms", "--", "sh", "-c", "x",
+            "tokend",
+            "exec",
+            "a=A",
+            "b.c=B",
+            "--on-new-token",
+            "signal:HUP",
+            "--debounce",
+            "200ms",
+            "--",
+            "sh",
+            "-c",
+            "x",
         ]))
         .expect("valid");
         let Command::Exec {

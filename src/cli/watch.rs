@@ -49,7 +49,11 @@ fn print(event: &Event, json: bool) -> anyhow::Result<bool> {
                 .last_error
                 .as_deref()
                 .map_or(String::new(), |e| format!(": {e}"));
-            errln!("tokend: `{}` is now {}{why}", status.name, status.state.as_str());
+            errln!(
+                "tokend: `{}` is now {}{why}",
+                status.name,
+                status.state.as_str()
+            );
         }
         "removed" => {
             errln!("tokend: `{}` was removed", event.data);

@@ -75,7 +75,11 @@ impl Events {
             if line.is_empty() {
                 if let Some(data) = data.take() {
                     let event = std::mem::take(&mut event);
-                    let event = if event.is_empty() { "message".into() } else { event };
+                    let event = if event.is_empty() {
+                        "message".into()
+                    } else {
+                        event
+                    };
                     return Ok(Some(Event { event, data }));
                 }
                 event.clear();

@@ -316,11 +316,12 @@ fn read_line<R: BufRead>(reader: &mut R) -> io::Result<Vec<u8>> {
 // ---------------------------------------------------------------------------
 // A body read as it arrives (an event stream).
 
+/// A streamed body over what is left of the connection after the head.
+pub(super) type StreamedBody<R> = Streamed<BufReader<io::Chain<Cursor<Vec<u8>>, R>>>;
+
 /// Reads a response head and returns its status and a reader of its decoded
 /// body, for a body the caller reads as it arrives rather than whole.
-pub(super) fn read_streamed<R: Read>(
-    mut reader: R,
-) -> io::Result<(StatusCode, Streamed<BufReader<io::Chain<Cursor<Vec<u8>>, R>>>)> {
+pub(super) fn read_streamed<R: Read>(mut reader: R) -> io::Result<(StatusCode, StreamedBody<R>)> {
     let (head, rest) = read_head(&mut reader, false)?;
     let inner = BufReader::new(Cursor::new(rest).chain(reader));
     let left = match head.framing {

@@ -119,8 +119,14 @@ mod tests {
         let old = view(Some("a"), Some(1));
         assert_eq!(change(None, &old), Some(UpdateKind::Token));
         assert_eq!(change(None, &view(None, None)), None);
-        assert_eq!(change(Some(&old), &view(Some("b"), Some(1))), Some(UpdateKind::Token));
-        assert_eq!(change(Some(&old), &view(Some("a"), Some(2))), Some(UpdateKind::Token));
+        assert_eq!(
+            change(Some(&old), &view(Some("b"), Some(1))),
+            Some(UpdateKind::Token)
+        );
+        assert_eq!(
+            change(Some(&old), &view(Some("a"), Some(2))),
+            Some(UpdateKind::Token)
+        );
         assert_eq!(change(Some(&old), &old.clone()), None);
     }
 

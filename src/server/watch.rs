@@ -116,7 +116,8 @@ impl Watch {
     }
 
     fn removed(&mut self) {
-        self.pending.push_back(Event::default().event("removed").data(&self.name));
+        self.pending
+            .push_back(Event::default().event("removed").data(&self.name));
         self.done = true;
     }
 

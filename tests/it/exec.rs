@@ -31,7 +31,14 @@ fn exec(daemon: &Daemon, action: &str, log: &Path) -> Child {
     Command::new(env!("CARGO_BIN_EXE_tokend"))
         .arg("--socket")
         .arg(&daemon.socket)
-        .args(["exec", "c=TOK", "--on-new-token", action, "--debounce", "100ms"])
+        .args([
+            "exec",
+            "c=TOK",
+            "--on-new-token",
+            action,
+            "--debounce",
+            "100ms",
+        ])
         .args(["--", "sh", "-c", CHILD, "child"])
         .arg(log)
         .stdin(Stdio::null())
@@ -55,7 +62,13 @@ fn count(log: &Path, prefix: &str) -> usize {
 }
 
 async fn token(daemon: &Daemon) -> String {
-    daemon.cli(&["get", "c"]).await.ok().stdout.trim().to_string()
+    daemon
+        .cli(&["get", "c"])
+        .await
+        .ok()
+        .stdout
+        .trim()
+        .to_string()
 }
 
 /// Ends exec with SIGTERM, which reaches the child; exec exits with the
@@ -116,7 +129,10 @@ async fn restart_mode_restarts_exactly_once_per_new_token() {
     assert_eq!(lines(&log), want);
     let stderr = terminate(exec, &log).await;
     for t in &tokens {
-        assert!(!stderr.contains(t.as_str()), "a token on exec's stderr: {stderr}");
+        assert!(
+            !stderr.contains(t.as_str()),
+            "a token on exec's stderr: {stderr}"
+        );
     }
     daemon.finish(&[&fake]).await;
 }

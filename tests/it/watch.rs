@@ -101,7 +101,10 @@ async fn every_new_token_arrives_within_100ms_and_removal_ends_the_stream() {
     // Exactly one event per token: the last one is the current one, and
     // nothing else is waiting.
     let current = daemon.cli(&["get", "c"]).await;
-    assert_eq!(Some(current.ok().stdout.trim()), seen.last().map(String::as_str));
+    assert_eq!(
+        Some(current.ok().stdout.trim()),
+        seen.last().map(String::as_str)
+    );
     assert!(
         tokio::time::timeout(Duration::from_millis(300), lines.next_line())
             .await
@@ -233,7 +236,11 @@ async fn watchers_keep_the_read_acl_and_the_per_uid_cap() {
     // did not end with a removal).
     let began = Instant::now();
     daemon_stop_and_wait(daemon, &fake, &mut other).await;
-    assert!(began.elapsed() < Duration::from_secs(5), "{:?}", began.elapsed());
+    assert!(
+        began.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        began.elapsed()
+    );
 }
 
 async fn daemon_stop_and_wait(daemon: Daemon, fake: &FakeProvider, watcher: &mut Child) {
