@@ -102,6 +102,8 @@ pub(crate) fn router(handle: RefresherHandle) -> Router {
             )
         })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        // Times the answer's head only, not its body: a watch stream, whose
+        // head goes out at once, is not cut.
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
             REQUEST_TIMEOUT,

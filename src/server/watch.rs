@@ -27,7 +27,8 @@ use super::convert::{credential_status, token_response};
 use super::error::ApiResult;
 use super::routes::authorize_read;
 use crate::access::Peer;
-use crate::refresh::{RefreshError, RefresherHandle, Update, UpdateKind, View};
+use crate::refresh::{change, RefreshError, RefresherHandle, Update, UpdateKind, View};
+use crate::token::now_ms;
 
 /// How often an idle stream sends a comment.
 pub(crate) const HEARTBEAT: Duration = Duration::from_secs(15);
@@ -128,24 +129,16 @@ impl Watch {
             self.done = true;
             return;
         }
-        let change = match &self.sent {
-            None => Some(UpdateKind::Token),
-            Some(sent) => crate::refresh::change(Some(sent), &view),
-        };
-        let first = self.sent.is_none();
-        match change {
-            Some(UpdateKind::Token) => {
-                if let Some(token) = token_response(&view) {
-                    if let Ok(e) = Event::default().event("token").json_data(token) {
-                        self.pending.push_back(e);
-                    }
-                }
-                if first && view.state_name() != "active" {
-                    self.push_state(&view);
-                }
+        let (token, state) = what_to_send(self.sent.as_deref(), &view, now_ms());
+        if token {
+            if let Some(e) = token_response(&view)
+                .and_then(|t| Event::default().event("token").json_data(t).ok())
+            {
+                self.pending.push_back(e);
             }
-            Some(UpdateKind::State) => self.push_state(&view),
-            _ => {}
+        }
+        if state {
+            self.push_state(&view);
         }
         self.sent = Some(view);
     }
@@ -157,5 +150,64 @@ impl Watch {
         {
             self.pending.push_back(e);
         }
+    }
+}
+
+/// Whether `view`, after `sent` (the view last sent, `None` at first),
+/// deserves a `token` event and a `state` event. A token is sent only if a
+/// plain read would serve it (valid, and not withheld after a rejected
+/// grant); the first view's state is told only when it is not `active`.
+fn what_to_send(sent: Option<&View>, view: &View, now: i64) -> (bool, bool) {
+    let servable = view.valid_token(now, 0).is_some();
+    match sent {
+        None => (servable, view.state_name() != "active"),
+        Some(sent) => match change(Some(sent), view) {
+            Some(UpdateKind::Token) => (servable, sent.state_name() != view.state_name()),
+            Some(UpdateKind::State) => (false, true),
+            _ => (false, false),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::OnInvalidGrant;
+    use crate::credential::{Credential, State};
+    use crate::token::Secret;
+
+    fn view(token: &str, expires_at: i64, state: State, policy: OnInvalidGrant) -> View {
+        let mut cred = Credential::new("c", "p", None, 0);
+        cred.access_token = Some(Secret::new(token));
+        cred.expires_at = Some(expires_at);
+        cred.state = state;
+        let mut v = View::of_alone(&cred);
+        v.on_invalid_grant = policy;
+        v
+    }
+
+    #[test]
+    fn only_servable_tokens_and_real_state_changes_are_sent() {
+        let serve = OnInvalidGrant::ServeUntilExpiry;
+        let active = view("a", 100, State::Active, serve);
+        assert_eq!(what_to_send(None, &active, 50), (true, false));
+        // An expired token is not sent, not even first.
+        assert_eq!(what_to_send(None, &active, 150), (false, false));
+        let newer = view("b", 200, State::Active, serve);
+        assert_eq!(what_to_send(Some(&active), &newer, 50), (true, false));
+        assert_eq!(
+            what_to_send(Some(&active), &active.clone(), 50),
+            (false, false)
+        );
+        // A rejected grant: told, and its token is withheld or served as a
+        // plain read would.
+        let dead = view("a", 100, State::NeedsReauth, serve);
+        assert_eq!(what_to_send(Some(&active), &dead, 50), (false, true));
+        assert_eq!(what_to_send(None, &dead, 50), (true, true));
+        let withheld = view("a", 100, State::NeedsReauth, OnInvalidGrant::Withhold);
+        assert_eq!(what_to_send(None, &withheld, 50), (false, true));
+        // Re-authorized: a new token, and the state is active again.
+        let back = view("c", 300, State::Active, serve);
+        assert_eq!(what_to_send(Some(&dead), &back, 50), (true, true));
     }
 }
