@@ -364,8 +364,7 @@ impl<R: BufRead> Read for Streamed<R> {
                 if self.left == 0 {
                     return Ok(0);
                 }
-                let n = self.read_some(buf)?;
-                Ok(n)
+                self.read_some(buf)
             }
             Framing::Chunked => {
                 if self.left == 0 {
