@@ -44,9 +44,10 @@ pub(crate) fn completions(shell: CompletionShell) -> anyhow::Result<ExitCode> {
 /// directory, as packages install them.
 pub(crate) fn man(out: Option<&Path>) -> anyhow::Result<ExitCode> {
     let mut cmd = Cli::command();
-    cmd.build();
     match out {
         None => {
+            // Built, so that subcommands carry their full names.
+            cmd.build();
             let mut page = Vec::new();
             whole_page(&cmd, &mut page).context("cannot render the manual")?;
             emit(&String::from_utf8_lossy(&page))?;

@@ -108,7 +108,10 @@ pub(crate) fn answer(req: &Request, token: &TokenResponse, username: Option<&str
         let user = username
             .or(req.username.as_deref())
             .unwrap_or(DEFAULT_USERNAME);
-        out.push_str(&format!("username={user}\npassword={}\n", token.access_token));
+        out.push_str(&format!(
+            "username={user}\npassword={}\n",
+            token.access_token
+        ));
     }
     if token.expires_at > 0 {
         out.push_str(&format!("password_expiry_utc={}\n", token.expires_at));
@@ -208,9 +211,11 @@ mod tests {
         );
         let named = Request::parse("protocol=https\nhost=h\nusername=me\n");
         assert!(answer(&named, &token(), None).starts_with("username=me\n"));
-        assert!(answer(&named, &token(), Some("x-access-token")).starts_with("username=x-access-token\n"));
-        let basic_only =
-            Request::parse("protocol=https\nhost=h\ncapability[]=authtype\nwwwauth[]=Basic realm=x\n");
+        assert!(answer(&named, &token(), Some("x-access-token"))
+            .starts_with("username=x-access-token\n"));
+        let basic_only = Request::parse(
+            "protocol=https\nhost=h\ncapability[]=authtype\nwwwauth[]=Basic realm=x\n",
+        );
         assert!(answer(&basic_only, &token(), None).starts_with("username="));
         let bearer = Request::parse(
             "protocol=https\nhost=h\ncapability[]=authtype\nwwwauth[]=Basic realm=x\nwwwauth[]=Bearer realm=y\n",

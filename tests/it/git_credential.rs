@@ -69,7 +69,10 @@ fn serve(
             .decode(b)
             .ok()
             .and_then(|d| String::from_utf8(d).ok())
-            .and_then(|d| d.split_once(':').map(|(_, p)| p == want && !want.is_empty()))
+            .and_then(|d| {
+                d.split_once(':')
+                    .map(|(_, p)| p == want && !want.is_empty())
+            })
             .and_then(|ok| ok.then_some("Basic")),
         _ => None,
     };
@@ -114,7 +117,18 @@ async fn bare_repo(root: &Path) -> String {
     run(s(&["init", "-q", "-b", "main", w])).await;
     std::fs::write(work.join("f"), "x").unwrap();
     run(s(&["-C", w, "add", "f"])).await;
-    run(s(&["-C", w, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "c"])).await;
+    run(s(&[
+        "-C",
+        w,
+        "-c",
+        "user.name=t",
+        "-c",
+        "user.email=t@t",
+        "commit",
+        "-qm",
+        "c",
+    ]))
+    .await;
     let head = run(s(&["-C", w, "rev-parse", "HEAD"])).await;
     let bare = root.join("repo.git");
     run(s(&["clone", "-q", "--bare", w, bare.to_str().unwrap()])).await;
@@ -163,7 +177,13 @@ async fn start() -> (FakeProvider, Daemon) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn git_fetches_with_the_current_token() {
     let (fake, daemon) = start().await;
-    let token = daemon.cli(&["get", "c"]).await.ok().stdout.trim().to_string();
+    let token = daemon
+        .cli(&["get", "c"])
+        .await
+        .ok()
+        .stdout
+        .trim()
+        .to_string();
     let root = tempfile::tempdir().unwrap();
     let head = bare_repo(root.path()).await;
 
@@ -195,11 +215,20 @@ async fn git_fetches_with_the_current_token() {
         )
         .await;
         *bearer.token.lock().unwrap() = token.clone();
-        let run = ls_remote("/usr/local/bin/git", root.path(), &daemon.socket, &bearer.url).await;
+        let run = ls_remote(
+            "/usr/local/bin/git",
+            root.path(),
+            &daemon.socket,
+            &bearer.url,
+        )
+        .await;
         assert_eq!(run.code, 0, "{run:?}");
         assert!(run.stdout.contains(&head));
         let seen = bearer.seen.lock().unwrap();
-        assert!(seen.accepted.iter().any(|s| s == "Bearer"), "no Bearer request");
+        assert!(
+            seen.accepted.iter().any(|s| s == "Bearer"),
+            "no Bearer request"
+        );
     }
 
     // A server that wants another token: git fails, with nothing stored.
@@ -240,14 +269,22 @@ async fn helper_as(daemon: &Daemon, uid: Option<u32>, args: &[&str], input: &str
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_readers_get_a_token_and_only_over_https() {
     let (fake, daemon) = start().await;
-    let token = daemon.cli(&["get", "c"]).await.ok().stdout.trim().to_string();
+    let token = daemon
+        .cli(&["get", "c"])
+        .await
+        .ok()
+        .stdout
+        .trim()
+        .to_string();
     let https = "protocol=https\nhost=git.example\npath=group/repo.git\n\n";
 
     let run = helper_as(&daemon, Some(1000), &["c", "get"], https).await;
     assert_eq!(
         run.ok().stdout,
-        format!("username=oauth2\npassword={token}\npassword_expiry_utc={}\n",
-            daemon.status("c").await["expires_at"].as_i64().unwrap())
+        format!(
+            "username=oauth2\npassword={token}\npassword_expiry_utc={}\n",
+            daemon.status("c").await["expires_at"].as_i64().unwrap()
+        )
     );
     // Not a reader: no token, and a failure git reports.
     let run = helper_as(&daemon, Some(1002), &["c", "get"], https).await;
@@ -260,13 +297,19 @@ async fn only_readers_get_a_token_and_only_over_https() {
         "protocol=ssh\nhost=git.example\n\n",
     ] {
         let run = helper_as(&daemon, None, &["c", "get"], input).await;
-        assert_eq!((run.code, run.stdout.as_str(), run.stderr.as_str()), (0, "", ""));
+        assert_eq!(
+            (run.code, run.stdout.as_str(), run.stderr.as_str()),
+            (0, "", "")
+        );
     }
     // store and erase are accepted and change nothing.
     for op in ["store", "erase", "unknown"] {
-        let input = format!("protocol=https\nhost=git.example\nusername=u\npassword=p\n\n");
-        let run = helper_as(&daemon, None, &["c", op], &input).await;
-        assert_eq!((run.code, run.stdout.as_str(), run.stderr.as_str()), (0, "", ""));
+        let input = "protocol=https\nhost=git.example\nusername=u\npassword=p\n\n";
+        let run = helper_as(&daemon, None, &["c", op], input).await;
+        assert_eq!(
+            (run.code, run.stdout.as_str(), run.stderr.as_str()),
+            (0, "", "")
+        );
     }
     let run = helper_as(&daemon, None, &["c", "get"], https).await;
     assert!(run.ok().stdout.contains(&format!("password={token}\n")));
