@@ -1,11 +1,13 @@
-//! `tokend git-credential NAME get|store|erase`: git's credential-helper
+//! `tokend git-credential get|store|erase`: git's credential-helper
 //! protocol (git-credential(1)), so `git push` over HTTPS sends a
 //! credential's current access token and nothing is ever stored in plain.
 //!
-//! git picks the helper by URL (`credential.https://host/path.helper`), so
-//! the host-to-credential mapping lives in git's configuration and the
-//! daemon only answers a normal token read, under the credential's
-//! `readers`. The token goes to stdout, which git reads, and nowhere else.
+//! The daemon maps git's host (and path) to a credential
+//! (`GET /v1/git-credential`, from `git_hosts`), since the CLI may not read
+//! the configuration; `--credential NAME` instead leaves the choice of
+//! hosts to git's configuration and makes a plain token read. Either way
+//! the credential's `readers` decide. The token goes to stdout, which git
+//! reads, and nowhere else.
 
 use std::io::{self, Read};
 use std::process::ExitCode;
@@ -13,22 +15,19 @@ use std::process::ExitCode;
 use hyper::Method;
 
 use super::emit;
-use crate::api::TokenResponse;
-use crate::client::{path_segment, Client};
+use crate::api::{ErrorKind, GitCredential, TokenResponse};
+use crate::client::{path_segment, Client, ClientError};
+use crate::config::DEFAULT_GIT_USERNAME;
 
 /// More than any request git writes; a larger one is not git's.
 const MAX_INPUT_BYTES: u64 = 64 * 1024;
-
-/// Username sent with the token when neither git nor `--username` gives
-/// one; GitLab takes any name with an OAuth2 token, GitHub wants
-/// `x-access-token`.
-pub(crate) const DEFAULT_USERNAME: &str = "oauth2";
 
 /// What git asked for, from the attributes it wrote on stdin.
 #[derive(Debug, Default, PartialEq)]
 pub(crate) struct Request {
     protocol: Option<String>,
     host: Option<String>,
+    path: Option<String>,
     username: Option<String>,
     /// `capability[]=authtype`: git (≥ 2.46) takes `authtype` + `credential`.
     authtype: bool,
@@ -52,6 +51,7 @@ impl Request {
             match key {
                 "protocol" => req.protocol = Some(value),
                 "host" => req.host = Some(value),
+                "path" => req.path = Some(value),
                 "username" => req.username = Some(value),
                 "capability[]" if value == "authtype" => req.authtype = true,
                 "wwwauth[]" => req.wwwauth.push(value),
@@ -98,16 +98,31 @@ fn is_loopback(host: &str) -> bool {
             .is_ok_and(|ip| ip.is_loopback())
 }
 
-/// The answer to `get`: the attribute lines git reads back.
-pub(crate) fn answer(req: &Request, token: &TokenResponse, username: Option<&str>) -> String {
+/// The answer to `get`: the attribute lines git reads back. `username`
+/// is what `--username` or the daemon's mapping says, the URL's first.
+pub(crate) fn answer(
+    req: &Request,
+    token: &TokenResponse,
+    username: Option<&str>,
+) -> Result<String, GitCredentialError> {
+    // Each attribute is one line: a newline in a value would add attributes
+    // of its giver's choosing (a provider's token, a URL's username).
+    let user = req
+        .username
+        .as_deref()
+        .or(username)
+        .unwrap_or(DEFAULT_GIT_USERNAME);
+    if [user, token.access_token.as_str()]
+        .iter()
+        .any(|v| v.is_empty() || v.contains(['\n', '\r', '\0']))
+    {
+        return Err(GitCredentialError::Unprintable);
+    }
     let mut out = String::new();
     if req.bearer() {
         out.push_str("capability[]=authtype\nauthtype=Bearer\n");
         out.push_str(&format!("credential={}\nephemeral=1\n", token.access_token));
     } else {
-        let user = username
-            .or(req.username.as_deref())
-            .unwrap_or(DEFAULT_USERNAME);
         out.push_str(&format!(
             "username={user}\npassword={}\n",
             token.access_token
@@ -116,19 +131,29 @@ pub(crate) fn answer(req: &Request, token: &TokenResponse, username: Option<&str
     if token.expires_at > 0 {
         out.push_str(&format!("password_expiry_utc={}\n", token.expires_at));
     }
-    out
+    Ok(out)
+}
+
+/// Why `get` gives git no credential.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum GitCredentialError {
+    #[error("the username or token is empty or holds a line break, which git's credential protocol cannot carry; check the credential with `tokend get --json`")]
+    Unprintable,
+    #[error("credential `{name}` holds a {kind} token, which git cannot send; map a Bearer credential to this host")]
+    NotBearer { name: String, kind: String },
+}
+
+/// `tokend git-credential`'s options.
+pub(crate) struct Options {
+    pub(crate) credential: Option<String>,
+    pub(crate) username: Option<String>,
+    pub(crate) min_valid: Option<u64>,
 }
 
 /// Runs one helper operation. Every operation but `get` is accepted and
 /// ignored: tokend never stores what git offers, and the protocol says a
 /// helper ignores operations it does not know.
-pub(crate) fn run(
-    client: &Client,
-    name: &str,
-    operation: &str,
-    username: Option<&str>,
-    min_valid: Option<u64>,
-) -> anyhow::Result<ExitCode> {
+pub(crate) fn run(client: &Client, operation: &str, opts: Options) -> anyhow::Result<ExitCode> {
     let mut input = String::new();
     // Read all git writes, so that it never meets a closed pipe.
     io::stdin()
@@ -138,22 +163,60 @@ pub(crate) fn run(
         return Ok(ExitCode::SUCCESS);
     }
     let req = Request::parse(&input);
-    if !req.secure() {
+    let (Some(host), true) = (req.host.as_deref(), req.secure()) else {
         // Not ours to answer: git goes on to its next helper.
         return Ok(ExitCode::SUCCESS);
-    }
-    let mut path = format!("/v1/tokens/{}", path_segment(name));
-    if let Some(secs) = min_valid {
-        path.push_str(&format!("?min_valid={secs}"));
-    }
-    let token: TokenResponse = client.call_blocking(Method::GET, &path, None::<&()>)?;
+    };
+    let (token, mapped_user) = match &opts.credential {
+        Some(name) => {
+            let mut path = format!("/v1/tokens/{}", path_segment(name));
+            if let Some(secs) = opts.min_valid {
+                path.push_str(&format!("?min_valid={secs}"));
+            }
+            let token: TokenResponse = client.call_blocking(Method::GET, &path, None::<&()>)?;
+            (token, None)
+        }
+        None => {
+            let mut query = url::form_urlencoded::Serializer::new(String::new());
+            query.append_pair("host", host);
+            if let Some(p) = &req.path {
+                query.append_pair("path", p);
+            }
+            if let Some(secs) = opts.min_valid {
+                query.append_pair("min_valid", &secs.to_string());
+            }
+            let path = format!("/v1/git-credential?{}", query.finish());
+            match client.call_blocking::<GitCredential>(Method::GET, &path, None::<&()>) {
+                Ok(found) => (found.token, Some(found.username)),
+                // An unmapped host: silence, so git asks its next helper.
+                Err(ClientError::Api { body, .. }) if body.error == ErrorKind::NotFound => {
+                    return Ok(ExitCode::SUCCESS)
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    };
     if !token.token_type.eq_ignore_ascii_case("bearer") {
-        anyhow::bail!(
-            "credential `{name}` holds a {} token, which git cannot send; use a Bearer credential",
-            token.token_type
-        );
+        return Err(GitCredentialError::NotBearer {
+            name: token.name,
+            kind: token.token_type,
+        }
+        .into());
     }
-    emit(&answer(&req, &token, username))?;
+    let username = opts.username.as_deref().or(mapped_user.as_deref());
+    let lines = match opts.username.as_deref() {
+        // `--username` wins over the URL's.
+        Some(_) => answer(
+            &Request {
+                username: None,
+                ..req
+            },
+            &token,
+            username,
+        )?,
+        None => answer(&req, &token, username)?,
+    };
+    emit(&lines)?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -187,6 +250,16 @@ mod tests {
     }
 
     #[test]
+    fn a_line_break_in_a_value_gives_git_nothing() {
+        let mut bad = token();
+        bad.access_token = "tok\nusername=evil".into();
+        let req = Request::parse("protocol=https\nhost=h\n");
+        assert!(answer(&req, &bad, None).is_err());
+        let req = Request::parse("protocol=https\nhost=h\nusername=a\rb\n");
+        assert!(answer(&req, &token(), None).is_err());
+    }
+
+    #[test]
     fn only_https_or_loopback_http_is_answered() {
         for (input, want) in [
             ("protocol=https\nhost=example.com\n", true),
@@ -206,22 +279,27 @@ mod tests {
     fn basic_unless_git_and_the_server_take_bearer() {
         let basic = Request::parse("protocol=https\nhost=h\n");
         assert_eq!(
-            answer(&basic, &token(), None),
+            answer(&basic, &token(), None).unwrap(),
             "username=oauth2\npassword=tok\npassword_expiry_utc=1900000000\n"
         );
         let named = Request::parse("protocol=https\nhost=h\nusername=me\n");
-        assert!(answer(&named, &token(), None).starts_with("username=me\n"));
-        assert!(answer(&named, &token(), Some("x-access-token"))
+        assert!(answer(&named, &token(), Some("x"))
+            .unwrap()
+            .starts_with("username=me\n"));
+        assert!(answer(&basic, &token(), Some("x-access-token"))
+            .unwrap()
             .starts_with("username=x-access-token\n"));
         let basic_only = Request::parse(
             "protocol=https\nhost=h\ncapability[]=authtype\nwwwauth[]=Basic realm=x\n",
         );
-        assert!(answer(&basic_only, &token(), None).starts_with("username="));
+        assert!(answer(&basic_only, &token(), None)
+            .unwrap()
+            .starts_with("username="));
         let bearer = Request::parse(
             "protocol=https\nhost=h\ncapability[]=authtype\nwwwauth[]=Basic realm=x\nwwwauth[]=Bearer realm=y\n",
         );
         assert_eq!(
-            answer(&bearer, &token(), None),
+            answer(&bearer, &token(), None).unwrap(),
             "capability[]=authtype\nauthtype=Bearer\ncredential=tok\nephemeral=1\npassword_expiry_utc=1900000000\n"
         );
     }

@@ -217,19 +217,20 @@ pub(crate) enum Command {
         #[arg(allow_hyphen_values = true)]
         file: Option<PathBuf>,
     },
-    /// Act as a git credential helper: answer `get` with the credential's
-    /// current token, and ignore `store` and `erase` (nothing is stored).
-    /// Configure it per URL, e.g. git config credential.https://github.com.helper
-    /// "!tokend git-credential NAME --username x-access-token".
+    /// Act as a git credential helper: answer `get` with the token of the
+    /// credential mapped to git's host (git_hosts in the configuration) or
+    /// named by --credential; ignore `store` and `erase` (nothing is stored).
     GitCredential {
-        /// Credential name.
-        #[arg(allow_hyphen_values = true)]
-        name: String,
         /// The operation git asks for: get, store or erase.
         #[arg(allow_hyphen_values = true)]
         operation: String,
+        /// Answer with this credential, whatever the host (git's
+        /// configuration then chooses the hosts) [default: the one mapped to
+        /// the host by the daemon's configuration].
+        #[arg(long, value_name = "NAME", allow_hyphen_values = true)]
+        credential: Option<String>,
         /// The username to send with the token (Basic authentication)
-        /// [default: the one in the URL, else oauth2].
+        /// [default: the one in the URL, else git_username, else oauth2].
         #[arg(long, allow_hyphen_values = true)]
         username: Option<String>,
         /// Refresh first if the token would expire within this many seconds.
@@ -425,11 +426,19 @@ fn run(socket: Option<PathBuf>, command: Command) -> anyhow::Result<ExitCode> {
         } => remove(&client(), &name, revoke, force),
         Command::CheckConfig { file } => check_config(file),
         Command::GitCredential {
-            name,
             operation,
+            credential,
             username,
             min_valid,
-        } => git_credential::run(&client(), &name, &operation, username.as_deref(), min_valid),
+        } => git_credential::run(
+            &client(),
+            &operation,
+            git_credential::Options {
+                credential,
+                username,
+                min_valid,
+            },
+        ),
         Command::Completions { shell } => generate::completions(shell),
         Command::Man { out } => generate::man(out.as_deref()),
         Command::Rekey {

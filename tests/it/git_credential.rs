@@ -1,6 +1,8 @@
 //! `tokend git-credential`: the real `git` fetches over HTTP from a local
 //! server that takes only the credential's current token, through tokend as
-//! its credential helper; another user not among the readers gets nothing.
+//! its credential helper, for a host mapped in tokend's configuration or a
+//! credential named in git's; another user not among the readers gets
+//! nothing.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -136,10 +138,11 @@ async fn bare_repo(root: &Path) -> String {
     head
 }
 
-/// `git ls-remote URL` with tokend as the only credential helper.
-async fn ls_remote(git: &str, home: &Path, socket: &Path, url: &str) -> Run {
+/// `git ls-remote URL` with tokend as the only credential helper, given
+/// `helper_args` after `git-credential`.
+async fn ls_remote(git: &str, home: &Path, socket: &Path, helper_args: &str, url: &str) -> Run {
     let helper = format!(
-        "!{} --socket {} git-credential c",
+        "!{} --socket {} git-credential {helper_args}",
         env!("CARGO_BIN_EXE_tokend"),
         socket.display()
     );
@@ -161,22 +164,48 @@ async fn ls_remote(git: &str, home: &Path, socket: &Path, url: &str) -> Run {
     Run::from_output(&out)
 }
 
-async fn start() -> (FakeProvider, Daemon) {
+/// A daemon with credential `c`, readable by uid 1000, mapped to
+/// git.example and to each of `git_hosts`.
+async fn start(git_hosts: &[String]) -> (FakeProvider, Daemon) {
     let fake = FakeProvider::start(FakeConfig::new(Flavor::Didit)).await;
+    let mut hosts = vec!["\"git.example\"".to_string()];
+    hosts.extend(git_hosts.iter().map(|h| format!("\"{h}\"")));
     let providers = format!(
-        "{}[credentials.c]\nreaders = [\"uid:1000\"]\n",
-        provider_toml("p", &fake)
+        "{}[credentials.c]\nreaders = [\"uid:1000\"]\ngit_hosts = [{}]\n\
+         [credentials.d]\nreaders = [\"uid:1000\"]\ngit_hosts = [\"git.example/group\"]\n\
+         git_username = \"x-access-token\"\n",
+        provider_toml("p", &fake),
+        hosts.join(", ")
     );
     let extra = format!("{FAST_DAEMON}socket_group = \"{SOCKET_GID}\"\n");
     let daemon = Daemon::start(&extra, &providers).await;
     daemon.open_to_other_users();
     daemon.add("c", "p", &fake.issue_refresh_token()).await.ok();
+    daemon.add("d", "p", &fake.issue_refresh_token()).await.ok();
     (fake, daemon)
+}
+
+/// `host:port` of a server's URL.
+fn host_of(url: &str) -> String {
+    url.trim_start_matches("http://")
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn git_fetches_with_the_current_token() {
-    let (fake, daemon) = start().await;
+    let root = tempfile::tempdir().unwrap();
+    let head = bare_repo(root.path()).await;
+    // Basic only, and Bearer or Basic.
+    let basic = GitServer::start(root.path().to_path_buf(), &["Basic realm=\"x\""]).await;
+    let bearer = GitServer::start(
+        root.path().to_path_buf(),
+        &["Bearer realm=\"x\"", "Basic realm=\"x\""],
+    )
+    .await;
+    let (fake, daemon) = start(&[host_of(&basic.url), host_of(&bearer.url)]).await;
     let token = daemon
         .cli(&["get", "c"])
         .await
@@ -184,63 +213,61 @@ async fn git_fetches_with_the_current_token() {
         .stdout
         .trim()
         .to_string();
-    let root = tempfile::tempdir().unwrap();
-    let head = bare_repo(root.path()).await;
-
-    // Basic only: every git sends the token as the password.
-    let basic = GitServer::start(root.path().to_path_buf(), &["Basic realm=\"x\""]).await;
     *basic.token.lock().unwrap() = token.clone();
+    *bearer.token.lock().unwrap() = token.clone();
+
+    // Every git sends the token as the Basic password, the host mapped by
+    // the daemon's configuration or the credential named by git's.
     let gits: Vec<&str> = ["/usr/bin/git", "/usr/local/bin/git"]
         .into_iter()
         .filter(|g| Path::new(g).exists())
         .collect();
     for git in &gits {
-        let run = ls_remote(git, root.path(), &daemon.socket, &basic.url).await;
-        assert_eq!(run.code, 0, "{git}: {run:?}");
-        assert!(run.stdout.contains(&head), "{git}: {run:?}");
+        for helper in ["", "--credential c"] {
+            let run = ls_remote(git, root.path(), &daemon.socket, helper, &basic.url).await;
+            assert_eq!(run.code, 0, "{git} {helper}: {run:?}");
+            assert!(run.stdout.contains(&head), "{git}: {run:?}");
+        }
     }
     {
         let seen = basic.seen.lock().unwrap();
-        assert!(seen.refused >= gits.len(), "never challenged");
+        assert!(seen.refused >= 2 * gits.len(), "never challenged");
+        assert!(seen.accepted.len() >= 2 * gits.len());
         assert!(seen.accepted.iter().all(|s| s == "Basic"));
     }
 
     // A git that speaks authtype (2.46+) sends it as Bearer when the server
     // offers Bearer.
-    let modern = Path::new("/usr/local/bin/git");
-    if modern.exists() {
-        let bearer = GitServer::start(
-            root.path().to_path_buf(),
-            &["Bearer realm=\"x\"", "Basic realm=\"x\""],
-        )
-        .await;
-        *bearer.token.lock().unwrap() = token.clone();
+    if Path::new("/usr/local/bin/git").exists() {
         let run = ls_remote(
             "/usr/local/bin/git",
             root.path(),
             &daemon.socket,
+            "",
             &bearer.url,
         )
         .await;
         assert_eq!(run.code, 0, "{run:?}");
         assert!(run.stdout.contains(&head));
         let seen = bearer.seen.lock().unwrap();
+        assert!(!seen.accepted.is_empty());
         assert!(
-            seen.accepted.iter().any(|s| s == "Bearer"),
-            "no Bearer request"
+            seen.accepted.iter().all(|s| s == "Bearer"),
+            "{:?}",
+            seen.accepted
         );
     }
 
     // A server that wants another token: git fails, with nothing stored.
     *basic.token.lock().unwrap() = "not-the-token".into();
-    let run = ls_remote(gits[0], root.path(), &daemon.socket, &basic.url).await;
+    let run = ls_remote(gits[0], root.path(), &daemon.socket, "", &basic.url).await;
     assert_ne!(run.code, 0, "{run:?}");
     assert!(!root.path().join(".git-credentials").exists());
 
     daemon.finish(&[&fake]).await;
 }
 
-/// Feeds `input` to `tokend git-credential c get` as `uid`.
+/// Feeds `input` to `tokend git-credential ARGS` as `uid` (else as root).
 async fn helper_as(daemon: &Daemon, uid: Option<u32>, args: &[&str], input: &str) -> Run {
     let mut cmd = match uid {
         Some(uid) => {
@@ -268,7 +295,7 @@ async fn helper_as(daemon: &Daemon, uid: Option<u32>, args: &[&str], input: &str
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_readers_get_a_token_and_only_over_https() {
-    let (fake, daemon) = start().await;
+    let (fake, daemon) = start(&[]).await;
     let token = daemon
         .cli(&["get", "c"])
         .await
@@ -276,43 +303,81 @@ async fn only_readers_get_a_token_and_only_over_https() {
         .stdout
         .trim()
         .to_string();
-    let https = "protocol=https\nhost=git.example\npath=group/repo.git\n\n";
-
-    let run = helper_as(&daemon, Some(1000), &["c", "get"], https).await;
-    assert_eq!(
-        run.ok().stdout,
-        format!(
-            "username=oauth2\npassword={token}\npassword_expiry_utc={}\n",
-            daemon.status("c").await["expires_at"].as_i64().unwrap()
+    let expiry = daemon.status("c").await["expires_at"].as_i64().unwrap();
+    let d_token = daemon
+        .cli(&["get", "d"])
+        .await
+        .ok()
+        .stdout
+        .trim()
+        .to_string();
+    let https = "protocol=https\nhost=git.example\n\n";
+    let quiet = |run: &Run| {
+        assert_eq!(
+            (run.code, run.stdout.as_str(), run.stderr.as_str()),
+            (0, "", ""),
+            "{run:?}"
         )
+    };
+
+    // A reader gets the mapped credential's token, with the host's username.
+    let want = format!("username=oauth2\npassword={token}\npassword_expiry_utc={expiry}\n");
+    let run = helper_as(&daemon, Some(1000), &["get"], https).await;
+    assert_eq!(run.ok().stdout, want);
+    let run = helper_as(&daemon, Some(1000), &["get", "--credential", "c"], https).await;
+    assert_eq!(run.ok().stdout, want);
+    // The longest path prefix decides, when git sends the path.
+    let input = "protocol=https\nhost=git.example\npath=group/repo.git\n\n";
+    let run = helper_as(&daemon, None, &["get"], input).await;
+    assert!(
+        run.ok()
+            .stdout
+            .starts_with(&format!("username=x-access-token\npassword={d_token}\n")),
+        "{run:?}"
     );
-    // Not a reader: no token, and a failure git reports.
-    let run = helper_as(&daemon, Some(1002), &["c", "get"], https).await;
+    // Not a reader: of a mapped host, the unmapped host's silence; of a
+    // named credential, a failure git reports.
+    quiet(&helper_as(&daemon, Some(1002), &["get"], https).await);
+    let run = helper_as(&daemon, Some(1002), &["get", "--credential", "c"], https).await;
     assert_ne!(run.code, 0);
     assert!(run.stdout.is_empty(), "{run:?}");
-    // Plain http to another host, ssh: nothing at all, success, so git
-    // goes on to its next helper.
+    // An unmapped host, plain http to another host, ssh: nothing at all,
+    // and success, so git goes on to its next helper.
+    // (With --credential, git's configuration chose the host.)
+    quiet(
+        &helper_as(
+            &daemon,
+            None,
+            &["get"],
+            "protocol=https\nhost=other.example\n\n",
+        )
+        .await,
+    );
     for input in [
         "protocol=http\nhost=git.example\n\n",
         "protocol=ssh\nhost=git.example\n\n",
     ] {
-        let run = helper_as(&daemon, None, &["c", "get"], input).await;
-        assert_eq!(
-            (run.code, run.stdout.as_str(), run.stderr.as_str()),
-            (0, "", "")
-        );
+        quiet(&helper_as(&daemon, None, &["get"], input).await);
+        quiet(&helper_as(&daemon, None, &["get", "--credential", "c"], input).await);
     }
     // store and erase are accepted and change nothing.
     for op in ["store", "erase", "unknown"] {
         let input = "protocol=https\nhost=git.example\nusername=u\npassword=p\n\n";
-        let run = helper_as(&daemon, None, &["c", op], input).await;
-        assert_eq!(
-            (run.code, run.stdout.as_str(), run.stderr.as_str()),
-            (0, "", "")
-        );
+        quiet(&helper_as(&daemon, None, &[op], input).await);
     }
-    let run = helper_as(&daemon, None, &["c", "get"], https).await;
+    let run = helper_as(&daemon, None, &["get"], https).await;
     assert!(run.ok().stdout.contains(&format!("password={token}\n")));
+
+    // check-config shows the mapping.
+    let run = daemon
+        .cli(&["check-config", daemon.config.to_str().unwrap()])
+        .await;
+    assert!(
+        run.ok()
+            .stdout
+            .contains("credential d: git host git.example/group (username x-access-token)"),
+        "{run:?}"
+    );
 
     daemon.finish(&[&fake]).await;
 }
