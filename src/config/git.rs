@@ -210,3 +210,94 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod config_tests {
+    use crate::config::parse_config;
+
+    #[test]
+    fn git_hosts_in_credential_tables() {
+        let cfg = parse_config(
+            r#"
+            [credentials.github]
+            readers = ["uid:1000"]
+            git_hosts = ["GitHub.com"]
+            git_username = "x-access-token"
+            [credentials.group]
+            readers = ["uid:1000"]
+            git_hosts = ["gitlab.example/group", "gitlab.example:8443"]
+            "#,
+        )
+        .unwrap();
+        let github = cfg.git_hosts.lookup("github.com", None).unwrap();
+        assert_eq!(
+            (github.credential.as_str(), github.username.as_str()),
+            ("github", "x-access-token")
+        );
+        let group = cfg
+            .git_hosts
+            .lookup("gitlab.example", Some("group/r.git"))
+            .unwrap();
+        assert_eq!(
+            (group.credential.as_str(), group.username.as_str()),
+            ("group", "oauth2")
+        );
+        assert!(cfg.git_hosts.lookup("gitlab.example", None).is_none());
+        assert_eq!(cfg.git_hosts.iter().count(), 3);
+    }
+
+    #[test]
+    fn bad_git_settings_are_reported_each() {
+        let problems = parse_config(
+            r#"
+            [credentials.a]
+            readers = ["uid:1000"]
+            git_hosts = ["https://github.com", "github.com", "u@x"]
+            [credentials.b]
+            readers = ["uid:1000"]
+            git_hosts = ["GITHUB.com"]
+            git_username = "a\nb"
+            [credentials.c]
+            readers = ["uid:1000"]
+            git_username = "x"
+            "#,
+        )
+        .unwrap_err()
+        .problems;
+        let text: Vec<String> = problems
+            .iter()
+            .map(|p| format!("{}: {}", p.key, p.message))
+            .collect();
+        let has = |key: &str, words: &str| {
+            assert!(
+                text.iter().any(|t| t.starts_with(key) && t.contains(words)),
+                "{key} {words}: {text:#?}"
+            )
+        };
+        has("credentials.a.git_hosts", "without a scheme");
+        has("credentials.a.git_hosts", "no user");
+        has("credentials.b.git_username", "control characters");
+        has("credentials.c.git_username", "only with git_hosts");
+        assert_eq!(text.len(), 4, "{text:#?}");
+    }
+
+    #[test]
+    fn one_host_maps_to_one_credential() {
+        let problems = parse_config(
+            r#"
+            [credentials.a]
+            readers = ["uid:1000"]
+            git_hosts = ["github.com"]
+            [credentials.b]
+            readers = ["uid:1000"]
+            git_hosts = ["GITHUB.com/"]
+            "#,
+        )
+        .unwrap_err()
+        .problems;
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(problems[0]
+            .message
+            .contains("also mapped to credential `a`"));
+    }
+}

@@ -222,6 +222,7 @@ async fn git_fetches_with_the_current_token() {
         .into_iter()
         .filter(|g| Path::new(g).exists())
         .collect();
+    assert!(!gits.is_empty(), "git must be installed (.ci/run does)");
     for git in &gits {
         for helper in ["", "--credential c"] {
             let run = ls_remote(git, root.path(), &daemon.socket, helper, &basic.url).await;
