@@ -7,6 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use axum::http::{header, HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
@@ -15,7 +16,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
 
 use crate::support::fake_provider::{FakeConfig, FakeProvider, Flavor};
-use crate::support::{provider_toml, setpriv, Daemon, Run, FAST_DAEMON};
+use crate::support::{provider_toml, setpriv, wait_until, Daemon, Run, FAST_DAEMON};
 
 const SOCKET_GID: u32 = 4252;
 
@@ -164,21 +165,29 @@ async fn ls_remote(git: &str, home: &Path, socket: &Path, helper_args: &str, url
     Run::from_output(&out)
 }
 
-/// A daemon with credential `c`, readable by uid 1000, mapped to
-/// git.example and to each of `git_hosts`.
-async fn start(git_hosts: &[String]) -> (FakeProvider, Daemon) {
-    let fake = FakeProvider::start(FakeConfig::new(Flavor::Didit)).await;
+/// The tables of provider `p` and credentials `c` (readable by uid 1000,
+/// mapped to git.example and each of `git_hosts`) and `d` (mapped to
+/// git.example/group).
+fn tables(fake: &FakeProvider, git_hosts: &[String]) -> String {
     let mut hosts = vec!["\"git.example\"".to_string()];
     hosts.extend(git_hosts.iter().map(|h| format!("\"{h}\"")));
-    let providers = format!(
+    format!(
         "{}[credentials.c]\nreaders = [\"uid:1000\"]\ngit_hosts = [{}]\n\
          [credentials.d]\nreaders = [\"uid:1000\"]\ngit_hosts = [\"git.example/group\"]\n\
          git_username = \"x-access-token\"\n",
-        provider_toml("p", &fake),
+        provider_toml("p", fake),
         hosts.join(", ")
-    );
-    let extra = format!("{FAST_DAEMON}socket_group = \"{SOCKET_GID}\"\n");
-    let daemon = Daemon::start(&extra, &providers).await;
+    )
+}
+
+fn daemon_extra() -> String {
+    format!("{FAST_DAEMON}socket_group = \"{SOCKET_GID}\"\n")
+}
+
+/// A daemon with [`tables`], `c` and `d` added.
+async fn start(git_hosts: &[String]) -> (FakeProvider, Daemon) {
+    let fake = FakeProvider::start(FakeConfig::new(Flavor::Didit)).await;
+    let daemon = Daemon::start(&daemon_extra(), &tables(&fake, git_hosts)).await;
     daemon.open_to_other_users();
     daemon.add("c", "p", &fake.issue_refresh_token()).await.ok();
     daemon.add("d", "p", &fake.issue_refresh_token()).await.ok();
@@ -380,5 +389,23 @@ async fn only_readers_get_a_token_and_only_over_https() {
         "{run:?}"
     );
 
+    daemon.finish(&[&fake]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_changes_the_mapping() {
+    let (fake, daemon) = start(&[]).await;
+    let input = "protocol=https\nhost=new.example\n\n";
+    let run = helper_as(&daemon, None, &["get"], input).await;
+    assert_eq!((run.code, run.stdout.as_str()), (0, ""), "{run:?}");
+    daemon.write_config(&daemon_extra(), &tables(&fake, &["new.example".into()]));
+    daemon.signal(libc::SIGHUP);
+    wait_until(Duration::from_secs(10), "the new mapping", || async {
+        helper_as(&daemon, None, &["get"], input)
+            .await
+            .stdout
+            .contains("password=")
+    })
+    .await;
     daemon.finish(&[&fake]).await;
 }
