@@ -98,20 +98,15 @@ fn is_loopback(host: &str) -> bool {
             .is_ok_and(|ip| ip.is_loopback())
 }
 
-/// The answer to `get`: the attribute lines git reads back. `username`
-/// is what `--username` or the daemon's mapping says, the URL's first.
+/// The answer to `get`: the attribute lines git reads back, with `user`
+/// as the Basic username.
 pub(crate) fn answer(
     req: &Request,
     token: &TokenResponse,
-    username: Option<&str>,
+    user: &str,
 ) -> Result<String, GitCredentialError> {
     // Each attribute is one line: a newline in a value would add attributes
     // of its giver's choosing (a provider's token, a URL's username).
-    let user = req
-        .username
-        .as_deref()
-        .or(username)
-        .unwrap_or(DEFAULT_GIT_USERNAME);
     if [user, token.access_token.as_str()]
         .iter()
         .any(|v| v.is_empty() || v.contains(['\n', '\r', '\0']))
@@ -154,11 +149,10 @@ pub(crate) struct Options {
 /// ignored: tokend never stores what git offers, and the protocol says a
 /// helper ignores operations it does not know.
 pub(crate) fn run(client: &Client, operation: &str, opts: Options) -> anyhow::Result<ExitCode> {
-    let mut input = String::new();
+    let mut input = Vec::new();
     // Read all git writes, so that it never meets a closed pipe.
-    io::stdin()
-        .take(MAX_INPUT_BYTES)
-        .read_to_string(&mut input)?;
+    io::stdin().take(MAX_INPUT_BYTES).read_to_end(&mut input)?;
+    let input = String::from_utf8_lossy(&input);
     if operation != "get" {
         return Ok(ExitCode::SUCCESS);
     }
@@ -203,19 +197,14 @@ pub(crate) fn run(client: &Client, operation: &str, opts: Options) -> anyhow::Re
         }
         .into());
     }
-    let username = opts.username.as_deref().or(mapped_user.as_deref());
-    let lines = match opts.username.as_deref() {
-        // `--username` wins over the URL's.
-        Some(_) => answer(
-            &Request {
-                username: None,
-                ..req
-            },
-            &token,
-            username,
-        )?,
-        None => answer(&req, &token, username)?,
-    };
+    // `--username` first, then the URL's, then the mapping's.
+    let user = opts
+        .username
+        .as_deref()
+        .or(req.username.as_deref())
+        .or(mapped_user.as_deref())
+        .unwrap_or(DEFAULT_GIT_USERNAME);
+    let lines = answer(&req, &token, user)?;
     emit(&lines)?;
     Ok(ExitCode::SUCCESS)
 }
@@ -254,9 +243,9 @@ mod tests {
         let mut bad = token();
         bad.access_token = "tok\nusername=evil".into();
         let req = Request::parse("protocol=https\nhost=h\n");
-        assert!(answer(&req, &bad, None).is_err());
-        let req = Request::parse("protocol=https\nhost=h\nusername=a\rb\n");
-        assert!(answer(&req, &token(), None).is_err());
+        assert!(answer(&req, &bad, "u").is_err());
+        assert!(answer(&req, &token(), "a\rb").is_err());
+        assert!(answer(&req, &token(), "").is_err());
     }
 
     #[test]
@@ -279,27 +268,20 @@ mod tests {
     fn basic_unless_git_and_the_server_take_bearer() {
         let basic = Request::parse("protocol=https\nhost=h\n");
         assert_eq!(
-            answer(&basic, &token(), None).unwrap(),
+            answer(&basic, &token(), "oauth2").unwrap(),
             "username=oauth2\npassword=tok\npassword_expiry_utc=1900000000\n"
         );
-        let named = Request::parse("protocol=https\nhost=h\nusername=me\n");
-        assert!(answer(&named, &token(), Some("x"))
-            .unwrap()
-            .starts_with("username=me\n"));
-        assert!(answer(&basic, &token(), Some("x-access-token"))
-            .unwrap()
-            .starts_with("username=x-access-token\n"));
         let basic_only = Request::parse(
             "protocol=https\nhost=h\ncapability[]=authtype\nwwwauth[]=Basic realm=x\n",
         );
-        assert!(answer(&basic_only, &token(), None)
+        assert!(answer(&basic_only, &token(), "u")
             .unwrap()
             .starts_with("username="));
         let bearer = Request::parse(
             "protocol=https\nhost=h\ncapability[]=authtype\nwwwauth[]=Basic realm=x\nwwwauth[]=Bearer realm=y\n",
         );
         assert_eq!(
-            answer(&bearer, &token(), None).unwrap(),
+            answer(&bearer, &token(), "u").unwrap(),
             "capability[]=authtype\nauthtype=Bearer\ncredential=tok\nephemeral=1\npassword_expiry_utc=1900000000\n"
         );
     }

@@ -345,6 +345,12 @@ async fn only_readers_get_a_token_and_only_over_https() {
             .starts_with(&format!("username=x-access-token\npassword={d_token}\n")),
         "{run:?}"
     );
+    // --username, then the URL's, then git_username.
+    let with_user = "protocol=https\nhost=git.example\npath=group/r\nusername=url\n\n";
+    let run = helper_as(&daemon, None, &["get", "--username", "me"], with_user).await;
+    assert!(run.ok().stdout.starts_with("username=me\n"), "{run:?}");
+    let run = helper_as(&daemon, None, &["get"], with_user).await;
+    assert!(run.ok().stdout.starts_with("username=url\n"), "{run:?}");
     // Not a reader: of a mapped host, the unmapped host's silence; of a
     // named credential, a failure git reports.
     quiet(&helper_as(&daemon, Some(1002), &["get"], https).await);
