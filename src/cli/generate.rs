@@ -61,7 +61,8 @@ pub(crate) fn man(out: Option<&Path>) -> anyhow::Result<ExitCode> {
 }
 
 /// The top page, then each subcommand's synopsis, description and
-/// options as subsections of a section of its own, so one `man -l` shows every command.
+/// options as subsections of a section of its own, so that one `man -l`
+/// shows every command.
 fn whole_page(cmd: &clap::Command, out: &mut Vec<u8>) -> std::io::Result<()> {
     clap_mangen::Man::new(cmd.clone()).render(out)?;
     for sub in cmd.get_subcommands().filter(|s| s.get_name() != "help") {
