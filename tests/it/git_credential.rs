@@ -272,6 +272,7 @@ async fn git_fetches_with_the_current_token() {
     *basic.token.lock().unwrap() = "not-the-token".into();
     let run = ls_remote(gits[0], root.path(), &daemon.socket, "", &basic.url).await;
     assert_ne!(run.code, 0, "{run:?}");
+    assert!(!run.stderr.contains(&token) && !run.stdout.contains(&token));
     assert!(!root.path().join(".git-credentials").exists());
 
     daemon.finish(&[&fake]).await;
