@@ -11,9 +11,11 @@ use std::fmt;
 use crate::token::fingerprint;
 
 mod dpop;
+mod git;
 mod login;
 
 pub(crate) use dpop::{DpopQuery, DpopTokenResponse};
+pub(crate) use git::{GitCredential, GitCredentialQuery};
 pub(crate) use login::{
     AuthorizeQuery, AuthorizeUrl, LoginSettings, LoginState, LoginStatus, StartDeviceLogin,
 };

@@ -458,6 +458,14 @@ pub(super) fn check_config(file: Option<PathBuf>) -> anyhow::Result<ExitCode> {
                     declared.provider
                 )?;
             }
+            for git in cfg.git_hosts.iter() {
+                outln!(
+                    "  credential {}: git host {} (username {})",
+                    git.credential,
+                    git.pattern(),
+                    git.username
+                )?;
+            }
             Ok(ExitCode::SUCCESS)
         }
         Err(e) => match e.downcast_ref::<ConfigError>() {

@@ -1,7 +1,8 @@
 //! The command line (clap): `tokend daemon` runs the service; every other
 //! command talks to a running daemon over its socket, except `check-config`,
-//! which only reads the configuration, and `rekey`, which re-encrypts the
-//! database while the daemon is stopped. Exit codes: 0 success, 1 failure
+//! which only reads the configuration, `rekey`, which re-encrypts the
+//! database while the daemon is stopped, and `completions` and `man`, which
+//! print what the argument definitions below generate. Exit codes: 0 success, 1 failure
 //! (no token, daemon unreachable...), 2 usage or configuration error.
 //!
 //! Every value an option or argument takes may begin with `-`: authorization
@@ -10,7 +11,8 @@
 //! (`tokend status | head -1`) ends the command quietly with status 0.
 //!
 //! This module holds the arguments and the dispatch; `commands` the commands
-//! that talk to the socket (and `check-config`) and how they print.
+//! that talk to the socket (and `check-config`) and how they print;
+//! `generate` the completions and manual; `git_credential` the git helper.
 
 use std::ffi::OsString;
 use std::future::Future;
@@ -47,6 +49,8 @@ mod commands;
 mod device;
 mod dpop;
 mod exec;
+mod generate;
+mod git_credential;
 mod login;
 mod watch;
 
@@ -249,6 +253,38 @@ pub(crate) enum Command {
         #[arg(allow_hyphen_values = true)]
         file: Option<PathBuf>,
     },
+    /// Act as a git credential helper: answer `get` with the token of the
+    /// credential mapped to git's host (git_hosts in the configuration) or
+    /// named by --credential; ignore `store` and `erase` (nothing is stored).
+    GitCredential {
+        /// The operation git asks for: get, store or erase.
+        #[arg(allow_hyphen_values = true)]
+        operation: String,
+        /// Answer with this credential, whatever the host (git's
+        /// configuration then chooses the hosts) [default: the one mapped to
+        /// the host by the daemon's configuration].
+        #[arg(long, value_name = "NAME", allow_hyphen_values = true)]
+        credential: Option<String>,
+        /// The username to send with the token (Basic authentication)
+        /// [default: the one in the URL, else git_username, else oauth2].
+        #[arg(long, allow_hyphen_values = true)]
+        username: Option<String>,
+        /// Refresh first if the token would expire within this many seconds.
+        #[arg(long, value_name = "SECS", allow_hyphen_values = true)]
+        min_valid: Option<u64>,
+    },
+    /// Print a completion script for a shell.
+    Completions {
+        /// The shell.
+        #[arg(value_enum, allow_hyphen_values = true)]
+        shell: generate::CompletionShell,
+    },
+    /// Print the manual page (roff), or write one page per command.
+    Man {
+        /// Write tokend.1, tokend-get.1... into this directory instead.
+        #[arg(long, value_name = "DIR", allow_hyphen_values = true)]
+        out: Option<PathBuf>,
+    },
     /// Re-encrypt every stored token under a new key (or decrypt them), in
     /// one transaction. Stop the daemon first: a database in use is refused.
     #[command(group(clap::ArgGroup::new("target").required(true).args(["new_key", "decrypt"])))]
@@ -440,6 +476,22 @@ fn run(socket: Option<PathBuf>, command: Command) -> anyhow::Result<ExitCode> {
             force,
         } => remove(&client(), &name, revoke, force),
         Command::CheckConfig { file } => check_config(file),
+        Command::GitCredential {
+            operation,
+            credential,
+            username,
+            min_valid,
+        } => git_credential::run(
+            &client(),
+            &operation,
+            git_credential::Options {
+                credential,
+                username,
+                min_valid,
+            },
+        ),
+        Command::Completions { shell } => generate::completions(shell),
+        Command::Man { out } => generate::man(out.as_deref()),
         Command::Rekey {
             config,
             database,
@@ -487,204 +539,4 @@ fn block_on<T>(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn argv(args: &[&str]) -> Vec<OsString> {
-        args.iter().map(OsString::from).collect()
-    }
-
-    #[test]
-    fn every_value_argument_takes_a_leading_hyphen() {
-        use clap::CommandFactory;
-        let top = Cli::command();
-        let mut checked = 0;
-        for cmd in std::iter::once(&top).chain(top.get_subcommands()) {
-            for arg in cmd.get_arguments() {
-                // A duration never begins with '-'.
-                // exec's mappings would swallow the flags after them.
-                let exempt = (cmd.get_name() == "login" && arg.get_id() == "timeout")
-                    || (cmd.get_name() == "exec"
-                        && ["debounce", "mappings"].contains(&arg.get_id().as_str()));
-                if arg.get_action().takes_values() && !exempt {
-                    assert!(
-                        arg.is_allow_hyphen_values_set(),
-                        "`tokend {} {}` refuses a value starting with '-'",
-                        cmd.get_name(),
-                        arg.get_id()
-                    );
-                    checked += 1;
-                }
-            }
-        }
-        assert!(checked >= 20, "only {checked} value arguments found");
-    }
-
-    #[test]
-    fn hyphen_led_values_parse_as_values() {
-        let cli = Cli::try_parse_from(argv(&[
-            "tokend",
-            "--socket",
-            "-s.sock",
-            "exchange",
-            "-name",
-            "--provider",
-            "-p",
-            "--code",
-            "-tABC",
-            "--redirect-uri",
-            "-r",
-            "--code-verifier",
-            "--v-",
-        ]))
-        .expect("hyphen-led values");
-        let Command::Exchange {
-            name,
-            provider,
-            code,
-            redirect_uri,
-            code_verifier,
-        } = cli.command
-        else {
-            panic!("not exchange: {:?}", cli.command)
-        };
-        assert_eq!(cli.socket, Some(PathBuf::from("-s.sock")));
-        assert_eq!(
-            (name.as_str(), provider.as_str(), redirect_uri.as_str()),
-            ("-name", "-p", "-r")
-        );
-        assert_eq!(code.as_ref().map(Secret::expose), Some("-tABC"));
-        assert_eq!(code_verifier.as_ref().map(Secret::expose), Some("--v-"));
-    }
-
-    #[test]
-    fn hyphen_led_names_parse_as_names() {
-        for (args, want) in [
-            (&["tokend", "get", "-tABC"][..], "-tABC"),
-            (&["tokend", "get", "--json", "-x"], "-x"),
-            (&["tokend", "refresh", "-x"], "-x"),
-            (&["tokend", "watch", "-x"], "-x"),
-            (&["tokend", "remove", "-x"], "-x"),
-            (&["tokend", "add", "-x", "-p", "-q"], "-x"),
-        ] {
-            let cli = Cli::try_parse_from(argv(args)).expect("valid");
-            let name = match cli.command {
-                Command::Get { name, .. }
-                | Command::Refresh { name }
-                | Command::Watch { name, .. }
-                | Command::Remove { name, .. }
-                | Command::Add { name, .. } => name,
-                other => panic!("{other:?}"),
-            };
-            assert_eq!(name, want, "{args:?}");
-        }
-    }
-
-    #[test]
-    fn exec_takes_mappings_flags_and_a_command() {
-        let cli = Cli::try_parse_from(argv(&[
-            "tokend",
-            "exec",
-            "a=A",
-            "b.c=B",
-            "--on-new-token",
-            "signal:HUP",
-            "--debounce",
-            "200ms",
-            "--",
-            "sh",
-            "-c",
-            "x",
-        ]))
-        .expect("valid");
-        let Command::Exec {
-            mappings,
-            on_new_token,
-            debounce,
-            command,
-        } = cli.command
-        else {
-            panic!("not exec")
-        };
-        let names: Vec<_> = mappings.iter().map(|m| m.name.as_str()).collect();
-        assert_eq!(names, ["a", "b.c"]);
-        assert_eq!(on_new_token, exec::OnNewToken::Signal(libc::SIGHUP));
-        assert_eq!(debounce, std::time::Duration::from_millis(200));
-        assert_eq!(command, argv(&["sh", "-c", "x"]));
-        assert!(Cli::try_parse_from(argv(&["tokend", "exec", "a=A"])).is_err());
-    }
-
-    #[test]
-    fn known_flags_stay_flags() {
-        assert!(Cli::try_parse_from(argv(&["tokend", "get", "x", "--json"])).is_ok());
-        let cli = Cli::try_parse_from(argv(&["tokend", "status", "--json"])).unwrap();
-        assert!(matches!(
-            cli.command,
-            Command::Status {
-                name: None,
-                json: true
-            }
-        ));
-    }
-
-    #[test]
-    fn parsed_exchange_debug_shows_no_code() {
-        let cli = Cli::try_parse_from(argv(&[
-            "tokend",
-            "exchange",
-            "n",
-            "-p",
-            "p",
-            "--code",
-            "the-code-value",
-            "--redirect-uri",
-            "u",
-            "--code-verifier",
-            "the-verifier-value",
-        ]))
-        .unwrap();
-        let debug = format!("{cli:?}");
-        assert!(!debug.contains("the-code-value"), "{debug}");
-        assert!(!debug.contains("the-verifier-value"), "{debug}");
-    }
-
-    #[test]
-    fn plain_get_reads_what_clap_reads() {
-        for args in [
-            &["tokend", "get", "c"][..],
-            &["tokend", "get", "a b/ü"],
-            &["tokend", "get", ""],
-            &["tokend", "get", "help"],
-            &["tokend", "get", "get"],
-        ] {
-            let plain = plain_get(argv(args)).expect("the plain form");
-            let clap = Cli::try_parse_from(argv(args)).expect("valid for clap");
-            assert_eq!(format!("{plain:?}"), format!("{clap:?}"), "{args:?}");
-        }
-    }
-
-    #[test]
-    fn plain_get_leaves_every_other_form_to_clap() {
-        for args in [
-            &["tokend"][..],
-            &["tokend", "get"],
-            &["tokend", "get", "-h"],
-            &["tokend", "get", "--json"],
-            &["tokend", "get", "c", "--json"],
-            &["tokend", "get", "--min-valid", "60"],
-            &["tokend", "get", "-tABC"],
-            &["tokend", "--socket", "/s", "get", "c"],
-            &["tokend", "status", "c"],
-            &["tokend", "Get", "c"],
-        ] {
-            assert!(plain_get(argv(args)).is_none(), "{args:?}");
-        }
-        use std::os::unix::ffi::OsStringExt;
-        let not_utf8 = vec![
-            OsString::from("tokend"),
-            OsString::from("get"),
-            OsString::from_vec(vec![0x66, 0xff]),
-        ];
-        assert!(plain_get(not_utf8).is_none());
-    }
-}
+mod tests;

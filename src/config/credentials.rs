@@ -1,4 +1,5 @@
-//! `[credentials.NAME]` tables: who may read a credential (`readers`), and
+//! `[credentials.NAME]` tables: who may read a credential (`readers`), the
+//! git hosts it answers for (`git_hosts`, in `git`), and
 //! credentials the configuration itself declares (`grant =
 //! "client_credentials"`), which the daemon creates when the database does
 //! not hold them yet. Nothing here talks to the database.
@@ -7,6 +8,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use super::collect::{Collector, Scope};
+use super::git::{self, GitHosts};
 use super::raw::RawCredential;
 use super::{Declared, ProviderConfig};
 use crate::access::Grant;
@@ -20,6 +22,8 @@ pub(super) struct Credentials {
     pub(super) readers: BTreeMap<String, Arc<[Grant]>>,
     /// Credentials declared with a grant.
     pub(super) declared: BTreeMap<String, Declared>,
+    /// The git hosts mapped to credentials.
+    pub(super) git: GitHosts,
 }
 
 /// One `[credentials.NAME]` table, read: its name, scope and keys.
@@ -41,6 +45,14 @@ pub(super) fn validate(
 ) -> Credentials {
     let mut out = Credentials::default();
     for Table { name, scope, raw } in tables {
+        git::validate(
+            c,
+            &scope,
+            &name,
+            raw.git_hosts.as_deref(),
+            raw.git_username.as_deref(),
+            &mut out.git,
+        );
         let grant = declared_grant(c, &scope, &raw);
         match (&raw.readers, &grant) {
             (Some(readers), _) => {

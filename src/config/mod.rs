@@ -7,6 +7,7 @@
 //!   provider's request model (`provider::Endpoint`) but does not define it.
 //! - `defaults` and `bounds`: every setting's default and allowed range.
 //! - `credentials`: `[credentials.NAME]`, readers and declared credentials.
+//! - `git`: `git_hosts`, the git hosts mapped to credentials.
 //! - `secrets`: client secrets and the database key's location, from files,
 //!   the environment or systemd credentials.
 //!
@@ -30,12 +31,14 @@ use crate::access::Grant;
 use crate::credential::CredentialGrant;
 use crate::provider::Endpoint;
 use crate::token::RefreshTiming;
+pub(crate) use git::{GitHost, GitHosts, DEFAULT_GIT_USERNAME};
 
 mod bounds;
 mod collect;
 mod credentials;
 pub(crate) mod defaults;
 mod endpoint;
+mod git;
 mod raw;
 mod secrets;
 mod validate;
@@ -56,6 +59,8 @@ pub struct Config {
     /// Credentials the configuration declares (`[credentials.NAME] grant =
     /// ...`): created at start-up and reload when the database lacks them.
     pub(crate) declared: BTreeMap<String, Declared>,
+    /// Git hosts mapped to credentials (`[credentials.NAME] git_hosts`).
+    pub(crate) git_hosts: GitHosts,
     /// Providers held back because their endpoints are not discovered yet,
     /// each with why: their credentials wait. Always empty as parsed; the
     /// daemon's discovery moves providers here (`discovery::effective`).

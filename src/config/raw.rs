@@ -20,6 +20,8 @@ pub(super) struct RawCredential {
     pub(super) grant: Option<String>,
     pub(super) scope: Option<String>,
     pub(super) params: Option<toml::Table>,
+    pub(super) git_hosts: Option<Vec<String>>,
+    pub(super) git_username: Option<String>,
 }
 
 /// `[daemon]`.

@@ -92,6 +92,7 @@ pub(super) fn config(c: &mut Collector<'_>, sections: Sections<'_, '_>) -> Optio
         providers,
         credentials: credentials.readers,
         declared: credentials.declared,
+        git_hosts: credentials.git,
         pending: BTreeMap::new(),
     })
 }

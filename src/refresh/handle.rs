@@ -16,7 +16,7 @@ use super::request::{Command, Reply};
 use super::tally::summary;
 use super::{ExchangeRequest, NewCredential, RefreshError, View};
 use crate::access::Policy;
-use crate::config::{Config, ProviderConfig};
+use crate::config::{Config, GitHost, GitHosts, ProviderConfig};
 use crate::provider::DpopKey;
 use crate::store::Store;
 use crate::token::{duration_ms, now_ms};
@@ -52,6 +52,8 @@ pub(crate) struct LiveSettings {
     /// The providers, for what the server answers about them (`tokend
     /// login`'s authorization URL) without asking the owner.
     providers: RwLock<BTreeMap<String, Arc<ProviderConfig>>>,
+    /// The git hosts mapped to credentials, for `tokend git-credential`.
+    git_hosts: RwLock<GitHosts>,
 }
 
 impl LiveSettings {
@@ -61,6 +63,7 @@ impl LiveSettings {
             policy: RwLock::new(Policy::for_this_process(config.daemon.admin_gid)),
             read_timeout_ms: AtomicU64::new(read_timeout_ms(config)),
             providers: RwLock::new(config.providers.clone()),
+            git_hosts: RwLock::new(config.git_hosts.clone()),
         }
     }
 
@@ -73,6 +76,9 @@ impl LiveSettings {
             .store(read_timeout_ms(config), Ordering::Relaxed);
         if let Ok(mut providers) = self.providers.write() {
             *providers = config.providers.clone();
+        }
+        if let Ok(mut git_hosts) = self.git_hosts.write() {
+            *git_hosts = config.git_hosts.clone();
         }
     }
 }
@@ -99,6 +105,17 @@ impl RefresherHandle {
             .read()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         providers.get(name).cloned()
+    }
+
+    /// The mapping for a git host and path (as of the last configuration
+    /// load).
+    pub(crate) fn git_host(&self, host: &str, path: Option<&str>) -> Option<GitHost> {
+        let git_hosts = self
+            .settings
+            .git_hosts
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        git_hosts.lookup(host, path).cloned()
     }
 
     /// The current view of one credential, without asking the owner.

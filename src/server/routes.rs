@@ -26,8 +26,8 @@ use super::{MAX_BODY_BYTES, MAX_EXPIRES_IN_SECS, REQUEST_TIMEOUT};
 use crate::access::Peer;
 use crate::api::{
     AuthorizeQuery, AuthorizeUrl, CredentialStatus, DpopQuery, DpopTokenResponse, ErrorKind,
-    ExchangeCode, GrantType, Health, HealthStatus, LoginSettings, LoginStatus, PutCredential,
-    RemoveQuery, Removed, StartDeviceLogin, TokenQuery,
+    ExchangeCode, GitCredential, GitCredentialQuery, GrantType, Health, HealthStatus,
+    LoginSettings, LoginStatus, PutCredential, RemoveQuery, Removed, StartDeviceLogin, TokenQuery,
 };
 use crate::config::ProviderConfig;
 use crate::credential::CredentialGrant;
@@ -61,6 +61,7 @@ pub(crate) fn router(handle: RefresherHandle) -> Router {
         .route("/v1/tokens/{name}", get(get_token))
         .route("/v1/tokens/{name}/dpop", get(get_dpop_token))
         .route("/v1/tokens/{name}/watch", get(super::watch::watch_token))
+        .route("/v1/git-credential", get(get_git_credential))
         .route("/v1/credentials", get(list_credentials))
         .route(
             "/v1/credentials/{name}",
@@ -246,6 +247,47 @@ async fn get_token(
         return Ok(resp);
     }
     Ok(Json(token).into_response())
+}
+
+/// The credential mapped to a git host, read as [`get_token`] reads it. A
+/// mapped host the caller may not read answers as an unmapped one, so the
+/// mapping tells a non-reader nothing.
+async fn get_git_credential(
+    State(h): State<RefresherHandle>,
+    Extension(peer): Caller,
+    Query(q): Query<GitCredentialQuery>,
+) -> ApiResult<Json<GitCredential>> {
+    let unmapped = || {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            ErrorKind::NotFound,
+            format!(
+                "no credential that you may read is mapped to git host `{}`; add it to git_hosts of a [credentials.NAME] table",
+                q.host.escape_debug()
+            ),
+        )
+    };
+    let mapping = h
+        .git_host(&q.host, q.path.as_deref())
+        .ok_or_else(unmapped)?;
+    authorize_read(&h, &peer, &mapping.credential).map_err(|_| unmapped())?;
+    let view = h
+        .token(
+            &mapping.credential,
+            Duration::from_secs(q.min_valid.unwrap_or(0)),
+        )
+        .await?;
+    let token = token_response(&view).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorKind::Unavailable,
+            "no token held",
+        )
+    })?;
+    Ok(Json(GitCredential {
+        username: mapping.username,
+        token,
+    }))
 }
 
 /// A token and a DPoP proof for one request of the caller's (same access
