@@ -187,6 +187,13 @@ fn validate_daemon(
             defaults::READ_TIMEOUT,
             bounds::READ_TIMEOUT,
         ),
+        metrics_credential_limit: c.count(
+            &s,
+            "metrics_credential_limit",
+            raw.metrics_credential_limit,
+            defaults::METRICS_CREDENTIAL_LIMIT,
+            bounds::METRICS_CREDENTIAL_LIMIT,
+        ),
     };
     (daemon, provider_defaults(c, &s, &raw))
 }

@@ -4,7 +4,7 @@
 //! `oneshot` reply.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -47,6 +47,8 @@ pub(crate) struct LiveSettings {
     /// The providers, for what the server answers about them (`tokend
     /// login`'s authorization URL) without asking the owner.
     providers: RwLock<BTreeMap<String, Arc<ProviderConfig>>>,
+    /// `daemon.metrics_credential_limit`.
+    metrics_credential_limit: AtomicUsize,
 }
 
 impl LiveSettings {
@@ -56,6 +58,7 @@ impl LiveSettings {
             policy: RwLock::new(Policy::for_this_process(config.daemon.admin_gid)),
             read_timeout_ms: AtomicU64::new(read_timeout_ms(config)),
             providers: RwLock::new(config.providers.clone()),
+            metrics_credential_limit: AtomicUsize::new(config.daemon.metrics_credential_limit),
         }
     }
 
@@ -69,6 +72,8 @@ impl LiveSettings {
         if let Ok(mut providers) = self.providers.write() {
             *providers = config.providers.clone();
         }
+        self.metrics_credential_limit
+            .store(config.daemon.metrics_credential_limit, Ordering::Relaxed);
     }
 }
 
@@ -131,6 +136,18 @@ impl RefresherHandle {
             .map(|v| Arc::clone(v.value()))
             .collect();
         summary(views.iter().map(|v| &**v), now_ms())
+    }
+
+    /// The metrics page, with the credentials' families computed from
+    /// every published view now.
+    pub(crate) fn metrics(&self) -> String {
+        let views: Vec<Arc<View>> = self
+            .published
+            .iter()
+            .map(|v| Arc::clone(v.value()))
+            .collect();
+        let limit = self.settings.metrics_credential_limit.load(Ordering::Relaxed);
+        crate::metrics::render(&views, limit, now_ms())
     }
 
     /// Number of credentials.
