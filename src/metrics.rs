@@ -28,9 +28,31 @@ use prometheus_client::registry::Registry;
 
 use crate::refresh::View;
 
-/// The content type of the page: the OpenMetrics text format, which
-/// Prometheus asks for first and parses natively.
-pub(crate) const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+/// The page's two formats: OpenMetrics for a scraper that asks for it (as
+/// Prometheus does), else the classic text format every other tool reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Format {
+    OpenMetrics,
+    Text,
+}
+
+impl Format {
+    /// The format an `Accept` header asks for.
+    pub(crate) fn negotiate(accept: Option<&str>) -> Format {
+        match accept {
+            Some(a) if a.contains("application/openmetrics-text") => Format::OpenMetrics,
+            _ => Format::Text,
+        }
+    }
+
+    /// The page's content type in this format.
+    pub(crate) fn content_type(self) -> &'static str {
+        match self {
+            Format::OpenMetrics => "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            Format::Text => "text/plain; version=0.0.4; charset=utf-8",
+        }
+    }
+}
 
 /// How a refresh attempt ended, as the `outcome` label.
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
@@ -281,7 +303,7 @@ pub(crate) fn socket_request(route: Option<&str>, status: u16) {
 /// `limit` credentials get a series of their own (those expiring soonest);
 /// `tokend_token_expiry_omitted` counts the rest, and the minimum and a
 /// histogram over all of them stay exact at any number.
-pub(crate) fn render(views: &[Arc<View>], limit: usize, now: i64) -> String {
+pub(crate) fn render(views: &[Arc<View>], limit: usize, now: i64, format: Format) -> String {
     let mut states: BTreeMap<&'static str, i64> =
         [("active", 0), ("needs_reauth", 0), ("paused", 0)].into();
     let mut expiring: Vec<(f64, &str)> = Vec::new();
@@ -340,6 +362,44 @@ pub(crate) fn render(views: &[Arc<View>], limit: usize, now: i64) -> String {
     let _ = text::encode_registry(&mut out, &METRICS.registry)
         .and_then(|()| text::encode_registry(&mut out, &scrape))
         .and_then(|()| text::encode_eof(&mut out));
+    match format {
+        Format::OpenMetrics => out,
+        Format::Text => classic_text(&out),
+    }
+}
+
+/// The classic text format (version 0.0.4) of an OpenMetrics page from the
+/// encoder. They differ only in the metadata: a counter's HELP and TYPE name
+/// its `_total` series, an info family is a gauge of its `_info` series, and
+/// there are no UNIT or EOF lines. Samples are the same.
+fn classic_text(open_metrics: &str) -> String {
+    let mut out = String::with_capacity(open_metrics.len());
+    let mut help: Option<(&str, &str)> = None;
+    for line in open_metrics.lines() {
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            help = rest.split_once(' ').or(Some((rest, "")));
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').unwrap_or((rest, "untyped"));
+            let (name, kind) = match kind {
+                "counter" => (format!("{name}_total"), "counter"),
+                "info" => (format!("{name}_info"), "gauge"),
+                "histogram" | "gauge" => (name.to_string(), kind),
+                _ => (name.to_string(), "untyped"),
+            };
+            if let Some((_, text)) = help.take() {
+                let _ = writeln!(out, "# HELP {name} {text}");
+            }
+            let _ = writeln!(out, "# TYPE {name} {kind}");
+            continue;
+        }
+        if line.starts_with("# UNIT ") || line == "# EOF" {
+            continue;
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
     out
 }
 
@@ -374,11 +434,25 @@ mod tests {
         socket_request(Some("/test/{name}"), 404);
         socket_request(None, 404);
         socket_request(Some("/test/{name}"), 42);
-        let page = render(&[], 100, 0);
+        let page = render(&[], 100, 0, Format::OpenMetrics);
         assert!(page.contains("tokend_socket_requests_total{route=\"/test/{name}\",status=\"200\"} 2\n"), "{page}");
         assert!(page.contains("tokend_socket_requests_total{route=\"/test/{name}\",status=\"404\"} 1\n"), "{page}");
         assert!(page.contains("tokend_socket_requests_total{route=\"other\",status=\"404\"}"), "{page}");
         assert!(page.ends_with("# EOF\n"), "{page}");
         assert_eq!(page.matches("# EOF").count(), 1, "{page}");
+    }
+
+    #[test]
+    fn the_classic_format_names_counter_and_info_series_in_their_metadata() {
+        let page = "# HELP a_b Things.\n# TYPE a_b counter\na_b_total 1\n\
+                    # HELP v The version.\n# TYPE v info\nv_info{version=\"1\"} 1\n\
+                    # HELP d_seconds D.\n# TYPE d_seconds histogram\n# UNIT d_seconds seconds\n\
+                    d_seconds_sum 0.0\n# EOF\n";
+        assert_eq!(
+            classic_text(page),
+            "# HELP a_b_total Things.\n# TYPE a_b_total counter\na_b_total 1\n\
+             # HELP v_info The version.\n# TYPE v_info gauge\nv_info{version=\"1\"} 1\n\
+             # HELP d_seconds D.\n# TYPE d_seconds histogram\nd_seconds_sum 0.0\n"
+        );
     }
 }

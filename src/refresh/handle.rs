@@ -140,14 +140,14 @@ impl RefresherHandle {
 
     /// The metrics page, with the credentials' families computed from
     /// every published view now.
-    pub(crate) fn metrics(&self) -> String {
+    pub(crate) fn metrics(&self, format: crate::metrics::Format) -> String {
         let views: Vec<Arc<View>> = self
             .published
             .iter()
             .map(|v| Arc::clone(v.value()))
             .collect();
         let limit = self.settings.metrics_credential_limit.load(Ordering::Relaxed);
-        crate::metrics::render(&views, limit, now_ms())
+        crate::metrics::render(&views, limit, now_ms(), format)
     }
 
     /// Number of credentials.

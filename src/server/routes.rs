@@ -121,12 +121,10 @@ async fn respond(matched: Option<MatchedPath>, resp: Response) -> Response {
 
 /// `GET /metrics`: the Prometheus page. Administrators only: it names every
 /// credential and its state.
-async fn metrics(State(h): State<RefresherHandle>) -> Response {
-    (
-        [(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)],
-        h.metrics(),
-    )
-        .into_response()
+async fn metrics(State(h): State<RefresherHandle>, headers: HeaderMap) -> Response {
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
+    let format = crate::metrics::Format::negotiate(accept);
+    ([(header::CONTENT_TYPE, format.content_type())], h.metrics(format)).into_response()
 }
 
 /// What an admin-only route does, for [`require_admin`]'s refusal.
