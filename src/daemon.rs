@@ -181,6 +181,13 @@ pub(crate) async fn run(opts: DaemonOptions) -> anyhow::Result<()> {
         start_store(&config, &database, cancel.clone()).await?;
     release_freed_memory();
     let (listener, socket_file, socket) = listen(&opts, &config).await?;
+    if let Some(addr) = config.daemon.metrics_listen {
+        let tcp = server::metrics_listener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen for metrics on {addr} (daemon.metrics_listen)"))?;
+        tokio::spawn(server::metrics_listener::serve(tcp, handle.clone(), cancel.clone()));
+        tracing::info!(tokend_metrics_listen = %addr, "serving metrics on loopback TCP");
+    }
     tokio::spawn(Arc::clone(&discovery).run(handle.clone(), cancel.clone()));
     let running = Running {
         refresher: tokio::spawn(refresher.run()),

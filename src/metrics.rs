@@ -54,6 +54,16 @@ impl Format {
     }
 }
 
+/// Who reads the page, which decides whether series name credentials.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Audience {
+    /// Administrators on the socket: up to `metrics_credential_limit`
+    /// credentials get an expiry series of their own.
+    Administrators,
+    /// Anyone on the machine (the loopback listener): aggregates only.
+    AnyLocalUser,
+}
+
 /// How a refresh attempt ended, as the `outcome` label.
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
 pub(crate) enum RefreshResult {
@@ -175,7 +185,7 @@ impl prometheus_client::collector::Collector for RequestCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let mut family = encoder.encode_descriptor(
             "tokend_socket_requests",
-            "Requests answered on the API socket, by route template and status",
+            "Requests answered on the API socket, by route template and status.",
             None,
             MetricType::Counter,
         )?;
@@ -411,7 +421,7 @@ impl prometheus_client::collector::Collector for ExpiryCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let mut family = encoder.encode_descriptor(
             "tokend_token_expiry_seconds",
-            "Seconds until the credential's access token expires (negative: expired)",
+            "Seconds until the credential's access token expires (negative: expired).",
             None,
             MetricType::Gauge,
         )?;

@@ -110,6 +110,8 @@ pub(crate) struct DaemonConfig {
     pub(crate) encryption_key: Option<PathBuf>,
     /// Most credentials with an expiry series of their own on `/metrics`.
     pub(crate) metrics_credential_limit: usize,
+    /// The loopback address of the optional metrics listener.
+    pub(crate) metrics_listen: Option<std::net::SocketAddr>,
 }
 
 /// One provider: its token endpoint and how tokend treats its credentials.

@@ -140,13 +140,22 @@ impl RefresherHandle {
 
     /// The metrics page, with the credentials' families computed from
     /// every published view now.
-    pub(crate) fn metrics(&self, format: crate::metrics::Format) -> String {
+    pub(crate) fn metrics(
+        &self,
+        format: crate::metrics::Format,
+        audience: crate::metrics::Audience,
+    ) -> String {
         let views: Vec<Arc<View>> = self
             .published
             .iter()
             .map(|v| Arc::clone(v.value()))
             .collect();
-        let limit = self.settings.metrics_credential_limit.load(Ordering::Relaxed);
+        let limit = match audience {
+            crate::metrics::Audience::Administrators => {
+                self.settings.metrics_credential_limit.load(Ordering::Relaxed)
+            }
+            crate::metrics::Audience::AnyLocalUser => 0,
+        };
         crate::metrics::render(&views, limit, now_ms(), format)
     }
 

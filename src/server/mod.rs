@@ -9,6 +9,8 @@
 //!   status, and every error answer, axum's and tower's too, to
 //!   `{"error": kind, "message": ...}`.
 //! - `convert`: the refresher's views to the wire types of `api`.
+//! - `metrics_listener`: the optional loopback TCP listener that serves
+//!   only the metrics page, without the series that name credentials.
 //!
 //! Bodies are capped at [`MAX_BODY_BYTES`], and a request is answered (or
 //! cut with 408) within [`REQUEST_TIMEOUT`].
@@ -18,6 +20,7 @@ use std::time::Duration;
 mod accept;
 mod convert;
 mod error;
+pub(crate) mod metrics_listener;
 mod routes;
 mod socket;
 

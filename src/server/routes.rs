@@ -124,7 +124,7 @@ async fn respond(matched: Option<MatchedPath>, resp: Response) -> Response {
 async fn metrics(State(h): State<RefresherHandle>, headers: HeaderMap) -> Response {
     let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
     let format = crate::metrics::Format::negotiate(accept);
-    ([(header::CONTENT_TYPE, format.content_type())], h.metrics(format)).into_response()
+    ([(header::CONTENT_TYPE, format.content_type())], h.metrics(format, crate::metrics::Audience::Administrators)).into_response()
 }
 
 /// What an admin-only route does, for [`require_admin`]'s refusal.
