@@ -10,7 +10,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 
 use crate::support::fake_provider::{FakeConfig, FakeProvider, Flavor};
-use crate::support::{provider_toml, setpriv, Daemon, FAST_DAEMON};
+use crate::support::{cli_at, provider_toml, setpriv, Daemon, FAST_DAEMON};
 
 const SOCKET_GID: u32 = 4253;
 const OTHER_UID: u32 = 1000;
@@ -39,11 +39,8 @@ fn parse(raw: &[u8]) -> Page {
     }
 }
 
-/// `GET /metrics` as this process (root, an administrator).
-async fn scrape(daemon: &Daemon, accept: Option<&str>) -> Page {
-    let mut stream = UnixStream::connect(&daemon.socket).await.unwrap();
-    let accept = accept.map_or(String::new(), |a| format!("Accept: {a}\r\n"));
-    let request = format!("GET /metrics HTTP/1.1\r\nHost: tokend\r\n{accept}Connection: close\r\n\r\n");
+/// Reads the answer to `request` on `stream` until the server closes it.
+async fn exchange(mut stream: impl AsyncReadExt + AsyncWriteExt + Unpin, request: &str) -> Page {
     stream.write_all(request.as_bytes()).await.unwrap();
     let mut out = Vec::new();
     tokio::time::timeout(Duration::from_secs(20), stream.read_to_end(&mut out))
@@ -51,6 +48,14 @@ async fn scrape(daemon: &Daemon, accept: Option<&str>) -> Page {
         .expect("no answer within 20 s")
         .unwrap();
     parse(&out)
+}
+
+/// `GET /metrics` as this process (root, an administrator).
+async fn scrape(daemon: &Daemon, accept: Option<&str>) -> Page {
+    let stream = UnixStream::connect(&daemon.socket).await.unwrap();
+    let accept = accept.map_or(String::new(), |a| format!("Accept: {a}\r\n"));
+    let request = format!("GET /metrics HTTP/1.1\r\nHost: tokend\r\n{accept}Connection: close\r\n\r\n");
+    exchange(stream, &request).await
 }
 
 /// Runs Prometheus's parser and linter on a page in the classic format.
@@ -219,4 +224,69 @@ async fn only_administrators_may_scrape() {
     let admin = scrape(&daemon, None).await;
     assert!(admin.body.contains("credential=\"secret-name\""), "{}", admin.body);
     daemon.finish(&[&fake]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_loopback_listener_serves_metrics_without_credential_names() {
+    let fake = FakeProvider::start(FakeConfig::new(Flavor::Didit)).await;
+    // A port free a moment ago.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let extra = format!("{FAST_DAEMON}metrics_listen = \"127.0.0.1:{port}\"\n");
+    let daemon = Daemon::start(&extra, &provider_toml("p", &fake)).await;
+    daemon.add("named-one", "p", &fake.issue_refresh_token()).await.ok();
+
+    let get = "GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n";
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let page = exchange(tcp, get).await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    assert!(page.head.contains("content-type: text/plain; version=0.0.4"), "{}", page.head);
+    promtool_check(&page.body).await;
+    let s = samples(&page.body);
+    assert_eq!(value(&s, r#"tokend_refreshes_total{provider="p",outcome="success"}"#), 1.0);
+    assert_eq!(value(&s, r#"tokend_credentials{state="active"}"#), 1.0);
+    assert_eq!(value(&s, "tokend_token_expiry_omitted"), 1.0);
+    assert!(!page.body.contains("named-one"), "{}", page.body);
+
+    // Nothing but the metrics page is served there.
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let other = exchange(tcp, "GET /v1/tokens/named-one HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").await;
+    assert_eq!(other.status, 404, "{}", other.body);
+    assert!(!other.body.contains("eyJ") && !other.body.contains("access_token"), "{}", other.body);
+    daemon.finish(&[&fake]).await;
+}
+
+#[tokio::test]
+async fn check_config_shows_the_metrics_settings_and_refuses_a_non_loopback_listener() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("tokend.toml");
+    std::fs::write(
+        &file,
+        "[daemon]\nmetrics_credential_limit = 7\nmetrics_listen = \"[::1]:9464\"\n",
+    )
+    .unwrap();
+    let run = cli_at(dir.path(), &["check-config", file.to_str().unwrap()], None).await;
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(run.stdout.contains("expiry series for up to 7 credential(s)"), "{run:?}");
+    assert!(run.stdout.contains("http://[::1]:9464/metrics"), "{run:?}");
+
+    for (value, expected) in [
+        ("0.0.0.0:9464", "is not a loopback address"),
+        ("192.0.2.1:9464", "is not a loopback address"),
+        ("localhost:9464", "is not an address and port"),
+        ("127.0.0.1", "is not an address and port"),
+    ] {
+        std::fs::write(&file, format!("[daemon]\nmetrics_listen = \"{value}\"\n")).unwrap();
+        let run = cli_at(dir.path(), &["check-config", file.to_str().unwrap()], None).await;
+        assert_eq!(run.code, 2, "{value}: {run:?}");
+        assert!(run.stderr.contains("tokend.toml:2: daemon.metrics_listen"), "{value}: {run:?}");
+        assert!(run.stderr.contains(expected), "{value}: {run:?}");
+    }
+    std::fs::write(&file, "[daemon]\nmetrics_credential_limit = 10001\n").unwrap();
+    let run = cli_at(dir.path(), &["check-config", file.to_str().unwrap()], None).await;
+    assert_eq!(run.code, 2, "{run:?}");
+    assert!(run.stderr.contains("daemon.metrics_credential_limit: must be between 0 and 10000"), "{run:?}");
 }
