@@ -184,8 +184,14 @@ pub(crate) async fn run(opts: DaemonOptions) -> anyhow::Result<()> {
     if let Some(addr) = config.daemon.metrics_listen {
         let tcp = server::metrics_listener::bind(addr)
             .await
-            .with_context(|| format!("cannot listen for metrics on {addr} (daemon.metrics_listen)"))?;
-        tokio::spawn(server::metrics_listener::serve(tcp, handle.clone(), cancel.clone()));
+            .with_context(|| {
+                format!("cannot listen for metrics on {addr} (daemon.metrics_listen)")
+            })?;
+        tokio::spawn(server::metrics_listener::serve(
+            tcp,
+            handle.clone(),
+            cancel.clone(),
+        ));
         tracing::info!(tokend_metrics_listen = %addr, "serving metrics on loopback TCP");
     }
     tokio::spawn(Arc::clone(&discovery).run(handle.clone(), cancel.clone()));

@@ -224,9 +224,10 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         "Refresh attempts, by provider and outcome",
         refreshes.clone(),
     );
-    let refresh_duration = Family::<ProviderLabel, Histogram, fn() -> Histogram>::new_with_constructor(
-        (|| Histogram::new(exponential_buckets(0.01, 2.0, 12))) as fn() -> Histogram,
-    );
+    let refresh_duration =
+        Family::<ProviderLabel, Histogram, fn() -> Histogram>::new_with_constructor(
+            (|| Histogram::new(exponential_buckets(0.01, 2.0, 12))) as fn() -> Histogram,
+        );
     registry.register(
         "tokend_refresh_duration_seconds",
         "Time the provider's token endpoint took to answer a refresh",
@@ -317,9 +318,7 @@ pub(crate) fn render(views: &[Arc<View>], limit: usize, now: i64, format: Format
     let mut states: BTreeMap<&'static str, i64> =
         [("active", 0), ("needs_reauth", 0), ("paused", 0)].into();
     let mut expiring: Vec<(f64, &str)> = Vec::new();
-    let expiry_hist = Histogram::new(
-        [0.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 21600.0, 86400.0].into_iter(),
-    );
+    let expiry_hist = Histogram::new([0.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 21600.0, 86400.0]);
     for v in views {
         *states.entry(v.state_name()).or_insert(0) += 1;
         if let Some(at) = v.expires_at {
@@ -445,9 +444,22 @@ mod tests {
         socket_request(None, 404);
         socket_request(Some("/test/{name}"), 42);
         let page = render(&[], 100, 0, Format::OpenMetrics);
-        assert!(page.contains("tokend_socket_requests_total{route=\"/test/{name}\",status=\"200\"} 2\n"), "{page}");
-        assert!(page.contains("tokend_socket_requests_total{route=\"/test/{name}\",status=\"404\"} 1\n"), "{page}");
-        assert!(page.contains("tokend_socket_requests_total{route=\"other\",status=\"404\"}"), "{page}");
+        assert!(
+            page.contains(
+                "tokend_socket_requests_total{route=\"/test/{name}\",status=\"200\"} 2\n"
+            ),
+            "{page}"
+        );
+        assert!(
+            page.contains(
+                "tokend_socket_requests_total{route=\"/test/{name}\",status=\"404\"} 1\n"
+            ),
+            "{page}"
+        );
+        assert!(
+            page.contains("tokend_socket_requests_total{route=\"other\",status=\"404\"}"),
+            "{page}"
+        );
         assert!(page.ends_with("# EOF\n"), "{page}");
         assert_eq!(page.matches("# EOF").count(), 1, "{page}");
     }

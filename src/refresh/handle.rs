@@ -151,9 +151,10 @@ impl RefresherHandle {
             .map(|v| Arc::clone(v.value()))
             .collect();
         let limit = match audience {
-            crate::metrics::Audience::Administrators => {
-                self.settings.metrics_credential_limit.load(Ordering::Relaxed)
-            }
+            crate::metrics::Audience::Administrators => self
+                .settings
+                .metrics_credential_limit
+                .load(Ordering::Relaxed),
             crate::metrics::Audience::AnyLocalUser => 0,
         };
         crate::metrics::render(&views, limit, now_ms(), format)

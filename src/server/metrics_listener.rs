@@ -34,7 +34,11 @@ pub(crate) async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 }
 
 /// Serves the metrics page on `listener` until `cancel` fires.
-pub(crate) async fn serve(listener: TcpListener, handle: RefresherHandle, cancel: CancellationToken) {
+pub(crate) async fn serve(
+    listener: TcpListener,
+    handle: RefresherHandle,
+    cancel: CancellationToken,
+) {
     let router = Router::new()
         .route("/metrics", get(page))
         .fallback(|| async { (StatusCode::NOT_FOUND, "only /metrics is served here\n") })

@@ -115,7 +115,10 @@ pub(crate) fn router(handle: RefresherHandle) -> Router {
 /// for both, so a token read pays for one boxed future, not two.
 async fn respond(matched: Option<MatchedPath>, resp: Response) -> Response {
     let resp = json_errors(resp).await;
-    crate::metrics::socket_request(matched.as_ref().map(MatchedPath::as_str), resp.status().as_u16());
+    crate::metrics::socket_request(
+        matched.as_ref().map(MatchedPath::as_str),
+        resp.status().as_u16(),
+    );
     resp
 }
 
@@ -124,7 +127,11 @@ async fn respond(matched: Option<MatchedPath>, resp: Response) -> Response {
 async fn metrics(State(h): State<RefresherHandle>, headers: HeaderMap) -> Response {
     let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
     let format = crate::metrics::Format::negotiate(accept);
-    ([(header::CONTENT_TYPE, format.content_type())], h.metrics(format, crate::metrics::Audience::Administrators)).into_response()
+    (
+        [(header::CONTENT_TYPE, format.content_type())],
+        h.metrics(format, crate::metrics::Audience::Administrators),
+    )
+        .into_response()
 }
 
 /// What an admin-only route does, for [`require_admin`]'s refusal.

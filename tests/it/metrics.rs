@@ -54,7 +54,8 @@ async fn exchange(mut stream: impl AsyncReadExt + AsyncWriteExt + Unpin, request
 async fn scrape(daemon: &Daemon, accept: Option<&str>) -> Page {
     let stream = UnixStream::connect(&daemon.socket).await.unwrap();
     let accept = accept.map_or(String::new(), |a| format!("Accept: {a}\r\n"));
-    let request = format!("GET /metrics HTTP/1.1\r\nHost: tokend\r\n{accept}Connection: close\r\n\r\n");
+    let request =
+        format!("GET /metrics HTTP/1.1\r\nHost: tokend\r\n{accept}Connection: close\r\n\r\n");
     exchange(stream, &request).await
 }
 
@@ -84,7 +85,9 @@ fn samples(page: &str) -> HashMap<String, f64> {
     page.lines()
         .filter(|l| !l.starts_with('#') && !l.is_empty())
         .map(|l| {
-            let (series, value) = l.rsplit_once(' ').unwrap_or_else(|| panic!("bad sample {l:?}"));
+            let (series, value) = l
+                .rsplit_once(' ')
+                .unwrap_or_else(|| panic!("bad sample {l:?}"));
             let value = value.parse().unwrap_or_else(|_| panic!("bad value {l:?}"));
             (series.to_string(), value)
         })
@@ -113,7 +116,8 @@ async fn a_scrape_counts_refreshes_states_expiry_and_routes() {
     let page = scrape(&daemon, None).await;
     assert_eq!(page.status, 200, "{}", page.body);
     assert!(
-        page.head.contains("content-type: text/plain; version=0.0.4"),
+        page.head
+            .contains("content-type: text/plain; version=0.0.4"),
         "{}",
         page.head
     );
@@ -122,16 +126,28 @@ async fn a_scrape_counts_refreshes_states_expiry_and_routes() {
 
     assert_eq!(fake.refresh_count(), 3);
     assert_eq!(
-        value(&s, r#"tokend_refreshes_total{provider="p",outcome="success"}"#),
+        value(
+            &s,
+            r#"tokend_refreshes_total{provider="p",outcome="success"}"#
+        ),
         fake.refresh_count() as f64
     );
-    assert_eq!(value(&s, r#"tokend_refreshes_total{provider="p",outcome="reauth"}"#), 1.0);
+    assert_eq!(
+        value(
+            &s,
+            r#"tokend_refreshes_total{provider="p",outcome="reauth"}"#
+        ),
+        1.0
+    );
     assert_eq!(
         value(&s, r#"tokend_refresh_duration_seconds_count{provider="p"}"#),
         4.0
     );
     assert_eq!(value(&s, r#"tokend_credentials{state="active"}"#), 1.0);
-    assert_eq!(value(&s, r#"tokend_credentials{state="needs_reauth"}"#), 1.0);
+    assert_eq!(
+        value(&s, r#"tokend_credentials{state="needs_reauth"}"#),
+        1.0
+    );
     assert_eq!(value(&s, r#"tokend_credentials{state="paused"}"#), 0.0);
 
     // One series (the cap), the other counted as omitted; the aggregates
@@ -144,33 +160,71 @@ async fn a_scrape_counts_refreshes_states_expiry_and_routes() {
     let secs = s[series[0]];
     assert!((3000.0..=3600.0).contains(&secs), "{secs}");
     assert_eq!(value(&s, "tokend_token_expiry_omitted"), 1.0);
-    assert_eq!(value(&s, "tokend_token_expiry_distribution_seconds_count"), 2.0);
+    assert_eq!(
+        value(&s, "tokend_token_expiry_distribution_seconds_count"),
+        2.0
+    );
     assert!(value(&s, "tokend_token_expiry_min_seconds") <= secs);
 
     // Routes are templates, never the names in the path.
-    assert!(value(&s, r#"tokend_socket_requests_total{route="/v1/tokens/{name}",status="200"}"#) >= 1.0);
     assert!(
-        value(&s, r#"tokend_socket_requests_total{route="/v1/credentials/{name}/refresh",status="200"}"#)
-            >= 1.0
+        value(
+            &s,
+            r#"tokend_socket_requests_total{route="/v1/tokens/{name}",status="200"}"#
+        ) >= 1.0
     );
-    assert!(!page.body.contains("route=\"/v1/tokens/a\""), "{}", page.body);
+    assert!(
+        value(
+            &s,
+            r#"tokend_socket_requests_total{route="/v1/credentials/{name}/refresh",status="200"}"#
+        ) >= 1.0
+    );
+    assert!(
+        !page.body.contains("route=\"/v1/tokens/a\""),
+        "{}",
+        page.body
+    );
 
     assert!(value(&s, "tokend_commit_duration_seconds_count") >= 3.0);
     assert_eq!(
-        value(&s, &format!("tokend_build_info{{version=\"{}\"}}", env!("CARGO_PKG_VERSION"))),
+        value(
+            &s,
+            &format!(
+                "tokend_build_info{{version=\"{}\"}}",
+                env!("CARGO_PKG_VERSION")
+            )
+        ),
         1.0
     );
     assert!(value(&s, "process_start_time_seconds") > 1.0e9);
 
     // This scrape itself shows on the next one.
     let again = samples(&scrape(&daemon, None).await.body);
-    assert!(value(&again, r#"tokend_socket_requests_total{route="/metrics",status="200"}"#) >= 1.0);
+    assert!(
+        value(
+            &again,
+            r#"tokend_socket_requests_total{route="/metrics",status="200"}"#
+        ) >= 1.0
+    );
 
     // A scraper that asks for OpenMetrics gets it, ending in `# EOF`.
-    let open = scrape(&daemon, Some("application/openmetrics-text;version=1.0.0,text/plain;q=0.5")).await;
+    let open = scrape(
+        &daemon,
+        Some("application/openmetrics-text;version=1.0.0,text/plain;q=0.5"),
+    )
+    .await;
     assert_eq!(open.status, 200);
-    assert!(open.head.contains("content-type: application/openmetrics-text"), "{}", open.head);
-    assert!(open.body.contains("# TYPE tokend_refreshes counter\n"), "{}", open.body);
+    assert!(
+        open.head
+            .contains("content-type: application/openmetrics-text"),
+        "{}",
+        open.head
+    );
+    assert!(
+        open.body.contains("# TYPE tokend_refreshes counter\n"),
+        "{}",
+        open.body
+    );
     assert!(open.body.ends_with("# EOF\n"), "{}", open.body);
 
     let leaks = fake.find_leaks(&std::fs::read_to_string(&daemon.log).unwrap());
@@ -200,11 +254,17 @@ sys.stdout.buffer.write(out)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_administrators_may_scrape() {
     let fake = FakeProvider::start(FakeConfig::new(Flavor::Didit)).await;
-    let providers = format!("{}readers = [\"uid:{OTHER_UID}\"]\n", provider_toml("p", &fake));
+    let providers = format!(
+        "{}readers = [\"uid:{OTHER_UID}\"]\n",
+        provider_toml("p", &fake)
+    );
     let extra = format!("{FAST_DAEMON}socket_group = \"{SOCKET_GID}\"\n");
     let daemon = Daemon::start(&extra, &providers).await;
     daemon.open_to_other_users();
-    daemon.add("secret-name", "p", &fake.issue_refresh_token()).await.ok();
+    daemon
+        .add("secret-name", "p", &fake.issue_refresh_token())
+        .await
+        .ok();
 
     let out = setpriv(OTHER_UID, SOCKET_GID, &[])
         .args(["/usr/bin/python3", "-c", PY_GET])
@@ -213,7 +273,11 @@ async fn only_administrators_may_scrape() {
         .output()
         .await
         .expect("setpriv and python3 must be installed");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let page = parse(&out.stdout);
     assert_eq!(page.status, 403, "{}", page.body);
     assert!(!page.body.contains("secret-name"), "{}", page.body);
@@ -222,7 +286,11 @@ async fn only_administrators_may_scrape() {
 
     // The administrator's scrape does name it.
     let admin = scrape(&daemon, None).await;
-    assert!(admin.body.contains("credential=\"secret-name\""), "{}", admin.body);
+    assert!(
+        admin.body.contains("credential=\"secret-name\""),
+        "{}",
+        admin.body
+    );
     daemon.finish(&[&fake]).await;
 }
 
@@ -237,25 +305,51 @@ async fn the_loopback_listener_serves_metrics_without_credential_names() {
         .port();
     let extra = format!("{FAST_DAEMON}metrics_listen = \"127.0.0.1:{port}\"\n");
     let daemon = Daemon::start(&extra, &provider_toml("p", &fake)).await;
-    daemon.add("named-one", "p", &fake.issue_refresh_token()).await.ok();
+    daemon
+        .add("named-one", "p", &fake.issue_refresh_token())
+        .await
+        .ok();
 
     let get = "GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n";
-    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
     let page = exchange(tcp, get).await;
     assert_eq!(page.status, 200, "{}", page.body);
-    assert!(page.head.contains("content-type: text/plain; version=0.0.4"), "{}", page.head);
+    assert!(
+        page.head
+            .contains("content-type: text/plain; version=0.0.4"),
+        "{}",
+        page.head
+    );
     promtool_check(&page.body).await;
     let s = samples(&page.body);
-    assert_eq!(value(&s, r#"tokend_refreshes_total{provider="p",outcome="success"}"#), 1.0);
+    assert_eq!(
+        value(
+            &s,
+            r#"tokend_refreshes_total{provider="p",outcome="success"}"#
+        ),
+        1.0
+    );
     assert_eq!(value(&s, r#"tokend_credentials{state="active"}"#), 1.0);
     assert_eq!(value(&s, "tokend_token_expiry_omitted"), 1.0);
     assert!(!page.body.contains("named-one"), "{}", page.body);
 
     // Nothing but the metrics page is served there.
-    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-    let other = exchange(tcp, "GET /v1/tokens/named-one HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").await;
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let other = exchange(
+        tcp,
+        "GET /v1/tokens/named-one HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+    )
+    .await;
     assert_eq!(other.status, 404, "{}", other.body);
-    assert!(!other.body.contains("eyJ") && !other.body.contains("access_token"), "{}", other.body);
+    assert!(
+        !other.body.contains("eyJ") && !other.body.contains("access_token"),
+        "{}",
+        other.body
+    );
     daemon.finish(&[&fake]).await;
 }
 
@@ -270,7 +364,11 @@ async fn check_config_shows_the_metrics_settings_and_refuses_a_non_loopback_list
     .unwrap();
     let run = cli_at(dir.path(), &["check-config", file.to_str().unwrap()], None).await;
     assert_eq!(run.code, 0, "{run:?}");
-    assert!(run.stdout.contains("expiry series for up to 7 credential(s)"), "{run:?}");
+    assert!(
+        run.stdout
+            .contains("expiry series for up to 7 credential(s)"),
+        "{run:?}"
+    );
     assert!(run.stdout.contains("http://[::1]:9464/metrics"), "{run:?}");
 
     for (value, expected) in [
@@ -282,11 +380,18 @@ async fn check_config_shows_the_metrics_settings_and_refuses_a_non_loopback_list
         std::fs::write(&file, format!("[daemon]\nmetrics_listen = \"{value}\"\n")).unwrap();
         let run = cli_at(dir.path(), &["check-config", file.to_str().unwrap()], None).await;
         assert_eq!(run.code, 2, "{value}: {run:?}");
-        assert!(run.stderr.contains("tokend.toml:2: daemon.metrics_listen"), "{value}: {run:?}");
+        assert!(
+            run.stderr.contains("tokend.toml:2: daemon.metrics_listen"),
+            "{value}: {run:?}"
+        );
         assert!(run.stderr.contains(expected), "{value}: {run:?}");
     }
     std::fs::write(&file, "[daemon]\nmetrics_credential_limit = 10001\n").unwrap();
     let run = cli_at(dir.path(), &["check-config", file.to_str().unwrap()], None).await;
     assert_eq!(run.code, 2, "{run:?}");
-    assert!(run.stderr.contains("daemon.metrics_credential_limit: must be between 0 and 10000"), "{run:?}");
+    assert!(
+        run.stderr
+            .contains("daemon.metrics_credential_limit: must be between 0 and 10000"),
+        "{run:?}"
+    );
 }
