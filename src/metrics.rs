@@ -327,10 +327,15 @@ pub(crate) fn render(views: &[Arc<View>], limit: usize, now: i64, format: Format
             expiring.push((secs, &v.name));
         }
     }
-    expiring.sort_by(|a, b| a.0.total_cmp(&b.0).then_with(|| a.1.cmp(b.1)));
+    let order = |a: &(f64, &str), b: &(f64, &str)| a.0.total_cmp(&b.0).then_with(|| a.1.cmp(b.1));
+    let soonest = expiring.iter().map(|e| e.0).min_by(f64::total_cmp);
     let omitted = expiring.len().saturating_sub(limit);
-    let soonest = expiring.first().map(|e| e.0);
+    // The soonest `limit` without sorting all of a million credentials.
+    if omitted > 0 && limit > 0 {
+        expiring.select_nth_unstable_by(limit - 1, order);
+    }
     expiring.truncate(limit);
+    expiring.sort_unstable_by(order);
 
     let mut scrape = Registry::default();
     let by_state = Family::<[(&'static str, &'static str); 1], Gauge>::default();
@@ -462,6 +467,44 @@ mod tests {
         );
         assert!(page.ends_with("# EOF\n"), "{page}");
         assert_eq!(page.matches("# EOF").count(), 1, "{page}");
+    }
+
+    #[test]
+    fn only_the_soonest_expiring_credentials_get_a_series() {
+        let now = 1_000_000;
+        let views: Vec<Arc<View>> = [("e", 5), ("a", 1), ("d", 4), ("b", 2), ("c", 3)]
+            .into_iter()
+            .map(|(name, secs)| {
+                let mut cred = crate::credential::Credential::new(name, "p", None, now);
+                cred.expires_at = Some(now + secs * 1000);
+                Arc::new(View::of_alone(&cred))
+            })
+            .chain(std::iter::once(Arc::new(View::of_alone(
+                &crate::credential::Credential::new("no-token", "p", None, now),
+            ))))
+            .collect();
+        let page = render(&views, 2, now, Format::Text);
+        let series: Vec<&str> = page
+            .lines()
+            .filter(|l| l.starts_with("tokend_token_expiry_seconds{"))
+            .collect();
+        assert_eq!(
+            series,
+            [
+                "tokend_token_expiry_seconds{credential=\"a\"} 1.0",
+                "tokend_token_expiry_seconds{credential=\"b\"} 2.0"
+            ],
+            "{page}"
+        );
+        assert!(page.contains("\ntokend_token_expiry_omitted 3\n"), "{page}");
+        assert!(page.contains("\ntokend_token_expiry_min_seconds 1.0\n"), "{page}");
+        assert!(page.contains("\ntokend_token_expiry_distribution_seconds_count 5\n"), "{page}");
+        assert!(page.contains("\ntokend_credentials{state=\"active\"} 6\n"), "{page}");
+        assert!(!page.contains("# EOF"), "{page}");
+
+        let none = render(&views, 0, now, Format::Text);
+        assert!(!none.contains("tokend_token_expiry_seconds{"), "{none}");
+        assert!(none.contains("\ntokend_token_expiry_omitted 5\n"), "{none}");
     }
 
     #[test]
