@@ -338,7 +338,9 @@ async fn reload(
                 tracing::warn!("socket and database paths change only on restart");
             }
             if config.daemon.metrics_listen != running.daemon.metrics_listen {
-                tracing::warn!("the metrics listener (daemon.metrics_listen) changes only on restart");
+                tracing::warn!(
+                    "the metrics listener (daemon.metrics_listen) changes only on restart"
+                );
             }
             if config.daemon.encryption_key != running.daemon.encryption_key {
                 tracing::warn!(

@@ -105,6 +105,9 @@ impl EncodeLabelValue for RefreshResult {
     }
 }
 
+// The encoder writes label values as they are: every one here comes from a
+// restricted alphabet (provider and credential names, route templates,
+// fixed words, the crate version), so none needs escaping.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RefreshLabels {
     provider: String,
@@ -497,9 +500,18 @@ mod tests {
             "{page}"
         );
         assert!(page.contains("\ntokend_token_expiry_omitted 3\n"), "{page}");
-        assert!(page.contains("\ntokend_token_expiry_min_seconds 1.0\n"), "{page}");
-        assert!(page.contains("\ntokend_token_expiry_distribution_seconds_count 5\n"), "{page}");
-        assert!(page.contains("\ntokend_credentials{state=\"active\"} 6\n"), "{page}");
+        assert!(
+            page.contains("\ntokend_token_expiry_min_seconds 1.0\n"),
+            "{page}"
+        );
+        assert!(
+            page.contains("\ntokend_token_expiry_distribution_seconds_count 5\n"),
+            "{page}"
+        );
+        assert!(
+            page.contains("\ntokend_credentials{state=\"active\"} 6\n"),
+            "{page}"
+        );
         assert!(!page.contains("# EOF"), "{page}");
 
         let none = render(&views, 0, now, Format::Text);
