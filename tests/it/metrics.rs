@@ -80,6 +80,42 @@ async fn promtool_check(page: &str) {
     );
 }
 
+/// Parses an OpenMetrics page with the Prometheus project's Python parser
+/// (strict: it refuses a page without `# EOF`, a counter sample without
+/// `_total`, a bad value) and returns its samples as `type name{k="v",...}
+/// value` lines, labels sorted.
+const PY_OPENMETRICS: &str = r#"
+import sys
+from prometheus_client.openmetrics.parser import text_string_to_metric_families
+for f in text_string_to_metric_families(sys.stdin.read()):
+    for s in f.samples:
+        labels = ",".join('%s="%s"' % kv for kv in sorted(s.labels.items()))
+        print("%s %s{%s} %r" % (f.type, s.name, labels, float(s.value)))
+"#;
+
+async fn openmetrics_samples(page: &str) -> Vec<String> {
+    let mut child = tokio::process::Command::new("/usr/bin/python3")
+        .args(["-c", PY_OPENMETRICS])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python3 must be installed");
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(page.as_bytes()).await.unwrap();
+    drop(stdin);
+    let out = child.wait_with_output().await.unwrap();
+    assert!(
+        out.status.success(),
+        "the OpenMetrics parser (Debian package python3-prometheus-client) rejected the page: {}\n{page}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
 /// Every sample of a text page: `name{labels}` (labels as written) to value.
 fn samples(page: &str) -> HashMap<String, f64> {
     page.lines()
@@ -226,6 +262,25 @@ async fn a_scrape_counts_refreshes_states_expiry_and_routes() {
         open.body
     );
     assert!(open.body.ends_with("# EOF\n"), "{}", open.body);
+    let parsed = openmetrics_samples(&open.body).await;
+    for expected in [
+        r#"counter tokend_refreshes_total{outcome="success",provider="p"} 3.0"#,
+        r#"counter tokend_refreshes_total{outcome="reauth",provider="p"} 1.0"#,
+        r#"gauge tokend_credentials{state="needs_reauth"} 1.0"#,
+        r#"histogram tokend_refresh_duration_seconds_count{provider="p"} 4.0"#,
+        r#"gauge tokend_token_expiry_omitted{} 1.0"#,
+    ] {
+        assert!(
+            parsed.iter().any(|l| l == expected),
+            "no {expected} in {parsed:#?}"
+        );
+    }
+    assert!(
+        parsed
+            .iter()
+            .any(|l| l.starts_with("info tokend_build_info{version=")),
+        "{parsed:#?}"
+    );
 
     let leaks = fake.find_leaks(&std::fs::read_to_string(&daemon.log).unwrap());
     assert!(leaks.is_empty(), "secrets in the log: {leaks:?}");
