@@ -2,8 +2,10 @@
 //! for a Prometheus that cannot reach the Unix socket. Anyone on the machine
 //! can connect to a loopback port, so it serves only `GET /metrics` and
 //! leaves out the series that name credentials; configuration accepts
-//! nothing but loopback addresses. Connections are capped, and a request
-//! head must arrive within the API's own timeout.
+//! nothing but loopback addresses. A request must name a loopback host, so
+//! a web page in a local browser cannot read it through DNS rebinding.
+//! Connections are capped, and a request head must arrive within the API's
+//! own timeout.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -97,6 +99,13 @@ async fn page(
     axum::extract::State(h): axum::extract::State<RefresherHandle>,
     headers: HeaderMap,
 ) -> Response {
+    if !loopback_host(&headers) {
+        return (
+            StatusCode::FORBIDDEN,
+            "the Host header must name a loopback address or localhost\n",
+        )
+            .into_response();
+    }
     let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
     let format = Format::negotiate(accept);
     (
@@ -104,4 +113,47 @@ async fn page(
         h.metrics(format, Audience::AnyLocalUser),
     )
         .into_response()
+}
+
+/// The request's `Host` names this machine's loopback (or is absent, as in
+/// HTTP/1.0): a browser sends the name of the site it was pointed at.
+fn loopback_host(headers: &HeaderMap) -> bool {
+    let Some(host) = headers.get(header::HOST) else {
+        return true;
+    };
+    let Ok(host) = host.to_str() else {
+        return false;
+    };
+    let name = match host.strip_prefix('[') {
+        Some(rest) => rest.split_once(']').map_or("", |(ip, _)| ip),
+        None => host.split(':').next().unwrap_or(""),
+    };
+    name.eq_ignore_ascii_case("localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn host(value: &str) -> bool {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::HOST, value.parse().unwrap());
+        loopback_host(&headers)
+    }
+
+    #[test]
+    fn only_loopback_hosts_are_served() {
+        assert!(host("127.0.0.1:9464"));
+        assert!(host("[::1]:9464"));
+        assert!(host("localhost:9464"));
+        assert!(host("LOCALHOST"));
+        assert!(!host("evil.example:9464"));
+        assert!(!host("127.0.0.1.evil.example"));
+        assert!(!host("[::1"));
+        assert!(!host("192.0.2.1:9464"));
+        assert!(loopback_host(&HeaderMap::new()));
+    }
 }

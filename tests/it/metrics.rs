@@ -390,6 +390,18 @@ async fn the_loopback_listener_serves_metrics_without_credential_names() {
     assert_eq!(value(&s, "tokend_token_expiry_omitted"), 1.0);
     assert!(!page.body.contains("named-one"), "{}", page.body);
 
+    // A page in a browser, its name rebound to 127.0.0.1, is refused.
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let rebound = exchange(
+        tcp,
+        "GET /metrics HTTP/1.1\r\nHost: evil.example:9464\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(rebound.status, 403, "{}", rebound.body);
+    assert!(!rebound.body.contains("tokend_"), "{}", rebound.body);
+
     // Nothing but the metrics page is served there.
     let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
