@@ -16,7 +16,8 @@ use std::sync::{Arc, LazyLock, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use prometheus_client::encoding::{
-    text, DescriptorEncoder, EncodeLabelSet, EncodeLabelValue, EncodeMetric, LabelValueEncoder,
+    prometheus_text, text, DescriptorEncoder, EncodeLabelSet, EncodeLabelValue, EncodeMetric,
+    LabelValueEncoder,
 };
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
@@ -49,7 +50,7 @@ impl Format {
     pub(crate) fn content_type(self) -> &'static str {
         match self {
             Format::OpenMetrics => "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            Format::Text => "text/plain; version=0.0.4; charset=utf-8",
+            Format::Text => prometheus_text::CONTENT_TYPE,
         }
     }
 }
@@ -105,9 +106,6 @@ impl EncodeLabelValue for RefreshResult {
     }
 }
 
-// The encoder writes label values as they are: every one here comes from a
-// restricted alphabet (provider and credential names, route templates,
-// fixed words, the crate version), so none needs escaping.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RefreshLabels {
     provider: String,
@@ -376,47 +374,13 @@ pub(crate) fn render(views: &[Arc<View>], limit: usize, now: i64, format: Format
 
     let mut out = String::new();
     // Writing to a String cannot fail.
-    let _ = text::encode_registry(&mut out, &METRICS.registry)
-        .and_then(|()| text::encode_registry(&mut out, &scrape))
-        .and_then(|()| text::encode_eof(&mut out));
-    match format {
-        Format::OpenMetrics => out,
-        Format::Text => classic_text(&out),
-    }
-}
-
-/// The classic text format (version 0.0.4) of an OpenMetrics page from the
-/// encoder. They differ only in the metadata: a counter's HELP and TYPE name
-/// its `_total` series, an info family is a gauge of its `_info` series, and
-/// there are no UNIT or EOF lines. Samples are the same.
-fn classic_text(open_metrics: &str) -> String {
-    let mut out = String::with_capacity(open_metrics.len());
-    let mut help: Option<(&str, &str)> = None;
-    for line in open_metrics.lines() {
-        if let Some(rest) = line.strip_prefix("# HELP ") {
-            help = rest.split_once(' ').or(Some((rest, "")));
-            continue;
-        }
-        if let Some(rest) = line.strip_prefix("# TYPE ") {
-            let (name, kind) = rest.split_once(' ').unwrap_or((rest, "untyped"));
-            let (name, kind) = match kind {
-                "counter" => (format!("{name}_total"), "counter"),
-                "info" => (format!("{name}_info"), "gauge"),
-                "histogram" | "gauge" => (name.to_string(), kind),
-                _ => (name.to_string(), "untyped"),
-            };
-            if let Some((_, text)) = help.take() {
-                let _ = writeln!(out, "# HELP {name} {text}");
-            }
-            let _ = writeln!(out, "# TYPE {name} {kind}");
-            continue;
-        }
-        if line.starts_with("# UNIT ") || line == "# EOF" {
-            continue;
-        }
-        out.push_str(line);
-        out.push('\n');
-    }
+    let _ = match format {
+        Format::OpenMetrics => text::encode_registry(&mut out, &METRICS.registry)
+            .and_then(|()| text::encode_registry(&mut out, &scrape))
+            .and_then(|()| text::encode_eof(&mut out)),
+        Format::Text => prometheus_text::encode(&mut out, &METRICS.registry)
+            .and_then(|()| prometheus_text::encode(&mut out, &scrape)),
+    };
     out
 }
 
@@ -517,19 +481,5 @@ mod tests {
         let none = render(&views, 0, now, Format::Text);
         assert!(!none.contains("tokend_token_expiry_seconds{"), "{none}");
         assert!(none.contains("\ntokend_token_expiry_omitted 5\n"), "{none}");
-    }
-
-    #[test]
-    fn the_classic_format_names_counter_and_info_series_in_their_metadata() {
-        let page = "# HELP a_b Things.\n# TYPE a_b counter\na_b_total 1\n\
-                    # HELP v The version.\n# TYPE v info\nv_info{version=\"1\"} 1\n\
-                    # HELP d_seconds D.\n# TYPE d_seconds histogram\n# UNIT d_seconds seconds\n\
-                    d_seconds_sum 0.0\n# EOF\n";
-        assert_eq!(
-            classic_text(page),
-            "# HELP a_b_total Things.\n# TYPE a_b_total counter\na_b_total 1\n\
-             # HELP v_info The version.\n# TYPE v_info gauge\nv_info{version=\"1\"} 1\n\
-             # HELP d_seconds D.\n# TYPE d_seconds histogram\nd_seconds_sum 0.0\n"
-        );
     }
 }
