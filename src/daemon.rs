@@ -181,6 +181,19 @@ pub(crate) async fn run(opts: DaemonOptions) -> anyhow::Result<()> {
         start_store(&config, &database, cancel.clone()).await?;
     release_freed_memory();
     let (listener, socket_file, socket) = listen(&opts, &config).await?;
+    if let Some(addr) = config.daemon.metrics_listen {
+        let tcp = server::metrics_listener::bind(addr)
+            .await
+            .with_context(|| {
+                format!("cannot listen for metrics on {addr} (daemon.metrics_listen)")
+            })?;
+        tokio::spawn(server::metrics_listener::serve(
+            tcp,
+            handle.clone(),
+            cancel.clone(),
+        ));
+        tracing::info!(tokend_metrics_listen = %addr, "serving metrics on loopback TCP");
+    }
     tokio::spawn(Arc::clone(&discovery).run(handle.clone(), cancel.clone()));
     let running = Running {
         refresher: tokio::spawn(refresher.run()),
@@ -323,6 +336,11 @@ async fn reload(
                 || config.daemon.database != running.daemon.database
             {
                 tracing::warn!("socket and database paths change only on restart");
+            }
+            if config.daemon.metrics_listen != running.daemon.metrics_listen {
+                tracing::warn!(
+                    "the metrics listener (daemon.metrics_listen) changes only on restart"
+                );
             }
             if config.daemon.encryption_key != running.daemon.encryption_key {
                 tracing::warn!(

@@ -14,6 +14,7 @@ pub(crate) mod discovery;
 pub mod events;
 pub(crate) mod fsguard;
 pub(crate) mod logging;
+pub(crate) mod metrics;
 pub(crate) mod paths;
 pub mod provider;
 pub(crate) mod refresh;

@@ -421,6 +421,13 @@ pub(super) fn check_config(file: Option<PathBuf>) -> anyhow::Result<ExitCode> {
                 if names.is_empty() { "" } else { ": " },
                 names.join(", ")
             )?;
+            outln!(
+                "  metrics: GET /metrics on the socket (administrators), expiry series for up to {} credential(s)",
+                cfg.daemon.metrics_credential_limit
+            )?;
+            if let Some(addr) = cfg.daemon.metrics_listen {
+                outln!("  metrics: also on http://{addr}/metrics for any local user, without credential names")?;
+            }
             for (name, provider) in &cfg.providers {
                 outln!("  provider {name}: {}", provider.endpoint.describe_auth())?;
                 if let Some(line) = login_line(provider) {

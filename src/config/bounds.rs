@@ -9,6 +9,9 @@ use std::time::Duration;
 const DAY: u64 = 86_400;
 /// Both `max_concurrent_refreshes`.
 pub(super) const CONCURRENCY: RangeInclusive<usize> = 1..=4096;
+/// Credentials with an expiry series of their own on the metrics page: 0
+/// leaves only the aggregates; the top keeps one scrape a bounded size.
+pub(super) const METRICS_CREDENTIAL_LIMIT: RangeInclusive<usize> = 0..=10_000;
 /// Both `max_response_bytes`.
 pub(super) const RESPONSE_BYTES: RangeInclusive<usize> = 1024..=64 << 20;
 /// `min_refresh_interval`.

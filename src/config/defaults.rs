@@ -17,6 +17,8 @@ pub(crate) fn timing() -> RefreshTiming {
 
 /// `[daemon] max_concurrent_refreshes`.
 pub(crate) const MAX_CONCURRENT_REFRESHES: usize = 16;
+/// Credentials with an expiry series of their own on the metrics page.
+pub(crate) const METRICS_CREDENTIAL_LIMIT: usize = 100;
 /// `[daemon] retry_initial`.
 pub(crate) const RETRY_INITIAL: Duration = Duration::from_secs(1);
 /// `[daemon] retry_max`.

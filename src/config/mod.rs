@@ -113,6 +113,10 @@ pub(crate) struct DaemonConfig {
     pub(crate) socket_gid: Option<u32>,
     /// Where the database encryption key is, if configured.
     pub(crate) encryption_key: Option<PathBuf>,
+    /// Most credentials with an expiry series of their own on `/metrics`.
+    pub(crate) metrics_credential_limit: usize,
+    /// The loopback address of the optional metrics listener.
+    pub(crate) metrics_listen: Option<std::net::SocketAddr>,
 }
 
 /// One provider: its token endpoint and how tokend treats its credentials.

@@ -44,6 +44,8 @@ pub(super) struct RawDaemon {
     pub(super) max_response_bytes: Option<usize>,
     pub(super) admin_group: Option<String>,
     pub(super) socket_group: Option<String>,
+    pub(super) metrics_credential_limit: Option<usize>,
+    pub(super) metrics_listen: Option<String>,
     pub(super) encryption_key_file: Option<PathBuf>,
     pub(super) encryption_key_credential: Option<String>,
 }

@@ -188,8 +188,45 @@ fn validate_daemon(
             defaults::READ_TIMEOUT,
             bounds::READ_TIMEOUT,
         ),
+        metrics_credential_limit: c.count(
+            &s,
+            "metrics_credential_limit",
+            raw.metrics_credential_limit,
+            defaults::METRICS_CREDENTIAL_LIMIT,
+            bounds::METRICS_CREDENTIAL_LIMIT,
+        ),
+        metrics_listen: metrics_listen(c, &s, raw.metrics_listen.as_deref()),
     };
     (daemon, provider_defaults(c, &s, &raw))
+}
+
+/// `metrics_listen`: a loopback address and port only, since the listener
+/// has no way to tell who connects.
+fn metrics_listen(
+    c: &mut Collector<'_>,
+    s: &Scope,
+    raw: Option<&str>,
+) -> Option<std::net::SocketAddr> {
+    let raw = raw?;
+    match raw.parse::<std::net::SocketAddr>() {
+        Ok(addr) if addr.ip().is_loopback() => Some(addr),
+        Ok(_) => {
+            c.problem(
+                s,
+                "metrics_listen",
+                format!("`{raw}` is not a loopback address: use 127.0.0.1:PORT or [::1]:PORT (the listener cannot tell who connects; scrape the socket from elsewhere)"),
+            );
+            None
+        }
+        Err(_) => {
+            c.problem(
+                s,
+                "metrics_listen",
+                format!("`{raw}` is not an address and port such as 127.0.0.1:9464 or [::1]:9464"),
+            );
+            None
+        }
+    }
 }
 
 /// `refresh_remaining`, `refresh_jitter`, `min_refresh_interval` and

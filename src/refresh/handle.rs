@@ -4,7 +4,7 @@
 //! `oneshot` reply.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -54,6 +54,8 @@ pub(crate) struct LiveSettings {
     providers: RwLock<BTreeMap<String, Arc<ProviderConfig>>>,
     /// The git hosts mapped to credentials, for `tokend git-credential`.
     git_hosts: RwLock<GitHosts>,
+    /// `daemon.metrics_credential_limit`.
+    metrics_credential_limit: AtomicUsize,
 }
 
 impl LiveSettings {
@@ -64,6 +66,7 @@ impl LiveSettings {
             read_timeout_ms: AtomicU64::new(read_timeout_ms(config)),
             providers: RwLock::new(config.providers.clone()),
             git_hosts: RwLock::new(config.git_hosts.clone()),
+            metrics_credential_limit: AtomicUsize::new(config.daemon.metrics_credential_limit),
         }
     }
 
@@ -80,6 +83,8 @@ impl LiveSettings {
         if let Ok(mut git_hosts) = self.git_hosts.write() {
             *git_hosts = config.git_hosts.clone();
         }
+        self.metrics_credential_limit
+            .store(config.daemon.metrics_credential_limit, Ordering::Relaxed);
     }
 }
 
@@ -168,6 +173,28 @@ impl RefresherHandle {
             .map(|v| Arc::clone(v.value()))
             .collect();
         summary(views.iter().map(|v| &**v), now_ms())
+    }
+
+    /// The metrics page, with the credentials' families computed from
+    /// every published view now.
+    pub(crate) fn metrics(
+        &self,
+        format: crate::metrics::Format,
+        audience: crate::metrics::Audience,
+    ) -> String {
+        let views: Vec<Arc<View>> = self
+            .published
+            .iter()
+            .map(|v| Arc::clone(v.value()))
+            .collect();
+        let limit = match audience {
+            crate::metrics::Audience::Administrators => self
+                .settings
+                .metrics_credential_limit
+                .load(Ordering::Relaxed),
+            crate::metrics::Audience::AnyLocalUser => 0,
+        };
+        crate::metrics::render(&views, limit, now_ms(), format)
     }
 
     /// Number of credentials.

@@ -10,6 +10,7 @@
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
+use std::time::Instant;
 
 use futures::FutureExt as _;
 
@@ -17,6 +18,7 @@ use crate::config::ProviderConfig;
 use crate::credential::{Credential, CredentialGrant, GrantKind, State};
 use crate::event;
 use crate::events::Kind;
+use crate::metrics;
 use crate::provider::{DpopKey, Failure, FailureKind, ProviderClient, TokenGrant};
 use crate::store::{GroupCommit, Store};
 use crate::token::{expires_at_ms, now_ms};
@@ -193,20 +195,27 @@ impl Job {
     ) -> Outcome {
         let grant = match request_grant(&cred) {
             Ok(grant) => grant,
-            Err(f) => return self.fail(cred, f, base).await,
+            Err(f) => {
+                metrics::refresh_done(&provider.name, f.kind.into());
+                return self.fail(cred, f, base).await;
+            }
         };
         // `begin` keeps the mark of an earlier attempt whose outcome is
         // unknown; so does this copy, which the failure path saves.
         cred.refresh_started_at = Some(cred.refresh_started_at.unwrap_or(sent_at));
         if let Err(f) = ensure_dpop_key(provider, &mut cred) {
+            metrics::refresh_done(&provider.name, f.kind.into());
             return self.fail(cred, f, base).await;
         }
+        let asked = Instant::now();
         let result = self
             .client
             .request_bound(&provider.endpoint, &grant, cred.dpop_key.as_ref())
             .await;
+        metrics::refresh_request_took(&provider.name, asked.elapsed());
         match result {
             Ok(set) => {
+                metrics::refresh_done(&provider.name, metrics::RefreshResult::Success);
                 let (expires_at, source) = expires_at_ms(&set, sent_at, provider.default_lifetime);
                 cred.apply(set, sent_at, expires_at, source);
                 let durability = match self.commits.save(cred.clone()).await {
@@ -237,6 +246,7 @@ impl Job {
                 if !f.outcome_unknown {
                     cred.refresh_started_at = None;
                 }
+                metrics::refresh_done(&provider.name, f.kind.into());
                 self.fail(cred, f, base).await
             }
         }

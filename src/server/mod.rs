@@ -10,6 +10,8 @@
 //!   `{"error": kind, "message": ...}`.
 //! - `convert`: the refresher's views to the wire types of `api`.
 //! - `watch`: a credential's tokens as server-sent events.
+//! - `metrics_listener`: the optional loopback TCP listener that serves
+//!   only the metrics page, without the series that name credentials.
 //!
 //! Bodies are capped at [`MAX_BODY_BYTES`], and a request is answered (or
 //! cut with 408) within [`REQUEST_TIMEOUT`].
@@ -19,6 +21,7 @@ use std::time::Duration;
 mod accept;
 mod convert;
 mod error;
+pub(crate) mod metrics_listener;
 mod routes;
 mod socket;
 mod watch;

@@ -11,7 +11,7 @@ use std::time::Duration;
 use axum::body::Bytes;
 use axum::extract::rejection::RawPathParamsRejection;
 use axum::extract::{
-    DefaultBodyLimit, Extension, Path as UrlPath, Query, RawPathParams, Request, State,
+    DefaultBodyLimit, Extension, MatchedPath, Path as UrlPath, Query, RawPathParams, Request, State,
 };
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
@@ -90,6 +90,7 @@ pub(crate) fn router(handle: RefresherHandle) -> Router {
             admin("add credentials", post(start_device_login)),
         )
         .route("/v1/logins", get(list_logins))
+        .route("/metrics", admin("read metrics", get(metrics)))
         .route(
             "/v1/logins/{name}",
             admin("see device logins", get(get_login))
@@ -109,8 +110,32 @@ pub(crate) fn router(handle: RefresherHandle) -> Router {
             StatusCode::REQUEST_TIMEOUT,
             REQUEST_TIMEOUT,
         ))
-        .layer(middleware::map_response(json_errors))
+        .layer(middleware::map_response(respond))
         .with_state(handle)
+}
+
+/// Every response on its way out: errors as JSON, then counted by route
+/// template (never the raw path, which holds names) and status. One layer
+/// for both, so a token read pays for one boxed future, not two.
+async fn respond(matched: Option<MatchedPath>, resp: Response) -> Response {
+    let resp = json_errors(resp).await;
+    crate::metrics::socket_request(
+        matched.as_ref().map(MatchedPath::as_str),
+        resp.status().as_u16(),
+    );
+    resp
+}
+
+/// `GET /metrics`: the Prometheus page. Administrators only: it names every
+/// credential and its state.
+async fn metrics(State(h): State<RefresherHandle>, headers: HeaderMap) -> Response {
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
+    let format = crate::metrics::Format::negotiate(accept);
+    (
+        [(header::CONTENT_TYPE, format.content_type())],
+        h.metrics(format, crate::metrics::Audience::Administrators),
+    )
+        .into_response()
 }
 
 /// What an admin-only route does, for [`require_admin`]'s refusal.

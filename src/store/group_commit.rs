@@ -215,7 +215,9 @@ async fn run(
 /// request in it. Returns whether the transaction committed.
 async fn commit(store: &Store, batch: &mut Vec<Request>) -> bool {
     let writes: Vec<RowWrite<'_>> = batch.iter().map(Request::write).collect();
+    let started = std::time::Instant::now();
     let result = store.apply_committed(&writes).await;
+    crate::metrics::commit_took(started.elapsed(), writes.len());
     drop(writes);
     match result {
         Ok(written) => {

@@ -27,6 +27,7 @@ mod journal;
 mod lifecycle;
 mod limits;
 mod login;
+mod metrics;
 mod notify;
 mod oidc_device;
 mod oidc_discovery;
