@@ -168,8 +168,9 @@ pub(crate) struct Refresher {
 }
 
 impl Refresher {
-    /// Builds the owner from the stored credentials (streamed from `store`)
-    /// and returns it with its handle. Call [`Refresher::run`] on a task of
+    /// Builds the owner from the stored credentials (streamed from `store`),
+    /// stores the declared ones the database lacks, and returns it with its
+    /// handle. Call [`Refresher::run`] on a task of
     /// its own.
     pub(crate) async fn load(
         config: Arc<Config>,
@@ -220,6 +221,9 @@ impl Refresher {
             .await?;
         r.slots.shrink_to_fit();
         r.schedule.shrink_to_fit();
+        // Before the socket serves, so a declared credential is never
+        // answered as missing just after a start.
+        r.create_declared().await;
         let handle = RefresherHandle {
             updates: r.slots.updates().downgrade(),
             cancel: r.cancel.clone(),
@@ -284,7 +288,6 @@ impl Refresher {
     /// for the next refresh, the watchdog, or the 60 s clock check.
     pub(crate) async fn run(mut self) {
         let mut watchdog = crate::systemd::watchdog_interval().map(tokio::time::interval);
-        self.create_declared().await;
         let mut status = tokio::time::interval(Duration::from_secs(1));
         status.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
