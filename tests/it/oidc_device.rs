@@ -108,7 +108,7 @@ async fn a_device_login_approved_in_the_browser_is_stored_and_refreshed() {
             .to_string();
         assert_eq!(server.userinfo(&token).await.0, 200);
         daemon.cli(&["refresh", "tv"]).await.ok();
-        assert_eq!(server.grants(&client, "refresh_token"), 1);
+        assert_eq!(server.wait_grants(&client, "refresh_token", 1).await, 1);
         let mut daemon = daemon;
         daemon.stop().await;
         let logs = daemon.logs();

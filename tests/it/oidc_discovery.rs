@@ -95,7 +95,7 @@ async fn an_issuer_alone_then_remove_revoke_ends_the_grant() {
             .await
             .ok();
         daemon.cli(&["refresh", "me"]).await.ok();
-        assert_eq!(server.grants(&client, "refresh_token"), 1);
+        assert_eq!(server.wait_grants(&client, "refresh_token", 1).await, 1);
         let rt = stored_refresh_token(&daemon.database, "me").await;
         let access = daemon
             .cli(&["get", "me"])

@@ -152,7 +152,10 @@ async fn a_public_clients_login_stays_bound_to_its_key_across_restarts() {
     daemon.stop().await;
     daemon.spawn().await;
     daemon.cli(&["refresh", "me"]).await.ok();
-    assert_eq!(server.grants(&DPOP_PUBLIC, "refresh_token"), 1);
+    assert_eq!(
+        server.wait_grants(&DPOP_PUBLIC, "refresh_token", 1).await,
+        1
+    );
     let (second, proof2) = dpop_get(&daemon, "me", "GET", &me).await;
     assert_ne!(second, first);
     assert_eq!(proof_jkt(&proof2), jkt);

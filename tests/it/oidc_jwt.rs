@@ -115,8 +115,8 @@ async fn a_browser_login_is_exchanged_and_refreshed_with_private_key_jwt() {
         .ok();
     daemon.cli(&["refresh", "me"]).await.ok();
     daemon.cli(&["refresh", "me"]).await.ok();
-    assert_eq!(server.grants(&JWT, "authorization_code"), 1);
-    assert_eq!(server.grants(&JWT, "refresh_token"), 2);
+    assert_eq!(server.wait_grants(&JWT, "authorization_code", 1).await, 1);
+    assert_eq!(server.wait_grants(&JWT, "refresh_token", 2).await, 2);
     assert!(server.errors_of(&JWT).is_empty(), "{:?}", server.errors());
     let token = daemon
         .cli(&["get", "me"])
@@ -146,7 +146,7 @@ async fn the_current_client_secret_is_found_among_several() {
     })
     .await;
     daemon.cli(&["refresh", "svc"]).await.ok();
-    assert_eq!(server.grants(&BASIC, "client_credentials"), 2);
+    assert_eq!(server.wait_grants(&BASIC, "client_credentials", 2).await, 2);
     // One refusal of the retired secret, then the current one for good.
     let errors = server.errors();
     assert_eq!(errors.len(), 1, "{errors:?}");

@@ -37,7 +37,10 @@ async fn login_with_a_confidential_and_a_public_client() {
         assert!(page.body.contains("Logged in"), "{}", page.body);
         let run = login.finish().await;
         assert_eq!(run.code, 0, "{}: {run:?}\n{}", client.id, server.logs());
-        assert_eq!(server.grants(&client, "authorization_code"), 1);
+        assert_eq!(
+            server.wait_grants(&client, "authorization_code", 1).await,
+            1
+        );
 
         let token = daemon
             .cli(&["get", "c"])
@@ -49,7 +52,7 @@ async fn login_with_a_confidential_and_a_public_client() {
         let (status, info) = server.userinfo(&token).await;
         assert_eq!(status, 200, "{info}");
         daemon.cli(&["refresh", "c"]).await.ok();
-        assert_eq!(server.grants(&client, "refresh_token"), 1);
+        assert_eq!(server.wait_grants(&client, "refresh_token", 1).await, 1);
         assert!(
             server.errors_of(&client).is_empty(),
             "{:?}",
