@@ -195,6 +195,7 @@ pub(crate) async fn run(opts: DaemonOptions) -> anyhow::Result<()> {
         tracing::info!(tokend_metrics_listen = %addr, "serving metrics on loopback TCP");
     }
     tokio::spawn(Arc::clone(&discovery).run(handle.clone(), cancel.clone()));
+    crate::hooks::start(&handle, Arc::clone(&config.hooks), cancel.clone());
     let running = Running {
         refresher: tokio::spawn(refresher.run()),
         server: tokio::spawn(server::serve(
