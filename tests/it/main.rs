@@ -22,6 +22,7 @@ mod exec;
 mod fake_selftest;
 mod faults;
 mod git_credential;
+mod hooks;
 mod hardening;
 mod journal;
 mod lifecycle;
