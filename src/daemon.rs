@@ -343,6 +343,9 @@ async fn reload(
                     "the metrics listener (daemon.metrics_listen) changes only on restart"
                 );
             }
+            if config.hooks != running.hooks {
+                tracing::warn!("hooks ([[hooks]]) change only on restart");
+            }
             if config.daemon.encryption_key != running.daemon.encryption_key {
                 tracing::warn!(
                     "the database encryption key changes only with `tokend rekey` and a restart"
