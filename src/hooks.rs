@@ -129,7 +129,12 @@ async fn run(mut rx: broadcast::Receiver<Update>, hooks: Arc<[Hook]>, cancel: Ca
         let update = match update {
             Ok(u) => u,
             Err(broadcast::error::RecvError::Lagged(n)) => {
-                event!(warn, Kind::HookDropped, tokend_dropped = n, "hooks fell behind; events were missed");
+                event!(
+                    warn,
+                    Kind::HookDropped,
+                    tokend_dropped = n,
+                    "hooks fell behind; events were missed"
+                );
                 continue;
             }
             Err(broadcast::error::RecvError::Closed) => return,

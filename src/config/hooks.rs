@@ -101,7 +101,11 @@ fn one(c: &mut Collector<'_>, s: &Scope, raw: RawHook) -> Option<Hook> {
     let before = c.problems.len();
     let mut on = Vec::new();
     match raw.on {
-        None => c.problem(s, "on", "missing; list the events, e.g. on = [\"needs_reauth\"]"),
+        None => c.problem(
+            s,
+            "on",
+            "missing; list the events, e.g. on = [\"needs_reauth\"]",
+        ),
         Some(v) if v.is_empty() => c.problem(s, "on", "lists no event"),
         Some(v) => {
             for name in v {
@@ -139,7 +143,11 @@ fn one(c: &mut Collector<'_>, s: &Scope, raw: RawHook) -> Option<Hook> {
     }
     if let Some(names) = &raw.credentials {
         if names.is_empty() {
-            c.problem(s, "credentials", "lists no credential; leave it out for every credential");
+            c.problem(
+                s,
+                "credentials",
+                "lists no credential; leave it out for every credential",
+            );
         }
     }
     let timeout = c.duration(

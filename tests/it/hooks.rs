@@ -93,7 +93,10 @@ async fn hooks_get_the_event_in_a_clean_environment_and_the_token_only_on_stdin_
     .await;
     let mut envs = files(&plain, "refreshed");
     let env = parse_env(&envs.remove(0));
-    assert_eq!(env.get("TOKEND_EVENT").map(String::as_str), Some("refreshed"));
+    assert_eq!(
+        env.get("TOKEND_EVENT").map(String::as_str),
+        Some("refreshed")
+    );
     assert_eq!(env.get("TOKEND_CREDENTIAL").map(String::as_str), Some("c"));
     assert_eq!(env.get("TOKEND_PROVIDER").map(String::as_str), Some("p"));
     assert_eq!(env.get("TOKEND_STATE").map(String::as_str), Some("active"));
@@ -104,7 +107,8 @@ async fn hooks_get_the_event_in_a_clean_environment_and_the_token_only_on_stdin_
     // itself sets besides ours.
     for key in env.keys() {
         assert!(
-            key.starts_with("TOKEND_") || ["PATH", "PWD", "OLDPWD", "SHLVL", "_"].contains(&key.as_str()),
+            key.starts_with("TOKEND_")
+                || ["PATH", "PWD", "OLDPWD", "SHLVL", "_"].contains(&key.as_str()),
             "unexpected variable {key} in {env:?}"
         );
     }
@@ -138,7 +142,9 @@ async fn hooks_get_the_event_in_a_clean_environment_and_the_token_only_on_stdin_
     fake.revoke_all();
     assert_eq!(daemon.cli(&["refresh", "c"]).await.code, 1);
     wait_until(Duration::from_secs(10), "needs_reauth hook", || async {
-        files(&plain, "needs_reauth").iter().any(|f| f.contains("TOKEND_EVENT"))
+        files(&plain, "needs_reauth")
+            .iter()
+            .any(|f| f.contains("TOKEND_EVENT"))
     })
     .await;
     let env = files(&plain, "needs_reauth")
@@ -146,8 +152,14 @@ async fn hooks_get_the_event_in_a_clean_environment_and_the_token_only_on_stdin_
         .find(|f| f.contains("TOKEND_EVENT"))
         .map(|f| parse_env(&f))
         .unwrap();
-    assert_eq!(env.get("TOKEND_EVENT").map(String::as_str), Some("needs_reauth"));
-    assert_eq!(env.get("TOKEND_STATE").map(String::as_str), Some("needs_reauth"));
+    assert_eq!(
+        env.get("TOKEND_EVENT").map(String::as_str),
+        Some("needs_reauth")
+    );
+    assert_eq!(
+        env.get("TOKEND_STATE").map(String::as_str),
+        Some("needs_reauth")
+    );
     assert_eq!(env.get("TOKEND_CREDENTIAL").map(String::as_str), Some("c"));
     assert!(files(&stdin, "needs_reauth").is_empty());
     assert!(daemon.logs().contains("hook_ran"), "{}", daemon.logs());
@@ -185,7 +197,11 @@ async fn a_hook_past_its_timeout_is_killed_with_its_children() {
         daemon.logs().contains("hook_timed_out")
     })
     .await;
-    assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
     wait_until(Duration::from_secs(2), "both processes gone", || async {
         dead(&hook_pid) && dead(&child_pid)
     })
@@ -224,7 +240,11 @@ async fn one_credentials_hooks_run_one_after_the_other() {
     assert!(lines.len() >= 4, "{lines:?}");
     for pair in lines.chunks(2) {
         assert!(pair[0].starts_with("start "), "{lines:?}");
-        assert_eq!(pair.get(1).map(|l| &l[4..]), Some(&pair[0][6..]), "{lines:?}");
+        assert_eq!(
+            pair.get(1).map(|l| &l[4..]),
+            Some(&pair[0][6..]),
+            "{lines:?}"
+        );
     }
     assert_eq!(lines.first().map(String::as_str), Some("start refreshed"));
     assert_eq!(lines.last().map(String::as_str), Some("end needs_reauth"));
@@ -252,7 +272,11 @@ async fn check_config_lists_hooks_and_refuses_bad_ones() {
     );
     let run = cli_at(dir.path(), &["check-config", file.to_str().unwrap()], None).await;
     assert_ne!(run.code, 0, "{run:?}");
-    for want in ["unknown event `sometimes`", "not an absolute path", "hooks[0].timeout"] {
+    for want in [
+        "unknown event `sometimes`",
+        "not an absolute path",
+        "hooks[0].timeout",
+    ] {
         assert!(run.stderr.contains(want), "{want}: {run:?}");
     }
 }
