@@ -165,3 +165,47 @@ fn one(c: &mut Collector<'_>, s: &Scope, raw: RawHook) -> Option<Hook> {
         token_on_stdin: raw.token_on_stdin.unwrap_or(false),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::parse_config;
+
+    #[test]
+    fn hooks_are_read_with_defaults_and_filters() {
+        let cfg = parse_config(
+            "[[hooks]]\non = [\"needs_reauth\", \"recovered\"]\ncommand = [\"/bin/true\"]\n\
+             [[hooks]]\non = [\"refreshed\"]\ncommand = [\"/bin/cat\", \"-\"]\ncredentials = [\"mail\"]\n\
+             timeout = \"2s\"\ntoken_on_stdin = true\n",
+        )
+        .expect("valid");
+        assert_eq!(cfg.hooks.len(), 2);
+        assert_eq!(cfg.hooks[0].timeout, DEFAULT_TIMEOUT);
+        assert!(!cfg.hooks[0].token_on_stdin);
+        assert!(cfg.hooks[0].wants(Event::NeedsReauth, "any"));
+        assert!(!cfg.hooks[0].wants(Event::Refreshed, "any"));
+        assert!(cfg.hooks[1].wants(Event::Refreshed, "mail"));
+        assert!(!cfg.hooks[1].wants(Event::Refreshed, "other"));
+        assert_eq!(cfg.hooks[1].timeout, Duration::from_secs(2));
+        assert!(cfg.hooks[1].token_on_stdin);
+    }
+
+    #[test]
+    fn bad_hooks_are_refused_at_their_lines() {
+        let err = parse_config(
+            "[[hooks]]\non = []\ncommand = [\"sh\", \"-c\"]\nshell = true\n\
+             [hooks.x]\n",
+        )
+        .err()
+        .expect("invalid")
+        .to_string();
+        assert!(err.contains("hooks[0].on"), "{err}");
+        assert!(err.contains("not an absolute path"), "{err}");
+        assert!(err.contains("shell"), "{err}");
+        let err = parse_config("[hooks]\non = [\"refreshed\"]\n")
+            .err()
+            .expect("a table is not an array of tables")
+            .to_string();
+        assert!(err.contains("[[hooks]]"), "{err}");
+    }
+}
