@@ -196,15 +196,13 @@ mod tests {
             "[[hooks]]\non = []\ncommand = [\"sh\", \"-c\"]\nshell = true\n\
              [hooks.x]\n",
         )
-        .err()
-        .expect("invalid")
+        .expect_err("invalid")
         .to_string();
         assert!(err.contains("hooks[0].on"), "{err}");
         assert!(err.contains("not an absolute path"), "{err}");
         assert!(err.contains("shell"), "{err}");
         let err = parse_config("[hooks]\non = [\"refreshed\"]\n")
-            .err()
-            .expect("a table is not an array of tables")
+            .expect_err("a table is not an array of tables")
             .to_string();
         assert!(err.contains("[[hooks]]"), "{err}");
     }
