@@ -195,6 +195,7 @@ pub(crate) async fn run(opts: DaemonOptions) -> anyhow::Result<()> {
         tracing::info!(tokend_metrics_listen = %addr, "serving metrics on loopback TCP");
     }
     tokio::spawn(Arc::clone(&discovery).run(handle.clone(), cancel.clone()));
+    crate::hooks::start(&handle, Arc::clone(&config.hooks), cancel.clone());
     let running = Running {
         refresher: tokio::spawn(refresher.run()),
         server: tokio::spawn(server::serve(
@@ -341,6 +342,9 @@ async fn reload(
                 tracing::warn!(
                     "the metrics listener (daemon.metrics_listen) changes only on restart"
                 );
+            }
+            if config.hooks != running.hooks {
+                tracing::warn!("hooks ([[hooks]]) change only on restart");
             }
             if config.daemon.encryption_key != running.daemon.encryption_key {
                 tracing::warn!(

@@ -56,11 +56,19 @@ pub enum Kind {
     Revoked,
     /// A revocation failed.
     RevocationFailed,
+    /// A hook ran and exited 0.
+    HookRan,
+    /// A hook could not start, or exited non-zero or on a signal.
+    HookFailed,
+    /// A hook ran past its timeout and was killed with its process group.
+    HookTimedOut,
+    /// Hook events were dropped: a credential's queue was full.
+    HookDropped,
 }
 
 impl Kind {
     /// Every kind, for documentation and tests.
-    pub const ALL: [Kind; 21] = [
+    pub const ALL: [Kind; 25] = [
         Kind::Started,
         Kind::Stopping,
         Kind::Reloaded,
@@ -82,6 +90,10 @@ impl Kind {
         Kind::DiscoveryFailed,
         Kind::Revoked,
         Kind::RevocationFailed,
+        Kind::HookRan,
+        Kind::HookFailed,
+        Kind::HookTimedOut,
+        Kind::HookDropped,
     ];
 
     /// The short name, logged as `tokend_event`.
@@ -108,6 +120,10 @@ impl Kind {
             Kind::DiscoveryFailed => "discovery_failed",
             Kind::Revoked => "revoked",
             Kind::RevocationFailed => "revocation_failed",
+            Kind::HookRan => "hook_ran",
+            Kind::HookFailed => "hook_failed",
+            Kind::HookTimedOut => "hook_timed_out",
+            Kind::HookDropped => "hook_dropped",
         }
     }
 
@@ -136,6 +152,10 @@ impl Kind {
             Kind::DiscoveryFailed => "f40fecedf91c4c5ca26eb2d772c57adc",
             Kind::Revoked => "6226210686974472b86da21792bc70c3",
             Kind::RevocationFailed => "7bad4ada585f4b7ca7054edcc84b4df7",
+            Kind::HookRan => "b3d1f0a64c2e4e2f9a7c51d08e6b3f21",
+            Kind::HookFailed => "e0c94f7a1d8b4b6c8f2e37a95d41c6b8",
+            Kind::HookTimedOut => "5a7e2c19f3b04d8e9c6a12f47b80d3e5",
+            Kind::HookDropped => "9f41b6d2a8c34e7b8d05e9f1c3a27b64",
         }
     }
 }

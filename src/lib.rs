@@ -13,6 +13,7 @@ pub(crate) mod daemon;
 pub(crate) mod discovery;
 pub mod events;
 pub(crate) mod fsguard;
+pub(crate) mod hooks;
 pub(crate) mod logging;
 pub(crate) mod metrics;
 pub(crate) mod paths;

@@ -458,6 +458,9 @@ pub(super) fn check_config(file: Option<PathBuf>) -> anyhow::Result<ExitCode> {
                     outln!("{line}")?;
                 }
             }
+            for hook in cfg.hooks.iter() {
+                outln!("  hook: {}", hook.describe())?;
+            }
             for (name, declared) in &cfg.declared {
                 outln!(
                     "  credential {name}: {} from provider {}",

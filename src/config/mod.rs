@@ -7,6 +7,7 @@
 //!   provider's request model (`provider::Endpoint`) but does not define it.
 //! - `defaults` and `bounds`: every setting's default and allowed range.
 //! - `credentials`: `[credentials.NAME]`, readers and declared credentials.
+//! - `hooks`: `[[hooks]]`, commands run on credential events.
 //! - `git`: `git_hosts`, the git hosts mapped to credentials.
 //! - `secrets`: client secrets and the database key's location, from files,
 //!   the environment or systemd credentials.
@@ -32,6 +33,7 @@ use crate::credential::CredentialGrant;
 use crate::provider::Endpoint;
 use crate::token::RefreshTiming;
 pub(crate) use git::{GitHost, GitHosts, DEFAULT_GIT_USERNAME};
+pub(crate) use hooks::Hook;
 
 mod bounds;
 mod collect;
@@ -39,6 +41,7 @@ mod credentials;
 pub(crate) mod defaults;
 mod endpoint;
 mod git;
+mod hooks;
 mod raw;
 mod secrets;
 mod validate;
@@ -65,6 +68,8 @@ pub struct Config {
     /// each with why: their credentials wait. Always empty as parsed; the
     /// daemon's discovery moves providers here (`discovery::effective`).
     pub(crate) pending: BTreeMap<String, String>,
+    /// `[[hooks]]`: commands run on credential events.
+    pub(crate) hooks: Arc<[Hook]>,
 }
 
 /// A credential the configuration declares: its provider and grant.

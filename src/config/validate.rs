@@ -11,7 +11,7 @@ use toml::de::DeTable;
 
 use super::collect::{Collector, Scope};
 use super::raw::{RawCredential, RawDaemon, RawProvider, RawRequest, RawResponse, PROVIDER_TABLES};
-use super::{bounds, credentials, defaults, endpoint, secrets};
+use super::{bounds, credentials, defaults, endpoint, hooks, secrets};
 use super::{Config, DaemonConfig, Discovery, OnInvalidGrant, ProviderConfig};
 use crate::access::Grant;
 use crate::provider::{Endpoint, RequestTemplate};
@@ -27,6 +27,7 @@ pub(super) struct Sections<'r, 'i> {
     daemon: Option<(usize, &'r DeTable<'i>)>,
     providers: Vec<Entry<'r, 'i>>,
     credentials: Vec<Entry<'r, 'i>>,
+    hooks: Vec<(usize, &'r DeTable<'i>)>,
 }
 
 /// Sorts the root table's entries into [`Sections`]; anything else is a
@@ -41,13 +42,31 @@ pub(super) fn sections<'r, 'i>(c: &mut Collector<'_>, root: &'r DeTable<'i>) -> 
                 out.daemon = c.subtable(line, section, value).map(|t| (line, t));
                 continue;
             }
+            "hooks" => {
+                match value.get_ref().as_array() {
+                    Some(items) => {
+                        for (i, item) in items.iter().enumerate() {
+                            let line = c.line_of(item.span().start);
+                            if let Some(t) = c.subtable(line, &format!("hooks[{i}]"), item) {
+                                out.hooks.push((line, t));
+                            }
+                        }
+                    }
+                    None => c.push(
+                        Some(line),
+                        "hooks",
+                        "must be an array of tables: write each hook as [[hooks]]",
+                    ),
+                }
+                continue;
+            }
             "providers" => &mut out.providers,
             "credentials" => &mut out.credentials,
             other => {
                 c.push(
                     Some(line),
                     other,
-                    "unknown table; the tables are daemon, providers.NAME and credentials.NAME",
+                    "unknown table; the tables are daemon, providers.NAME, credentials.NAME and [[hooks]]",
                 );
                 continue;
             }
@@ -87,6 +106,7 @@ pub(super) fn config(c: &mut Collector<'_>, sections: Sections<'_, '_>) -> Optio
         })
         .collect();
     let credentials = credentials::validate(c, tables, &providers, &names);
+    let hooks = hooks::validate(c, &sections.hooks);
     c.problems.is_empty().then_some(Config {
         daemon,
         providers,
@@ -94,6 +114,7 @@ pub(super) fn config(c: &mut Collector<'_>, sections: Sections<'_, '_>) -> Optio
         declared: credentials.declared,
         git_hosts: credentials.git,
         pending: BTreeMap::new(),
+        hooks,
     })
 }
 

@@ -90,6 +90,10 @@ async fn every_commented_out_example_provider_is_valid_once_uncommented() {
         stdout.contains("credential billing-api: client_credentials from provider machine"),
         "{stdout}"
     );
+    assert!(
+        stdout.contains("hook: /usr/bin/notify-send on needs_reauth for mail, timeout 10s"),
+        "{stdout}"
+    );
 }
 
 const EXAMPLE: &str = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/config.example.toml"));

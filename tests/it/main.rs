@@ -23,6 +23,7 @@ mod fake_selftest;
 mod faults;
 mod git_credential;
 mod hardening;
+mod hooks;
 mod journal;
 mod lifecycle;
 mod limits;

@@ -1,0 +1,360 @@
+//! Hooks: commands run when something happens to a credential (a new
+//! token, a grant that needs a human, a credential working again), for
+//! "tell me when I must log in again".
+//!
+//! One task listens to the refresher's updates and turns them into
+//! [`Event`]s; each credential has its own small queue and worker, so one
+//! credential's hooks run one at a time and in order, while a global
+//! semaphore caps how many hooks run at once. A hook gets a clean
+//! environment (only `PATH` and the `TOKEND_*` variables), never the token
+//! unless it asked for it on stdin, and is killed with its whole process
+//! group at its timeout. Its output is discarded: it may echo what it was
+//! given, and the journal must not hold a token.
+
+use std::collections::{HashMap, HashSet};
+use std::os::unix::process::ExitStatusExt as _;
+use std::process::Stdio;
+use std::sync::Arc;
+
+use tokio::io::AsyncWriteExt as _;
+use tokio::sync::{broadcast, mpsc, Semaphore};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Hook;
+use crate::credential::State;
+use crate::event;
+use crate::events::Kind;
+use crate::refresh::{RefresherHandle, Update, UpdateKind, View};
+
+/// Events one credential may have waiting; later ones are dropped (and
+/// logged), so a flapping credential cannot pile up processes.
+pub(crate) const QUEUE: usize = 8;
+/// Hooks running at once across every credential.
+pub(crate) const MAX_RUNNING: usize = 4;
+/// The only `PATH` a hook sees.
+const PATH: &str = "/usr/bin:/bin";
+
+/// What a hook can run on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum Event {
+    /// A new access token was obtained.
+    Refreshed,
+    /// The grant was rejected; a human must authorize again.
+    NeedsReauth,
+    /// Working again after needing reauthorization or being paused.
+    Recovered,
+}
+
+impl Event {
+    /// Every event, for messages and documentation.
+    pub(crate) const ALL: [Event; 3] = [Event::Refreshed, Event::NeedsReauth, Event::Recovered];
+
+    /// The name in the configuration and in `TOKEND_EVENT`.
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Event::Refreshed => "refreshed",
+            Event::NeedsReauth => "needs_reauth",
+            Event::Recovered => "recovered",
+        }
+    }
+
+    /// The event named `name`, if there is one.
+    pub(crate) fn parse(name: &str) -> Option<Event> {
+        Event::ALL.into_iter().find(|e| e.as_str() == name)
+    }
+}
+
+/// Whether a view is in trouble (needs reauthorization or is paused), which
+/// a later healthy view is a recovery from.
+fn troubled(v: &View) -> bool {
+    v.state == State::NeedsReauth || v.paused().is_some()
+}
+
+/// The events one update means, given whether the credential was troubled
+/// before it (as far as this listener saw).
+pub(crate) fn events(update: &Update, was_troubled: bool) -> Vec<Event> {
+    let Some(view) = &update.view else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    let now_troubled = troubled(view);
+    match update.kind {
+        UpdateKind::Token => {
+            if was_troubled && !now_troubled {
+                out.push(Event::Recovered);
+            }
+            out.push(Event::Refreshed);
+        }
+        UpdateKind::State => {
+            if view.state == State::NeedsReauth {
+                out.push(Event::NeedsReauth);
+            } else if !now_troubled {
+                // A state update changed the state or the pause: healthy now
+                // means it was not before.
+                out.push(Event::Recovered);
+            }
+        }
+        UpdateKind::Removed => {}
+    }
+    out
+}
+
+/// One event to run hooks for.
+struct Job {
+    event: Event,
+    view: Arc<View>,
+}
+
+/// Starts the hook runner, if any hook is configured. Subscribes at once,
+/// so that nothing the refresher publishes after this call is missed.
+pub(crate) fn start(handle: &RefresherHandle, hooks: Arc<[Hook]>, cancel: CancellationToken) {
+    if hooks.is_empty() {
+        return;
+    }
+    let Some(rx) = handle.subscribe() else {
+        return;
+    };
+    tokio::spawn(run(rx, hooks, cancel));
+}
+
+async fn run(mut rx: broadcast::Receiver<Update>, hooks: Arc<[Hook]>, cancel: CancellationToken) {
+    let running = Arc::new(Semaphore::new(MAX_RUNNING));
+    let mut queues: HashMap<Arc<str>, mpsc::Sender<Job>> = HashMap::new();
+    let mut troubled_now: HashSet<Arc<str>> = HashSet::new();
+    loop {
+        let update = tokio::select! {
+            () = cancel.cancelled() => return,
+            u = rx.recv() => u,
+        };
+        let update = match update {
+            Ok(u) => u,
+            Err(broadcast::error::RecvError::Lagged(n)) => {
+                event!(
+                    warn,
+                    Kind::HookDropped,
+                    tokend_dropped = n,
+                    "hooks fell behind; events were missed"
+                );
+                continue;
+            }
+            Err(broadcast::error::RecvError::Closed) => return,
+        };
+        let was = troubled_now.contains(&update.name);
+        let found = events(&update, was);
+        match &update.view {
+            Some(v) if troubled(v) => {
+                troubled_now.insert(Arc::clone(&update.name));
+            }
+            _ => {
+                troubled_now.remove(&update.name);
+            }
+        }
+        let Some(view) = update.view else {
+            queues.remove(&update.name);
+            continue;
+        };
+        for ev in found {
+            if !hooks.iter().any(|h| h.wants(ev, &update.name)) {
+                continue;
+            }
+            let tx = queues.entry(Arc::clone(&update.name)).or_insert_with(|| {
+                let (tx, rx) = mpsc::channel(QUEUE);
+                tokio::spawn(worker(rx, Arc::clone(&hooks), Arc::clone(&running)));
+                tx
+            });
+            let job = Job {
+                event: ev,
+                view: Arc::clone(&view),
+            };
+            if tx.try_send(job).is_err() {
+                event!(
+                    warn,
+                    Kind::HookDropped,
+                    tokend_credential = %update.name,
+                    tokend_hook_event = ev.as_str(),
+                    "hook event dropped: this credential's hooks are {QUEUE} events behind"
+                );
+            }
+        }
+    }
+}
+
+/// Runs one credential's jobs in order, one hook at a time.
+async fn worker(mut rx: mpsc::Receiver<Job>, hooks: Arc<[Hook]>, running: Arc<Semaphore>) {
+    while let Some(job) = rx.recv().await {
+        for hook in hooks.iter().filter(|h| h.wants(job.event, &job.view.name)) {
+            let Ok(_permit) = running.acquire().await else {
+                return;
+            };
+            run_one(hook, &job).await;
+        }
+    }
+}
+
+/// The environment a hook gets for `event` of `view`: nothing of the
+/// daemon's, and never a token.
+pub(crate) fn environment(event: Event, view: &View) -> Vec<(&'static str, String)> {
+    let mut env = vec![
+        ("PATH", PATH.to_string()),
+        ("TOKEND_EVENT", event.as_str().to_string()),
+        ("TOKEND_CREDENTIAL", view.name.to_string()),
+        ("TOKEND_PROVIDER", view.provider.to_string()),
+        ("TOKEND_STATE", view.state.as_str().to_string()),
+    ];
+    if let Some(at) = view.expires_at {
+        env.push(("TOKEND_EXPIRES_AT", (at / 1000).to_string()));
+    }
+    if let Some(e) = &view.extras().last_error {
+        env.push(("TOKEND_ERROR", e.clone()));
+    }
+    env
+}
+
+/// How a hook ended.
+enum Ended {
+    Exited(std::process::ExitStatus),
+    TimedOut,
+}
+
+async fn run_one(hook: &Hook, job: &Job) {
+    let name = &job.view.name;
+    let program = hook.command.first().map(String::as_str).unwrap_or_default();
+    let stdin = hook.token_on_stdin && job.view.access_token.is_some();
+    let mut cmd = tokio::process::Command::new(program);
+    cmd.args(hook.command.iter().skip(1))
+        .env_clear()
+        .envs(environment(job.event, &job.view))
+        .current_dir("/")
+        .stdin(if stdin { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .process_group(0)
+        .kill_on_drop(true);
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            event!(
+                warn,
+                Kind::HookFailed,
+                tokend_credential = %name,
+                tokend_hook_event = job.event.as_str(),
+                tokend_hook = program,
+                "hook could not be started ({e}); check the command's path and permissions"
+            );
+            return;
+        }
+    };
+    let pid = child.id().and_then(|p| i32::try_from(p).ok());
+    let token = job.view.access_token.clone();
+    let mut input = child.stdin.take();
+    let ended = tokio::time::timeout(hook.timeout, async {
+        if let (Some(mut w), Some(t)) = (input.take(), token) {
+            // A hook that does not read its stdin must not fail the run.
+            let _ = w.write_all(t.expose().as_bytes()).await;
+            let _ = w.write_all(b"\n").await;
+            drop(w);
+        }
+        child.wait().await
+    })
+    .await;
+    let ended = match ended {
+        Ok(Ok(status)) => Ended::Exited(status),
+        Ok(Err(e)) => {
+            event!(warn, Kind::HookFailed, tokend_credential = %name, tokend_hook = program, "cannot wait for the hook: {e}");
+            return;
+        }
+        Err(_) => {
+            if let Some(pid) = pid {
+                // The whole group, so that what the hook started dies too.
+                // SAFETY: kill(2) with a negative pid signals a process group.
+                unsafe {
+                    libc::kill(-pid, libc::SIGKILL);
+                }
+            }
+            let _ = child.wait().await;
+            Ended::TimedOut
+        }
+    };
+    match ended {
+        Ended::Exited(status) if status.success() => event!(
+            info,
+            Kind::HookRan,
+            tokend_credential = %name,
+            tokend_hook_event = job.event.as_str(),
+            tokend_hook = program,
+            "hook ran"
+        ),
+        Ended::Exited(status) => event!(
+            warn,
+            Kind::HookFailed,
+            tokend_credential = %name,
+            tokend_hook_event = job.event.as_str(),
+            tokend_hook = program,
+            tokend_exit_status = status.code(),
+            tokend_signal = status.signal(),
+            "hook failed"
+        ),
+        Ended::TimedOut => event!(
+            warn,
+            Kind::HookTimedOut,
+            tokend_credential = %name,
+            tokend_hook_event = job.event.as_str(),
+            tokend_hook = program,
+            tokend_timeout = %humantime::format_duration(hook.timeout),
+            "hook killed at its timeout (with its process group)"
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::credential::Credential;
+    use crate::token::Secret;
+
+    fn update(kind: UpdateKind, state: State) -> Update {
+        let mut cred = Credential::new("c", "p", None, 0);
+        cred.access_token = Some(Secret::new("tok"));
+        cred.expires_at = Some(5_000);
+        cred.state = state;
+        let view = Arc::new(View::of_alone(&cred));
+        Update {
+            name: Arc::clone(&view.name),
+            kind,
+            view: Some(view),
+        }
+    }
+
+    #[test]
+    fn updates_map_to_events() {
+        let t = update(UpdateKind::Token, State::Active);
+        assert_eq!(events(&t, false), vec![Event::Refreshed]);
+        assert_eq!(events(&t, true), vec![Event::Recovered, Event::Refreshed]);
+        let r = update(UpdateKind::State, State::NeedsReauth);
+        assert_eq!(events(&r, false), vec![Event::NeedsReauth]);
+        let a = update(UpdateKind::State, State::Active);
+        assert_eq!(events(&a, true), vec![Event::Recovered]);
+        let gone = Update {
+            name: "c".into(),
+            kind: UpdateKind::Removed,
+            view: None,
+        };
+        assert!(events(&gone, true).is_empty());
+    }
+
+    #[test]
+    fn the_environment_is_clean_and_holds_no_token() {
+        let u = update(UpdateKind::Token, State::Active);
+        let env = environment(Event::Refreshed, u.view.as_deref().unwrap());
+        let get = |k: &str| env.iter().find(|(n, _)| *n == k).map(|(_, v)| v.as_str());
+        assert_eq!(get("PATH"), Some(PATH));
+        assert_eq!(get("TOKEND_EVENT"), Some("refreshed"));
+        assert_eq!(get("TOKEND_CREDENTIAL"), Some("c"));
+        assert_eq!(get("TOKEND_PROVIDER"), Some("p"));
+        assert_eq!(get("TOKEND_STATE"), Some("active"));
+        assert_eq!(get("TOKEND_EXPIRES_AT"), Some("5"));
+        assert!(env.iter().all(|(_, v)| !v.contains("tok") || v == "tokend"));
+        assert_eq!(Event::parse("recovered"), Some(Event::Recovered));
+        assert_eq!(Event::parse("nope"), None);
+    }
+}

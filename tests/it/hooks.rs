@@ -1,0 +1,282 @@
+//! `[[hooks]]`: a hook gets a clean environment naming the event and the
+//! credential and never the token, the token on stdin only when it asked;
+//! it is killed with its process group at its timeout; one credential's
+//! hooks never overlap; `check-config` lists them.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::support::fake_provider::{FakeConfig, FakeProvider, Flavor};
+use crate::support::{cli_at, provider_toml, wait_until, write_private, Daemon, FAST_DAEMON};
+
+/// Writes an executable `/bin/sh` script into `dir`.
+fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.join(name);
+    std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o700)).unwrap();
+    path
+}
+
+/// A `[[hooks]]` entry running `/bin/sh SCRIPT OUT`.
+fn hook(on: &str, script: &Path, out: &Path, extra: &str) -> String {
+    format!(
+        "[[hooks]]\non = [{on}]\ncommand = [\"/bin/sh\", {:?}, {:?}]\n{extra}\n",
+        script, out
+    )
+}
+
+/// The files in `dir` whose names start with `prefix`, with their contents.
+fn files(dir: &Path, prefix: &str) -> Vec<String> {
+    let mut names: Vec<_> = std::fs::read_dir(dir)
+        .map(|r| r.filter_map(Result::ok).map(|e| e.path()).collect())
+        .unwrap_or_default();
+    names.sort();
+    names
+        .into_iter()
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(prefix))
+        })
+        .filter_map(|p| std::fs::read_to_string(p).ok())
+        .collect()
+}
+
+fn parse_env(text: &str) -> BTreeMap<String, String> {
+    text.lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+/// Whether `pid` is gone (or a zombie nobody reaped yet).
+fn dead(pid: &str) -> bool {
+    match std::fs::read_to_string(format!("/proc/{}/stat", pid.trim())) {
+        Err(_) => true,
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+    }
+}
+
+const RECORD: &str = r#"n=$(date +%s%N)
+env > "$1/$TOKEND_EVENT.$n.env.tmp"
+cat > "$1/$TOKEND_EVENT.$n.stdin"
+mv "$1/$TOKEND_EVENT.$n.env.tmp" "$1/$TOKEND_EVENT.$n.env""#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hooks_get_the_event_in_a_clean_environment_and_the_token_only_on_stdin_when_asked() {
+    let fake = FakeProvider::start(FakeConfig::new(Flavor::Didit)).await;
+    let work = tempfile::tempdir().unwrap();
+    let (plain, stdin) = (work.path().join("plain"), work.path().join("stdin"));
+    std::fs::create_dir_all(&plain).unwrap();
+    std::fs::create_dir_all(&stdin).unwrap();
+    let record = script(work.path(), "record.sh", RECORD);
+    let config = format!(
+        "{}on_invalid_grant = \"serve_until_expiry\"\n{}{}",
+        provider_toml("p", &fake),
+        hook("\"refreshed\", \"needs_reauth\"", &record, &plain, ""),
+        hook(
+            "\"refreshed\"",
+            &record,
+            &stdin,
+            "credentials = [\"c\"]\ntoken_on_stdin = true"
+        ),
+    );
+    let daemon = Daemon::start(FAST_DAEMON, &config).await;
+    daemon.add("c", "p", &fake.issue_refresh_token()).await.ok();
+    wait_until(Duration::from_secs(10), "refreshed hooks", || async {
+        !files(&plain, "refreshed").is_empty() && !files(&stdin, "refreshed").is_empty()
+    })
+    .await;
+    let mut envs = files(&plain, "refreshed");
+    let env = parse_env(&envs.remove(0));
+    assert_eq!(
+        env.get("TOKEND_EVENT").map(String::as_str),
+        Some("refreshed")
+    );
+    assert_eq!(env.get("TOKEND_CREDENTIAL").map(String::as_str), Some("c"));
+    assert_eq!(env.get("TOKEND_PROVIDER").map(String::as_str), Some("p"));
+    assert_eq!(env.get("TOKEND_STATE").map(String::as_str), Some("active"));
+    assert_eq!(env.get("PATH").map(String::as_str), Some("/usr/bin:/bin"));
+    let expires: i64 = env["TOKEND_EXPIRES_AT"].parse().expect("Unix seconds");
+    assert!(expires > 1_700_000_000, "{expires}");
+    // Nothing of the daemon's (or the test's) environment: only what /bin/sh
+    // itself sets besides ours.
+    for key in env.keys() {
+        assert!(
+            key.starts_with("TOKEND_")
+                || ["PATH", "PWD", "OLDPWD", "SHLVL", "_"].contains(&key.as_str()),
+            "unexpected variable {key} in {env:?}"
+        );
+    }
+    // No stdin without token_on_stdin.
+    for f in std::fs::read_dir(&plain).unwrap() {
+        let p = f.unwrap().path();
+        if p.extension().is_some_and(|e| e == "stdin") {
+            assert_eq!(std::fs::read_to_string(&p).unwrap(), "", "{p:?}");
+        }
+    }
+    // The token on stdin, when asked, and never in any environment.
+    let tokens: Vec<String> = files(&stdin, "refreshed")
+        .into_iter()
+        .filter(|t| !t.contains("TOKEND_EVENT"))
+        .collect();
+    let token = tokens.first().expect("a token on stdin").trim().to_string();
+    assert!(fake.access_token_expiry(&token).is_some(), "{token:?}");
+    for dir in [&plain, &stdin] {
+        for f in std::fs::read_dir(dir).unwrap() {
+            let p = f.unwrap().path();
+            if p.extension().is_some_and(|e| e == "env") {
+                let text = std::fs::read_to_string(&p).unwrap();
+                for secret in fake.issued_secrets() {
+                    assert!(!text.contains(&secret), "a token in {p:?}");
+                }
+            }
+        }
+    }
+
+    // A dead grant: needs_reauth, for the hook that asked for it only.
+    fake.revoke_all();
+    assert_eq!(daemon.cli(&["refresh", "c"]).await.code, 1);
+    wait_until(Duration::from_secs(10), "needs_reauth hook", || async {
+        files(&plain, "needs_reauth")
+            .iter()
+            .any(|f| f.contains("TOKEND_EVENT"))
+    })
+    .await;
+    let env = files(&plain, "needs_reauth")
+        .into_iter()
+        .find(|f| f.contains("TOKEND_EVENT"))
+        .map(|f| parse_env(&f))
+        .unwrap();
+    assert_eq!(
+        env.get("TOKEND_EVENT").map(String::as_str),
+        Some("needs_reauth")
+    );
+    assert_eq!(
+        env.get("TOKEND_STATE").map(String::as_str),
+        Some("needs_reauth")
+    );
+    assert_eq!(env.get("TOKEND_CREDENTIAL").map(String::as_str), Some("c"));
+    assert!(files(&stdin, "needs_reauth").is_empty());
+    assert!(daemon.logs().contains("hook_ran"), "{}", daemon.logs());
+    daemon.finish(&[&fake]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hook_past_its_timeout_is_killed_with_its_children() {
+    let fake = FakeProvider::start(FakeConfig::new(Flavor::Didit)).await;
+    let work = tempfile::tempdir().unwrap();
+    let sleeper = script(
+        work.path(),
+        "sleep.sh",
+        "/bin/sleep 30 &\necho $! > \"$1/child.pid\"\necho $$ > \"$1/hook.pid\"\nwait",
+    );
+    let config = format!(
+        "{}{}",
+        provider_toml("p", &fake),
+        hook("\"refreshed\"", &sleeper, work.path(), "timeout = \"1s\"")
+    );
+    let daemon = Daemon::start(FAST_DAEMON, &config).await;
+    daemon.add("c", "p", &fake.issue_refresh_token()).await.ok();
+    let (hook_pid, child_pid) = (work.path().join("hook.pid"), work.path().join("child.pid"));
+    wait_until(Duration::from_secs(10), "the hook to start", || async {
+        hook_pid.exists() && child_pid.exists()
+    })
+    .await;
+    let started = Instant::now();
+    let (hook_pid, child_pid) = (
+        std::fs::read_to_string(&hook_pid).unwrap(),
+        std::fs::read_to_string(&child_pid).unwrap(),
+    );
+    assert!(!dead(&hook_pid) && !dead(&child_pid), "started alive");
+    wait_until(Duration::from_secs(5), "the hook to be killed", || async {
+        daemon.logs().contains("hook_timed_out")
+    })
+    .await;
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    wait_until(Duration::from_secs(2), "both processes gone", || async {
+        dead(&hook_pid) && dead(&child_pid)
+    })
+    .await;
+    daemon.finish(&[&fake]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_credentials_hooks_run_one_after_the_other() {
+    let fake = FakeProvider::start(FakeConfig::new(Flavor::Didit)).await;
+    let work = tempfile::tempdir().unwrap();
+    let slow = script(
+        work.path(),
+        "slow.sh",
+        "echo \"start $TOKEND_EVENT\" >> \"$1/log\"\n/bin/sleep 1\necho \"end $TOKEND_EVENT\" >> \"$1/log\"",
+    );
+    let config = format!(
+        "{}on_invalid_grant = \"serve_until_expiry\"\n{}",
+        provider_toml("p", &fake),
+        hook("\"refreshed\", \"needs_reauth\"", &slow, work.path(), "")
+    );
+    let daemon = Daemon::start(FAST_DAEMON, &config).await;
+    daemon.add("c", "p", &fake.issue_refresh_token()).await.ok();
+    fake.revoke_all();
+    assert_eq!(daemon.cli(&["refresh", "c"]).await.code, 1);
+    let log = work.path().join("log");
+    wait_until(Duration::from_secs(10), "both hooks to finish", || async {
+        std::fs::read_to_string(&log).is_ok_and(|l| l.contains("end needs_reauth"))
+    })
+    .await;
+    let lines: Vec<String> = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect();
+    assert!(lines.len() >= 4, "{lines:?}");
+    for pair in lines.chunks(2) {
+        assert!(pair[0].starts_with("start "), "{lines:?}");
+        assert_eq!(
+            pair.get(1).map(|l| &l[4..]),
+            Some(&pair[0][6..]),
+            "{lines:?}"
+        );
+    }
+    assert_eq!(lines.first().map(String::as_str), Some("start refreshed"));
+    assert_eq!(lines.last().map(String::as_str), Some("end needs_reauth"));
+    daemon.finish(&[&fake]).await;
+}
+
+#[tokio::test]
+async fn check_config_lists_hooks_and_refuses_bad_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("config.toml");
+    write_private(
+        &file,
+        "[[hooks]]\non = [\"needs_reauth\"]\ncommand = [\"/usr/bin/notify-send\", \"tokend\"]\ncredentials = [\"mail\"]\n",
+    );
+    let run = cli_at(dir.path(), &["check-config", file.to_str().unwrap()], None).await;
+    run.ok();
+    assert!(
+        run.stdout
+            .contains("hook: /usr/bin/notify-send on needs_reauth for mail, timeout 10s"),
+        "{run:?}"
+    );
+    write_private(
+        &file,
+        "[[hooks]]\non = [\"sometimes\"]\ncommand = [\"notify-send\"]\ntimeout = \"1h\"\n",
+    );
+    let run = cli_at(dir.path(), &["check-config", file.to_str().unwrap()], None).await;
+    assert_ne!(run.code, 0, "{run:?}");
+    for want in [
+        "unknown event `sometimes`",
+        "not an absolute path",
+        "hooks[0].timeout",
+    ] {
+        assert!(run.stderr.contains(want), "{want}: {run:?}");
+    }
+}
