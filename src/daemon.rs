@@ -195,6 +195,7 @@ pub(crate) async fn run(opts: DaemonOptions) -> anyhow::Result<()> {
         tracing::info!(tokend_metrics_listen = %addr, "serving metrics on loopback TCP");
     }
     tokio::spawn(Arc::clone(&discovery).run(handle.clone(), cancel.clone()));
+    let sinks = crate::sinks::start(config.sinks.clone(), handle.clone()).await;
     let running = Running {
         refresher: tokio::spawn(refresher.run()),
         server: tokio::spawn(server::serve(
@@ -203,6 +204,7 @@ pub(crate) async fn run(opts: DaemonOptions) -> anyhow::Result<()> {
             cancel.clone(),
             connection_cap(fd_limit),
         )),
+        sinks,
         cancel,
     };
     event!(
@@ -253,6 +255,9 @@ async fn start_store(
 struct Running {
     refresher: tokio::task::JoinHandle<()>,
     server: tokio::task::JoinHandle<()>,
+    /// The sink writer, if any credential has sinks: awaited so that a
+    /// write under way finishes before the process exits.
+    sinks: Option<tokio::task::JoinHandle<()>>,
     cancel: CancellationToken,
 }
 
@@ -270,6 +275,9 @@ impl Running {
             tracing::warn!("refresher did not stop in time");
         }
         let _ = self.server.await;
+        if let Some(sinks) = self.sinks {
+            let _ = sinks.await;
+        }
     }
 }
 

@@ -56,11 +56,13 @@ pub enum Kind {
     Revoked,
     /// A revocation failed.
     RevocationFailed,
+    /// A sink file could not be written or removed.
+    SinkFailed,
 }
 
 impl Kind {
     /// Every kind, for documentation and tests.
-    pub const ALL: [Kind; 21] = [
+    pub const ALL: [Kind; 22] = [
         Kind::Started,
         Kind::Stopping,
         Kind::Reloaded,
@@ -82,6 +84,7 @@ impl Kind {
         Kind::DiscoveryFailed,
         Kind::Revoked,
         Kind::RevocationFailed,
+        Kind::SinkFailed,
     ];
 
     /// The short name, logged as `tokend_event`.
@@ -108,6 +111,7 @@ impl Kind {
             Kind::DiscoveryFailed => "discovery_failed",
             Kind::Revoked => "revoked",
             Kind::RevocationFailed => "revocation_failed",
+            Kind::SinkFailed => "sink_failed",
         }
     }
 
@@ -136,6 +140,7 @@ impl Kind {
             Kind::DiscoveryFailed => "f40fecedf91c4c5ca26eb2d772c57adc",
             Kind::Revoked => "6226210686974472b86da21792bc70c3",
             Kind::RevocationFailed => "7bad4ada585f4b7ca7054edcc84b4df7",
+            Kind::SinkFailed => "3c5e0b7a9d2f4e61b8a4c7d90e1f2a53",
         }
     }
 }
