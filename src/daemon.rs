@@ -355,6 +355,9 @@ async fn reload(
                     "the database encryption key changes only with `tokend rekey` and a restart"
                 );
             }
+            if config.sinks != running.sinks {
+                tracing::warn!("sink files ([[credentials.NAME.sinks]]) change only on restart");
+            }
             let providers = config.providers.len();
             // Every issuer is asked again, as SIGHUP promises.
             match discovery.reload(Arc::new(config), handle).await {

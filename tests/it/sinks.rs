@@ -149,6 +149,20 @@ async fn sinks_hold_each_format_exactly_with_their_mode() {
     daemon.stop().await;
     daemon.spawn().await;
     file_is(&dir.join("token"), &token(&daemon).await).await;
+
+    // A reload with other sinks keeps the running ones and says so.
+    daemon.write_config(
+        FAST_DAEMON,
+        &format!("{}{}", provider_toml("p", &fake), credential(&[])),
+    );
+    daemon.signal(libc::SIGHUP);
+    wait_until(Duration::from_secs(5), "the reload's warning", || {
+        let ok = daemon
+            .logs()
+            .contains("sink files ([[credentials.NAME.sinks]]) change only on restart");
+        async move { ok }
+    })
+    .await;
     daemon.finish(&[&fake]).await;
 }
 
