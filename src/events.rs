@@ -64,11 +64,13 @@ pub enum Kind {
     HookTimedOut,
     /// Hook events were dropped: a credential's queue was full.
     HookDropped,
+    /// A sink file could not be written or removed.
+    SinkFailed,
 }
 
 impl Kind {
     /// Every kind, for documentation and tests.
-    pub const ALL: [Kind; 25] = [
+    pub const ALL: [Kind; 26] = [
         Kind::Started,
         Kind::Stopping,
         Kind::Reloaded,
@@ -94,6 +96,7 @@ impl Kind {
         Kind::HookFailed,
         Kind::HookTimedOut,
         Kind::HookDropped,
+        Kind::SinkFailed,
     ];
 
     /// The short name, logged as `tokend_event`.
@@ -124,6 +127,7 @@ impl Kind {
             Kind::HookFailed => "hook_failed",
             Kind::HookTimedOut => "hook_timed_out",
             Kind::HookDropped => "hook_dropped",
+            Kind::SinkFailed => "sink_failed",
         }
     }
 
@@ -156,6 +160,7 @@ impl Kind {
             Kind::HookFailed => "e0c94f7a1d8b4b6c8f2e37a95d41c6b8",
             Kind::HookTimedOut => "5a7e2c19f3b04d8e9c6a12f47b80d3e5",
             Kind::HookDropped => "9f41b6d2a8c34e7b8d05e9f1c3a27b64",
+            Kind::SinkFailed => "3c5e0b7a9d2f4e61b8a4c7d90e1f2a53",
         }
     }
 }

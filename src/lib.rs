@@ -21,6 +21,7 @@ pub mod provider;
 pub(crate) mod refresh;
 pub(crate) mod seal;
 pub(crate) mod server;
+pub(crate) mod sinks;
 pub mod store;
 pub(crate) mod systemd;
 pub mod token;

@@ -468,6 +468,11 @@ pub(super) fn check_config(file: Option<PathBuf>) -> anyhow::Result<ExitCode> {
                     declared.provider
                 )?;
             }
+            for (name, sinks) in &cfg.sinks {
+                for sink in sinks.iter() {
+                    outln!("  credential {name}: {}", sink.describe())?;
+                }
+            }
             for git in cfg.git_hosts.iter() {
                 outln!(
                     "  credential {}: git host {} (username {})",

@@ -24,6 +24,8 @@ pub(super) struct Credentials {
     pub(super) declared: BTreeMap<String, Declared>,
     /// The git hosts mapped to credentials.
     pub(super) git: GitHosts,
+    /// The sink files of credentials that have some.
+    pub(super) sinks: crate::sinks::Sinks,
 }
 
 /// One `[credentials.NAME]` table, read: its name, scope and keys.
@@ -53,6 +55,10 @@ pub(super) fn validate(
             raw.git_username.as_deref(),
             &mut out.git,
         );
+        let list = super::sinks::validate(c, &scope, raw.sinks.as_deref().unwrap_or_default());
+        if !list.is_empty() {
+            out.sinks.insert(name.clone(), Arc::from(list));
+        }
         let grant = declared_grant(c, &scope, &raw);
         match (&raw.readers, &grant) {
             (Some(readers), _) => {

@@ -44,6 +44,7 @@ mod git;
 mod hooks;
 mod raw;
 mod secrets;
+mod sinks;
 mod validate;
 
 #[cfg(test)]
@@ -64,6 +65,9 @@ pub struct Config {
     pub(crate) declared: BTreeMap<String, Declared>,
     /// Git hosts mapped to credentials (`[credentials.NAME] git_hosts`).
     pub(crate) git_hosts: GitHosts,
+    /// Files that hold a credential's current token
+    /// (`[[credentials.NAME.sinks]]`), by credential.
+    pub(crate) sinks: crate::sinks::Sinks,
     /// Providers held back because their endpoints are not discovered yet,
     /// each with why: their credentials wait. Always empty as parsed; the
     /// daemon's discovery moves providers here (`discovery::effective`).

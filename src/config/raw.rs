@@ -22,6 +22,23 @@ pub(super) struct RawCredential {
     pub(super) params: Option<toml::Table>,
     pub(super) git_hosts: Option<Vec<String>>,
     pub(super) git_username: Option<String>,
+    pub(super) sinks: Option<Vec<RawSink>>,
+}
+
+/// `[[credentials.NAME.sinks]]`.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawSink {
+    pub(super) path: Option<PathBuf>,
+    pub(super) format: Option<String>,
+    pub(super) template: Option<String>,
+    /// An octal string ("0640") or an integer (0o640 in TOML).
+    pub(super) mode: Option<toml::Value>,
+    /// A user name or uid.
+    pub(super) owner: Option<toml::Value>,
+    /// A group name or gid.
+    pub(super) group: Option<toml::Value>,
+    pub(super) on_remove: Option<String>,
 }
 
 /// `[daemon]`.

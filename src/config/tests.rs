@@ -622,3 +622,65 @@ fn dpop_is_off_unless_a_provider_turns_it_on() {
     assert_eq!(p.len(), 1, "{p:?}");
     assert_eq!(p[0].line, Some(4), "{p:?}");
 }
+
+#[test]
+fn sinks_read_their_mode_format_and_on_remove() {
+    use crate::sinks::{Format, OnRemove};
+    let cfg = parse_config(
+        "[credentials.c]\nreaders = [\"uid:1\"]\n\
+         [[credentials.c.sinks]]\npath = \"/run/a/t\"\n\
+         [[credentials.c.sinks]]\npath = \"/run/a/h\"\nformat = \"header\"\nmode = \"640\"\non_remove = \"keep\"\n\
+         [[credentials.c.sinks]]\npath = \"/run/a/j\"\nformat = \"template\"\ntemplate = \"T={access_token}\"\nmode = 0o444\n",
+    )
+    .unwrap();
+    let sinks = &cfg.sinks["c"];
+    assert_eq!(sinks.len(), 3);
+    assert_eq!(
+        (&sinks[0].format, sinks[0].mode, sinks[0].on_remove),
+        (&Format::Token, 0o600, OnRemove::Delete)
+    );
+    assert_eq!(
+        (&sinks[1].format, sinks[1].mode, sinks[1].on_remove),
+        (&Format::Header, 0o640, OnRemove::Keep)
+    );
+    assert_eq!(sinks[2].format, Format::Template("T={access_token}".into()));
+    assert_eq!(sinks[2].mode, 0o444);
+}
+
+#[test]
+fn bad_sinks_are_problems_at_their_key() {
+    let keys = |text: &str| -> Vec<String> {
+        problems(&format!(
+            "[credentials.c]\nreaders = [\"uid:1\"]\n[[credentials.c.sinks]]\n{text}"
+        ))
+        .into_iter()
+        .map(|p| p.key)
+        .collect()
+    };
+    assert_eq!(keys(""), ["credentials.c.sinks[0].path"]);
+    assert_eq!(
+        keys("path = \"/a/b\"\nmode = \"4755\""),
+        ["credentials.c.sinks[0].mode"]
+    );
+    assert_eq!(
+        keys("path = \"/a/b\"\nmode = \"9\""),
+        ["credentials.c.sinks[0].mode"]
+    );
+    assert_eq!(
+        keys("path = \"/a/b\"\nformat = \"template\""),
+        ["credentials.c.sinks[0].template"]
+    );
+    assert_eq!(
+        keys("path = \"/a/b\"\ntemplate = \"{access_token}\""),
+        ["credentials.c.sinks[0].template"]
+    );
+    assert_eq!(
+        keys("path = \"/a/b\"\nformat = \"template\"\ntemplate = \"x\""),
+        ["credentials.c.sinks[0].template"]
+    );
+    assert_eq!(
+        keys("path = \"/a/b\"\nowner = \"surely-no-such-user\""),
+        ["credentials.c.sinks[0].owner"]
+    );
+    assert_eq!(keys("path = \"/a/b\"\ncolour = 1").len(), 1);
+}

@@ -113,6 +113,7 @@ pub(super) fn config(c: &mut Collector<'_>, sections: Sections<'_, '_>) -> Optio
         credentials: credentials.readers,
         declared: credentials.declared,
         git_hosts: credentials.git,
+        sinks: credentials.sinks,
         pending: BTreeMap::new(),
         hooks,
     })

@@ -40,6 +40,7 @@ mod refresh_hardening;
 mod robustness;
 mod scale;
 mod seeds;
+mod sinks;
 mod system;
 mod units;
 mod watch;
