@@ -88,10 +88,7 @@ impl ProviderClient {
             .ok_or_else(|| RevocationError::NoEndpoint(e.name.clone()))?;
         let (secret, _) = token.parts();
         let mut secrets = vec![secret.expose()];
-        secrets.extend(e.client_secret.as_ref().map(Secret::expose));
-        if let Some(rotation) = &e.secret_rotation {
-            secrets.extend(rotation.all().iter().map(Secret::expose));
-        }
+        secrets.extend(e.client_secret_values());
         let client_secret = e.current_secret();
         let fail = |message: String| RevocationError::Failed {
             url: url.to_string(),

@@ -24,7 +24,7 @@ use super::request::Reply;
 use super::{RefreshError, Report};
 use crate::config::ProviderConfig;
 use crate::credential::Credential;
-use crate::provider::{DpopKey, Failure, FailureKind, ProviderClient, TokenGrant};
+use crate::provider::{Failure, FailureKind, ProviderClient, TokenGrant};
 use crate::token::{after_secs, duration_ms, now_ms};
 
 /// How many logins the table holds, pending or finished: a flood of
@@ -363,13 +363,9 @@ impl DeviceTask {
         let mut interval = view.interval;
         // One DPoP key for all the login's polls: the tokens are bound to
         // the key stored with them, and a poll makes no key of its own.
-        let dpop_key = match self.provider.endpoint.dpop.then(DpopKey::generate) {
-            None => None,
-            Some(Ok(key)) => {
-                tracing::info!(tokend_credential = %self.name, tokend_provider = %self.provider.name, tokend_dpop_jkt = %key.thumbprint(), "new DPoP key for the credential");
-                Some(key)
-            }
-            Some(Err(e)) => return Polled::Failed(format!("cannot make a DPoP key: {e}")),
+        let dpop_key = match job::new_dpop_key(&self.provider, &self.name) {
+            Ok(key) => key,
+            Err(f) => return Polled::Failed(format!("cannot make a DPoP key: {}", f.message)),
         };
         loop {
             let wake = now_ms().saturating_add(duration_ms(interval));

@@ -355,17 +355,23 @@ pub(crate) fn ensure_dpop_key(
     provider: &ProviderConfig,
     cred: &mut Credential,
 ) -> Result<(), Failure> {
-    if !provider.endpoint.dpop || cred.dpop_key.is_some() {
-        return Ok(());
+    if cred.dpop_key.is_none() {
+        cred.dpop_key = new_dpop_key(provider, &cred.name)?;
     }
-    match DpopKey::generate() {
-        Ok(key) => {
-            tracing::info!(tokend_credential = %cred.name, tokend_provider = %provider.name, tokend_dpop_jkt = %key.thumbprint(), "new DPoP key for the credential");
-            cred.dpop_key = Some(key);
-            Ok(())
-        }
-        Err(e) => Err(failure(FailureKind::Transient, &e.to_string())),
+    Ok(())
+}
+
+/// A new DPoP key for credential `name` if its provider uses DPoP.
+pub(crate) fn new_dpop_key(
+    provider: &ProviderConfig,
+    name: &str,
+) -> Result<Option<DpopKey>, Failure> {
+    if !provider.endpoint.dpop {
+        return Ok(None);
     }
+    let key = DpopKey::generate().map_err(|e| failure(FailureKind::Transient, &e.to_string()))?;
+    tracing::info!(tokend_credential = %name, tokend_provider = %provider.name, tokend_dpop_jkt = %key.thumbprint(), "new DPoP key for the credential");
+    Ok(Some(key))
 }
 
 fn failure(kind: FailureKind, message: &str) -> Failure {

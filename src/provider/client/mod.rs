@@ -180,11 +180,7 @@ impl ProviderClient {
         &self,
         e: &Endpoint,
     ) -> Result<DeviceAuthorization, Failure> {
-        let mut secrets: Vec<&str> = e.client_secret.iter().map(Secret::expose).collect();
-        if let Some(rotation) = &e.secret_rotation {
-            secrets.extend(rotation.all().iter().map(Secret::expose));
-        }
-        let secrets = Secrets(secrets);
+        let secrets = Secrets(e.client_secret_values());
         let Some(url) = &e.device_authorization_url else {
             return Err(Failure {
                 kind: FailureKind::Misconfigured,
@@ -346,10 +342,7 @@ impl ProviderClient {
 /// the grant's own and all the client secrets, scrubbed from messages.
 fn known_secrets<'a>(e: &'a Endpoint, grant: &'a TokenGrant) -> Vec<&'a str> {
     let mut secrets = grant.secrets();
-    secrets.extend(e.client_secret.as_ref().map(Secret::expose));
-    if let Some(rotation) = &e.secret_rotation {
-        secrets.extend(rotation.all().iter().map(Secret::expose));
-    }
+    secrets.extend(e.client_secret_values());
     secrets
 }
 

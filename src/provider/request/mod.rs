@@ -92,6 +92,16 @@ pub struct Endpoint {
 }
 
 impl Endpoint {
+    /// Every client secret this endpoint may send, as text, to scrub from
+    /// what a provider answers.
+    pub(crate) fn client_secret_values(&self) -> Vec<&str> {
+        let mut secrets: Vec<&str> = self.client_secret.iter().map(Secret::expose).collect();
+        if let Some(rotation) = &self.secret_rotation {
+            secrets.extend(rotation.all().iter().map(Secret::expose));
+        }
+        secrets
+    }
+
     /// The client secret to send first: with several, the one that worked
     /// last (see `SecretRotation`).
     pub(crate) fn current_secret(&self) -> Option<&Secret> {
