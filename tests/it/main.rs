@@ -14,6 +14,7 @@ mod client_credentials;
 mod completions;
 mod crash;
 mod crash_loop;
+mod deb;
 mod device;
 mod discovery;
 mod dpop;

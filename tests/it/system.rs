@@ -1,10 +1,11 @@
-//! The system test: tokend's units under a real systemd as PID 1.
+//! The system test: tokend's .deb under a real systemd as PID 1.
 //!
 //! `tests/system/nspawn.sh` boots the host's own /usr with
-//! `systemd-nspawn --boot --volatile=yes` in a private mount namespace, with
-//! the built binary, the units, the sysusers and tmpfiles entries bound in at
-//! the paths the .deb installs them to, and walks an administrator's path:
-//! socket activation, `tokend add`, reload, restart, stop, start again. This
+//! `systemd-nspawn --boot --volatile=yes` in a private mount namespace,
+//! installs the package of this build (`support::deb`, made with cargo-deb)
+//! with `dpkg -i`, and walks an administrator's path with the installed
+//! files: socket activation, `tokend add`, reload, restart, stop, start
+//! again, and finally `dpkg --purge`. This
 //! test runs two strict fake providers on 127.0.0.1 (the container shares the
 //! host's network), writes the configuration (client secrets as systemd
 //! credentials through a `LoadCredential=` drop-in), runs the script and
@@ -127,10 +128,13 @@ async fn units_work_under_systemd_as_pid_1_in_nspawn() {
         0o644,
     );
 
+    let package = tokio::task::spawn_blocking(crate::support::deb::package)
+        .await
+        .expect("building the .deb");
     let started = Instant::now();
     let mut child = Command::new(SCRIPT)
         .arg(work)
-        .arg(env!("CARGO_BIN_EXE_tokend"))
+        .arg(&package)
         .env("TOKEND_SYSTEST_DEADLINE", DEADLINE.as_secs().to_string())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -184,8 +188,7 @@ async fn units_work_under_systemd_as_pid_1_in_nspawn() {
         assert_eq!(get(key), want, "{key}:\n{context}");
     };
 
-    // The container booted, and the package's sysusers and tmpfiles entries
-    // were applied at boot.
+    // The container booted, a pristine system without tokend.
     assert!(
         matches!(get("BOOT_STATE"), "running" | "degraded"),
         "{context}"
@@ -195,8 +198,45 @@ async fn units_work_under_systemd_as_pid_1_in_nspawn() {
         "failed units: {}",
         get("FAILED_UNITS")
     );
+    expect("USER_BEFORE_INSTALL", "none");
+
+    // dpkg installed the package (its Depends met by the system's own
+    // packages), and its postinst created the user and the sandbox's root
+    // directory, gave the conffile to root:tokend 0640, and enabled and
+    // started nothing.
+    expect("DPKG_INSTALL_RC", "0");
+    expect("DPKG_STATUS", "ii");
+    expect(
+        "INSTALLED_VERSION",
+        &format!("tokend {}", env!("CARGO_PKG_VERSION")),
+    );
+    expect("INSTALLED_BINARY", "755 root:root");
     expect("TOKEND_USER", "tokend:/var/lib/tokend:/usr/sbin/nologin");
     expect("ROOT_DIRECTORY", "755 root:root");
+    expect("CONFIG_FILE", "640 root:tokend");
+    expect("CONFFILES", "/etc/tokend/config.toml");
+    expect("ENABLED_AFTER_INSTALL", "disabled,disabled");
+    expect("ACTIVE_AFTER_INSTALL", "inactive,inactive");
+    // Completions where each shell looks for them, and the manual.
+    assert!(
+        get("BASH_COMPLETION").starts_with("complete ")
+            && get("BASH_COMPLETION").contains(" -F _tokend ")
+            && get("BASH_COMPLETION").ends_with(" tokend"),
+        "{}",
+        get("BASH_COMPLETION")
+    );
+    expect("ZSH_COMPLETION", "#compdef ");
+    let fish: u32 = get("FISH_COMPLETION").parse().expect("a count");
+    assert!(fish > 20, "{fish} fish completions");
+    let pages: u32 = get("MAN_PAGES").parse().expect("a count");
+    assert!(pages > 10, "{pages} man pages");
+    assert!(
+        get("MAN_TITLE").starts_with(".TH tokend-get 1 "),
+        "{}",
+        get("MAN_TITLE")
+    );
+    // An administrator's edit keeps the conffile's owner and mode.
+    expect("CONFIG_AFTER_EDIT", "640 root:tokend");
 
     // Socket activation: the socket is systemd's, the first client starts the
     // service.
@@ -260,6 +300,16 @@ async fn units_work_under_systemd_as_pid_1_in_nspawn() {
     assert!(refreshed != slow_token && refreshed != "none", "{context}");
     expect("NRESTARTS", "0");
     expect("SERVICE_AT_END", "active");
+    // Purged: the package's files and the unit are gone, the service was
+    // stopped, and the database of refresh tokens is kept.
+    expect("PURGE_RC", "0");
+    expect("SERVICE_AFTER_PURGE", "inactive");
+    expect("SOCKET_AFTER_PURGE", "inactive");
+    expect("BINARY_AFTER_PURGE", "absent");
+    expect("UNIT_AFTER_PURGE", "absent");
+    expect("CONFIG_AFTER_PURGE", "absent");
+    expect("STATOVERRIDE_AFTER_PURGE", "none");
+    expect("DATABASE_AFTER_PURGE", "600 tokend:tokend");
     expect("NSPAWN_EXIT", "0");
     assert!(r.contains_key("DONE"), "{context}");
 

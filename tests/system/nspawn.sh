@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # System test driver: tokend's units under a real systemd as PID 1.
 #
-#   tests/system/nspawn.sh WORK [BINARY]        (as root)
+#   tests/system/nspawn.sh WORK DEB        (as root)
 #
 # Boots the host's own /usr with `systemd-nspawn --boot --volatile=yes`
-# (a tmpfs root, an empty /etc, the host's /usr read-only), with tokend
-# installed the way the .deb installs it, and walks through what an
+# (a tmpfs root, an empty /etc, the host's /usr under a writable layer),
+# installs tokend's .deb DEB with `dpkg -i`, and walks through what an
 # administrator does: start the socket, let a client activate the service,
-# add credentials with the CLI, reload, restart, stop, start again. It reports
+# add credentials with the CLI, reload, restart, stop, start again; then
+# purges the package. Everything runs from the installed files. It reports
 # what it saw as KEY=VALUE lines on stdout; tests/it/system.rs starts the fake
 # providers, prepares WORK, runs this script and asserts on the report. Nothing
 # here prints a token: tokens are compared by fingerprint (sha256 prefix).
@@ -24,7 +25,7 @@
 #   journal-unit.json  `journalctl -u tokend -o json`
 #   journal.export     the whole journal, `journalctl -o export`
 #   status-*.json      `tokend status --json` at points of interest
-# BINARY defaults to target/debug/tokend.
+# DEB is built by debian/build-deb (tests/it/support/deb.rs).
 #
 # How it is put together:
 # - `unshare --mount` (the script re-executes itself in a private mount
@@ -32,20 +33,24 @@
 #   runtime files (/run/systemd/nspawn/...) live there and vanish with the
 #   namespace. No mount, file or directory is left on the host.
 # - `--volatile=yes`: the container's root is a tmpfs with only /usr from the
-#   host, so /etc and /var start empty (a pristine system: systemd-sysusers
-#   must create the tokend user from our sysusers file, systemd-tmpfiles must
-#   create /run/tokend-root) and everything written is gone at power-off.
+#   host, so /etc and /var start empty (a pristine system: the package's
+#   postinst must create the tokend user with systemd-sysusers and
+#   /run/tokend-root with systemd-tmpfiles) and everything written is gone at
+#   power-off.
 #   (systemd 252's nspawn refuses `-D /` with --volatile=overlay: only
 #   yes, state or --ephemeral; `state` would leave /etc read-only.)
 #   An /etc/machine-id is bound in so that this is not a "first boot":
 #   otherwise systemd would apply the vendor presets and enable (and start)
 #   whatever the host's packages ship, including tokend.socket itself.
-# - The package's files, bound read-only at the paths the .deb installs them
-#   to: /usr/bin/tokend, /usr/lib/systemd/system/tokend.{service,socket},
-#   /usr/lib/sysusers.d/tokend.conf, /usr/lib/tmpfiles.d/tokend.conf. The
-#   host's /usr is read-only and has no such files to bind onto, so an
-#   `--overlay-ro` stacks a layer of empty placeholder files (in the private
-#   /run) over the container's /usr first.
+# - dpkg installs into the container's /usr, an `--overlay` of the host's
+#   /usr (read-only below) and an empty, writable upper layer in the private
+#   /run, and into a copy of the host's dpkg database in the container's
+#   /var. That database says which packages the host's /usr holds, so
+#   `dpkg -i` checks the package's Depends against what is really there, and
+#   its maintainer scripts run with the host's systemd-sysusers,
+#   systemd-tmpfiles, deb-systemd-helper and dpkg-statoverride. Nothing
+#   reaches the host: the layer vanishes with the namespace, the copy with
+#   the container.
 # - `--register=no --keep-unit`: no systemd-machined, no transient scope.
 #   nspawn then splits the cgroup it runs in (payload/supervisor); it is run
 #   in a cgroup of its own, made here and removed afterwards.
@@ -72,8 +77,8 @@
 # and the whole run is bounded by $TOKEND_SYSTEST_DEADLINE seconds (default 120).
 set -euo pipefail
 
-if [ $# -lt 1 ] || [ $# -gt 2 ]; then
-    echo "usage: $0 WORK [BINARY]" >&2
+if [ $# -ne 2 ]; then
+    echo "usage: $0 WORK DEB" >&2
     exit 2
 fi
 if ! command -v systemd-nspawn >/dev/null; then
@@ -88,14 +93,13 @@ fi
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
 work=$(cd "$1" && pwd)
-binary=$(realpath "${2:-$repo/target/debug/tokend}")
-units=$repo/systemd
-[ -x "$binary" ] || { echo "no tokend binary at $binary" >&2; exit 2; }
+deb=$(realpath "$2")
+[ -f "$deb" ] || { echo "no package at $deb" >&2; exit 2; }
 
 # A private mount namespace for everything below (same PID: unshare execs).
 if [ "${TOKEND_SYSTEST_UNSHARED:-}" != 1 ]; then
     export TOKEND_SYSTEST_UNSHARED=1
-    exec unshare --mount --propagation private -- "$BASH" "$0" "$work" "$binary"
+    exec unshare --mount --propagation private -- "$BASH" "$0" "$work" "$deb"
 fi
 
 total=${TOKEND_SYSTEST_DEADLINE:-120}
@@ -111,16 +115,11 @@ die() {
 }
 
 # --- Staging area, in a private /run -----------------------------------------
-mount -t tmpfs -o mode=0755,size=16m tmpfs /run
+# Room for the package's files and dpkg's database changes.
+mount -t tmpfs -o mode=0755,size=512m tmpfs /run
 stage=/run/tokend-systest
-mkdir -p "$stage/usr/bin" "$stage/usr/lib/systemd/system" \
-    "$stage/usr/lib/sysusers.d" "$stage/usr/lib/tmpfiles.d"
-# Mount points for the binds below, in the layer laid over /usr.
-: >"$stage/usr/bin/tokend"
-: >"$stage/usr/lib/systemd/system/tokend.service"
-: >"$stage/usr/lib/systemd/system/tokend.socket"
-: >"$stage/usr/lib/sysusers.d/tokend.conf"
-: >"$stage/usr/lib/tmpfiles.d/tokend.conf"
+# The writable layer over the container's /usr.
+mkdir -p "$stage/usr-upper"
 od -An -N16 -tx1 /dev/urandom | tr -d ' \n' >"$stage/machine-id"
 echo >>"$stage/machine-id"
 
@@ -249,12 +248,7 @@ note "booting"
     for d in "${cgroups[@]}"; do echo "$BASHPID" >"$d/cgroup.procs"; done
     exec systemd-nspawn --directory=/ --volatile=yes \
         --register=no --keep-unit --console=read-only \
-        --overlay-ro="/usr:$stage/usr:/usr" \
-        --bind-ro="$binary:/usr/bin/tokend" \
-        --bind-ro="$units/tokend.service:/usr/lib/systemd/system/tokend.service" \
-        --bind-ro="$units/tokend.socket:/usr/lib/systemd/system/tokend.socket" \
-        --bind-ro="$units/tokend.sysusers:/usr/lib/sysusers.d/tokend.conf" \
-        --bind-ro="$units/tokend.tmpfile:/usr/lib/tmpfiles.d/tokend.conf" \
+        --overlay="/usr:$stage/usr-upper:/usr" \
         --bind-ro="$stage/machine-id:/etc/machine-id" \
         "${ca_store[@]}" \
         --boot systemd.firstboot=off systemd.unit=basic.target
@@ -298,14 +292,47 @@ say BOOT_MS "$(ms)"
 say FAILED_UNITS "$(in_ct systemctl list-units --failed --plain --no-legend | awk '{print $1}' | paste -sd, -)"
 note "booted: $boot_state"
 
+# --- The package ------------------------------------------------------------------
+say USER_BEFORE_INSTALL "$(in_ct getent passwd tokend || echo none)"
+tar -C /var/lib -cf - dpkg | in_ct tar -C /var/lib -xf -
+# The host's overrides name the host's users and groups, which this /etc
+# lacks; dpkg refuses to run with an override for an unknown group.
+in_ct sh -c ': >/var/lib/dpkg/statoverride'
+in_ct sh -c 'cat >/tmp/tokend.deb' <"$deb"
+# A container image's policy-rc.d (exit 101: "do not start or stop
+# services") would keep the maintainer scripts from stopping the service on
+# removal; a real system has none. Removed in the container's layer only.
+in_ct rm -f /usr/sbin/policy-rc.d
+in_ct dpkg -i /tmp/tokend.deb >&2 && rc=0 || rc=$?
+say DPKG_INSTALL_RC "$rc"
+[ "$rc" = 0 ] || die "dpkg -i failed"
+say DPKG_STATUS "$(in_ct dpkg-query -W -f='${db:Status-Abbrev}' tokend | tr -d ' ')"
+say INSTALLED_VERSION "$(in_ct tokend --version)"
+say INSTALLED_BINARY "$(in_ct stat -c '%a %U:%G' /usr/bin/tokend || true)"
+# postinst: systemd-sysusers (the user), systemd-tmpfiles (the empty root of
+# the service's sandbox), dpkg-statoverride (the conffile), and nothing
+# enabled or started.
 say TOKEND_USER "$(in_ct getent passwd tokend | cut -d: -f1,6,7)"
 say ROOT_DIRECTORY "$(in_ct stat -c '%a %U:%G' /run/tokend-root || true)"
+say CONFIG_FILE "$(in_ct stat -c '%a %U:%G' /etc/tokend/config.toml || true)"
+say CONFFILES "$(in_ct dpkg-query -W -f='${Conffiles}' tokend | awk 'NF { print $1 }' | paste -sd, -)"
+say ENABLED_AFTER_INSTALL "$(in_ct systemctl is-enabled tokend.socket tokend.service | paste -sd, - || true)"
+say ACTIVE_AFTER_INSTALL "$(in_ct systemctl is-active tokend.socket tokend.service | paste -sd, - || true)"
+# The completions and the manual, where bash, zsh, fish and man look.
+say BASH_COMPLETION "$(in_ct bash -c '. /usr/share/bash-completion/completions/tokend && complete -p tokend' || true)"
+say ZSH_COMPLETION "$(in_ct head -c 9 /usr/share/zsh/vendor-completions/_tokend || true)"
+say FISH_COMPLETION "$(in_ct grep -c '^complete -c tokend' /usr/share/fish/vendor_completions.d/tokend.fish || true)"
+say MAN_PAGES "$(in_ct sh -c 'ls /usr/share/man/man1/tokend*.1.gz | wc -l')"
+say MAN_TITLE "$(in_ct sh -c 'zcat /usr/share/man/man1/tokend-get.1.gz | grep "^\.TH"' || true)"
+note "installed"
 
 # --- Configuration, as an administrator would write it --------------------------
-tar -C "$work/etc" -cf - . | in_ct tar -C /etc -xpf - --no-same-owner --no-overwrite-dir
-# What the .deb's postinst does (dpkg-statoverride root:tokend 0640).
-in_ct chgrp tokend /etc/tokend/config.toml
-in_ct chmod 0640 /etc/tokend/config.toml
+# The secrets and drop-ins are new files; config.toml is the package's
+# conffile, edited in place (so it keeps postinst's owner and mode).
+tar -C "$work/etc" --exclude=./tokend/config.toml -cf - . |
+    in_ct tar -C /etc -xpf - --no-same-owner --no-overwrite-dir
+in_ct sh -c 'cat >/etc/tokend/config.toml' <"$work/etc/tokend/config.toml"
+say CONFIG_AFTER_EDIT "$(in_ct stat -c '%a %U:%G' /etc/tokend/config.toml || true)"
 in_ct systemctl daemon-reload
 
 # --- Socket activation ----------------------------------------------------------
@@ -422,5 +449,17 @@ note "restart done"
 # --- The journal ----------------------------------------------------------------------
 in_ct journalctl --no-pager -u tokend -o json >"$work/journal-unit.json" || true
 in_ct journalctl --no-pager -o export >"$work/journal.export" || true
+note "journal saved"
+
+# --- Purge: the package goes, the database stays -------------------------------------
+in_ct dpkg --purge tokend >&2 && rc=0 || rc=$?
+say PURGE_RC "$rc"
+say SERVICE_AFTER_PURGE "$(state tokend.service)"
+say SOCKET_AFTER_PURGE "$(state tokend.socket)"
+say BINARY_AFTER_PURGE "$(in_ct stat -c %F /usr/bin/tokend 2>/dev/null || echo absent)"
+say UNIT_AFTER_PURGE "$(in_ct stat -c %F /usr/lib/systemd/system/tokend.service 2>/dev/null || echo absent)"
+say CONFIG_AFTER_PURGE "$(in_ct stat -c %F /etc/tokend/config.toml 2>/dev/null || echo absent)"
+say STATOVERRIDE_AFTER_PURGE "$(in_ct dpkg-statoverride --list /etc/tokend/config.toml || echo none)"
+say DATABASE_AFTER_PURGE "$(in_ct stat -c '%a %U:%G' /var/lib/tokend/tokend.db || echo absent)"
 say DONE "$(ms)"
 note "done"

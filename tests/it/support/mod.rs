@@ -3,6 +3,7 @@
 //! configuration) and drives it through the real CLI.
 
 pub mod browser;
+pub mod deb;
 pub mod fake_provider;
 pub mod oidc;
 
