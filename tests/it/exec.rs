@@ -179,3 +179,124 @@ async fn signal_mode_sends_one_signal_per_new_token_and_status_passes_through() 
     assert!(run.stdout.is_empty(), "{run:?}");
     daemon.finish(&[&fake]).await;
 }
+
+/// A child that logs each SIGINT and SIGTERM it gets with who sent it
+/// (`signo si_code si_pid`), and exits 7 on SIGTERM. It waits for them with
+/// sigwaitinfo, so each one is counted, not folded into a handler's flag.
+const COUNTING_CHILD: &str = r#"
+import signal, sys
+log = sys.argv[1]
+wanted = [signal.SIGINT, signal.SIGTERM]
+signal.pthread_sigmask(signal.SIG_BLOCK, wanted)
+def note(line):
+    with open(log, "a") as f:
+        f.write(line + "\n")
+note("start")
+while True:
+    i = signal.sigwaitinfo(wanted)
+    note(f"{i.si_signo} {i.si_code} {i.si_pid}")
+    if i.si_signo == signal.SIGTERM:
+        sys.exit(7)
+"#;
+
+/// Runs `tokend exec` on a pseudo-terminal, as an interactive shell would
+/// (its own session, the terminal's foreground process group), types
+/// Ctrl-C three times, then sends it SIGINT and SIGTERM with kill(2). Prints exec's pid
+/// and its exit code.
+const TERMINAL: &str = r#"
+import os, pty, signal, sys, time
+log, argv = sys.argv[1], sys.argv[2:]
+pid, fd = pty.fork()
+if pid == 0:
+    os.execv(argv[0], argv)
+os.set_blocking(fd, False)
+def drain():
+    try:
+        while os.read(fd, 4096):
+            pass
+    except OSError:
+        pass
+def lines():
+    try:
+        with open(log) as f:
+            return f.read().splitlines()
+    except FileNotFoundError:
+        return []
+def wait_for(n):
+    end = time.monotonic() + 20
+    while len(lines()) < n and time.monotonic() < end:
+        drain()
+        time.sleep(0.02)
+wait_for(1)
+# Three times: a second SIGINT that arrives while the first is still
+# pending is folded into it, so one round could hide a duplicate.
+for n in range(2, 5):
+    os.write(fd, b"\x03")
+    wait_for(n)
+    time.sleep(0.3)
+    drain()
+os.kill(pid, signal.SIGINT)
+wait_for(len(lines()) + 1)
+os.kill(pid, signal.SIGTERM)
+end = time.monotonic() + 20
+while time.monotonic() < end:
+    drain()
+    done, status = os.waitpid(pid, os.WNOHANG)
+    if done:
+        print(pid, os.waitstatus_to_exitcode(status))
+        break
+    time.sleep(0.02)
+else:
+    os.kill(pid, signal.SIGKILL)
+    print(pid, "hung")
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_in_a_terminal_reaches_the_child_once() {
+    let (fake, daemon) = start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("child.log");
+    let out = Command::new("/usr/bin/python3")
+        .args(["-c", TERMINAL])
+        .arg(&log)
+        .arg(env!("CARGO_BIN_EXE_tokend"))
+        .arg("--socket")
+        .arg(&daemon.socket)
+        .args([
+            "exec",
+            "c=TOK",
+            "--",
+            "/usr/bin/python3",
+            "-c",
+            COUNTING_CHILD,
+        ])
+        .arg(&log)
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .expect("run python3 (Debian: python3)");
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{printed} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (pid, code) = printed.trim().split_once(' ').expect("pid and exit code");
+    // Each Ctrl-C came once, from the kernel (SI_KERNEL, 0x80), and not
+    // again from exec; a SIGINT sent to exec alone was passed on
+    // (SI_USER, from exec's pid), and so was the SIGTERM, whose exit status
+    // is exec's.
+    assert_eq!(
+        lines(&log),
+        [
+            "start".to_string(),
+            "2 128 0".to_string(),
+            "2 128 0".to_string(),
+            "2 128 0".to_string(),
+            format!("2 0 {pid}"),
+            format!("15 0 {pid}"),
+        ]
+    );
+    assert_eq!(code, "7");
+    daemon.finish(&[&fake]).await;
+}
