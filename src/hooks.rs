@@ -187,19 +187,50 @@ impl Hooks {
                 return;
             };
             self.listening = true;
-            tokio::spawn(run(rx, self.current.subscribe(), self.cancel.clone()));
+            tokio::spawn(run(
+                rx,
+                self.current.subscribe(),
+                self.handle.clone(),
+                self.cancel.clone(),
+            ));
         }
     }
+}
+
+/// The listener's state: each credential's queue, and which credentials
+/// are in trouble (what a later healthy view is a recovery from).
+struct Listener {
+    current: watch::Receiver<Arc<[Hook]>>,
+    running: Arc<Semaphore>,
+    queues: HashMap<Arc<str>, mpsc::Sender<Job>>,
+    troubled: HashSet<Arc<str>>,
 }
 
 async fn run(
     mut rx: broadcast::Receiver<Update>,
     current: watch::Receiver<Arc<[Hook]>>,
+    handle: RefresherHandle,
     cancel: CancellationToken,
 ) {
-    let running = Arc::new(Semaphore::new(MAX_RUNNING));
-    let mut queues: HashMap<Arc<str>, mpsc::Sender<Job>> = HashMap::new();
-    let mut troubled_now: HashSet<Arc<str>> = HashSet::new();
+    let mut listener = Listener {
+        current,
+        running: Arc::new(Semaphore::new(MAX_RUNNING)),
+        queues: HashMap::new(),
+        troubled: HashSet::new(),
+    };
+    // What stands already (loaded at start-up, or before the reload that
+    // brought the first hook): a credential in trouble may recover, and a
+    // refresh token in its warning window is told, as no update will tell
+    // it. Subscribed before this read: an update in between is told twice
+    // at worst, never missed.
+    for view in handle.list() {
+        if troubled(&view) {
+            listener.troubled.insert(Arc::clone(&view.name));
+        }
+        if view.extras().warning.is_some() {
+            listener.dispatch(&[Event::RefreshTokenExpiring], &view);
+        }
+    }
     loop {
         let update = tokio::select! {
             () = cancel.cancelled() => return,
@@ -218,39 +249,48 @@ async fn run(
             }
             Err(broadcast::error::RecvError::Closed) => return,
         };
-        let was = troubled_now.contains(&update.name);
+        let was = listener.troubled.contains(&update.name);
         let found = events(&update, was);
         match &update.view {
             Some(v) if troubled(v) => {
-                troubled_now.insert(Arc::clone(&update.name));
+                listener.troubled.insert(Arc::clone(&update.name));
             }
             _ => {
-                troubled_now.remove(&update.name);
+                listener.troubled.remove(&update.name);
             }
         }
-        let Some(view) = update.view else {
-            queues.remove(&update.name);
-            continue;
-        };
-        let hooks = Arc::clone(&current.borrow());
-        for ev in found {
-            if !hooks.iter().any(|h| h.wants(ev, &update.name)) {
+        match &update.view {
+            Some(view) => listener.dispatch(&found, view),
+            None => {
+                listener.queues.remove(&update.name);
+            }
+        }
+    }
+}
+
+impl Listener {
+    /// Queues `found` for the credential of `view`, each event only if a
+    /// hook in force wants it.
+    fn dispatch(&mut self, found: &[Event], view: &Arc<View>) {
+        let hooks = Arc::clone(&self.current.borrow());
+        for &ev in found {
+            if !hooks.iter().any(|h| h.wants(ev, &view.name)) {
                 continue;
             }
-            let tx = queues.entry(Arc::clone(&update.name)).or_insert_with(|| {
+            let tx = self.queues.entry(Arc::clone(&view.name)).or_insert_with(|| {
                 let (tx, rx) = mpsc::channel(QUEUE);
-                tokio::spawn(worker(rx, current.clone(), Arc::clone(&running)));
+                tokio::spawn(worker(rx, self.current.clone(), Arc::clone(&self.running)));
                 tx
             });
             let job = Job {
                 event: ev,
-                view: Arc::clone(&view),
+                view: Arc::clone(view),
             };
             if tx.try_send(job).is_err() {
                 event!(
                     warn,
                     Kind::HookDropped,
-                    tokend_credential = %update.name,
+                    tokend_credential = %view.name,
                     tokend_hook_event = ev.as_str(),
                     "hook event dropped: this credential's hooks are {QUEUE} events behind"
                 );

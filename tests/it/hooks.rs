@@ -435,7 +435,7 @@ async fn refresh_token_expiring_runs_once_when_the_warning_appears() {
             hook("\"refreshed\", \"refresh_token_expiring\"", &record, &out, ""),
         )
     };
-    let daemon = Daemon::start(FAST_DAEMON, &config("30m")).await;
+    let mut daemon = Daemon::start(FAST_DAEMON, &config("30m")).await;
     daemon.add("c", "p", &fake.issue_refresh_token()).await.ok();
     wait_until(Duration::from_secs(10), "refreshed", || async {
         !envs(&out, "refreshed").is_empty()
@@ -491,6 +491,21 @@ async fn refresh_token_expiring_runs_once_when_the_warning_appears() {
     .await;
     assert_eq!(envs(&out, "refresh_token_expiring").len(), 2);
     assert!(!daemon.logs().contains("change only on restart"));
+
+    // A warning that stands when tokend starts is told again then: no update
+    // would tell it (the machine may have been off as it appeared).
+    daemon.stop().await;
+    daemon.spawn().await;
+    wait_until(Duration::from_secs(10), "the standing warnings", || async {
+        envs(&out, "refresh_token_expiring").len() >= 4
+    })
+    .await;
+    let mut told: Vec<String> = envs(&out, "refresh_token_expiring")[2..]
+        .iter()
+        .map(|e| e["TOKEND_CREDENTIAL"].clone())
+        .collect();
+    told.sort();
+    assert_eq!(told, ["c", "d"]);
     assert_no_secret_in_envs(&out, &fake);
     daemon.finish(&[&fake]).await;
 }
