@@ -277,11 +277,14 @@ impl Listener {
             if !hooks.iter().any(|h| h.wants(ev, &view.name)) {
                 continue;
             }
-            let tx = self.queues.entry(Arc::clone(&view.name)).or_insert_with(|| {
-                let (tx, rx) = mpsc::channel(QUEUE);
-                tokio::spawn(worker(rx, self.current.clone(), Arc::clone(&self.running)));
-                tx
-            });
+            let tx = self
+                .queues
+                .entry(Arc::clone(&view.name))
+                .or_insert_with(|| {
+                    let (tx, rx) = mpsc::channel(QUEUE);
+                    tokio::spawn(worker(rx, self.current.clone(), Arc::clone(&self.running)));
+                    tx
+                });
             let job = Job {
                 event: ev,
                 view: Arc::clone(view),
@@ -547,11 +550,17 @@ mod tests {
         assert_eq!(get("TOKEND_STATE"), Some("active"));
         // Control characters (a NUL would stop the hook from starting) are
         // spaces.
-        assert_eq!(get("TOKEND_ERROR"), Some("token endpoint answered 503  at once"));
+        assert_eq!(
+            get("TOKEND_ERROR"),
+            Some("token endpoint answered 503  at once")
+        );
         assert_eq!(get("TOKEND_ATTEMPT"), Some("2"));
         assert_eq!(get("TOKEND_NEXT_REFRESH_AT"), Some("9"));
         assert_eq!(get("TOKEND_REFRESH_TOKEN_EXPIRES_AT"), Some("7"));
-        assert_eq!(get("TOKEND_WARNING"), Some("the refresh token expires in 2h"));
+        assert_eq!(
+            get("TOKEND_WARNING"),
+            Some("the refresh token expires in 2h")
+        );
         let healthy = update(UpdateKind::Token, State::Active);
         let env = environment(Event::Refreshed, healthy.view.as_deref().unwrap());
         for absent in ["TOKEND_ERROR", "TOKEND_ATTEMPT", "TOKEND_WARNING"] {

@@ -125,7 +125,9 @@ pub(crate) fn change(old: Option<&View>, new: &View) -> Option<UpdateKind> {
     if old.state != new.state || old.paused() != new.paused() {
         return Some(UpdateKind::State);
     }
-    problems(Some(old), new).any().then_some(UpdateKind::Problem)
+    problems(Some(old), new)
+        .any()
+        .then_some(UpdateKind::Problem)
 }
 
 /// The problems a publish of `new` over `old` brought up. A first publish

@@ -354,18 +354,25 @@ async fn refresh_failed_runs_for_failed_attempts_at_growing_intervals_and_recove
         envs(&out, "refreshed").len() >= 2
     })
     .await;
-    assert!(envs(&out, "refresh_failed").is_empty(), "a success is no failure");
+    assert!(
+        envs(&out, "refresh_failed").is_empty(),
+        "a success is no failure"
+    );
     assert!(envs(&out, "recovered").is_empty());
 
     // The provider is down: every attempt fails and is retried with backoff
     // (200 ms doubling to 2 s).
     fake.set_sticky_fault(Some(Fault::server_error(503)));
     assert_eq!(daemon.cli(&["refresh", "c"]).await.code, 1);
-    wait_until(Duration::from_secs(15), "the 4th failure's hook", || async {
-        envs(&out, "refresh_failed")
-            .iter()
-            .any(|e| e.get("TOKEND_ATTEMPT").map(String::as_str) == Some("4"))
-    })
+    wait_until(
+        Duration::from_secs(15),
+        "the 4th failure's hook",
+        || async {
+            envs(&out, "refresh_failed")
+                .iter()
+                .any(|e| e.get("TOKEND_ATTEMPT").map(String::as_str) == Some("4"))
+        },
+    )
     .await;
     let failed = envs(&out, "refresh_failed");
     let first = &failed[0];
@@ -375,13 +382,23 @@ async fn refresh_failed_runs_for_failed_attempts_at_growing_intervals_and_recove
     assert_eq!(first["TOKEND_STATE"], "active");
     assert_eq!(first["TOKEND_ATTEMPT"], "1");
     assert!(first["TOKEND_ERROR"].contains("503"), "{first:?}");
-    let retry: i64 = first["TOKEND_NEXT_REFRESH_AT"].parse().expect("Unix seconds");
-    assert!((now_secs() - 60..now_secs() + 60).contains(&retry), "{retry}");
+    let retry: i64 = first["TOKEND_NEXT_REFRESH_AT"]
+        .parse()
+        .expect("Unix seconds");
+    assert!(
+        (now_secs() - 60..now_secs() + 60).contains(&retry),
+        "{retry}"
+    );
     // Not every failure: the 1st, 2nd and 4th, not the 3rd.
-    let attempts: Vec<&str> = failed.iter().map(|e| e["TOKEND_ATTEMPT"].as_str()).collect();
+    let attempts: Vec<&str> = failed
+        .iter()
+        .map(|e| e["TOKEND_ATTEMPT"].as_str())
+        .collect();
     assert_eq!(&attempts[..3], ["1", "2", "4"], "{attempts:?}");
     assert!(
-        attempts.iter().all(|a| a.parse::<u32>().unwrap().is_power_of_two()),
+        attempts
+            .iter()
+            .all(|a| a.parse::<u32>().unwrap().is_power_of_two()),
         "{attempts:?}"
     );
     let refreshed_before = envs(&out, "refreshed").len();
@@ -409,9 +426,11 @@ async fn refresh_failed_runs_for_failed_attempts_at_growing_intervals_and_recove
     daemon.add("c", "p", &fake.issue_refresh_token()).await.ok();
     // Hooks of one credential run in order: once the second recovery is
     // recorded, whatever the rejection ran has been recorded too.
-    wait_until(Duration::from_secs(10), "needs_reauth, then recovered", || async {
-        envs(&out, "recovered").len() >= 2
-    })
+    wait_until(
+        Duration::from_secs(10),
+        "needs_reauth, then recovered",
+        || async { envs(&out, "recovered").len() >= 2 },
+    )
     .await;
     assert_eq!(envs(&out, "needs_reauth").len(), 1);
     assert_eq!(envs(&out, "refresh_failed").len(), failures);
@@ -421,9 +440,10 @@ async fn refresh_failed_runs_for_failed_attempts_at_growing_intervals_and_recove
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refresh_token_expiring_runs_once_when_the_warning_appears() {
-    let fake =
-        FakeProvider::start(FakeConfig::new(Flavor::Didit).with_refresh_ttl(Duration::from_secs(3600)))
-            .await;
+    let fake = FakeProvider::start(
+        FakeConfig::new(Flavor::Didit).with_refresh_ttl(Duration::from_secs(3600)),
+    )
+    .await;
     let work = tempfile::tempdir().unwrap();
     let out = work.path().join("out");
     std::fs::create_dir_all(&out).unwrap();
@@ -432,7 +452,12 @@ async fn refresh_token_expiring_runs_once_when_the_warning_appears() {
         format!(
             "{}refresh_token_warning = \"{warning}\"\n{}",
             provider_toml("p", &fake),
-            hook("\"refreshed\", \"refresh_token_expiring\"", &record, &out, ""),
+            hook(
+                "\"refreshed\", \"refresh_token_expiring\"",
+                &record,
+                &out,
+                ""
+            ),
         )
     };
     let mut daemon = Daemon::start(FAST_DAEMON, &config("30m")).await;
@@ -450,15 +475,20 @@ async fn refresh_token_expiring_runs_once_when_the_warning_appears() {
         "{rt_expires}"
     );
     assert!(!refreshed.contains_key("TOKEND_WARNING"), "{refreshed:?}");
-    assert!(envs(&out, "refresh_token_expiring").is_empty(), "an hour left, a 30 min window");
+    assert!(
+        envs(&out, "refresh_token_expiring").is_empty(),
+        "an hour left, a 30 min window"
+    );
 
     // A wider window: the warning appears on reload, without a new token.
     daemon.write_config(FAST_DAEMON, &config("2h"));
     daemon.signal(libc::SIGHUP);
     reloaded(&daemon, 1).await;
-    wait_until(Duration::from_secs(10), "refresh_token_expiring", || async {
-        !envs(&out, "refresh_token_expiring").is_empty()
-    })
+    wait_until(
+        Duration::from_secs(10),
+        "refresh_token_expiring",
+        || async { !envs(&out, "refresh_token_expiring").is_empty() },
+    )
     .await;
     let expiring = &envs(&out, "refresh_token_expiring")[0];
     assert_eq!(expiring["TOKEND_CREDENTIAL"], "c");
@@ -467,7 +497,10 @@ async fn refresh_token_expiring_runs_once_when_the_warning_appears() {
         expiring["TOKEND_WARNING"].contains("refresh token expires in"),
         "{expiring:?}"
     );
-    assert_eq!(expiring["TOKEND_REFRESH_TOKEN_EXPIRES_AT"], rt_expires.to_string());
+    assert_eq!(
+        expiring["TOKEND_REFRESH_TOKEN_EXPIRES_AT"],
+        rt_expires.to_string()
+    );
 
     // Each refresh renews the warning's text, not its appearance. Hooks of
     // one credential run in order: once the last refresh's hook is recorded,
@@ -483,11 +516,15 @@ async fn refresh_token_expiring_runs_once_when_the_warning_appears() {
 
     // A new credential whose first token comes with the warning.
     daemon.add("d", "p", &fake.issue_refresh_token()).await.ok();
-    wait_until(Duration::from_secs(10), "d's refresh_token_expiring", || async {
-        envs(&out, "refresh_token_expiring")
-            .iter()
-            .any(|e| e["TOKEND_CREDENTIAL"] == "d")
-    })
+    wait_until(
+        Duration::from_secs(10),
+        "d's refresh_token_expiring",
+        || async {
+            envs(&out, "refresh_token_expiring")
+                .iter()
+                .any(|e| e["TOKEND_CREDENTIAL"] == "d")
+        },
+    )
     .await;
     assert_eq!(envs(&out, "refresh_token_expiring").len(), 2);
     assert!(!daemon.logs().contains("change only on restart"));
@@ -529,7 +566,10 @@ async fn a_reload_adds_and_removes_hooks_without_a_restart() {
     );
     daemon.signal(libc::SIGHUP);
     reloaded(&daemon, 1).await;
-    assert!(envs(&first, "refreshed").is_empty(), "nothing ran before the reload");
+    assert!(
+        envs(&first, "refreshed").is_empty(),
+        "nothing ran before the reload"
+    );
     daemon.cli(&["refresh", "c"]).await.ok();
     wait_until(Duration::from_secs(10), "the added hook", || async {
         !envs(&first, "refreshed").is_empty()
