@@ -9,10 +9,9 @@
 //! semaphore caps how many hooks run at once. The hooks themselves sit
 //! behind a `watch` channel that a reload replaces ([`Hooks::set`]): an
 //! event runs the hooks configured when its turn comes, and a hook already
-//! running finishes. A hook gets a clean
-//! environment (only `PATH` and the `TOKEND_*` variables), never the token
-//! unless it asked for it on stdin, and is killed with its whole process
-//! group at its timeout. Its output is discarded: it may echo what it was
+//! running finishes. A hook gets a clean environment (only `PATH` and the
+//! `TOKEND_*` variables), never the token unless it asked for it on stdin,
+//! and is killed with its whole process group at its timeout. Its output is discarded: it may echo what it was
 //! given, and the journal must not hold a token.
 
 use std::collections::{HashMap, HashSet};
@@ -92,9 +91,9 @@ fn troubled(v: &View) -> bool {
 
 /// Whether the `attempt`th consecutive failure runs `refresh_failed` hooks:
 /// the 1st, 2nd, 4th, 8th... A provider down for an hour under a short
-/// backoff fails a credential's refresh hundreds of times; its hooks run a
-/// dozen times, the first at once, and `recovered` ends the streak.
-pub(crate) fn reported_attempt(attempt: u32) -> bool {
+/// backoff fails a credential's refresh hundreds of times; its hooks run
+/// about ten times, the first at once, and `recovered` ends the streak.
+fn reported_attempt(attempt: u32) -> bool {
     attempt.is_power_of_two()
 }
 

@@ -599,3 +599,46 @@ async fn a_reload_adds_and_removes_hooks_without_a_restart() {
     assert_no_secret_in_envs(&second, &fake);
     daemon.finish(&[&fake]).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hook_running_during_a_reload_that_removes_it_finishes() {
+    let fake = FakeProvider::start(FakeConfig::new(Flavor::Didit)).await;
+    let work = tempfile::tempdir().unwrap();
+    let (go, log) = (work.path().join("go"), work.path().join("log"));
+    // Runs until the test lets it go, so it is surely running at the reload.
+    let slow = script(
+        work.path(),
+        "slow.sh",
+        &format!(
+            "echo start >> \"$1/log\"\nwhile [ ! -e {go:?} ]; do /bin/sleep 0.05; done\necho end >> \"$1/log\""
+        ),
+    );
+    let provider = provider_toml("p", &fake);
+    let daemon = Daemon::start(
+        FAST_DAEMON,
+        &format!(
+            "{provider}{}",
+            hook("\"refreshed\"", &slow, work.path(), "timeout = \"30s\"")
+        ),
+    )
+    .await;
+    daemon.add("c", "p", &fake.issue_refresh_token()).await.ok();
+    wait_until(Duration::from_secs(10), "the hook to start", || async {
+        std::fs::read_to_string(&log).is_ok_and(|l| l.contains("start"))
+    })
+    .await;
+    daemon.write_config(FAST_DAEMON, &provider);
+    daemon.signal(libc::SIGHUP);
+    reloaded(&daemon, 1).await;
+    assert!(daemon.logs().contains("hooks ([[hooks]]) changed"));
+    std::fs::write(&go, "").unwrap();
+    wait_until(Duration::from_secs(10), "the hook to finish", || async {
+        std::fs::read_to_string(&log).is_ok_and(|l| l.contains("end"))
+    })
+    .await;
+    wait_until(Duration::from_secs(10), "hook_ran", || async {
+        daemon.logs().contains("hook_ran")
+    })
+    .await;
+    daemon.finish(&[&fake]).await;
+}
