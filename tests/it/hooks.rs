@@ -87,12 +87,13 @@ async fn hooks_get_the_event_in_a_clean_environment_and_the_token_only_on_stdin_
     );
     let daemon = Daemon::start(FAST_DAEMON, &config).await;
     daemon.add("c", "p", &fake.issue_refresh_token()).await.ok();
+    // A recorded environment is whole (renamed into place once written),
+    // and its stdin was written before it.
     wait_until(Duration::from_secs(10), "refreshed hooks", || async {
-        !files(&plain, "refreshed").is_empty() && !files(&stdin, "refreshed").is_empty()
+        !envs(&plain, "refreshed").is_empty() && !envs(&stdin, "refreshed").is_empty()
     })
     .await;
-    let mut envs = files(&plain, "refreshed");
-    let env = parse_env(&envs.remove(0));
+    let env = envs(&plain, "refreshed").remove(0);
     assert_eq!(
         env.get("TOKEND_EVENT").map(String::as_str),
         Some("refreshed")
@@ -122,7 +123,7 @@ async fn hooks_get_the_event_in_a_clean_environment_and_the_token_only_on_stdin_
     // The token on stdin, when asked, and never in any environment.
     let tokens: Vec<String> = files(&stdin, "refreshed")
         .into_iter()
-        .filter(|t| !t.contains("TOKEND_EVENT"))
+        .filter(|t| !t.contains("TOKEND_EVENT") && !t.is_empty())
         .collect();
     let token = tokens.first().expect("a token on stdin").trim().to_string();
     assert!(fake.access_token_expiry(&token).is_some(), "{token:?}");
@@ -142,16 +143,10 @@ async fn hooks_get_the_event_in_a_clean_environment_and_the_token_only_on_stdin_
     fake.revoke_all();
     assert_eq!(daemon.cli(&["refresh", "c"]).await.code, 1);
     wait_until(Duration::from_secs(10), "needs_reauth hook", || async {
-        files(&plain, "needs_reauth")
-            .iter()
-            .any(|f| f.contains("TOKEND_EVENT"))
+        !envs(&plain, "needs_reauth").is_empty()
     })
     .await;
-    let env = files(&plain, "needs_reauth")
-        .into_iter()
-        .find(|f| f.contains("TOKEND_EVENT"))
-        .map(|f| parse_env(&f))
-        .unwrap();
+    let env = envs(&plain, "needs_reauth").remove(0);
     assert_eq!(
         env.get("TOKEND_EVENT").map(String::as_str),
         Some("needs_reauth")
