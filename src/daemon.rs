@@ -17,6 +17,7 @@ use crate::discovery::Discovery;
 use crate::event;
 use crate::events::Kind;
 use crate::fsguard;
+use crate::hooks::Hooks;
 use crate::paths;
 use crate::provider::ProviderClient;
 use crate::refresh::{Refresher, RefresherHandle};
@@ -195,7 +196,7 @@ pub(crate) async fn run(opts: DaemonOptions) -> anyhow::Result<()> {
         tracing::info!(tokend_metrics_listen = %addr, "serving metrics on loopback TCP");
     }
     tokio::spawn(Arc::clone(&discovery).run(handle.clone(), cancel.clone()));
-    crate::hooks::start(&handle, Arc::clone(&config.hooks), cancel.clone());
+    let mut hooks = Hooks::start(&handle, Arc::clone(&config.hooks), cancel.clone());
     let sinks = crate::sinks::start(config.sinks.clone(), handle.clone()).await;
     let running = Running {
         refresher: tokio::spawn(refresher.run()),
@@ -220,7 +221,7 @@ pub(crate) async fn run(opts: DaemonOptions) -> anyhow::Result<()> {
         "tokend started"
     );
     systemd::ready(&status_line(&handle));
-    handle_signals(signals, &opts, &handle, &discovery, &config).await;
+    handle_signals(signals, &opts, &handle, &discovery, &config, &mut hooks).await;
     running.stop(config.daemon.shutdown_timeout).await;
     store.close().await;
     drop(socket_file);
@@ -319,6 +320,7 @@ async fn handle_signals(
     handle: &RefresherHandle,
     discovery: &Discovery,
     running: &Config,
+    hooks: &mut Hooks,
 ) {
     while let Some(signal) = signals.next().await {
         if signal != signal_hook::consts::SIGHUP {
@@ -326,18 +328,20 @@ async fn handle_signals(
             return;
         }
         systemd::reloading();
-        reload(opts, handle, discovery, running).await;
+        reload(opts, handle, discovery, running, hooks).await;
         systemd::ready(&status_line(handle));
     }
 }
 
 /// Parses and validates the configuration anew; swaps it in only if it is
-/// entirely valid.
+/// entirely valid. `running` is the configuration the daemon started with,
+/// for what changes only on restart.
 async fn reload(
     opts: &DaemonOptions,
     handle: &RefresherHandle,
     discovery: &Discovery,
     running: &Config,
+    hooks: &mut Hooks,
 ) {
     match load(opts) {
         Ok((config, path)) => {
@@ -351,9 +355,6 @@ async fn reload(
                     "the metrics listener (daemon.metrics_listen) changes only on restart"
                 );
             }
-            if config.hooks != running.hooks {
-                tracing::warn!("hooks ([[hooks]]) change only on restart");
-            }
             if config.daemon.encryption_key != running.daemon.encryption_key {
                 tracing::warn!(
                     "the database encryption key changes only with `tokend rekey` and a restart"
@@ -363,15 +364,25 @@ async fn reload(
                 tracing::warn!("sink files ([[credentials.NAME.sinks]]) change only on restart");
             }
             let providers = config.providers.len();
+            let new_hooks = Arc::clone(&config.hooks);
             // Every issuer is asked again, as SIGHUP promises.
             match discovery.reload(Arc::new(config), handle).await {
-                Ok(()) => event!(
-                    info,
-                    Kind::Reloaded,
-                    tokend_config = %path.as_deref().map_or("(none, defaults)".into(), |p| p.display().to_string()),
-                    tokend_providers = providers,
-                    "configuration reloaded"
-                ),
+                Ok(()) => {
+                    if new_hooks != hooks.current() {
+                        tracing::info!(
+                            tokend_hooks = new_hooks.len(),
+                            "hooks ([[hooks]]) changed: the next events run the new ones; hooks running now finish"
+                        );
+                        hooks.set(new_hooks);
+                    }
+                    event!(
+                        info,
+                        Kind::Reloaded,
+                        tokend_config = %path.as_deref().map_or("(none, defaults)".into(), |p| p.display().to_string()),
+                        tokend_providers = providers,
+                        "configuration reloaded"
+                    );
+                }
                 Err(e) => {
                     event!(error, Kind::ReloadFailed, tokend_error = %e, "reload not applied")
                 }

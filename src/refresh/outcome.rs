@@ -160,6 +160,9 @@ impl Refresher {
         view.edit_extras(|n| n.last_error = Some(failure.message.clone()));
         let attempt = self.slots.get(id).map_or(0, |s| s.attempt);
         let attempt = self.after_failure(&mut view, &failure, attempt, now);
+        if failure.kind == FailureKind::Transient {
+            view.edit_extras(|n| n.failed_attempts = attempt);
+        }
         if let Some(slot) = self.slots.get_mut(id) {
             slot.attempt = attempt;
             slot.earlier_unknown = earlier_unknown;

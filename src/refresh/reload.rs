@@ -39,6 +39,7 @@ impl Refresher {
                 old.paused().is_none() && view.paused().is_none() && old.next_refresh_at.is_some();
             if !unchanged {
                 self.schedule_view(&mut view, now);
+                view.edit_extras(|n| n.failed_attempts = 0);
                 if let Some(slot) = self.slots.get_mut(id) {
                     slot.attempt = 0;
                 }

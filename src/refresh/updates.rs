@@ -1,5 +1,6 @@
-//! What the refresher tells outputs (the watch stream, and later file sinks
-//! and hooks): one [`Update`] per new token, state change or removal, on a
+//! What the refresher tells outputs (the watch stream, file sinks and
+//! hooks): one [`Update`] per new token, state change, problem (a failed
+//! refresh attempt, a refresh-token warning that appears) or removal, on a
 //! bounded broadcast channel. The owner never waits for a receiver: a
 //! receiver that falls more than [`CAPACITY`] updates behind gets `Lagged`
 //! and re-reads the published view, so a slow output costs neither the
@@ -23,6 +24,10 @@ pub(crate) enum UpdateKind {
     /// The state users see changed (needs reauthorization, paused, active
     /// again) without a new token.
     State,
+    /// Neither the token nor the state changed, but a [`Problems`] did: a
+    /// refresh attempt failed and is retried, or the refresh-token warning
+    /// appeared. Outputs that only serve tokens ignore it.
+    Problem,
     /// The credential was deleted.
     Removed,
 }
@@ -34,6 +39,28 @@ pub(crate) struct Update {
     pub(crate) kind: UpdateKind,
     /// The view as published with this change; `None` once removed.
     pub(crate) view: Option<Arc<View>>,
+    /// What went wrong with this change, whatever its kind (a warning may
+    /// appear with a new token).
+    pub(crate) problems: Problems,
+}
+
+/// The problems one publish brought up, for outputs that tell someone.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Problems {
+    /// A refresh attempt failed transiently: the credential stays active
+    /// and is retried with backoff (`Extras::failed_attempts` counts them).
+    /// A rejection that needs reauthorization or pauses is a state change,
+    /// not this.
+    pub(crate) refresh_failed: bool,
+    /// The refresh-token warning appeared (not: its text changed, as it
+    /// does with every refresh while it stands).
+    pub(crate) warning_appeared: bool,
+}
+
+impl Problems {
+    fn any(self) -> bool {
+        self.refresh_failed || self.warning_appeared
+    }
 }
 
 /// The owner's end of the channel.
@@ -62,6 +89,7 @@ impl Updates {
                 name: Arc::clone(&new.name),
                 kind,
                 view: Some(Arc::clone(new)),
+                problems: problems(old, new),
             });
         }
     }
@@ -72,6 +100,7 @@ impl Updates {
             name: Arc::clone(name),
             kind: UpdateKind::Removed,
             view: None,
+            problems: Problems::default(),
         });
     }
 
@@ -84,7 +113,8 @@ impl Updates {
 }
 
 /// What a publish of `new` over `old` changed for outputs: a new token wins
-/// over a state change that came with it (the token event carries the state).
+/// over a state change that came with it (the token event carries the state),
+/// and either wins over a problem (the update still carries it).
 pub(crate) fn change(old: Option<&View>, new: &View) -> Option<UpdateKind> {
     let Some(old) = old else {
         return new.access_token.is_some().then_some(UpdateKind::Token);
@@ -92,7 +122,23 @@ pub(crate) fn change(old: Option<&View>, new: &View) -> Option<UpdateKind> {
     if !same_token(old, new) {
         return Some(UpdateKind::Token);
     }
-    (old.state != new.state || old.paused() != new.paused()).then_some(UpdateKind::State)
+    if old.state != new.state || old.paused() != new.paused() {
+        return Some(UpdateKind::State);
+    }
+    problems(Some(old), new)
+        .any()
+        .then_some(UpdateKind::Problem)
+}
+
+/// The problems a publish of `new` over `old` brought up. A first publish
+/// (a new credential) can bring a warning, never a failure.
+pub(crate) fn problems(old: Option<&View>, new: &View) -> Problems {
+    let warned = |v: &View| v.extras().warning.is_some();
+    Problems {
+        refresh_failed: old
+            .is_some_and(|o| new.extras().failed_attempts > o.extras().failed_attempts),
+        warning_appeared: warned(new) && !old.is_some_and(warned),
+    }
 }
 
 /// Whether two views hold the same token (value and expiry).
@@ -142,6 +188,61 @@ mod tests {
         let mut refreshing = old.clone();
         refreshing.refreshing = true;
         assert_eq!(change(Some(&old), &refreshing), None);
+    }
+
+    #[test]
+    fn a_failed_attempt_or_a_new_warning_is_a_problem_update() {
+        let old = view(Some("a"), Some(1));
+        let mut failed = old.clone();
+        failed.edit_extras(|e| {
+            e.failed_attempts = 1;
+            e.last_error = Some("token endpoint answered 503".into());
+        });
+        assert_eq!(change(Some(&old), &failed), Some(UpdateKind::Problem));
+        let only_failed = Problems {
+            refresh_failed: true,
+            warning_appeared: false,
+        };
+        assert_eq!(problems(Some(&old), &failed), only_failed);
+        // Each further attempt is one, with the same error text.
+        let mut again = failed.clone();
+        again.edit_extras(|e| e.failed_attempts = 2);
+        assert_eq!(change(Some(&failed), &again), Some(UpdateKind::Problem));
+        assert_eq!(change(Some(&failed), &failed.clone()), None);
+        // Success resets the count: a token update, no failure.
+        let back = view(Some("b"), Some(2));
+        assert_eq!(change(Some(&again), &back), Some(UpdateKind::Token));
+        assert_eq!(problems(Some(&again), &back), Problems::default());
+        // A rejection that needs reauthorization is a state update only.
+        let mut reauth = again.clone();
+        reauth.state = State::NeedsReauth;
+        assert_eq!(change(Some(&again), &reauth), Some(UpdateKind::State));
+        assert_eq!(problems(Some(&again), &reauth), Problems::default());
+
+        let warn = |v: &View, text: &str| {
+            let mut w = v.clone();
+            w.edit_extras(|e| e.warning = Some(text.into()));
+            w
+        };
+        let appeared = Problems {
+            refresh_failed: false,
+            warning_appeared: true,
+        };
+        let warned = warn(&old, "expires in 2h");
+        assert_eq!(change(Some(&old), &warned), Some(UpdateKind::Problem));
+        assert_eq!(problems(Some(&old), &warned), appeared);
+        // With a new token it is a token update that carries the warning.
+        let warned_token = warn(&back, "expires in 2h");
+        assert_eq!(change(Some(&old), &warned_token), Some(UpdateKind::Token));
+        assert_eq!(problems(Some(&old), &warned_token), appeared);
+        assert_eq!(problems(None, &warned_token), appeared);
+        // Once per appearance: a standing warning whose text moves on is not
+        // one, and it may appear again after it went away.
+        let later = warn(&view(Some("c"), Some(3)), "expires in 1h");
+        assert_eq!(change(Some(&warned_token), &later), Some(UpdateKind::Token));
+        assert_eq!(problems(Some(&warned_token), &later), Problems::default());
+        assert_eq!(change(Some(&warned), &warn(&old, "expires in 1h")), None);
+        assert_eq!(problems(Some(&old), &warned), appeared);
     }
 
     #[tokio::test]

@@ -75,6 +75,10 @@ pub(crate) struct Extras {
     /// Something the operator should know although the credential works
     /// (a refresh token about to expire).
     pub(crate) warning: Option<String>,
+    /// Consecutive transient refresh failures (the slot's count, so 0 after
+    /// a success, a replace, or a reload that reschedules): each one more is
+    /// a failed attempt outputs hear of.
+    pub(crate) failed_attempts: u32,
 }
 
 impl Extras {
@@ -123,6 +127,7 @@ impl View {
                 last_error: cred.last_error.clone(),
                 paused: None,
                 warning: None,
+                failed_attempts: 0,
             }
             .boxed(),
         }
@@ -147,6 +152,7 @@ impl View {
             last_error: None,
             paused: None,
             warning: None,
+            failed_attempts: 0,
         };
         self.extras.as_deref().unwrap_or(&NONE)
     }

@@ -91,7 +91,9 @@ async fn every_commented_out_example_provider_is_valid_once_uncommented() {
         "{stdout}"
     );
     assert!(
-        stdout.contains("hook: /usr/bin/notify-send on needs_reauth for mail, timeout 10s"),
+        stdout.contains(
+            "hook: /usr/bin/notify-send on needs_reauth, refresh_token_expiring for mail, timeout 10s"
+        ),
         "{stdout}"
     );
 }

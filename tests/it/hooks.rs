@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::support::fake_provider::{FakeConfig, FakeProvider, Flavor};
+use crate::support::fake_provider::{FakeConfig, FakeProvider, Fault, Flavor};
 use crate::support::{cli_at, provider_toml, wait_until, write_private, Daemon, FAST_DAEMON};
 
 /// Writes an executable `/bin/sh` script into `dir`.
@@ -87,12 +87,13 @@ async fn hooks_get_the_event_in_a_clean_environment_and_the_token_only_on_stdin_
     );
     let daemon = Daemon::start(FAST_DAEMON, &config).await;
     daemon.add("c", "p", &fake.issue_refresh_token()).await.ok();
+    // A recorded environment is whole (renamed into place once written),
+    // and its stdin was written before it.
     wait_until(Duration::from_secs(10), "refreshed hooks", || async {
-        !files(&plain, "refreshed").is_empty() && !files(&stdin, "refreshed").is_empty()
+        !envs(&plain, "refreshed").is_empty() && !envs(&stdin, "refreshed").is_empty()
     })
     .await;
-    let mut envs = files(&plain, "refreshed");
-    let env = parse_env(&envs.remove(0));
+    let env = envs(&plain, "refreshed").remove(0);
     assert_eq!(
         env.get("TOKEND_EVENT").map(String::as_str),
         Some("refreshed")
@@ -122,7 +123,7 @@ async fn hooks_get_the_event_in_a_clean_environment_and_the_token_only_on_stdin_
     // The token on stdin, when asked, and never in any environment.
     let tokens: Vec<String> = files(&stdin, "refreshed")
         .into_iter()
-        .filter(|t| !t.contains("TOKEND_EVENT"))
+        .filter(|t| !t.contains("TOKEND_EVENT") && !t.is_empty())
         .collect();
     let token = tokens.first().expect("a token on stdin").trim().to_string();
     assert!(fake.access_token_expiry(&token).is_some(), "{token:?}");
@@ -142,16 +143,10 @@ async fn hooks_get_the_event_in_a_clean_environment_and_the_token_only_on_stdin_
     fake.revoke_all();
     assert_eq!(daemon.cli(&["refresh", "c"]).await.code, 1);
     wait_until(Duration::from_secs(10), "needs_reauth hook", || async {
-        files(&plain, "needs_reauth")
-            .iter()
-            .any(|f| f.contains("TOKEND_EVENT"))
+        !envs(&plain, "needs_reauth").is_empty()
     })
     .await;
-    let env = files(&plain, "needs_reauth")
-        .into_iter()
-        .find(|f| f.contains("TOKEND_EVENT"))
-        .map(|f| parse_env(&f))
-        .unwrap();
+    let env = envs(&plain, "needs_reauth").remove(0);
     assert_eq!(
         env.get("TOKEND_EVENT").map(String::as_str),
         Some("needs_reauth")
@@ -279,4 +274,366 @@ async fn check_config_lists_hooks_and_refuses_bad_ones() {
     ] {
         assert!(run.stderr.contains(want), "{want}: {run:?}");
     }
+}
+
+/// The environments recorded in `dir` (by [`RECORD`]) for `event`, oldest
+/// first.
+fn envs(dir: &Path, event: &str) -> Vec<BTreeMap<String, String>> {
+    let mut names: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|r| r.filter_map(Result::ok).map(|e| e.path()).collect())
+        .unwrap_or_default();
+    names.retain(|p| {
+        p.file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with(&format!("{event}.")) && n.ends_with(".env"))
+    });
+    // `date +%s%N` names: the same width for a long while, so they sort
+    // by time.
+    names.sort();
+    names
+        .iter()
+        .filter_map(|p| std::fs::read_to_string(p).ok())
+        .map(|t| parse_env(&t))
+        .collect()
+}
+
+/// Asserts that no token, code or secret the fake ever issued is in any
+/// environment recorded in `dir`.
+fn assert_no_secret_in_envs(dir: &Path, fake: &FakeProvider) {
+    for f in std::fs::read_dir(dir).unwrap() {
+        let p = f.unwrap().path();
+        if p.extension().is_some_and(|e| e == "env") {
+            let text = std::fs::read_to_string(&p).unwrap();
+            let leaks = fake.find_leaks(&text);
+            assert!(leaks.is_empty(), "secrets in {p:?}: {leaks:?}");
+        }
+    }
+}
+
+fn now_secs() -> i64 {
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    i64::try_from(since.as_secs()).unwrap()
+}
+
+/// Waits until the log says "configuration reloaded" `n` times.
+async fn reloaded(daemon: &Daemon, n: usize) {
+    wait_until(Duration::from_secs(10), "the reload", || async {
+        daemon.logs().matches("configuration reloaded").count() >= n
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refresh_failed_runs_for_failed_attempts_at_growing_intervals_and_recovered_ends_them() {
+    let fake = FakeProvider::start(FakeConfig::new(Flavor::Didit)).await;
+    let work = tempfile::tempdir().unwrap();
+    let out = work.path().join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    let record = script(work.path(), "record.sh", RECORD);
+    let config = format!(
+        "{}{}",
+        provider_toml("p", &fake),
+        hook(
+            "\"refreshed\", \"refresh_failed\", \"recovered\", \"needs_reauth\"",
+            &record,
+            &out,
+            ""
+        ),
+    );
+    let daemon = Daemon::start(FAST_DAEMON, &config).await;
+    daemon.add("c", "p", &fake.issue_refresh_token()).await.ok();
+    daemon.cli(&["refresh", "c"]).await.ok();
+    wait_until(Duration::from_secs(10), "two refreshed hooks", || async {
+        envs(&out, "refreshed").len() >= 2
+    })
+    .await;
+    assert!(
+        envs(&out, "refresh_failed").is_empty(),
+        "a success is no failure"
+    );
+    assert!(envs(&out, "recovered").is_empty());
+
+    // The provider is down: every attempt fails and is retried with backoff
+    // (200 ms doubling to 2 s).
+    fake.set_sticky_fault(Some(Fault::server_error(503)));
+    assert_eq!(daemon.cli(&["refresh", "c"]).await.code, 1);
+    wait_until(
+        Duration::from_secs(15),
+        "the 4th failure's hook",
+        || async {
+            envs(&out, "refresh_failed")
+                .iter()
+                .any(|e| e.get("TOKEND_ATTEMPT").map(String::as_str) == Some("4"))
+        },
+    )
+    .await;
+    let failed = envs(&out, "refresh_failed");
+    let first = &failed[0];
+    assert_eq!(first["TOKEND_EVENT"], "refresh_failed");
+    assert_eq!(first["TOKEND_CREDENTIAL"], "c");
+    assert_eq!(first["TOKEND_PROVIDER"], "p");
+    assert_eq!(first["TOKEND_STATE"], "active");
+    assert_eq!(first["TOKEND_ATTEMPT"], "1");
+    assert!(first["TOKEND_ERROR"].contains("503"), "{first:?}");
+    let retry: i64 = first["TOKEND_NEXT_REFRESH_AT"]
+        .parse()
+        .expect("Unix seconds");
+    assert!(
+        (now_secs() - 60..now_secs() + 60).contains(&retry),
+        "{retry}"
+    );
+    // Not every failure: the 1st, 2nd and 4th, not the 3rd.
+    let attempts: Vec<&str> = failed
+        .iter()
+        .map(|e| e["TOKEND_ATTEMPT"].as_str())
+        .collect();
+    assert_eq!(&attempts[..3], ["1", "2", "4"], "{attempts:?}");
+    assert!(
+        attempts
+            .iter()
+            .all(|a| a.parse::<u32>().unwrap().is_power_of_two()),
+        "{attempts:?}"
+    );
+    let refreshed_before = envs(&out, "refreshed").len();
+
+    // Back up: the next retry succeeds, and the streak is over.
+    fake.set_sticky_fault(None);
+    wait_until(Duration::from_secs(10), "recovered", || async {
+        !envs(&out, "recovered").is_empty()
+    })
+    .await;
+    let back = &envs(&out, "recovered")[0];
+    assert_eq!(back["TOKEND_STATE"], "active");
+    for gone in ["TOKEND_ERROR", "TOKEND_ATTEMPT"] {
+        assert!(!back.contains_key(gone), "{gone} in {back:?}");
+    }
+    wait_until(Duration::from_secs(10), "its refreshed hook", || async {
+        envs(&out, "refreshed").len() > refreshed_before
+    })
+    .await;
+    let failures = envs(&out, "refresh_failed").len();
+
+    // A rejected grant is needs_reauth, not also refresh_failed.
+    fake.revoke_all();
+    assert_eq!(daemon.cli(&["refresh", "c"]).await.code, 1);
+    daemon.add("c", "p", &fake.issue_refresh_token()).await.ok();
+    // Hooks of one credential run in order: once the second recovery is
+    // recorded, whatever the rejection ran has been recorded too.
+    wait_until(
+        Duration::from_secs(10),
+        "needs_reauth, then recovered",
+        || async { envs(&out, "recovered").len() >= 2 },
+    )
+    .await;
+    assert_eq!(envs(&out, "needs_reauth").len(), 1);
+    assert_eq!(envs(&out, "refresh_failed").len(), failures);
+    assert_no_secret_in_envs(&out, &fake);
+    daemon.finish(&[&fake]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refresh_token_expiring_runs_once_when_the_warning_appears() {
+    let fake = FakeProvider::start(
+        FakeConfig::new(Flavor::Didit).with_refresh_ttl(Duration::from_secs(3600)),
+    )
+    .await;
+    let work = tempfile::tempdir().unwrap();
+    let out = work.path().join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    let record = script(work.path(), "record.sh", RECORD);
+    let config = |warning: &str| {
+        format!(
+            "{}refresh_token_warning = \"{warning}\"\n{}",
+            provider_toml("p", &fake),
+            hook(
+                "\"refreshed\", \"refresh_token_expiring\"",
+                &record,
+                &out,
+                ""
+            ),
+        )
+    };
+    let mut daemon = Daemon::start(FAST_DAEMON, &config("30m")).await;
+    daemon.add("c", "p", &fake.issue_refresh_token()).await.ok();
+    wait_until(Duration::from_secs(10), "refreshed", || async {
+        !envs(&out, "refreshed").is_empty()
+    })
+    .await;
+    let refreshed = &envs(&out, "refreshed")[0];
+    let rt_expires: i64 = refreshed["TOKEND_REFRESH_TOKEN_EXPIRES_AT"]
+        .parse()
+        .expect("Unix seconds");
+    assert!(
+        (now_secs() + 3500..now_secs() + 3700).contains(&rt_expires),
+        "{rt_expires}"
+    );
+    assert!(!refreshed.contains_key("TOKEND_WARNING"), "{refreshed:?}");
+    assert!(
+        envs(&out, "refresh_token_expiring").is_empty(),
+        "an hour left, a 30 min window"
+    );
+
+    // A wider window: the warning appears on reload, without a new token.
+    daemon.write_config(FAST_DAEMON, &config("2h"));
+    daemon.signal(libc::SIGHUP);
+    reloaded(&daemon, 1).await;
+    wait_until(
+        Duration::from_secs(10),
+        "refresh_token_expiring",
+        || async { !envs(&out, "refresh_token_expiring").is_empty() },
+    )
+    .await;
+    let expiring = &envs(&out, "refresh_token_expiring")[0];
+    assert_eq!(expiring["TOKEND_CREDENTIAL"], "c");
+    assert_eq!(expiring["TOKEND_STATE"], "active");
+    assert!(
+        expiring["TOKEND_WARNING"].contains("refresh token expires in"),
+        "{expiring:?}"
+    );
+    assert_eq!(
+        expiring["TOKEND_REFRESH_TOKEN_EXPIRES_AT"],
+        rt_expires.to_string()
+    );
+
+    // Each refresh renews the warning's text, not its appearance. Hooks of
+    // one credential run in order: once the last refresh's hook is recorded,
+    // whatever an earlier one ran has been recorded too.
+    for n in 2..=4 {
+        daemon.cli(&["refresh", "c"]).await.ok();
+        wait_until(Duration::from_secs(10), "refreshed", || async {
+            envs(&out, "refreshed").len() >= n
+        })
+        .await;
+    }
+    assert_eq!(envs(&out, "refresh_token_expiring").len(), 1);
+
+    // A new credential whose first token comes with the warning.
+    daemon.add("d", "p", &fake.issue_refresh_token()).await.ok();
+    wait_until(
+        Duration::from_secs(10),
+        "d's refresh_token_expiring",
+        || async {
+            envs(&out, "refresh_token_expiring")
+                .iter()
+                .any(|e| e["TOKEND_CREDENTIAL"] == "d")
+        },
+    )
+    .await;
+    assert_eq!(envs(&out, "refresh_token_expiring").len(), 2);
+    assert!(!daemon.logs().contains("change only on restart"));
+
+    // A warning that stands when tokend starts is told again then: no update
+    // would tell it (the machine may have been off as it appeared).
+    daemon.stop().await;
+    daemon.spawn().await;
+    wait_until(Duration::from_secs(10), "the standing warnings", || async {
+        envs(&out, "refresh_token_expiring").len() >= 4
+    })
+    .await;
+    let mut told: Vec<String> = envs(&out, "refresh_token_expiring")[2..]
+        .iter()
+        .map(|e| e["TOKEND_CREDENTIAL"].clone())
+        .collect();
+    told.sort();
+    assert_eq!(told, ["c", "d"]);
+    assert_no_secret_in_envs(&out, &fake);
+    daemon.finish(&[&fake]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_adds_and_removes_hooks_without_a_restart() {
+    let fake = FakeProvider::start(FakeConfig::new(Flavor::Didit)).await;
+    let work = tempfile::tempdir().unwrap();
+    let (first, second) = (work.path().join("first"), work.path().join("second"));
+    std::fs::create_dir_all(&first).unwrap();
+    std::fs::create_dir_all(&second).unwrap();
+    let record = script(work.path(), "record.sh", RECORD);
+    let provider = provider_toml("p", &fake);
+    // No hook at start: the runner starts with the first one a reload brings.
+    let mut daemon = Daemon::start(FAST_DAEMON, &provider).await;
+    daemon.add("c", "p", &fake.issue_refresh_token()).await.ok();
+
+    daemon.write_config(
+        FAST_DAEMON,
+        &format!("{provider}{}", hook("\"refreshed\"", &record, &first, "")),
+    );
+    daemon.signal(libc::SIGHUP);
+    reloaded(&daemon, 1).await;
+    assert!(
+        envs(&first, "refreshed").is_empty(),
+        "nothing ran before the reload"
+    );
+    daemon.cli(&["refresh", "c"]).await.ok();
+    wait_until(Duration::from_secs(10), "the added hook", || async {
+        !envs(&first, "refreshed").is_empty()
+    })
+    .await;
+    assert_eq!(envs(&first, "refreshed")[0]["TOKEND_CREDENTIAL"], "c");
+
+    // The first hook is replaced by another. Both would run in order for
+    // one event, the first one first: once the second has run, the first
+    // would have.
+    daemon.write_config(
+        FAST_DAEMON,
+        &format!("{provider}{}", hook("\"refreshed\"", &record, &second, "")),
+    );
+    daemon.signal(libc::SIGHUP);
+    reloaded(&daemon, 2).await;
+    daemon.cli(&["refresh", "c"]).await.ok();
+    wait_until(Duration::from_secs(10), "the new hook", || async {
+        !envs(&second, "refreshed").is_empty()
+    })
+    .await;
+    assert_eq!(envs(&first, "refreshed").len(), 1, "the removed hook ran");
+    assert!(daemon.logs().contains("hooks ([[hooks]]) changed"));
+    assert!(!daemon.logs().contains("change only on restart"));
+    assert!(daemon.is_running());
+    assert_no_secret_in_envs(&first, &fake);
+    assert_no_secret_in_envs(&second, &fake);
+    daemon.finish(&[&fake]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hook_running_during_a_reload_that_removes_it_finishes() {
+    let fake = FakeProvider::start(FakeConfig::new(Flavor::Didit)).await;
+    let work = tempfile::tempdir().unwrap();
+    let (go, log) = (work.path().join("go"), work.path().join("log"));
+    // Runs until the test lets it go, so it is surely running at the reload.
+    let slow = script(
+        work.path(),
+        "slow.sh",
+        &format!(
+            "echo start >> \"$1/log\"\nwhile [ ! -e {go:?} ]; do /bin/sleep 0.05; done\necho end >> \"$1/log\""
+        ),
+    );
+    let provider = provider_toml("p", &fake);
+    let daemon = Daemon::start(
+        FAST_DAEMON,
+        &format!(
+            "{provider}{}",
+            hook("\"refreshed\"", &slow, work.path(), "timeout = \"30s\"")
+        ),
+    )
+    .await;
+    daemon.add("c", "p", &fake.issue_refresh_token()).await.ok();
+    wait_until(Duration::from_secs(10), "the hook to start", || async {
+        std::fs::read_to_string(&log).is_ok_and(|l| l.contains("start"))
+    })
+    .await;
+    daemon.write_config(FAST_DAEMON, &provider);
+    daemon.signal(libc::SIGHUP);
+    reloaded(&daemon, 1).await;
+    assert!(daemon.logs().contains("hooks ([[hooks]]) changed"));
+    std::fs::write(&go, "").unwrap();
+    wait_until(Duration::from_secs(10), "the hook to finish", || async {
+        std::fs::read_to_string(&log).is_ok_and(|l| l.contains("end"))
+    })
+    .await;
+    wait_until(Duration::from_secs(10), "hook_ran", || async {
+        daemon.logs().contains("hook_ran")
+    })
+    .await;
+    daemon.finish(&[&fake]).await;
 }

@@ -64,6 +64,10 @@ pub struct FakeConfig {
     /// DPoP mode (RFC 9449): every token request needs a proof (see the
     /// `dpop` module).
     pub dpop: bool,
+    /// `"refresh_token_expires_in"` (whole seconds) beside every refresh
+    /// token issued, as GitHub Apps send it; `None` (the default) leaves it
+    /// out. It is advertised only: the fake does not expire refresh tokens.
+    pub refresh_ttl: Option<Duration>,
 }
 
 /// What reuse of a spent refresh token outside its grace does to the tokens
@@ -108,7 +112,15 @@ impl FakeConfig {
             cc_audience: None,
             assertion: None,
             dpop: false,
+            refresh_ttl: None,
         }
+    }
+
+    /// Advertises this lifetime beside every refresh token issued (see
+    /// [`FakeConfig::refresh_ttl`]).
+    pub fn with_refresh_ttl(mut self, ttl: Duration) -> FakeConfig {
+        self.refresh_ttl = Some(ttl);
+        self
     }
 
     /// Requires DPoP proofs and issues DPoP-bound tokens (see [`FakeConfig::dpop`]).
@@ -225,6 +237,7 @@ impl fmt::Debug for FakeConfig {
             .field("reuse_grace", &self.reuse_grace)
             .field("latency", &self.latency)
             .field("on_reuse", &self.on_reuse)
+            .field("refresh_ttl", &self.refresh_ttl)
             .finish()
     }
 }

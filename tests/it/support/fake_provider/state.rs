@@ -334,6 +334,9 @@ impl Inner {
         }
         if let Some(rt) = refresh_token {
             m.insert("refresh_token".into(), json!(rt));
+            if let Some(rt_ttl) = self.cfg.refresh_ttl {
+                m.insert("refresh_token_expires_in".into(), json!(rt_ttl.as_secs()));
+            }
         }
         match self.cfg.flavor {
             Flavor::Didit => {
