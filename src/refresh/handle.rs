@@ -25,8 +25,33 @@ use crate::token::{duration_ms, now_ms};
 const WAIT_LIMIT: Duration = Duration::from_secs(60);
 
 /// Cheap, cloneable handle for talking to the owner and reading its views.
+/// The server clones it for every request (axum's `State`), so a clone is
+/// one reference count: cloning each part would touch a cache line shared
+/// by every worker several times per request (and take the cancellation
+/// token's lock).
 #[derive(Clone)]
 pub(crate) struct RefresherHandle {
+    shared: Arc<Shared>,
+}
+
+impl std::ops::Deref for RefresherHandle {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.shared
+    }
+}
+
+impl RefresherHandle {
+    pub(super) fn new(shared: Shared) -> RefresherHandle {
+        RefresherHandle {
+            shared: Arc::new(shared),
+        }
+    }
+}
+
+/// What every clone of a [`RefresherHandle`] shares.
+pub(crate) struct Shared {
     pub(super) tx: mpsc::Sender<Command>,
     pub(super) published: Arc<DashMap<Arc<str>, Arc<View>>>,
     pub(super) settings: Arc<LiveSettings>,

@@ -224,7 +224,7 @@ impl Refresher {
         // Before the socket serves, so a declared credential is never
         // answered as missing just after a start.
         r.create_declared().await;
-        let handle = RefresherHandle {
+        let handle = RefresherHandle::new(handle::Shared {
             updates: r.slots.updates().downgrade(),
             cancel: r.cancel.clone(),
             client: r.client.clone(),
@@ -233,7 +233,7 @@ impl Refresher {
             settings,
             logins,
             store: store.clone(),
-        };
+        });
         Ok((r, handle))
     }
 
