@@ -136,6 +136,7 @@ impl Harness {
             generation: s.generation,
             ticket: s.ticket,
             outcome,
+            sinks: None,
         };
         assert!(self.reports.send(report).is_ok());
     }
