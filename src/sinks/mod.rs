@@ -291,3 +291,6 @@ fn failed(name: &str, sink: &Sink, action: &str, e: &write::SinkError) {
         "sink file not updated; tokend tries again on the next token"
     );
 }
+
+#[cfg(test)]
+mod tests;
