@@ -193,11 +193,12 @@ impl Writer {
                 return;
             }
             w.ticket = Some(ticket);
-            let Some(current) = current else {
-                return;
-            };
-            write_list(&name, &list, &current);
-            w.current = Some(current);
+            // Without a token the files keep the last one, but a sink a
+            // reload adds does not get it.
+            if let Some(current) = &current {
+                write_list(&name, &list, current);
+            }
+            w.current = current;
         })
         .await;
         Some(version)
