@@ -15,11 +15,12 @@
 //!
 //! The owner never awaits a token endpoint: each refresh runs as a [`job`]
 //! (at most one per credential, bounded per provider and overall) which
-//! records the attempt durably, calls the provider, commits the outcome and
-//! only then reports back. Writes go through the [`GroupCommit`] queue, so
-//! refreshes that finish together share one fsync. New tokens are published
-//! only after that report, so a rotated refresh token is on disk before the
-//! access token that came with it is served. If the commit fails, the tokens
+//! records the attempt durably, calls the provider, commits the outcome,
+//! writes the credential's sink files and only then reports back. Writes
+//! go through the [`GroupCommit`] queue, so refreshes that finish together
+//! share one fsync. New tokens are published only after that report, so a
+//! rotated refresh token is on disk, and the access token in the sink
+//! files, before the access token is served. If the commit fails, the tokens
 //! are kept in memory, served, and the commit is retried; no refresh ever
 //! sends a refresh token older than the newest one held.
 

@@ -1,4 +1,4 @@
-//! What the refresher tells outputs (the watch stream, and later file sinks
+//! What the refresher tells outputs (the watch stream, hooks): one [`Update`]
 //! and hooks): one [`Update`] per new token, state change or removal, on a
 //! bounded broadcast channel. The owner never waits for a receiver: a
 //! receiver that falls more than [`CAPACITY`] updates behind gets `Lagged`
