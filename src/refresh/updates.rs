@@ -1,5 +1,5 @@
 //! What the refresher tells outputs (the watch stream, hooks): one [`Update`]
-//! and hooks): one [`Update`] per new token, state change or removal, on a
+//! per new token, state change or removal, on a
 //! bounded broadcast channel. The owner never waits for a receiver: a
 //! receiver that falls more than [`CAPACITY`] updates behind gets `Lagged`
 //! and re-reads the published view, so a slow output costs neither the

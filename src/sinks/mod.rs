@@ -89,6 +89,13 @@ struct Table {
     written: HashMap<String, Arc<Mutex<Written>>>,
 }
 
+/// One credential's sinks as a write finds them.
+struct Entry {
+    list: Arc<[Sink]>,
+    written: Arc<Mutex<Written>>,
+    version: ListVersion,
+}
+
 /// The one writer of sink files, shared by the owner and its jobs. Cheap to
 /// clone; it holds state only for credentials that have sinks.
 #[derive(Clone)]
@@ -139,11 +146,13 @@ impl Writer {
     }
 
     /// The sinks of `name` now, with the lock on what they hold.
-    fn lookup(&self, name: &str) -> Option<(Arc<[Sink]>, Arc<Mutex<Written>>, ListVersion)> {
+    fn lookup(&self, name: &str) -> Option<Entry> {
         let table = self.table();
-        let list = Arc::clone(table.sinks.get(name)?);
-        let written = Arc::clone(table.written.get(name)?);
-        Some((list, written, ListVersion(table.version)))
+        Some(Entry {
+            list: Arc::clone(table.sinks.get(name)?),
+            written: Arc::clone(table.written.get(name)?),
+            version: ListVersion(table.version),
+        })
     }
 
     /// Takes the sink lists of a reload. Returns the sinks to write at once
@@ -185,7 +194,11 @@ impl Writer {
         ticket: Ticket,
         current: Option<Current>,
     ) -> Option<ListVersion> {
-        let (list, written, version) = self.lookup(name)?;
+        let Entry {
+            list,
+            written,
+            version,
+        } = self.lookup(name)?;
         let name = name.to_owned();
         blocking(move || {
             let mut w = written.lock().unwrap_or_else(PoisonError::into_inner);
@@ -207,7 +220,7 @@ impl Writer {
     /// Applies each sink's `on_remove` after `name` was removed, unless a
     /// later decision (a new credential of that name) wrote meanwhile.
     pub(crate) async fn removed(&self, name: &str, ticket: Ticket) {
-        let Some((list, written, _)) = self.lookup(name) else {
+        let Some(Entry { list, written, .. }) = self.lookup(name) else {
             return;
         };
         let name = name.to_owned();
@@ -241,7 +254,7 @@ impl Writer {
         added: Vec<Sink>,
         published: Option<Current>,
     ) {
-        let Some((_, written, _)) = self.lookup(name) else {
+        let Some(Entry { written, .. }) = self.lookup(name) else {
             return;
         };
         let name = name.to_owned();
