@@ -20,6 +20,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use crate::credential::Credential;
 use crate::event;
@@ -199,8 +200,7 @@ impl Writer {
             written,
             version,
         } = self.lookup(name)?;
-        let name = name.to_owned();
-        blocking(move || {
+        blocking(name, move |name| {
             let mut w = written.lock().unwrap_or_else(PoisonError::into_inner);
             if w.ticket.is_some_and(|t| t > ticket) {
                 return;
@@ -209,7 +209,7 @@ impl Writer {
             // Without a token the files keep the last one, but a sink a
             // reload adds does not get it.
             if let Some(current) = &current {
-                write_list(&name, &list, current);
+                write_list(name, &list, current);
             }
             w.current = current;
         })
@@ -223,8 +223,7 @@ impl Writer {
         let Some(Entry { list, written, .. }) = self.lookup(name) else {
             return;
         };
-        let name = name.to_owned();
-        blocking(move || {
+        blocking(name, move |name| {
             let mut w = written.lock().unwrap_or_else(PoisonError::into_inner);
             if w.ticket.is_some_and(|t| t > ticket) {
                 return;
@@ -238,7 +237,7 @@ impl Writer {
                     OnRemove::Keep => Ok(()),
                 };
                 if let Err(e) = result {
-                    failed(&name, sink, sink.on_remove.name(), &e);
+                    failed(name, sink, sink.on_remove.name(), &e);
                 }
             }
         })
@@ -257,24 +256,48 @@ impl Writer {
         let Some(Entry { written, .. }) = self.lookup(name) else {
             return;
         };
-        let name = name.to_owned();
-        blocking(move || {
+        blocking(name, move |name| {
             let mut w = written.lock().unwrap_or_else(PoisonError::into_inner);
             if w.current.is_none() && w.ticket.is_none() {
                 w.current = published;
             }
             if let Some(current) = &w.current {
-                write_list(&name, &added, current);
+                write_list(name, &added, current);
             }
         })
         .await;
     }
 }
 
-/// Runs `f` on the blocking pool and waits for it.
-async fn blocking(f: impl FnOnce() + Send + 'static) {
-    if let Err(e) = tokio::task::spawn_blocking(f).await {
-        tracing::error!(error = %e, "sink writer panicked");
+/// How long a job or the owner waits for one credential's sink files. A
+/// local file system takes milliseconds; one that hangs (a network or FUSE
+/// mount under the sink) must not stop refreshes or the owner for good.
+/// (Short in unit tests, which hold a write up on purpose.)
+const WAIT: Duration = if cfg!(test) {
+    Duration::from_millis(300)
+} else {
+    Duration::from_secs(10)
+};
+
+/// Runs `f` (the writes of credential `name`) on the blocking pool and
+/// waits for it, at most [`WAIT`]. A write that takes longer goes on, still
+/// holding the credential's lock, so the writes after it stay in order.
+async fn blocking(name: &str, f: impl FnOnce(&str) + Send + 'static) {
+    let owned = name.to_owned();
+    let task = tokio::task::spawn_blocking(move || f(&owned));
+    match tokio::time::timeout(WAIT, task).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            tracing::error!(tokend_credential = %name, error = %e, "sink writer panicked")
+        }
+        Err(_) => event!(
+            warn,
+            Kind::SinkFailed,
+            tokend_credential = %name,
+            tokend_action = "wait",
+            "the sink files are still being written after {}s (is their file system stuck?); the token is served without waiting, and the write goes on",
+            WAIT.as_secs()
+        ),
     }
 }
 

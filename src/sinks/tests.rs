@@ -105,3 +105,33 @@ async fn a_reload_writes_its_new_sinks_with_the_newest_token() {
     assert_eq!(read(&b).as_deref(), Some("next"));
     assert!(!w.has("d"));
 }
+
+#[tokio::test]
+async fn a_stuck_write_is_waited_for_a_while_and_stays_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t");
+    let w = Writer::new(table(&[("c", &[&path])]));
+    // The credential's lock held elsewhere: its writes hang, as on a stuck
+    // file system.
+    let held = w.lookup("c").unwrap().written;
+    let (locked_tx, locked) = std::sync::mpsc::channel();
+    let (release, released) = std::sync::mpsc::channel::<()>();
+    let holder = std::thread::spawn(move || {
+        let _guard = held.lock().unwrap();
+        locked_tx.send(()).unwrap();
+        let _ = released.recv();
+    });
+    locked.recv().unwrap();
+    let started = std::time::Instant::now();
+    let stuck = w.ticket();
+    assert!(w.write("c", stuck, token("stuck")).await.is_some());
+    assert!(started.elapsed() >= WAIT, "{:?}", started.elapsed());
+    assert!(!path.exists());
+    // The next decision, once the file system is back, whichever write
+    // gets there first.
+    let next = w.ticket();
+    release.send(()).unwrap();
+    holder.join().unwrap();
+    w.write("c", next, token("next")).await;
+    assert_eq!(read(&path).as_deref(), Some("next"));
+}
