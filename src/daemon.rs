@@ -197,7 +197,6 @@ pub(crate) async fn run(opts: DaemonOptions) -> anyhow::Result<()> {
     }
     tokio::spawn(Arc::clone(&discovery).run(handle.clone(), cancel.clone()));
     let mut hooks = Hooks::start(&handle, Arc::clone(&config.hooks), cancel.clone());
-    let sinks = crate::sinks::start(config.sinks.clone(), handle.clone()).await;
     let running = Running {
         refresher: tokio::spawn(refresher.run()),
         server: tokio::spawn(server::serve(
@@ -206,7 +205,6 @@ pub(crate) async fn run(opts: DaemonOptions) -> anyhow::Result<()> {
             cancel.clone(),
             connection_cap(fd_limit),
         )),
-        sinks,
         cancel,
     };
     event!(
@@ -257,9 +255,6 @@ async fn start_store(
 struct Running {
     refresher: tokio::task::JoinHandle<()>,
     server: tokio::task::JoinHandle<()>,
-    /// The sink writer, if any credential has sinks: awaited so that a
-    /// write under way finishes before the process exits.
-    sinks: Option<tokio::task::JoinHandle<()>>,
     cancel: CancellationToken,
 }
 
@@ -277,9 +272,6 @@ impl Running {
             tracing::warn!("refresher did not stop in time");
         }
         let _ = self.server.await;
-        if let Some(sinks) = self.sinks {
-            let _ = sinks.await;
-        }
     }
 }
 
@@ -359,9 +351,6 @@ async fn reload(
                 tracing::warn!(
                     "the database encryption key changes only with `tokend rekey` and a restart"
                 );
-            }
-            if config.sinks != running.sinks {
-                tracing::warn!("sink files ([[credentials.NAME.sinks]]) change only on restart");
             }
             let providers = config.providers.len();
             let new_hooks = Arc::clone(&config.hooks);

@@ -64,7 +64,7 @@ pub enum Kind {
     HookTimedOut,
     /// Hook events were dropped: a credential's queue was full.
     HookDropped,
-    /// A sink file could not be written or removed.
+    /// A sink file could not be written or removed, or its write ran long.
     SinkFailed,
 }
 

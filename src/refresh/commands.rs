@@ -197,6 +197,8 @@ impl Refresher {
             cred.created_at = v.created_at;
         }
         cred.generation = self.store.replace(&cred).await?;
+        // Before it is published: its files never lag what the socket serves.
+        self.write_stored_sinks(&cred).await;
         let name = old_view.map_or_else(|| Arc::from(cred.name.as_str()), |v| Arc::clone(&v.name));
         let mut view = self.view_of(name, &cred, now);
         self.schedule_view(&mut view, now);
@@ -323,6 +325,7 @@ impl Refresher {
             }
         }
         self.schedule.set(id, None);
+        self.remove_sinks(name).await;
         event!(info, Kind::CredentialRemoved, tokend_credential = %name, "credential removed");
         Ok(())
     }

@@ -15,11 +15,12 @@
 //!
 //! The owner never awaits a token endpoint: each refresh runs as a [`job`]
 //! (at most one per credential, bounded per provider and overall) which
-//! records the attempt durably, calls the provider, commits the outcome and
-//! only then reports back. Writes go through the [`GroupCommit`] queue, so
-//! refreshes that finish together share one fsync. New tokens are published
-//! only after that report, so a rotated refresh token is on disk before the
-//! access token that came with it is served. If the commit fails, the tokens
+//! records the attempt durably, calls the provider, commits the outcome,
+//! writes the credential's sink files and only then reports back. Writes
+//! go through the [`GroupCommit`] queue, so refreshes that finish together
+//! share one fsync. New tokens are published only after that report, so a
+//! rotated refresh token is on disk, and the access token in the sink
+//! files, before the access token is served. If the commit fails, the tokens
 //! are kept in memory, served, and the commit is retried; no refresh ever
 //! sends a refresh token older than the newest one held.
 
@@ -35,6 +36,7 @@ mod reload;
 mod request;
 mod revoke;
 mod schedule;
+mod sink_writes;
 mod slots;
 mod start;
 mod tally;
@@ -68,6 +70,7 @@ use crate::credential::{Credential, Loaded, State};
 use crate::event;
 use crate::events::Kind;
 use crate::provider::{Failure, ProviderClient};
+use crate::sinks;
 use crate::store::{GroupCommit, Store, StoreError};
 use crate::token::now_ms;
 use admission::{Admission, Caps, Ticket, Waiting};
@@ -88,6 +91,8 @@ enum Report {
         /// The room the job held, if it could call its provider.
         ticket: Option<Ticket>,
         outcome: Outcome,
+        /// The sink write of a refresh's new token, done before this report.
+        sinks: Option<start::SinkWrite>,
     },
     /// A code exchange ended; the owner stores what it produced.
     Exchanged {
@@ -165,6 +170,8 @@ pub(crate) struct Refresher {
     clock: Clock,
     /// Where jobs go: spawned, or (in tests) only recorded.
     launch: start::Launch,
+    /// The credentials' sink files, written before a new token is published.
+    sinks: sinks::Writer,
 }
 
 impl Refresher {
@@ -199,7 +206,6 @@ impl Refresher {
             logins: Arc::clone(&logins),
             settings: Arc::clone(&settings),
             admission: Admission::new(Caps::of(&config)),
-            config,
             store: store.clone(),
             commits,
             client,
@@ -212,6 +218,8 @@ impl Refresher {
             reports,
             tasks: TaskTracker::new(),
             cancel,
+            sinks: sinks::Writer::new(config.sinks.clone()),
+            config,
             clock,
             launch,
         };
@@ -224,6 +232,8 @@ impl Refresher {
         // Before the socket serves, so a declared credential is never
         // answered as missing just after a start.
         r.create_declared().await;
+        // Before the socket serves, too: a file exists once its token does.
+        r.write_all_sinks().await;
         let handle = RefresherHandle::new(handle::Shared {
             updates: r.slots.updates().downgrade(),
             cancel: r.cancel.clone(),
@@ -358,6 +368,7 @@ impl Refresher {
             }
             Command::Reload { config, reply } => {
                 self.reload(config);
+                self.reload_sinks().await;
                 self.create_declared().await;
                 let _ = reply.send(Ok(()));
             }
@@ -387,10 +398,12 @@ impl Refresher {
                 generation,
                 ticket,
                 outcome,
+                sinks,
             } => {
                 if let Some(ticket) = ticket {
                     self.admission.release(ticket);
                 }
+                self.catch_up_sinks(slot, generation, &outcome, sinks).await;
                 self.on_job_done(slot, generation, outcome);
             }
         }

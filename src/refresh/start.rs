@@ -7,9 +7,10 @@
 use std::sync::Arc;
 
 use super::admission::{Queued, Waiting};
-use super::job::{self, Job, JobKind, Work};
+use super::job::{self, Job, JobKind, Outcome, Work};
 use super::reload::missing_provider;
 use super::{ExchangeStart, RefreshError, Refresher, Report, View};
+use crate::sinks::{Current, ListVersion, Ticket};
 
 /// Where started jobs go.
 pub(super) enum Launch {
@@ -18,6 +19,14 @@ pub(super) enum Launch {
     /// Only recorded, for tests that play the jobs' part themselves.
     #[cfg(test)]
     Record(tokio::sync::mpsc::UnboundedSender<super::tests::Started>),
+}
+
+/// What a refresh job wrote to its credential's sink files before it
+/// reported: under which ticket, and with which sink lists (`None`: the
+/// credential had none).
+pub(super) struct SinkWrite {
+    pub(super) ticket: Ticket,
+    pub(super) version: Option<ListVersion>,
 }
 
 impl Refresher {
@@ -194,13 +203,27 @@ impl Refresher {
         let reports = self.reports_tx.clone();
         match &self.launch {
             Launch::Spawn => {
+                let sinks = self.sinks.clone();
+                let sink_ticket = sinks.ticket();
                 self.tasks.spawn(async move {
                     let outcome = job::run_caught(&name, job.run(work)).await;
+                    // Committed (or held in memory) and about to be served:
+                    // the files hold it first.
+                    let sinks = match &outcome {
+                        Outcome::Refreshed { cred, .. } => Some(SinkWrite {
+                            ticket: sink_ticket,
+                            version: sinks
+                                .write(&name, sink_ticket, Current::of_credential(cred))
+                                .await,
+                        }),
+                        _ => None,
+                    };
                     let _ = reports.send(Report::Job {
                         slot: id,
                         generation,
                         ticket,
                         outcome,
+                        sinks,
                     });
                 });
             }

@@ -32,6 +32,8 @@ struct Harness {
     reports: mpsc::UnboundedSender<Report>,
     cancel: CancellationToken,
     names: Vec<String>,
+    /// The owner's sink writer, for tests that play a job's writes.
+    sinks: crate::sinks::Writer,
     _dir: tempfile::TempDir,
 }
 
@@ -99,6 +101,7 @@ async fn harness(config: Arc<Config>, creds: &[Credential]) -> Harness {
         names[id as usize] = c.name.clone();
     }
     let reports = r.reports_tx.clone();
+    let sinks = r.sinks.clone();
     tokio::spawn(r.run());
     Harness {
         handle,
@@ -106,6 +109,7 @@ async fn harness(config: Arc<Config>, creds: &[Credential]) -> Harness {
         reports,
         cancel,
         names,
+        sinks,
         _dir: dir,
     }
 }
@@ -136,6 +140,7 @@ impl Harness {
             generation: s.generation,
             ticket: s.ticket,
             outcome,
+            sinks: None,
         };
         assert!(self.reports.send(report).is_ok());
     }
@@ -350,4 +355,52 @@ async fn a_panicking_job_releases_its_credential_and_counts() {
         "{view:?}"
     );
     assert!(view.next_refresh_at.is_some(), "retried with backoff");
+}
+
+#[tokio::test]
+async fn a_refresh_that_wrote_before_a_reload_added_sinks_is_in_them_before_it_is_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t");
+    let base = "[daemon]\nretry_initial = \"1s\"\nretry_max = \"10s\"\n\
+        [providers.p]\ntoken_url = \"http://127.0.0.1:9/t\"\nclient_auth = \"none\"\n";
+    let parse = |toml: &str| Arc::new(crate::config::parse_config(toml).unwrap());
+    let mut h = harness(parse(base), &[fresh("c", "p")]).await;
+    let (_, _, s) = h.next(Duration::from_secs(1)).await.unwrap();
+    // The job commits its token and writes the sinks of its time: none.
+    let mut cred = issued("c", "p", T0, 3_600_000);
+    cred.access_token = Some(Secret::new("new"));
+    cred.generation = s.generation;
+    let ticket = h.sinks.ticket();
+    let version = h
+        .sinks
+        .write("c", ticket, crate::sinks::Current::of_credential(&cred))
+        .await;
+    assert!(version.is_none());
+    // A reload gives the credential a sink before the job reports; nothing
+    // is served yet, so nothing is written.
+    let with_sink = format!(
+        "{base}[credentials.c]\nreaders = [\"uid:0\"]\n[[credentials.c.sinks]]\npath = {path:?}\n"
+    );
+    h.handle.reload(parse(&with_sink)).await.unwrap();
+    assert!(!path.exists());
+    let report = Report::Job {
+        slot: s.slot,
+        generation: s.generation,
+        ticket: s.ticket,
+        outcome: Outcome::Refreshed {
+            cred,
+            durability: Durability::Committed,
+        },
+        sinks: Some(start::SinkWrite { ticket, version }),
+    };
+    assert!(h.reports.send(report).is_ok());
+    // The moment the new token is served, the new sink holds it.
+    loop {
+        let served = h.handle.view("c").and_then(|v| v.access_token.clone());
+        if served.as_ref().map(Secret::expose) == Some("new") {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(std::fs::read_to_string(&path).ok().as_deref(), Some("new"));
 }

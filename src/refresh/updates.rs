@@ -1,6 +1,6 @@
-//! What the refresher tells outputs (the watch stream, file sinks and
-//! hooks): one [`Update`] per new token, state change, problem (a failed
-//! refresh attempt, a refresh-token warning that appears) or removal, on a
+//! What the refresher tells outputs (the watch stream and hooks): one
+//! [`Update`] per new token, state change, problem (a failed refresh
+//! attempt, a refresh-token warning that appears) or removal, on a
 //! bounded broadcast channel. The owner never waits for a receiver: a
 //! receiver that falls more than [`CAPACITY`] updates behind gets `Lagged`
 //! and re-reads the published view, so a slow output costs neither the
