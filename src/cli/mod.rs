@@ -317,7 +317,12 @@ pub fn main() -> ExitCode {
     let outcome = match plain_get(std::env::args_os()) {
         // Straight to the command: `run`'s frame, with every command's
         // locals, would be more stack to fault in.
-        Some(name) => get(&Client::new(&paths::default_client_socket()), &name, None, false),
+        Some(name) => get(
+            &Client::new(&paths::default_client_socket()),
+            &name,
+            None,
+            false,
+        ),
         None => {
             let Cli { socket, command } = Cli::parse();
             run(socket, command)
