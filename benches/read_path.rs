@@ -23,7 +23,7 @@
 //!    `--min-client`, which does one HTTP/1.1 request with blocking std I/O
 //!    (no async runtime, no thread pool, no TLS) and prints the body.
 //!
-//! It prints a table with the ratios and the issue-6 targets, and writes JSON
+//! It prints a table with the ratios and the targets, and writes JSON
 //! to `<target dir>/bench-read_path.json`. It asserts no timing: a missed
 //! target is reported, not failed.
 
@@ -556,7 +556,17 @@ fn run(sizes: Sizes) -> Result<(), Error> {
         p_get.p50,
         "min client",
         p_min.p50,
-        Some(("≤ 1.2×", 1.2)),
+        Some(("≤ 1.05×", 1.05)),
+    ));
+    // What each costs above starting any process. Beating a peer's 0.79 ms
+    // above a bare process, from tokend's 1.30 ms against the min client's
+    // 0.90 ms, is 0.6× tokend's, about 0.87× the min client's.
+    rows.push(proc_row(
+        "`tokend get` median above /bin/true",
+        (p_get.p50 - p_true.p50).max(0.0),
+        "min client, same",
+        (p_min.p50 - p_true.p50).max(1.0),
+        Some(("≤ 0.87×", 0.87)),
     ));
     rows.push(proc_row(
         "`tokend get` p99",

@@ -467,7 +467,7 @@ fn rate(n: usize, span: Option<Duration>) -> f64 {
         .map_or(0.0, |d| n as f64 / d.as_secs_f64())
 }
 
-/// The issue-6 memory budget for `s`, in kB.
+/// The memory budget for `s`, in kB.
 fn budget_kb(s: &ScaleOutcome) -> u64 {
     (s.access_bytes + BUDGET_PER_CREDENTIAL * s.n as u64 + BUDGET_FIXED) / 1024
 }

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use serde_json::{json, Value};
 
 /// One line of a bench's results table: tokend's figure, the same-run
-/// baseline it is compared with, and the issue-6 target, if any.
+/// baseline it is compared with, and the target, if any.
 pub struct Row {
     pub metric: String,
     pub unit: &'static str,

@@ -52,7 +52,10 @@ mod exec;
 mod generate;
 mod git_credential;
 mod login;
+mod start;
 mod watch;
+
+pub use start::start;
 
 use commands::{
     add, add_client_credentials, check_config, exchange, exchange_body, get, refresh, remove,
@@ -311,8 +314,21 @@ pub(crate) enum Command {
 
 /// Parses arguments, runs the command, and maps the outcome to an exit code.
 pub fn main() -> ExitCode {
-    let Cli { socket, command } = plain_get(std::env::args_os()).unwrap_or_else(Cli::parse);
-    match run(socket, command) {
+    let outcome = match plain_get(std::env::args_os()) {
+        // Straight to the command: `run`'s frame, with every command's
+        // locals, would be more stack to fault in.
+        Some(name) => get(
+            &Client::new(&paths::default_client_socket()),
+            &name,
+            None,
+            false,
+        ),
+        None => {
+            let Cli { socket, command } = Cli::parse();
+            run(socket, command)
+        }
+    };
+    match outcome {
         Ok(code) => code,
         // The reader has all it wanted (`tokend status | head`), as ripgrep
         // treats it.
@@ -346,35 +362,28 @@ fn secret_arg(value: &str) -> Result<Secret, std::convert::Infallible> {
     Ok(Secret::new(value))
 }
 
-/// `tokend get NAME` and nothing else, read without clap, or `None`.
+/// The credential name of `tokend get NAME` and nothing else, read without
+/// clap, or `None`.
 ///
 /// It is the call scripts make most, and for so short a process clap's parse
 /// is costly: it builds every subcommand and argument, with tens of kilobytes
 /// of heap and a stack frame of about 32 KB, which the process must fault in.
 /// Any other form (any flag, a name that starts with `-`, a name that is not
 /// UTF-8) goes through clap, which reads this form the same way.
-fn plain_get(args: impl IntoIterator<Item = OsString>) -> Option<Cli> {
+fn plain_get(args: impl IntoIterator<Item = OsString>) -> Option<String> {
     let mut args = args.into_iter().skip(1);
     let (Some(command), Some(name), None) = (args.next(), args.next(), args.next()) else {
         return None;
     };
     let name = name.into_string().ok()?;
-    (command == "get" && !name.starts_with('-')).then_some(Cli {
-        socket: None,
-        command: Command::Get {
-            name,
-            min_valid: None,
-            json: false,
-            dpop: None,
-            nonce: None,
-        },
-    })
+    (command == "get" && !name.starts_with('-')).then_some(name)
 }
 
 /// Runs one command. Only `daemon` and `rekey` start a tokio runtime and a
 /// log subscriber: the commands that talk to the socket are blocking and log
 /// nothing, and a CLI call's cost is mostly its start-up. (Over 60 lines
 /// only as one flat arm per command, which reads best whole.)
+#[inline(never)]
 fn run(socket: Option<PathBuf>, command: Command) -> anyhow::Result<ExitCode> {
     // The socket default stats files, so it is worked out only when used.
     let client = || Client::new(&socket.clone().unwrap_or_else(paths::default_client_socket));

@@ -169,7 +169,18 @@ fn plain_get_reads_what_clap_reads() {
         &["tokend", "get", "help"],
         &["tokend", "get", "get"],
     ] {
-        let plain = plain_get(argv(args)).expect("the plain form");
+        let name = plain_get(argv(args)).expect("the plain form");
+        // What `main` then runs, as `run` would run it.
+        let plain = Cli {
+            socket: None,
+            command: Command::Get {
+                name,
+                min_valid: None,
+                json: false,
+                dpop: None,
+                nonce: None,
+            },
+        };
         let clap = Cli::try_parse_from(argv(args)).expect("valid for clap");
         assert_eq!(format!("{plain:?}"), format!("{clap:?}"), "{args:?}");
     }

@@ -1,7 +1,7 @@
 //! HTTP/1.1 by hand, over anything readable and writable so tests can
 //! script it: the request bytes (`Connection: close`), a stream with one
-//! deadline for the whole exchange, and the response, its head parsed with
-//! `httparse` and its body read by `Content-Length`, chunks or until close,
+//! deadline for the whole exchange, and the response, its head parsed by
+//! hand and its body read by `Content-Length`, chunks or until close,
 //! every part bounded so a server cannot make it grow without end.
 
 use std::io::{self, BufRead, BufReader, Cursor, Read, Write};
@@ -172,30 +172,113 @@ fn read_head<R: Read>(reader: &mut R, head_request: bool) -> io::Result<(Head, V
     }
 }
 
+/// One header field of a response head, as received.
+struct Header<'a> {
+    name: &'a [u8],
+    value: &'a [u8],
+}
+
 /// Parses a response head if `buf` holds all of it; returns it and its length.
+///
+/// By hand (RFC 9112: CRLF line ends, no obsolete line folding): `httparse`
+/// runs std's CPU feature detection on the first header value it meets,
+/// and on a VM those `cpuid`s trap to the hypervisor, which was a measurable
+/// part of every `tokend get`.
 fn parse_head(buf: &[u8], head_request: bool) -> io::Result<Option<(Head, usize)>> {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut response = httparse::Response::new(&mut headers);
-    let len = match response.parse(buf) {
-        Ok(httparse::Status::Complete(len)) => len,
-        Ok(httparse::Status::Partial) => return Ok(None),
-        Err(e) => return Err(malformed(&format!("invalid response head: {e}"))),
+    const VERSION: &[u8] = b"HTTP/1.";
+    let start = buf.len().min(VERSION.len());
+    if buf[..start] != VERSION[..start] {
+        return Err(invalid_head("not an HTTP/1.x status line"));
+    }
+    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+        // Refused as soon as it is clear, not at the size limit.
+        if buf.iter().filter(|&&b| b == b'\n').count() > MAX_HEADERS + 1 {
+            return Err(invalid_head("too many headers"));
+        }
+        return Ok(None);
     };
-    let code = response
-        .code
-        .ok_or_else(|| malformed("no status code in the response"))?;
-    let status = StatusCode::from_u16(code)
-        .map_err(|_| malformed(&format!("invalid status code {code}")))?;
-    let framing = framing(status, response.headers, head_request)?;
-    Ok(Some((Head { status, framing }, len)))
+    // The status line and each header line, each ending in CR LF; the
+    // empty line that ends the head is left out.
+    let mut lines = buf[..end + 2].split_inclusive(|&b| b == b'\n').map(|line| {
+        line.strip_suffix(b"\r\n")
+            .ok_or_else(|| invalid_head("a line ends without CR"))
+    });
+    let status = match lines.next() {
+        Some(line) => parse_status_line(line?)?,
+        None => return Err(invalid_head("no status line")),
+    };
+    let mut headers = Vec::new();
+    for field in lines {
+        if headers.len() == MAX_HEADERS {
+            return Err(invalid_head("too many headers"));
+        }
+        headers.push(parse_header(field?)?);
+    }
+    let framing = framing(status, &headers, head_request)?;
+    Ok(Some((Head { status, framing }, end + 4)))
+}
+
+/// `HTTP/1.x NNN reason`.
+fn parse_status_line(line: &[u8]) -> io::Result<StatusCode> {
+    let (version, rest) = line.split_at_checked(9).unwrap_or((line, b""));
+    if !matches!(version, b"HTTP/1.0 " | b"HTTP/1.1 ") {
+        return Err(invalid_head("invalid status line"));
+    }
+    let (code, reason) = rest.split_at_checked(3).unwrap_or((rest, b""));
+    if code.len() != 3 || !code.iter().all(u8::is_ascii_digit) {
+        return Err(invalid_head("invalid status code"));
+    }
+    match reason.split_first() {
+        None => {}
+        Some((b' ', text)) if text.iter().all(|&b| is_field_byte(b)) => {}
+        Some(_) => return Err(invalid_head("invalid reason phrase")),
+    }
+    let code = code.iter().fold(0u16, |n, d| n * 10 + u16::from(d - b'0'));
+    StatusCode::from_u16(code).map_err(|_| malformed(&format!("invalid status code {code}")))
+}
+
+/// `name: value`, the value without the whitespace around it.
+fn parse_header(field: &[u8]) -> io::Result<Header<'_>> {
+    let colon = field
+        .iter()
+        .position(|&b| b == b':')
+        .ok_or_else(|| invalid_head("a header line has no colon"))?;
+    let (name, value) = (&field[..colon], &field[colon + 1..]);
+    if name.is_empty() || !name.iter().all(|&b| is_token_byte(b)) {
+        return Err(invalid_head("invalid header name"));
+    }
+    if !value.iter().all(|&b| is_field_byte(b)) {
+        return Err(invalid_head("invalid header value"));
+    }
+    let blank = |b: &u8| *b == b' ' || *b == b'\t';
+    let first = value.iter().position(|b| !blank(b)).unwrap_or(value.len());
+    let last = value
+        .iter()
+        .rposition(|b| !blank(b))
+        .map_or(first, |i| i + 1);
+    Ok(Header {
+        name,
+        value: &value[first..last],
+    })
+}
+
+/// A `tchar` of RFC 9110: what a header name is made of.
+fn is_token_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// Visible characters, space, tab and obs-text: what a header value or a
+/// reason phrase may hold (no control characters, so no CR or LF).
+fn is_field_byte(b: u8) -> bool {
+    b == b'\t' || b == b' ' || (0x21..=0x7e).contains(&b) || b >= 0x80
+}
+
+fn invalid_head(what: &str) -> io::Error {
+    malformed(&format!("invalid response head: {what}"))
 }
 
 /// Decides how the body ends from the status and the framing headers.
-fn framing(
-    status: StatusCode,
-    headers: &[httparse::Header<'_>],
-    head_request: bool,
-) -> io::Result<Framing> {
+fn framing(status: StatusCode, headers: &[Header<'_>], head_request: bool) -> io::Result<Framing> {
     let bodiless = status.is_informational()
         || status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED;
@@ -205,7 +288,7 @@ fn framing(
     let values = |name: &'static str| {
         headers
             .iter()
-            .filter(move |h| h.name.eq_ignore_ascii_case(name))
+            .filter(move |h| h.name.eq_ignore_ascii_case(name.as_bytes()))
             .map(|h| h.value)
     };
     // Transfer-Encoding wins over Content-Length; a coding other than a
@@ -556,6 +639,30 @@ mod tests {
         assert!(malformed_message(&huge).contains("too large"));
         let many = "HTTP/1.1 200 OK\r\n".to_string() + &"X-A: b\r\n".repeat(MAX_HEADERS + 1);
         assert!(malformed_message(many.as_bytes()).contains("invalid response head"));
+        for bad in [
+            &b"HTTP/1.1 200 OK\nContent-Length: 0\r\n\r\n"[..],
+            b"HTTP/1.1 200 OK\r\nX-A: b\r\n c\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nX-A: b\x01c\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nX-A: b\rc\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\n: b\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nX A: b\r\n\r\n",
+            b"HTTP/2.0 200 OK\r\n\r\n",
+            b"HTTP/1.1 20 OK\r\n\r\n",
+            b"HTTP/1.1 200OK\r\n\r\n",
+            b"HTTP/1.1 200 O\x7fK\r\n\r\n",
+        ] {
+            let message = malformed_message(bad);
+            assert!(message.contains("invalid response head"), "{message}");
+        }
+    }
+
+    #[test]
+    fn heads_are_read_as_sent() {
+        let (status, body) =
+            parse(b"HTTP/1.0 201 \r\nX-Empty:\r\ncontent-LENGTH: \t 2 \t\r\n\r\nhi").unwrap();
+        assert_eq!((status, &body[..]), (StatusCode::CREATED, &b"hi"[..]));
+        let (status, body) = parse(b"HTTP/1.1 404\r\nContent-Length: 0\r\n\r\n").unwrap();
+        assert_eq!((status, &body[..]), (StatusCode::NOT_FOUND, &b""[..]));
     }
 
     #[test]

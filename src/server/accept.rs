@@ -115,7 +115,7 @@ fn admit(stream: &UnixStream, caps: &Caps) -> Option<(Arc<Peer>, Slots)> {
         }
         return None;
     };
-    Some((Arc::new(Peer::from_cred(cred)), (slot, uid_slot)))
+    Some((Arc::new(Peer::from_socket(stream, cred)), (slot, uid_slot)))
 }
 
 /// Serves one connection with the head limits, holding its `slots` until

@@ -175,7 +175,7 @@ fn forbidden(peer: &Peer, what: &str, credential: Option<&str>, message: String)
             tokend_credential = credential.unwrap_or("-"),
             tokend_peer_uid = peer.uid,
             tokend_peer_pid = peer.pid.unwrap_or(0),
-            tokend_peer_unit = peer.unit.as_ref().map_or("-".into(), |u| u.rule()),
+            tokend_peer_unit = peer.unit().map_or("-".into(), |u| u.rule()),
             tokend_operation = what,
             tokend_suppressed = suppressed,
             tokend_reason = %message,

@@ -1,10 +1,14 @@
 //! Who may do what. The caller's identity comes from the kernel
-//! (`SO_PEERCRED` on the socket, then `/proc/<pid>` for secondary groups and
-//! the systemd unit), never from anything the client says; the rules come
+//! (`SO_PEERCRED` and `SO_PEERGROUPS` on the socket, then `/proc/<pid>` for
+//! the systemd unit; `peer`), never from anything the client says; the rules come
 //! from the configuration (`readers = ["user:alice", "group:mail",
 //! "unit:backup.service"]`).
 
 use std::fmt;
+
+mod peer;
+
+pub(crate) use peer::Peer;
 
 /// One rule granting read access to a credential's token.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -143,77 +147,6 @@ impl fmt::Display for PeerUnit {
     }
 }
 
-/// A connected client, as the kernel describes it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Peer {
-    /// Effective uid.
-    pub(crate) uid: u32,
-    /// Effective gid.
-    pub(crate) gid: u32,
-    /// Process id, when the kernel reports one.
-    pub(crate) pid: Option<i32>,
-    /// Supplementary groups (from `/proc/<pid>/status`).
-    pub(crate) groups: Vec<u32>,
-    /// The systemd service the process runs in, if any.
-    pub(crate) unit: Option<PeerUnit>,
-}
-
-impl Peer {
-    /// The peer behind credentials read from the socket (`SO_PEERCRED`).
-    /// Groups and unit come from `/proc`; they are dropped if the process
-    /// changed while being read (it exited and its pid was reused), so a
-    /// reused pid can never lend its groups.
-    pub(crate) fn from_cred(cred: tokio::net::unix::UCred) -> Peer {
-        let mut peer = Peer {
-            uid: cred.uid(),
-            gid: cred.gid(),
-            pid: cred.pid(),
-            groups: Vec::new(),
-            unit: None,
-        };
-        if let Some(pid) = peer.pid {
-            let before = start_time(pid);
-            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-            let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
-            let owner = status_ids(&status, "Uid:");
-            // Same process start time, and /proc agrees with SO_PEERCRED.
-            if before.is_some() && before == start_time(pid) && owner.get(1) == Some(&peer.uid) {
-                peer.groups = status_ids(&status, "Groups:");
-                peer.unit = unit_of(&cgroup);
-            }
-        }
-        peer
-    }
-
-    /// Whether this peer matches a rule.
-    pub(crate) fn matches(&self, grant: &Grant) -> bool {
-        match grant {
-            Grant::Uid(u) => self.uid == *u,
-            Grant::Gid(g) => self.gid == *g || self.groups.contains(g),
-            Grant::Unit(u) => {
-                matches!(&self.unit, Some(PeerUnit::System(name)) if name == u)
-            }
-            Grant::UserUnit { uid, name } => matches!(
-                &self.unit,
-                Some(PeerUnit::User { uid: owner, name: n }) if owner == uid && n == name
-            ),
-        }
-    }
-
-    /// `uid 1000 (pid 42, system unit backup.service)`, for denials and logs.
-    pub(crate) fn describe(&self) -> String {
-        let mut s = format!("uid {}", self.uid);
-        if let Some(pid) = self.pid {
-            s.push_str(&format!(" (pid {pid}"));
-            if let Some(unit) = &self.unit {
-                s.push_str(&format!(", {unit}"));
-            }
-            s.push(')');
-        }
-        s
-    }
-}
-
 /// The daemon-wide part of the rules: who is an administrator.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Policy {
@@ -258,167 +191,18 @@ impl Policy {
     }
 }
 
-/// The process start time (field 22 of `/proc/<pid>/stat`).
-fn start_time(pid: i32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name may contain spaces and parentheses: skip past the last ')'.
-    let rest = &stat[stat.rfind(')')? + 2..];
-    rest.split_whitespace().nth(19)?.parse().ok()
-}
-
-/// The numbers on a `/proc/<pid>/status` line such as `Groups:` or `Uid:`.
-fn status_ids(status: &str, key: &str) -> Vec<u32> {
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(key))
-        .map(|rest| {
-            rest.split_whitespace()
-                .filter_map(|n| n.parse().ok())
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-/// The service in a cgroup v2 path (`0::/system.slice/backup.service`).
-///
-/// Only the first `.service` component counts: everything below a service
-/// is that service's (a service with `Delegate=` may name sub-cgroups as it
-/// likes, so nothing deeper can be believed). When that first service is a
-/// user's manager, `user@UID.service`, the process belongs to that user's
-/// manager and the unit is the first service below it; the manager's own
-/// processes, and anything of a manager whose instance is not a uid, have
-/// no unit. Scopes (login sessions, `init.scope`) are not services.
-fn unit_of(cgroup: &str) -> Option<PeerUnit> {
-    let path = cgroup.lines().find_map(|l| l.strip_prefix("0::"))?;
-    let mut services = path.split('/').filter(|seg| is_service_name(seg));
-    let first = services.next()?;
-    match first
-        .strip_prefix("user@")
-        .and_then(|rest| rest.strip_suffix(".service"))
-    {
-        None => Some(PeerUnit::System(first.to_string())),
-        Some(instance) => {
-            let uid = instance.parse::<u32>().ok()?;
-            let name = services.next()?;
-            Some(PeerUnit::User {
-                uid,
-                name: name.to_string(),
-            })
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn peer(uid: u32, gid: u32, groups: &[u32], unit: Option<&str>) -> Peer {
-        Peer {
+        Peer::with_unit(
             uid,
             gid,
-            pid: Some(1),
-            groups: groups.to_vec(),
-            unit: unit.map(|u| PeerUnit::System(u.to_string())),
-        }
-    }
-
-    fn system(name: &str) -> Option<PeerUnit> {
-        Some(PeerUnit::System(name.into()))
-    }
-
-    fn user(uid: u32, name: &str) -> Option<PeerUnit> {
-        Some(PeerUnit::User {
-            uid,
-            name: name.into(),
-        })
-    }
-
-    #[test]
-    fn units_from_real_cgroup_paths() {
-        let cases = [
-            ("0::/system.slice/backup.service\n", system("backup.service")),
-            (
-                "0::/system.slice/foo.slice/backup.service\n",
-                system("backup.service"),
-            ),
-            (
-                "0::/system.slice/backup.service/worker\n",
-                system("backup.service"),
-            ),
-            (
-                "0::/system.slice/system-getty.slice/getty@tty1.service\n",
-                system("getty@tty1.service"),
-            ),
-            ("0::/system.slice/foo@bar.service\n", system("foo@bar.service")),
-            // A delegated service naming its sub-cgroups like a user manager
-            // is still that service.
-            (
-                "0::/system.slice/ci.service/user@0.service/x.service\n",
-                system("ci.service"),
-            ),
-            // The spoof: a user's own manager running `backup.service`.
-            (
-                "0::/user.slice/user-1000.slice/user@1000.service/app.slice/backup.service\n",
-                user(1000, "backup.service"),
-            ),
-            (
-                "0::/user.slice/user-1000.slice/user@1000.service/app.slice/app-x@y.service/sub\n",
-                user(1000, "app-x@y.service"),
-            ),
-            // A user unit named like another user's manager stays the user's.
-            (
-                "0::/user.slice/user-1000.slice/user@1000.service/app.slice/user@0.service/backup.service\n",
-                user(1000, "user@0.service"),
-            ),
-            // The manager itself, sessions, PID 1: no service.
-            ("0::/user.slice/user-1000.slice/user@1000.service/init.scope\n", None),
-            ("0::/user.slice/user-1000.slice/user@1000.service\n", None),
-            ("0::/user.slice/user-1000.slice/session-3.scope\n", None),
-            ("0::/init.scope\n", None),
-            ("0::/user.slice/user@alice.service/app.slice/backup.service\n", None),
-            // Inside a test's cgroup tree the same rule holds.
-            ("0::/tokend-test-9/system.slice/backup.service\n", system("backup.service")),
-            (
-                "0::/tokend-test-9/user.slice/user-1000.slice/user@1000.service/app.slice/backup.service\n",
-                user(1000, "backup.service"),
-            ),
-            ("0::/\n", None),
-            ("1:name=systemd:/system.slice/backup.service\n", None),
-            ("", None),
-        ];
-        for (cgroup, want) in cases {
-            assert_eq!(unit_of(cgroup), want, "{cgroup}");
-        }
-    }
-
-    #[test]
-    fn unit_rules_match_only_their_manager() {
-        let mut p = peer(1000, 1000, &[], None);
-        let system_rule = Grant::parse("unit:backup.service").unwrap();
-        let user_rule = Grant::parse("user-unit:1000/backup.service").unwrap();
-        p.unit = user(1000, "backup.service");
-        assert!(!p.matches(&system_rule), "a user's unit is no system unit");
-        assert!(p.matches(&user_rule));
-        assert!(!p.matches(&Grant::parse("user-unit:1001/backup.service").unwrap()));
-        p.unit = system("backup.service");
-        assert!(p.matches(&system_rule));
-        assert!(!p.matches(&user_rule));
-        assert!(
-            p.describe().contains("system unit backup.service"),
-            "{}",
-            p.describe()
-        );
-        p.unit = user(1000, "backup.service");
-        assert!(
-            p.describe()
-                .contains("user unit backup.service of uid 1000"),
-            "{}",
-            p.describe()
-        );
-        assert_eq!(
-            p.unit.as_ref().unwrap().rule(),
-            "user-unit:1000/backup.service"
-        );
+            Some(1),
+            groups.to_vec(),
+            unit.map(|u| PeerUnit::System(u.to_string())),
+        )
     }
 
     #[test]
@@ -515,26 +299,5 @@ mod tests {
             .may_read(&peer(2000, 2000, &[], None), &[])
             .unwrap_err();
         assert!(none.contains("no readers are configured"), "{none}");
-    }
-
-    #[test]
-    fn proc_parsing() {
-        assert_eq!(
-            status_ids("Name:\tx\nGroups:\t4 24 27 \nUid:\t1 2 3 4\n", "Groups:"),
-            [4, 24, 27]
-        );
-        assert_eq!(
-            status_ids("Uid:\t1000\t1000\t1000\t1000\n", "Uid:")[1],
-            1000
-        );
-        assert!(start_time(std::process::id() as i32).is_some());
-    }
-
-    #[tokio::test]
-    async fn peer_of_a_real_socket_is_this_process() {
-        let (a, _b) = tokio::net::UnixStream::pair().unwrap();
-        let p = Peer::from_cred(a.peer_cred().unwrap());
-        assert_eq!(p.uid, nix::unistd::geteuid().as_raw());
-        assert_eq!(p.pid, Some(std::process::id() as i32));
     }
 }
