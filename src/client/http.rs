@@ -153,6 +153,10 @@ fn read_response<R: Read>(mut reader: R, head_request: bool) -> io::Result<(Stat
 fn read_head<R: Read>(reader: &mut R, head_request: bool) -> io::Result<(Head, Vec<u8>)> {
     let mut buf = Vec::with_capacity(4096);
     let mut chunk = [0u8; 4096];
+    // How much of `buf` was searched for the blank line, and the line ends
+    // in it: a head that trickles in byte by byte is searched once in all,
+    // not once per byte.
+    let (mut searched, mut newlines): (usize, usize) = (0, 0);
     loop {
         let n = reader.read(&mut chunk)?;
         if n == 0 {
@@ -163,7 +167,10 @@ fn read_head<R: Read>(reader: &mut R, head_request: bool) -> io::Result<(Head, V
             }));
         }
         buf.extend_from_slice(&chunk[..n]);
-        if let Some((head, len)) = parse_head(&buf, head_request)? {
+        let from = searched.saturating_sub(3);
+        newlines += buf[searched..].iter().filter(|&&b| b == b'\n').count();
+        searched = buf.len();
+        if let Some((head, len)) = parse_head(&buf, from, newlines, head_request)? {
             return Ok((head, buf.split_off(len)));
         }
         if buf.len() > MAX_HEAD_BYTES {
@@ -179,20 +186,30 @@ struct Header<'a> {
 }
 
 /// Parses a response head if `buf` holds all of it; returns it and its length.
+/// The blank line that ends it is looked for from `from` on; `newlines`
+/// counts the line ends in `buf`.
 ///
 /// By hand (RFC 9112: CRLF line ends, no obsolete line folding): `httparse`
 /// runs std's CPU feature detection on the first header value it meets,
 /// and on a VM those `cpuid`s trap to the hypervisor, which was a measurable
 /// part of every `tokend get`.
-fn parse_head(buf: &[u8], head_request: bool) -> io::Result<Option<(Head, usize)>> {
+fn parse_head(
+    buf: &[u8],
+    from: usize,
+    newlines: usize,
+    head_request: bool,
+) -> io::Result<Option<(Head, usize)>> {
     const VERSION: &[u8] = b"HTTP/1.";
     let start = buf.len().min(VERSION.len());
     if buf[..start] != VERSION[..start] {
         return Err(invalid_head("not an HTTP/1.x status line"));
     }
-    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+    let found = buf
+        .get(from..)
+        .and_then(|rest| rest.windows(4).position(|w| w == b"\r\n\r\n"));
+    let Some(end) = found.map(|p| p + from) else {
         // Refused as soon as it is clear, not at the size limit.
-        if buf.iter().filter(|&&b| b == b'\n').count() > MAX_HEADERS + 1 {
+        if newlines > MAX_HEADERS + 1 {
             return Err(invalid_head("too many headers"));
         }
         return Ok(None);
