@@ -128,6 +128,20 @@ async fn serve_connection(
     cancel: CancellationToken,
 ) {
     let _slots = slots;
+    serve_http1(stream, service, cancel, Duration::from_secs(2)).await;
+}
+
+/// Serves one HTTP/1.1 connection, the socket's or the metrics listener's,
+/// with the head limits ([`HEADER_TIMEOUT`], [`MAX_HEAD_BYTES`]); on
+/// `cancel`, lets the request in progress finish for up to `grace`.
+pub(super) async fn serve_http1<S>(
+    stream: S,
+    service: TowerToHyperService<Router>,
+    cancel: CancellationToken,
+    grace: Duration,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_TIMEOUT)
@@ -138,7 +152,7 @@ async fn serve_connection(
         _ = conn.as_mut() => {}
         _ = cancel.cancelled() => {
             conn.as_mut().graceful_shutdown();
-            let _ = tokio::time::timeout(Duration::from_secs(2), conn).await;
+            let _ = tokio::time::timeout(grace, conn).await;
         }
     }
 }

@@ -15,13 +15,11 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
-use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use super::{HEADER_TIMEOUT, MAX_HEAD_BYTES};
 use crate::metrics::{Audience, Format};
 use crate::refresh::RefresherHandle;
 
@@ -70,28 +68,8 @@ pub(crate) async fn serve(
         let cancel = cancel.clone();
         tokio::spawn(async move {
             let _slot = slot;
-            serve_connection(stream, service, cancel).await;
+            super::accept::serve_http1(stream, service, cancel, Duration::from_secs(1)).await;
         });
-    }
-}
-
-async fn serve_connection(
-    stream: TcpStream,
-    service: TowerToHyperService<Router>,
-    cancel: CancellationToken,
-) {
-    let conn = hyper::server::conn::http1::Builder::new()
-        .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_TIMEOUT)
-        .max_buf_size(MAX_HEAD_BYTES)
-        .serve_connection(TokioIo::new(stream), service);
-    tokio::pin!(conn);
-    tokio::select! {
-        _ = conn.as_mut() => {}
-        _ = cancel.cancelled() => {
-            conn.as_mut().graceful_shutdown();
-            let _ = tokio::time::timeout(Duration::from_secs(1), conn).await;
-        }
     }
 }
 

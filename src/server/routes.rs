@@ -237,6 +237,18 @@ fn authorize_admin(
     ))
 }
 
+/// The token answer for a view the refresher handed out as current; 503
+/// if it holds none after all.
+fn held_token(view: &crate::refresh::View) -> ApiResult<crate::api::TokenResponse> {
+    token_response(view).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorKind::Unavailable,
+            "no token held",
+        )
+    })
+}
+
 async fn health(State(h): State<RefresherHandle>) -> Json<Health> {
     Json(Health {
         status: HealthStatus::Ok,
@@ -256,13 +268,7 @@ async fn get_token(
     let view = h
         .token(&name, Duration::from_secs(q.min_valid.unwrap_or(0)))
         .await?;
-    let token = token_response(&view).ok_or_else(|| {
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            ErrorKind::Unavailable,
-            "no token held",
-        )
-    })?;
+    let token = held_token(&view)?;
     if wants_text(&headers) {
         let mut resp = format!("{}\n", token.access_token).into_response();
         resp.headers_mut().insert(
@@ -302,13 +308,7 @@ async fn get_git_credential(
             Duration::from_secs(q.min_valid.unwrap_or(0)),
         )
         .await?;
-    let token = token_response(&view).ok_or_else(|| {
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            ErrorKind::Unavailable,
-            "no token held",
-        )
-    })?;
+    let token = held_token(&view)?;
     Ok(Json(GitCredential {
         username: mapping.username,
         token,
@@ -335,13 +335,7 @@ async fn get_dpop_token(
     let view = h
         .token(&name, Duration::from_secs(q.min_valid.unwrap_or(0)))
         .await?;
-    let token = token_response(&view).ok_or_else(|| {
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            ErrorKind::Unavailable,
-            "no token held",
-        )
-    })?;
+    let token = held_token(&view)?;
     if !token.token_type.eq_ignore_ascii_case(dpop::TOKEN_TYPE) {
         return Err(RefreshError::NotDpopToken(name, token.token_type).into());
     }
