@@ -42,18 +42,10 @@ struct Answer {
 
 impl Answer {
     fn parse(raw: &[u8]) -> Answer {
-        let text = String::from_utf8_lossy(raw);
-        let (head, body) = text
-            .split_once("\r\n\r\n")
-            .unwrap_or_else(|| panic!("no complete response head: {text:?}"));
-        let status = head
-            .split(' ')
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| panic!("no status line: {text:?}"));
+        let answer = crate::support::RawAnswer::parse(raw);
         Answer {
-            status,
-            body: body.to_string(),
+            status: answer.status,
+            body: answer.body,
         }
     }
 

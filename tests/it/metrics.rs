@@ -10,33 +10,16 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 
 use crate::support::fake_provider::{FakeConfig, FakeProvider, Flavor};
-use crate::support::{cli_at, provider_toml, setpriv, Daemon, FAST_DAEMON};
+use crate::support::{cli_at, provider_toml, setpriv, Daemon, RawAnswer, FAST_DAEMON};
 
 const SOCKET_GID: u32 = 4253;
 const OTHER_UID: u32 = 1000;
 
 /// The head and body of one answer.
-struct Page {
-    status: u16,
-    head: String,
-    body: String,
-}
+type Page = RawAnswer;
 
 fn parse(raw: &[u8]) -> Page {
-    let text = String::from_utf8_lossy(raw);
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .unwrap_or_else(|| panic!("no complete response head: {text:?}"));
-    let status = head
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("no status line: {text:?}"));
-    Page {
-        status,
-        head: head.to_ascii_lowercase(),
-        body: body.to_string(),
-    }
+    RawAnswer::parse(raw)
 }
 
 /// Reads the answer to `request` on `stream` until the server closes it.

@@ -401,3 +401,33 @@ pub async fn add_families(
     }
     grants.into_iter().map(|(_, family)| family).collect()
 }
+
+/// One HTTP response read raw off a socket: its status, its head (lower
+/// case, for header checks) and its body.
+#[derive(Debug)]
+pub struct RawAnswer {
+    pub status: u16,
+    pub head: String,
+    pub body: String,
+}
+
+impl RawAnswer {
+    /// Splits a whole response; panics (with the text) on one without a
+    /// complete head or a status line.
+    pub fn parse(raw: &[u8]) -> RawAnswer {
+        let text = String::from_utf8_lossy(raw);
+        let (head, body) = text
+            .split_once("\r\n\r\n")
+            .unwrap_or_else(|| panic!("no complete response head: {text:?}"));
+        let status = head
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("no status line: {text:?}"));
+        RawAnswer {
+            status,
+            head: head.to_ascii_lowercase(),
+            body: body.to_string(),
+        }
+    }
+}
