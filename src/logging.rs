@@ -14,9 +14,10 @@ use std::fmt;
 use std::io::IsTerminal;
 
 use tracing::field::Field;
+use tracing_subscriber::filter::Targets;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
-use tracing_subscriber::{EnvFilter, Layer};
+use tracing_subscriber::Layer;
 
 /// Where log lines go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -37,10 +38,40 @@ pub(crate) enum LogTarget {
 /// of tokend's own `refresh_failed` warning naming the same reason.
 pub(crate) const DEFAULT_FILTER: &str = "warn,tokend=info,rustls=off,rustls_platform_verifier=off";
 
-/// The filter from `RUST_LOG`'s value, else [`DEFAULT_FILTER`].
-fn filter(env: Option<&str>) -> EnvFilter {
-    env.and_then(|directives| EnvFilter::try_new(directives).ok())
-        .unwrap_or_else(|| EnvFilter::new(DEFAULT_FILTER))
+/// The filter from `RUST_LOG`'s value, else [`DEFAULT_FILTER`]: a list of
+/// `level` and `target=level` directives, the longest matching target
+/// winning. Not tracing-subscriber's `EnvFilter`, whose span and field
+/// filters need the regex engine: its tables and code are relocated by the
+/// dynamic loader at every start of every `tokend get`.
+fn filter(env: Option<&str>) -> Targets {
+    env.filter(|directives| directives.split(',').all(valid_directive))
+        .and_then(|directives| directives.parse().ok())
+        .unwrap_or_else(|| {
+            DEFAULT_FILTER
+                .parse()
+                .unwrap_or_else(|_| Targets::new().with_default(tracing::Level::INFO))
+        })
+}
+
+/// `level`, `target` or `target=level`, a target being a module path.
+/// `Targets` alone would take any text without `=` for a target, so a
+/// mistyped `RUST_LOG` would silence the daemon instead of falling back to
+/// the default.
+fn valid_directive(directive: &str) -> bool {
+    let level = |l: &str| l.eq_ignore_ascii_case("off") || l.parse::<tracing::Level>().is_ok();
+    let target = |t: &str| {
+        !t.is_empty()
+            && t.split("::").all(|part| {
+                !part.is_empty()
+                    && part
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+            })
+    };
+    match directive.trim().split_once('=') {
+        Some((t, l)) => target(t.trim()) && level(l.trim()),
+        None => level(directive.trim()) || target(directive.trim()),
+    }
 }
 
 /// The stderr layer writing to `writer`: no target, no code location, the
@@ -61,7 +92,7 @@ where
 
 /// Installs the global subscriber. Later calls are ignored.
 pub(crate) fn init(target: LogTarget) {
-    let env = std::env::var(EnvFilter::DEFAULT_ENV).ok();
+    let env = std::env::var("RUST_LOG").ok();
     let filter = || filter(env.as_deref());
     let want_journal = match target {
         LogTarget::Auto => stderr_is_journal(),
@@ -223,9 +254,29 @@ mod tests {
                 .map(|l| l.split_once(' ').map_or(l, |(_, rest)| rest).to_string())
                 .collect()
         };
-        assert_eq!(
-            untimed(log_lines(Some("not a [valid filter"))),
-            untimed(log_lines(None))
-        );
+        for invalid in [
+            "not a [valid filter",
+            "tokend=loud",
+            "info,=debug",
+            "tokend[x]=info",
+        ] {
+            assert_eq!(
+                untimed(log_lines(Some(invalid))),
+                untimed(log_lines(None)),
+                "{invalid}"
+            );
+        }
+        let out = log_lines(Some("warn,tokend=debug,hyper_util=info"));
+        for present in [
+            "own debug",
+            "own info",
+            "dependency info",
+            "dependency warning",
+        ] {
+            assert!(out.contains(present), "{present} not in {out}");
+        }
+        let out = log_lines(Some("info,rustls_platform_verifier=off"));
+        assert!(!out.contains("failed to verify"), "{out}");
+        assert!(!out.contains("own debug"), "{out}");
     }
 }

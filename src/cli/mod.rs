@@ -385,6 +385,10 @@ fn plain_get(args: impl IntoIterator<Item = OsString>) -> Option<String> {
 /// only as one flat arm per command, which reads best whole.)
 #[inline(never)]
 fn run(socket: Option<PathBuf>, command: Command) -> anyhow::Result<ExitCode> {
+    // aws-lc is built without its load-time constructor (.cargo/config.toml),
+    // so its CPU capabilities are read here, before any command can use it.
+    // The plain `tokend get NAME` never reaches this.
+    aws_lc_rs::init();
     // The socket default stats files, so it is worked out only when used.
     let client = || Client::new(&socket.clone().unwrap_or_else(paths::default_client_socket));
     match command {
