@@ -188,7 +188,11 @@ fn forbidden(peer: &Peer, what: &str, credential: Option<&str>, message: String)
 /// The caller may read this credential's token or state. To anyone but an
 /// administrator, a credential they may not read answers exactly as a
 /// missing one, so names cannot be probed; the denial is still logged.
-pub(super) fn authorize_read(h: &RefresherHandle, peer: &Peer, name: &str) -> ApiResult<()> {
+pub(super) fn authorize_read(
+    h: &RefresherHandle,
+    peer: &Peer,
+    name: &str,
+) -> ApiResult<Arc<crate::refresh::View>> {
     let policy = h.policy();
     let hidden = || {
         ApiError::new(
@@ -204,11 +208,14 @@ pub(super) fn authorize_read(h: &RefresherHandle, peer: &Peer, name: &str) -> Ap
             hidden()
         });
     };
-    policy.may_read(peer, &view.readers).map_err(|m| {
-        // Logs the denial; the caller gets the missing credential's answer.
-        let _logged = forbidden(peer, "read", Some(name), m);
-        hidden()
-    })
+    match policy.may_read(peer, &view.readers) {
+        Ok(()) => Ok(view),
+        Err(m) => {
+            // Logs the denial; the caller gets the missing credential's answer.
+            let _logged = forbidden(peer, "read", Some(name), m);
+            Err(hidden())
+        }
+    }
 }
 
 /// The caller may change credentials or see all of them.
@@ -263,21 +270,102 @@ async fn get_token(
     UrlPath(name): UrlPath<String>,
     Query(q): Query<TokenQuery>,
     headers: HeaderMap,
-) -> ApiResult<Response> {
-    authorize_read(&h, &peer, &name)?;
-    let view = h
-        .token(&name, Duration::from_secs(q.min_valid.unwrap_or(0)))
-        .await?;
-    let token = held_token(&view)?;
-    if wants_text(&headers) {
-        let mut resp = format!("{}\n", token.access_token).into_response();
-        resp.headers_mut().insert(
-            header::CONTENT_TYPE,
-            header::HeaderValue::from_static("text/plain; charset=utf-8"),
-        );
-        return Ok(resp);
+) -> Response {
+    let read = TokenRead {
+        min_valid: Duration::from_secs(q.min_valid.unwrap_or(0)),
+        form: TokenForm::of(&headers),
+    };
+    read_token(&h, &peer, &name, read).await
+}
+
+/// What a `GET /v1/tokens/{name}` asks besides the name. The router's
+/// handler and the connection's fast path (`super::fast_read`) both answer
+/// through [`read_token_now`] and [`read_token`], so they cannot differ.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct TokenRead {
+    /// `?min_valid=SECS`.
+    pub(super) min_valid: Duration,
+    /// The body's form, from `Accept`.
+    pub(super) form: TokenForm,
+}
+
+/// The body of a token answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum TokenForm {
+    /// The token response JSON.
+    Json,
+    /// The bare token and a newline (`Accept: text/plain`).
+    Text,
+}
+
+impl TokenForm {
+    /// `Accept: text/plain` (without JSON also being acceptable) asks for
+    /// the bare token.
+    pub(super) fn of(headers: &HeaderMap) -> TokenForm {
+        let accept = headers
+            .get(header::ACCEPT)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        if accept.contains("text/plain") && !accept.contains("application/json") {
+            TokenForm::Text
+        } else {
+            TokenForm::Json
+        }
     }
-    Ok(Json(token).into_response())
+}
+
+/// A token read answered without waiting, when it can be: the caller's
+/// refusal (checked first, before the token is looked at), or a published
+/// token fresh enough for `read.min_valid`. `None`: only the owner can
+/// answer, so the caller must wait in [`read_token`].
+pub(super) fn read_token_now(
+    h: &RefresherHandle,
+    peer: &Peer,
+    name: &str,
+    read: TokenRead,
+) -> Option<Response> {
+    let view = match authorize_read(h, peer, name) {
+        Ok(view) => view,
+        Err(e) => return Some(e.into_response()),
+    };
+    crate::refresh::is_fresh(&view, read.min_valid).then(|| token_answer(&view, read.form))
+}
+
+/// A token read: [`read_token_now`], else the owner's answer, waited for at
+/// most `daemon.read_timeout` (which `config` bounds below
+/// [`REQUEST_TIMEOUT`]).
+pub(super) async fn read_token(
+    h: &RefresherHandle,
+    peer: &Peer,
+    name: &str,
+    read: TokenRead,
+) -> Response {
+    if let Some(answer) = read_token_now(h, peer, name, read) {
+        return answer;
+    }
+    match h.token(name, read.min_valid).await {
+        Ok(view) => token_answer(&view, read.form),
+        Err(e) => ApiError::from(e).into_response(),
+    }
+}
+
+/// The answer for a view the refresher handed out as current.
+fn token_answer(view: &crate::refresh::View, form: TokenForm) -> Response {
+    let token = match held_token(view) {
+        Ok(token) => token,
+        Err(e) => return e.into_response(),
+    };
+    match form {
+        TokenForm::Text => {
+            let mut resp = format!("{}\n", token.access_token).into_response();
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static("text/plain; charset=utf-8"),
+            );
+            resp
+        }
+        TokenForm::Json => Json(token).into_response(),
+    }
 }
 
 /// The credential mapped to a git host, read as [`get_token`] reads it. A
@@ -349,15 +437,6 @@ async fn get_dpop_token(
     Ok(Json(DpopTokenResponse { token, dpop: proof }))
 }
 
-/// `Accept: text/plain` (without JSON also being acceptable) asks for the bare token.
-fn wants_text(headers: &HeaderMap) -> bool {
-    let accept = headers
-        .get(header::ACCEPT)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    accept.contains("text/plain") && !accept.contains("application/json")
-}
-
 /// Administrators see every credential; anyone else those they may read.
 async fn list_credentials(
     State(h): State<RefresherHandle>,
@@ -378,8 +457,7 @@ async fn get_credential(
     Extension(peer): Caller,
     UrlPath(name): UrlPath<String>,
 ) -> ApiResult<Json<CredentialStatus>> {
-    authorize_read(&h, &peer, &name)?;
-    let view = h.view(&name).ok_or(RefreshError::NotFound(name))?;
+    let view = authorize_read(&h, &peer, &name)?;
     Ok(Json(credential_status(&view)))
 }
 
