@@ -24,20 +24,19 @@ use std::future::Ready;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::http::{Method, Request};
+use axum::http::{header, HeaderValue, Method, Request};
 use axum::response::Response;
 use axum::Router;
 use futures::future::{BoxFuture, Either};
-use hyper::body::Incoming;
+use hyper::body::{Body as _, Incoming};
 use hyper_util::service::{TowerToHyperService, TowerToHyperServiceFuture};
 
-use super::routes::{read_token, read_token_now, TokenForm, TokenRead};
+use super::routes::{read_token, read_token_now, TokenForm, TokenRead, TOKEN_ROUTE};
 use crate::access::Peer;
 use crate::refresh::RefresherHandle;
 
-/// The route template token reads are counted under, as the router counts
-/// them.
-const TOKEN_ROUTE: &str = "/v1/tokens/{name}";
+/// [`TOKEN_ROUTE`] up to its name.
+const TOKEN_PREFIX: &str = "/v1/tokens/";
 
 /// One connection's service: the caller, and the router for everything but
 /// a token read.
@@ -86,8 +85,18 @@ impl hyper::service::Service<Request<Incoming>> for Connection {
     }
 }
 
-/// Counts the answer as the router's response layer would.
-fn counted(answer: Response) -> Response {
+/// Finishes the answer as the router does: a `Content-Length` for a body
+/// of known size (axum's route sets it before hyper writes the head, which
+/// puts it before hyper's own `Connection`), and the count its response
+/// layer would make.
+fn counted(mut answer: Response) -> Response {
+    if !answer.headers().contains_key(header::CONTENT_LENGTH) {
+        if let Some(size) = answer.body().size_hint().exact() {
+            answer
+                .headers_mut()
+                .insert(header::CONTENT_LENGTH, HeaderValue::from(size));
+        }
+    }
     crate::metrics::socket_request(Some(TOKEN_ROUTE), answer.status().as_u16());
     answer
 }
@@ -111,7 +120,7 @@ fn token_read(req: &Request<Incoming>) -> Option<(&str, TokenRead)> {
 /// The name and `min_valid` seconds of a token read's path and query, when
 /// the router would read them the same way without decoding anything.
 fn parse_target<'a>(path: &'a str, query: Option<&str>) -> Option<(&'a str, u64)> {
-    let name = path.strip_prefix("/v1/tokens/")?;
+    let name = path.strip_prefix(TOKEN_PREFIX)?;
     let plain = |c: u8| c.is_ascii_alphanumeric() || b"-_.@".contains(&c);
     if name.is_empty() || !name.bytes().all(plain) {
         return None;
@@ -131,7 +140,12 @@ fn parse_target<'a>(path: &'a str, query: Option<&str>) -> Option<(&'a str, u64)
 
 #[cfg(test)]
 mod tests {
-    use super::parse_target;
+    use super::{parse_target, TOKEN_PREFIX, TOKEN_ROUTE};
+
+    #[test]
+    fn the_prefix_is_the_routes() {
+        assert_eq!(format!("{TOKEN_PREFIX}{{name}}"), TOKEN_ROUTE);
+    }
 
     #[test]
     fn takes_only_what_the_router_reads_the_same_way() {

@@ -45,6 +45,10 @@ use crate::token::Secret;
 /// The caller, attached to every request by `serve`.
 type Caller = Extension<Arc<Peer>>;
 
+/// The token read's route; `super::fast_read` answers most of them before
+/// the router and counts them under this template too.
+pub(super) const TOKEN_ROUTE: &str = "/v1/tokens/{name}";
+
 /// The API router.
 pub(crate) fn router(handle: RefresherHandle) -> Router {
     let admin = |what: &'static str, route: MethodRouter<RefresherHandle>| {
@@ -58,7 +62,7 @@ pub(crate) fn router(handle: RefresherHandle) -> Router {
     };
     Router::new()
         .route("/v1/health", get(health))
-        .route("/v1/tokens/{name}", get(get_token))
+        .route(TOKEN_ROUTE, get(get_token))
         .route("/v1/tokens/{name}/dpop", get(get_dpop_token))
         .route("/v1/tokens/{name}/watch", get(super::watch::watch_token))
         .route("/v1/git-credential", get(get_git_credential))
@@ -364,8 +368,32 @@ fn token_answer(view: &crate::refresh::View, form: TokenForm) -> Response {
             );
             resp
         }
-        TokenForm::Json => Json(token).into_response(),
+        TokenForm::Json => json_body(&token),
     }
+}
+
+/// The token response as `Json` writes it, into a buffer sized for it up
+/// front, so the body is one allocation that never grows or is copied.
+fn json_body(token: &crate::api::TokenResponse) -> Response {
+    let secrets = token.access_token.len() + token.id_token.as_ref().map_or(0, String::len);
+    let mut body = Vec::with_capacity(secrets.saturating_add(256));
+    if let Err(e) = serde_json::to_writer(&mut body, token) {
+        // Cannot happen (strings and numbers only); answered as `Json`
+        // answers once `json_errors` has rewritten it.
+        tracing::error!(error = %e, "cannot write a token response");
+        return ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorKind::Internal,
+            "internal error; see the daemon's log",
+        )
+        .into_response();
+    }
+    let mut resp = Response::new(axum::body::Body::from(body));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
+    resp
 }
 
 /// The credential mapped to a git host, read as [`get_token`] reads it. A

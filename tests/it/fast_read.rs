@@ -5,7 +5,7 @@
 //! name percent-encoded), which is what each answer is compared with.
 
 use std::process::Stdio;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
@@ -164,14 +164,34 @@ async fn the_fast_path_answers_as_the_router_does() {
     daemon.finish(&[&fake]).await;
 }
 
+/// `tokend_socket_requests_total` for the token route and `status`.
+async fn token_reads_counted(daemon: &Daemon, status: u16) -> f64 {
+    let raw = exchange(
+        daemon,
+        None,
+        "GET /metrics HTTP/1.1\r\nHost: tokend\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    let page = RawAnswer::parse(&raw).body;
+    let series =
+        format!("tokend_socket_requests_total{{route=\"/v1/tokens/{{name}}\",status=\"{status}\"}}");
+    page.lines()
+        .find_map(|l| l.strip_prefix(&series))
+        .map_or(0.0, |v| v.trim().parse().expect("a sample value"))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_connection_mixes_fast_reads_and_routed_requests() {
     let fake = FakeProvider::start(FakeConfig::new(Flavor::Didit)).await;
     let daemon = Daemon::start(FAST_DAEMON, &provider_toml("p", &fake)).await;
     daemon.add("c", "p", &fake.issue_refresh_token()).await.ok();
+    let (ok_before, bad_before) = (
+        token_reads_counted(&daemon, 200).await,
+        token_reads_counted(&daemon, 400).await,
+    );
     // Pipelined on one keep-alive connection: fast, routed, fast with a
-    // query, routed (a query the fast path leaves to the router), then a
-    // HEAD (routed) and a POST the route does not take.
+    // query, routed (a query the fast path leaves to the router), a HEAD
+    // (routed) and a POST the route does not take.
     let get = |path: &str| format!("GET {path} HTTP/1.1\r\nHost: tokend\r\n\r\n");
     let request = [
         get("/v1/tokens/c"),
@@ -194,12 +214,56 @@ async fn one_connection_mixes_fast_reads_and_routed_requests() {
         ["200", "200", "200", "400", "200", "405"],
         "{text}"
     );
-    let metrics = daemon.cli(&["metrics"]).await;
-    // Counted under the route template, as the router counts.
-    let tokens_ok = metrics
-        .stdout
-        .lines()
-        .find(|l| l.contains("route=\"/v1/tokens/{name}\"") && l.contains("status=\"200\""));
-    assert!(tokens_ok.is_some(), "{}", metrics.stdout);
+    // Both paths count under the route template: two fast reads and the
+    // HEAD answered 200, the router's 400.
+    assert_eq!(token_reads_counted(&daemon, 200).await - ok_before, 3.0);
+    assert_eq!(token_reads_counted(&daemon, 400).await - bad_before, 1.0);
+    daemon.finish(&[&fake]).await;
+}
+
+/// Reads until the server closes; returns what arrived and when it closed.
+async fn until_closed(stream: &mut UnixStream) -> (Vec<u8>, Instant) {
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut out))
+        .await
+        .expect("the connection was not closed within 30 s")
+        .ok();
+    (out, Instant::now())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_read_head_must_arrive_within_the_head_timeout() {
+    let fake = FakeProvider::start(FakeConfig::new(Flavor::Didit)).await;
+    let daemon = Daemon::start(FAST_DAEMON, &provider_toml("p", &fake)).await;
+    daemon.add("c", "p", &fake.issue_refresh_token()).await.ok();
+    // A slow-loris read: a head that never ends.
+    let mut slow = UnixStream::connect(&daemon.socket).await.unwrap();
+    slow.write_all(b"GET /v1/tokens/c HTTP/1.1\r\nHost: tokend\r\nX-Slow: ")
+        .await
+        .unwrap();
+    // A keep-alive reader that reads once, then holds its connection idle.
+    let mut idle = UnixStream::connect(&daemon.socket).await.unwrap();
+    idle.write_all(b"GET /v1/tokens/c HTTP/1.1\r\nHost: tokend\r\n\r\n")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let (slow_got, slow_closed) = until_closed(&mut slow).await;
+    let (idle_got, idle_closed) = until_closed(&mut idle).await;
+    assert!(slow_got.is_empty(), "{:?}", String::from_utf8_lossy(&slow_got));
+    assert!(
+        String::from_utf8_lossy(&idle_got).starts_with("HTTP/1.1 200 "),
+        "{:?}",
+        String::from_utf8_lossy(&idle_got)
+    );
+    // The head timeout is 10 s; neither is cut sooner, nor kept much longer.
+    for (what, closed) in [("slow head", slow_closed), ("idle", idle_closed)] {
+        let after = closed - started;
+        assert!(
+            (Duration::from_secs(9)..Duration::from_secs(20)).contains(&after),
+            "{what}: closed after {after:?}"
+        );
+    }
+    // Others are served meanwhile and after.
+    daemon.cli(&["get", "c"]).await.ok();
     daemon.finish(&[&fake]).await;
 }
