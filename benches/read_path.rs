@@ -382,8 +382,10 @@ fn time_process(cmd: &mut Command, check: &dyn Fn(&[u8]) -> bool) -> Result<u64,
 // The run.
 
 fn run(sizes: Sizes) -> Result<(), Error> {
-    let tokend_bin = std::env::var_os("TOKEND_BENCH_DAEMON")
-        .map_or_else(|| env!("CARGO_BIN_EXE_tokend").into(), std::path::PathBuf::from);
+    let tokend_bin = std::env::var_os("TOKEND_BENCH_DAEMON").map_or_else(
+        || env!("CARGO_BIN_EXE_tokend").into(),
+        std::path::PathBuf::from,
+    );
     let tokend_bin = tokend_bin.as_path();
     let me = std::env::current_exe()?;
     let dir = tempfile::tempdir()?;
@@ -466,7 +468,11 @@ fn run(sizes: Sizes) -> Result<(), Error> {
         serde_json::to_string(&access_token)?
     ));
     if !body.starts_with(&expect) {
-        return Err(format!("unexpected token response: {}", String::from_utf8_lossy(&body)).into());
+        return Err(format!(
+            "unexpected token response: {}",
+            String::from_utf8_lossy(&body)
+        )
+        .into());
     }
     std::fs::write(&body_file, &body)?;
     let refreshes_before = fake.refresh_count();

@@ -1,13 +1,13 @@
 //! The per-connection service of the socket: a token read
 //! (`GET /v1/tokens/{name}`, the request a busy daemon answers most) is
 //! answered here, before axum's router; every other request goes through
-//! the router as before.
+//! the router.
 //!
 //! Under many keep-alive clients the router's share of a token read
 //! (matching, extensions, the request timer, the response layer's boxed
 //! future) costs more than the read itself. The fast path answers through
-//! the same functions as the router's handler (`routes::read_token_now` and
-//! `routes::read_token`), so the access check comes first and the status,
+//! the same functions as the router's handler (`token_read::read_token_now`
+//! and `token_read::read_token`), so the access check comes first and the status,
 //! headers and body are the router's. It takes only requests it can read
 //! exactly as the router would (a plain name, no query or `min_valid=SECS`
 //! alone); anything else, even a valid request it could serve, falls through
@@ -31,7 +31,8 @@ use futures::future::{BoxFuture, Either};
 use hyper::body::{Body as _, Incoming};
 use hyper_util::service::{TowerToHyperService, TowerToHyperServiceFuture};
 
-use super::routes::{read_token, read_token_now, TokenForm, TokenRead, TOKEN_ROUTE};
+use super::routes::TOKEN_ROUTE;
+use super::token_read::{read_token, read_token_now, TokenForm, TokenRead};
 use crate::access::Peer;
 use crate::refresh::RefresherHandle;
 

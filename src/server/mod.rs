@@ -8,6 +8,8 @@
 //!   through the same functions as the router's handler, and everything
 //!   else goes to the router.
 //! - `routes`: the router and its handlers, with the authorization checks.
+//! - `token_read`: the answer to a token read, for the router's handler and
+//!   the fast path alike.
 //! - `error`: each [`RefreshError`](crate::refresh::RefreshError) to one
 //!   status, and every error answer, axum's and tower's too, to
 //!   `{"error": kind, "message": ...}`.
@@ -29,6 +31,7 @@ mod fast_read;
 pub(crate) mod metrics_listener;
 mod routes;
 mod socket;
+mod token_read;
 mod watch;
 
 pub(crate) use accept::serve;

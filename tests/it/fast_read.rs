@@ -109,7 +109,10 @@ async fn the_fast_path_answers_as_the_router_does() {
     let daemon = Daemon::start(&extra, &providers).await;
     daemon.open_to_other_users();
     for name in ["c", "private", "dead"] {
-        daemon.add(name, "p", &fake.issue_refresh_token()).await.ok();
+        daemon
+            .add(name, "p", &fake.issue_refresh_token())
+            .await
+            .ok();
     }
     // `dead`'s grant is refused: it needs re-authorization, and its token
     // is withheld (the default `on_invalid_grant`).
@@ -173,8 +176,9 @@ async fn token_reads_counted(daemon: &Daemon, status: u16) -> f64 {
     )
     .await;
     let page = RawAnswer::parse(&raw).body;
-    let series =
-        format!("tokend_socket_requests_total{{route=\"/v1/tokens/{{name}}\",status=\"{status}\"}}");
+    let series = format!(
+        "tokend_socket_requests_total{{route=\"/v1/tokens/{{name}}\",status=\"{status}\"}}"
+    );
     page.lines()
         .find_map(|l| l.strip_prefix(&series))
         .map_or(0.0, |v| v.trim().parse().expect("a sample value"))
@@ -249,7 +253,11 @@ async fn a_token_read_head_must_arrive_within_the_head_timeout() {
     let started = Instant::now();
     let (slow_got, slow_closed) = until_closed(&mut slow).await;
     let (idle_got, idle_closed) = until_closed(&mut idle).await;
-    assert!(slow_got.is_empty(), "{:?}", String::from_utf8_lossy(&slow_got));
+    assert!(
+        slow_got.is_empty(),
+        "{:?}",
+        String::from_utf8_lossy(&slow_got)
+    );
     assert!(
         String::from_utf8_lossy(&idle_got).starts_with("HTTP/1.1 200 "),
         "{:?}",
