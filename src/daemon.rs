@@ -201,7 +201,7 @@ pub(crate) async fn run(opts: DaemonOptions) -> anyhow::Result<()> {
         refresher: tokio::spawn(refresher.run()),
         server: tokio::spawn(server::serve(
             listener,
-            server::router(handle.clone()),
+            handle.clone(),
             cancel.clone(),
             connection_cap(fd_limit),
         )),

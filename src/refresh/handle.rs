@@ -113,6 +113,12 @@ impl LiveSettings {
     }
 }
 
+/// Whether a token read of `view` is answered from it now, without asking
+/// the owner: its token is valid for at least `min_valid` more.
+pub(crate) fn is_fresh(view: &View, min_valid: Duration) -> bool {
+    view.valid_token(now_ms(), duration_ms(min_valid)).is_some()
+}
+
 fn read_timeout_ms(config: &Config) -> u64 {
     u64::try_from(duration_ms(config.daemon.read_timeout)).unwrap_or(0)
 }
@@ -236,12 +242,12 @@ impl RefresherHandle {
         name: &str,
         min_valid: Duration,
     ) -> Result<Arc<View>, RefreshError> {
-        let min_valid_ms = duration_ms(min_valid);
         if let Some(view) = self.view(name) {
-            if view.valid_token(now_ms(), min_valid_ms).is_some() {
+            if is_fresh(&view, min_valid) {
                 return Ok(view);
             }
         }
+        let min_valid_ms = duration_ms(min_valid);
         let bound = Duration::from_millis(self.settings.read_timeout_ms.load(Ordering::Relaxed));
         let asked = self.ask(|reply| Command::Ensure {
             name: name.to_string(),

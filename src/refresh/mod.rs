@@ -58,7 +58,7 @@ use tokio_util::task::TaskTracker;
 
 pub(crate) use device::{DeviceLoginRequest, LoginState, LoginView, Logins};
 pub(crate) use error::RefreshError;
-pub(crate) use handle::RefresherHandle;
+pub(crate) use handle::{is_fresh, RefresherHandle};
 pub(crate) use request::{ExchangeRequest, NewCredential};
 pub(crate) use revoke::RemoveOptions;
 pub(crate) use updates::{change, Update, UpdateKind};

@@ -9,17 +9,19 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::Extension;
-use axum::Router;
+use axum::http::{Request, Response};
+use hyper::body::{Body, Incoming};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::service::TowerToHyperService;
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::fast_read::Connection;
 use super::{HEADER_TIMEOUT, MAX_HEAD_BYTES};
 use crate::access::Peer;
 use crate::events::{limit, Noisy, Verdict};
+use crate::refresh::RefresherHandle;
 use crate::uidcap::{per_uid_limit, PerUidCap, UidSlot};
 
 /// The connection caps: one per uid (so one uid may not hold every slot and
@@ -33,13 +35,14 @@ struct Caps {
 /// What a served connection holds until it closes.
 type Slots = (OwnedSemaphorePermit, UidSlot);
 
-/// Serves `router` on `listener` until `cancel` fires, then lets open
+/// Serves the API (`super::router`, with token reads on the fast path of
+/// `super::fast_read`) on `listener` until `cancel` fires, then lets open
 /// requests finish (briefly) and returns. At most `max_connections` are
 /// served at once (at most [`super::MAX_CONNECTIONS`], and below the
 /// descriptor limit).
 pub(crate) async fn serve(
     listener: UnixListener,
-    router: Router,
+    handle: RefresherHandle,
     cancel: CancellationToken,
     max_connections: usize,
 ) {
@@ -51,6 +54,7 @@ pub(crate) async fn serve(
             &[0, nix::unistd::geteuid().as_raw()],
         ),
     };
+    let router = super::router(handle.clone());
     let connections = TaskTracker::new();
     loop {
         let stream = tokio::select! {
@@ -70,7 +74,8 @@ pub(crate) async fn serve(
         let Some((peer, slots)) = admit(&stream, &caps) else {
             continue;
         };
-        let service = TowerToHyperService::new(router.clone().layer(Extension(peer)));
+        let routed = router.clone().layer(Extension(Arc::clone(&peer)));
+        let service = Connection::new(handle.clone(), peer, routed);
         connections.spawn(serve_connection(stream, service, slots, cancel.clone()));
     }
     connections.close();
@@ -123,7 +128,7 @@ fn admit(stream: &UnixStream, caps: &Caps) -> Option<(Arc<Peer>, Slots)> {
 /// two seconds.
 async fn serve_connection(
     stream: UnixStream,
-    service: TowerToHyperService<Router>,
+    service: Connection,
     slots: Slots,
     cancel: CancellationToken,
 ) {
@@ -134,13 +139,17 @@ async fn serve_connection(
 /// Serves one HTTP/1.1 connection, the socket's or the metrics listener's,
 /// with the head limits ([`HEADER_TIMEOUT`], [`MAX_HEAD_BYTES`]); on
 /// `cancel`, lets the request in progress finish for up to `grace`.
-pub(super) async fn serve_http1<S>(
+pub(super) async fn serve_http1<S, V, B>(
     stream: S,
-    service: TowerToHyperService<Router>,
+    service: V,
     cancel: CancellationToken,
     grace: Duration,
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    V: hyper::service::Service<Request<Incoming>, Response = Response<B>>,
+    V::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: Body + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())

@@ -4,7 +4,12 @@
 //!   replaces a stale socket, mode 0660, removed on drop).
 //! - `accept`: the accept loop and its limits (connection caps, head timeout
 //!   and size), and the kernel-attested `Peer` on every connection.
+//! - `fast_read`: each connection's service; token reads are answered there,
+//!   through the same functions as the router's handler, and everything
+//!   else goes to the router.
 //! - `routes`: the router and its handlers, with the authorization checks.
+//! - `token_read`: the answer to a token read, for the router's handler and
+//!   the fast path alike.
 //! - `error`: each [`RefreshError`](crate::refresh::RefreshError) to one
 //!   status, and every error answer, axum's and tower's too, to
 //!   `{"error": kind, "message": ...}`.
@@ -14,20 +19,23 @@
 //!   only the metrics page, without the series that name credentials.
 //!
 //! Bodies are capped at [`MAX_BODY_BYTES`], and a request is answered (or
-//! cut with 408) within [`REQUEST_TIMEOUT`].
+//! cut with 408) within [`REQUEST_TIMEOUT`]; a token read on the fast path
+//! is bounded by `daemon.read_timeout`, below it.
 
 use std::time::Duration;
 
 mod accept;
 mod convert;
 mod error;
+mod fast_read;
 pub(crate) mod metrics_listener;
 mod routes;
 mod socket;
+mod token_read;
 mod watch;
 
 pub(crate) use accept::serve;
-pub(crate) use routes::router;
+use routes::router;
 pub(crate) use socket::{bind, SocketFile};
 
 /// Most connections served at once; further ones are closed at once.

@@ -22,6 +22,7 @@ use serde::de::DeserializeOwned;
 
 use super::convert::{credential_status, login_status, token_response};
 use super::error::{json_errors, ApiError, ApiResult};
+use super::token_read::{read_token, TokenForm, TokenRead};
 use super::{MAX_BODY_BYTES, MAX_EXPIRES_IN_SECS, REQUEST_TIMEOUT};
 use crate::access::Peer;
 use crate::api::{
@@ -45,6 +46,10 @@ use crate::token::Secret;
 /// The caller, attached to every request by `serve`.
 type Caller = Extension<Arc<Peer>>;
 
+/// The token read's route; `super::fast_read` answers most of them before
+/// the router and counts them under this template too.
+pub(super) const TOKEN_ROUTE: &str = "/v1/tokens/{name}";
+
 /// The API router.
 pub(crate) fn router(handle: RefresherHandle) -> Router {
     let admin = |what: &'static str, route: MethodRouter<RefresherHandle>| {
@@ -58,7 +63,7 @@ pub(crate) fn router(handle: RefresherHandle) -> Router {
     };
     Router::new()
         .route("/v1/health", get(health))
-        .route("/v1/tokens/{name}", get(get_token))
+        .route(TOKEN_ROUTE, get(get_token))
         .route("/v1/tokens/{name}/dpop", get(get_dpop_token))
         .route("/v1/tokens/{name}/watch", get(super::watch::watch_token))
         .route("/v1/git-credential", get(get_git_credential))
@@ -188,7 +193,11 @@ fn forbidden(peer: &Peer, what: &str, credential: Option<&str>, message: String)
 /// The caller may read this credential's token or state. To anyone but an
 /// administrator, a credential they may not read answers exactly as a
 /// missing one, so names cannot be probed; the denial is still logged.
-pub(super) fn authorize_read(h: &RefresherHandle, peer: &Peer, name: &str) -> ApiResult<()> {
+pub(super) fn authorize_read(
+    h: &RefresherHandle,
+    peer: &Peer,
+    name: &str,
+) -> ApiResult<Arc<crate::refresh::View>> {
     let policy = h.policy();
     let hidden = || {
         ApiError::new(
@@ -204,11 +213,14 @@ pub(super) fn authorize_read(h: &RefresherHandle, peer: &Peer, name: &str) -> Ap
             hidden()
         });
     };
-    policy.may_read(peer, &view.readers).map_err(|m| {
-        // Logs the denial; the caller gets the missing credential's answer.
-        let _logged = forbidden(peer, "read", Some(name), m);
-        hidden()
-    })
+    match policy.may_read(peer, &view.readers) {
+        Ok(()) => Ok(view),
+        Err(m) => {
+            // Logs the denial; the caller gets the missing credential's answer.
+            let _logged = forbidden(peer, "read", Some(name), m);
+            Err(hidden())
+        }
+    }
 }
 
 /// The caller may change credentials or see all of them.
@@ -239,7 +251,7 @@ fn authorize_admin(
 
 /// The token answer for a view the refresher handed out as current; 503
 /// if it holds none after all.
-fn held_token(view: &crate::refresh::View) -> ApiResult<crate::api::TokenResponse> {
+pub(super) fn held_token(view: &crate::refresh::View) -> ApiResult<crate::api::TokenResponse> {
     token_response(view).ok_or_else(|| {
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -263,21 +275,12 @@ async fn get_token(
     UrlPath(name): UrlPath<String>,
     Query(q): Query<TokenQuery>,
     headers: HeaderMap,
-) -> ApiResult<Response> {
-    authorize_read(&h, &peer, &name)?;
-    let view = h
-        .token(&name, Duration::from_secs(q.min_valid.unwrap_or(0)))
-        .await?;
-    let token = held_token(&view)?;
-    if wants_text(&headers) {
-        let mut resp = format!("{}\n", token.access_token).into_response();
-        resp.headers_mut().insert(
-            header::CONTENT_TYPE,
-            header::HeaderValue::from_static("text/plain; charset=utf-8"),
-        );
-        return Ok(resp);
-    }
-    Ok(Json(token).into_response())
+) -> Response {
+    let read = TokenRead {
+        min_valid: Duration::from_secs(q.min_valid.unwrap_or(0)),
+        form: TokenForm::of(&headers),
+    };
+    read_token(&h, &peer, &name, read).await
 }
 
 /// The credential mapped to a git host, read as [`get_token`] reads it. A
@@ -349,15 +352,6 @@ async fn get_dpop_token(
     Ok(Json(DpopTokenResponse { token, dpop: proof }))
 }
 
-/// `Accept: text/plain` (without JSON also being acceptable) asks for the bare token.
-fn wants_text(headers: &HeaderMap) -> bool {
-    let accept = headers
-        .get(header::ACCEPT)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    accept.contains("text/plain") && !accept.contains("application/json")
-}
-
 /// Administrators see every credential; anyone else those they may read.
 async fn list_credentials(
     State(h): State<RefresherHandle>,
@@ -378,8 +372,7 @@ async fn get_credential(
     Extension(peer): Caller,
     UrlPath(name): UrlPath<String>,
 ) -> ApiResult<Json<CredentialStatus>> {
-    authorize_read(&h, &peer, &name)?;
-    let view = h.view(&name).ok_or(RefreshError::NotFound(name))?;
+    let view = authorize_read(&h, &peer, &name)?;
     Ok(Json(credential_status(&view)))
 }
 

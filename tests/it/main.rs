@@ -21,6 +21,7 @@ mod dpop;
 mod encryption;
 mod exec;
 mod fake_selftest;
+mod fast_read;
 mod faults;
 mod git_credential;
 mod hardening;
