@@ -449,6 +449,40 @@ mod tests {
         all_failed(tasks, 3, "closed").await;
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_queue_gives_its_connection_back_once_it_is_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir.path().join("k.db"), None).await;
+        insert_many(&store, 64).await;
+        let group = GroupCommit::start(store.clone(), 256);
+        let mut tasks = JoinSet::new();
+        for i in 0..64 {
+            let group = group.clone();
+            tasks.spawn(async move {
+                let c = group.begin(format!("c{i}"), 1, 500).await.unwrap().unwrap();
+                assert!(group.save(refreshed(&c, "rt-new", 600)).await.unwrap());
+            });
+        }
+        while let Some(done) = tasks.join_next().await {
+            done.unwrap();
+        }
+        assert!(group.stats().transactions < 128, "{:?}", group.stats());
+        // The queue is empty and its handles alive: every connection is back
+        // in the pool (the last may still be on its way).
+        let all_idle = || usize::try_from(store.pool.size()).is_ok_and(|n| store.pool.num_idle() >= n);
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while !all_idle() {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        })
+        .await
+        .expect("the idle queue still holds a connection");
+        // So the store closes every connection and gives up its lock.
+        store.close().await;
+        assert!(store.lock.lock().unwrap().is_none(), "the store kept its lock");
+        drop(group);
+    }
+
     #[tokio::test]
     async fn the_task_ends_when_the_last_handle_is_dropped() {
         let dir = tempfile::tempdir().unwrap();
