@@ -469,7 +469,8 @@ mod tests {
         assert!(group.stats().transactions < 128, "{:?}", group.stats());
         // The queue is empty and its handles alive: every connection is back
         // in the pool (the last may still be on its way).
-        let all_idle = || usize::try_from(store.pool.size()).is_ok_and(|n| store.pool.num_idle() >= n);
+        let all_idle =
+            || usize::try_from(store.pool.size()).is_ok_and(|n| store.pool.num_idle() >= n);
         tokio::time::timeout(Duration::from_secs(5), async {
             while !all_idle() {
                 tokio::time::sleep(Duration::from_millis(1)).await;
@@ -479,7 +480,10 @@ mod tests {
         .expect("the idle queue still holds a connection");
         // So the store closes every connection and gives up its lock.
         store.close().await;
-        assert!(store.lock.lock().unwrap().is_none(), "the store kept its lock");
+        assert!(
+            store.lock.lock().unwrap().is_none(),
+            "the store kept its lock"
+        );
         drop(group);
     }
 

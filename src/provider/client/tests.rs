@@ -261,7 +261,10 @@ async fn a_200_answer_is_tokens_unless_it_holds_an_error_or_is_not_json() {
         "application/json",
     )
     .await;
-    let f = client.request(&refused, &refresh("rt-1")).await.unwrap_err();
+    let f = client
+        .request(&refused, &refresh("rt-1"))
+        .await
+        .unwrap_err();
     assert_eq!(f.kind, FailureKind::Reauth);
     assert_eq!(f.error_code.as_deref(), Some("invalid_grant"));
     assert_eq!(f.status, Some(200));
