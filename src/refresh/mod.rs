@@ -82,6 +82,10 @@ use slots::Slots;
 use view::Interner;
 use waiter::Waiter;
 
+/// Reports the owner handles in one turn of its loop at most, so that a
+/// command waits behind a bounded number of them.
+const REPORTS_PER_WAKE: usize = 64;
+
 /// Results reported to the owner by the tasks it started.
 enum Report {
     /// A job for a slot ended.
@@ -309,7 +313,7 @@ impl Refresher {
             tokio::select! {
                 biased;
                 _ = self.cancel.cancelled() => break,
-                Some(report) = self.reports.recv() => self.on_report(report).await,
+                Some(report) = self.reports.recv() => self.on_reports(report).await,
                 command = self.commands.recv() => match command {
                     Some(c) => self.on_command(c).await,
                     None => break,
@@ -372,6 +376,20 @@ impl Refresher {
                 self.create_declared().await;
                 let _ = reply.send(Ok(()));
             }
+        }
+    }
+
+    /// Handles `first` and the reports already queued behind it (at most
+    /// [`REPORTS_PER_WAKE`]) before the loop starts jobs again: in a burst,
+    /// one round of starts, schedule look-up and timer per report was much
+    /// of the owner's work, and the freed room is the same either way.
+    async fn on_reports(&mut self, first: Report) {
+        self.on_report(first).await;
+        for _ in 1..REPORTS_PER_WAKE {
+            let Ok(report) = self.reports.try_recv() else {
+                break;
+            };
+            self.on_report(report).await;
         }
     }
 

@@ -13,7 +13,9 @@
 //!
 //! [`Store`]: super::Store
 
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
+use std::sync::OnceLock;
 
 use sqlx::Row as _;
 
@@ -206,17 +208,12 @@ fn padded(n: usize) -> usize {
     n.next_power_of_two()
 }
 
-/// Marks the refreshes of one chunk (distinct names) and returns the rows
-/// that matched, by name (RETURNING gives them in no particular order).
-async fn mark_chunk(
-    conn: &mut Conn,
-    chunk: &[(usize, &str, i64, i64)],
-) -> Result<HashMap<String, Row>, sqlx::Error> {
-    let rows = padded(chunk.len());
+/// The text of a statement for `rows` rows.
+fn mark_sql(rows: usize) -> String {
     // A mark already there is an earlier attempt whose outcome is unknown:
     // it is kept, because a provider's reuse grace runs from that attempt,
     // and start-up retries interrupted refreshes oldest first by it.
-    let sql = format!(
+    format!(
         "WITH v(k, g, t) AS (VALUES {})
          UPDATE credentials
          SET refresh_started_at = coalesce(credentials.refresh_started_at, v.t), updated_at = v.t
@@ -224,7 +221,64 @@ async fn mark_chunk(
          RETURNING {}",
         values_sql(rows, MARK_PARAMS),
         select_list(Shape::Full),
-    );
+    )
+}
+
+/// The text of a save statement for `rows` rows.
+fn save_sql(rows: usize) -> String {
+    let columns: Vec<&str> = state_columns()
+        .iter()
+        .copied()
+        .chain(["updated_at"])
+        .collect();
+    let set = columns
+        .iter()
+        .map(|c| format!("{c} = v.{c}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        "WITH v(k, g, {}) AS (VALUES {})
+         UPDATE credentials SET {set}
+         FROM v WHERE credentials.name = v.k AND credentials.generation = v.g
+         RETURNING name",
+        columns.join(", "),
+        values_sql(rows, SAVE_PARAMS),
+    )
+}
+
+/// Statement texts by padded row count, built once for the sizes sqlx
+/// keeps prepared ([`CACHED_ROWS`] rows at most): a burst runs the same
+/// few statements thousands of times, and building a 64-row text is a few
+/// kilobytes of formatting each time.
+struct SqlCache([OnceLock<String>; CACHED_SIZES]);
+
+/// Powers of two up to [`CACHED_ROWS`].
+const CACHED_SIZES: usize = CACHED_ROWS.trailing_zeros() as usize + 1;
+
+impl SqlCache {
+    const fn new() -> SqlCache {
+        SqlCache([const { OnceLock::new() }; CACHED_SIZES])
+    }
+
+    /// The text for `rows` (a power of two), from the cache or made by
+    /// `make`.
+    fn get(&'static self, rows: usize, make: fn(usize) -> String) -> Cow<'static, str> {
+        match self.0.get(rows.trailing_zeros() as usize) {
+            Some(cell) if rows <= CACHED_ROWS => Cow::Borrowed(cell.get_or_init(|| make(rows))),
+            _ => Cow::Owned(make(rows)),
+        }
+    }
+}
+
+/// Marks the refreshes of one chunk (distinct names) and returns the rows
+/// that matched, by name (RETURNING gives them in no particular order).
+async fn mark_chunk(
+    conn: &mut Conn,
+    chunk: &[(usize, &str, i64, i64)],
+) -> Result<HashMap<String, Row>, sqlx::Error> {
+    let rows = padded(chunk.len());
+    static TEXT: SqlCache = SqlCache::new();
+    let sql = TEXT.get(rows, mark_sql);
     let mut query = sqlx::query(&sql).persistent(rows <= CACHED_ROWS);
     for &(_, name, generation, at) in chunk {
         query = query.bind(name).bind(generation).bind(at);
@@ -251,24 +305,8 @@ async fn save_chunk(
     key: Option<&Key>,
 ) -> Result<HashSet<String>, sqlx::Error> {
     let rows = padded(chunk.len());
-    let columns: Vec<&str> = state_columns()
-        .iter()
-        .copied()
-        .chain(["updated_at"])
-        .collect();
-    let set = columns
-        .iter()
-        .map(|c| format!("{c} = v.{c}"))
-        .collect::<Vec<_>>()
-        .join(", ");
-    let sql = format!(
-        "WITH v(k, g, {}) AS (VALUES {})
-         UPDATE credentials SET {set}
-         FROM v WHERE credentials.name = v.k AND credentials.generation = v.g
-         RETURNING name",
-        columns.join(", "),
-        values_sql(rows, SAVE_PARAMS),
-    );
+    static TEXT: SqlCache = SqlCache::new();
+    let sql = TEXT.get(rows, save_sql);
     let mut query = sqlx::query(&sql).persistent(rows <= CACHED_ROWS);
     for &(_, c) in chunk {
         let keyed = query.bind(&c.name).bind(c.generation);

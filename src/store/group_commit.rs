@@ -1,6 +1,7 @@
 //! The group-commit queue: one task that takes whatever durable writes are
 //! waiting (refresh marks and outcomes from many refresh jobs), commits them
-//! in one transaction ([`Store::apply_committed`]) and answers each waiter.
+//! in one transaction ([`Store::apply_committed_on`], on a connection it
+//! keeps while requests keep coming) and answers each waiter.
 //! Nothing waits on a timer; see [`GroupCommit`].
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -9,7 +10,7 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 
 use super::batch::{RowWrite, RowWritten};
-use super::sqlite::Row;
+use super::sqlite::{PoolConn, Row};
 use super::{Store, StoreError};
 use crate::credential::Credential;
 
@@ -177,6 +178,14 @@ fn stopped() -> StoreError {
 }
 
 /// The queue's task: one batch at a time, until every handle is dropped.
+///
+/// It keeps one connection while requests keep coming, and puts it back in
+/// the pool once the queue is empty. In WAL mode a connection that sees
+/// another connection's commit drops its whole page cache, so a burst whose
+/// transactions alternated between the pool's connections read the pages
+/// of every transaction from the file again; on one connection they stay
+/// cached. An idle daemon holds no connection here, so closing the store is
+/// unchanged.
 async fn run(
     store: Store,
     mut requests: mpsc::Receiver<Request>,
@@ -184,6 +193,7 @@ async fn run(
     counters: Arc<Counters>,
 ) {
     let mut batch = Vec::new();
+    let mut conn = None;
     // Waits for one request, then takes those already queued, never more.
     // (recv_many returns 0 only once every handle is gone.)
     while requests.recv_many(&mut batch, max_batch).await > 0 {
@@ -205,18 +215,29 @@ async fn run(
         counters
             .requests
             .fetch_add(batch.len() as u64, Ordering::Relaxed);
-        if !commit(&store, &mut batch).await {
+        if !commit(&store, &mut conn, &mut batch).await {
             counters.failed.fetch_add(1, Ordering::Relaxed);
+        }
+        if requests.is_empty() {
+            conn = None;
         }
     }
 }
 
-/// Commits `batch` in one transaction and answers (and removes) every
-/// request in it. Returns whether the transaction committed.
-async fn commit(store: &Store, batch: &mut Vec<Request>) -> bool {
+/// Commits `batch` in one transaction on `conn` (taken from the pool if
+/// there is none) and answers (and removes) every request in it. Returns
+/// whether the transaction committed. After a failure the connection goes
+/// back to the pool, which checks it before it is used again.
+async fn commit(store: &Store, conn: &mut Option<PoolConn>, batch: &mut Vec<Request>) -> bool {
     let writes: Vec<RowWrite<'_>> = batch.iter().map(Request::write).collect();
     let started = std::time::Instant::now();
-    let result = store.apply_committed(&writes).await;
+    let result = match conn {
+        Some(c) => store.apply_committed_on(c, &writes).await,
+        None => match store.writer().await {
+            Ok(c) => store.apply_committed_on(conn.insert(c), &writes).await,
+            Err(e) => Err(e),
+        },
+    };
     crate::metrics::commit_took(started.elapsed(), writes.len());
     drop(writes);
     match result {
@@ -227,6 +248,7 @@ async fn commit(store: &Store, batch: &mut Vec<Request>) -> bool {
             true
         }
         Err(e) => {
+            *conn = None;
             // Not logged here: each waiter reports the error in its own
             // context (which credential, which step).
             let e = Arc::new(e);
@@ -425,6 +447,44 @@ mod tests {
         // A closed store: every waiter gets the error.
         let tasks = spawn_requests(&group, vec![], vec!["c1", "c2", "c3"]);
         all_failed(tasks, 3, "closed").await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_queue_gives_its_connection_back_once_it_is_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir.path().join("k.db"), None).await;
+        insert_many(&store, 64).await;
+        let group = GroupCommit::start(store.clone(), 256);
+        let mut tasks = JoinSet::new();
+        for i in 0..64 {
+            let group = group.clone();
+            tasks.spawn(async move {
+                let c = group.begin(format!("c{i}"), 1, 500).await.unwrap().unwrap();
+                assert!(group.save(refreshed(&c, "rt-new", 600)).await.unwrap());
+            });
+        }
+        while let Some(done) = tasks.join_next().await {
+            done.unwrap();
+        }
+        assert!(group.stats().transactions < 128, "{:?}", group.stats());
+        // The queue is empty and its handles alive: every connection is back
+        // in the pool (the last may still be on its way).
+        let all_idle =
+            || usize::try_from(store.pool.size()).is_ok_and(|n| store.pool.num_idle() >= n);
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while !all_idle() {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        })
+        .await
+        .expect("the idle queue still holds a connection");
+        // So the store closes every connection and gives up its lock.
+        store.close().await;
+        assert!(
+            store.lock.lock().unwrap().is_none(),
+            "the store kept its lock"
+        );
+        drop(group);
     }
 
     #[tokio::test]

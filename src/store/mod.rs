@@ -250,16 +250,31 @@ impl Store {
         &self,
         writes: &[RowWrite<'_>],
     ) -> Result<Vec<RowWritten>, StoreError> {
+        let mut conn = self.writer().await?;
+        self.apply_committed_on(&mut conn, writes).await
+    }
+
+    /// A connection for a caller that writes again and again
+    /// ([`GroupCommit`]), which keeps it between transactions.
+    async fn writer(&self) -> Result<sqlite::PoolConn, StoreError> {
+        Ok(self.pool.acquire().await?)
+    }
+
+    /// As [`Store::apply_committed`], on `conn`.
+    async fn apply_committed_on(
+        &self,
+        conn: &mut sqlite::Conn,
+        writes: &[RowWrite<'_>],
+    ) -> Result<Vec<RowWritten>, StoreError> {
         // One statement is its own transaction (SQLite's autocommit: all or
         // nothing, committed when it completes). Leaving out BEGIN and
         // COMMIT spares two trips through sqlx's worker thread, which is
         // most of what a lone request would otherwise pay over a plain
         // one-row statement.
         if batch::single_statement(writes) {
-            let mut conn = self.pool.acquire().await?;
-            return Ok(batch::apply(&mut conn, writes, self.key.as_deref()).await?);
+            return Ok(batch::apply(conn, writes, self.key.as_deref()).await?);
         }
-        let mut tx = sqlite::begin_write(&self.pool).await?;
+        let mut tx = sqlite::begin_write_on(conn).await?;
         let written = batch::apply(&mut tx, writes, self.key.as_deref()).await?;
         tx.commit().await?;
         Ok(written)

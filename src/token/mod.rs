@@ -7,7 +7,7 @@
 mod response;
 mod timing;
 
-pub(crate) use response::{expires_at_ms, parse_token_response, ResponseFields};
+pub(crate) use response::{expires_at_ms, parse_token_response, token_set_of, ResponseFields};
 pub use response::{jwt_exp, LifetimeSource, TokenSet};
 pub use timing::backoff;
 pub(crate) use timing::RefreshTiming;

@@ -123,6 +123,12 @@ pub(crate) fn parse_token_response(
         content_type: content_type.unwrap_or("no content type").to_string(),
         len: body.len(),
     })?;
+    token_set_of(value, fields)
+}
+
+/// As [`parse_token_response`], for a body already parsed as JSON (the
+/// client looks for an `error` member first, and parses the body once).
+pub(crate) fn token_set_of(value: Value, fields: &ResponseFields) -> Result<TokenSet, ParseError> {
     let Value::Object(mut obj) = value else {
         return Err(ParseError::NotObject);
     };

@@ -14,7 +14,7 @@ use super::request::{
     prepare_device_authorization, prepare_with_secret, Endpoint, PreparedRequest, TokenGrant,
 };
 use super::{classify, Failure, FailureKind};
-use crate::token::{parse_token_response, scrub, Secret, TokenSet};
+use crate::token::{parse_token_response, scrub, token_set_of, Secret, TokenSet};
 
 /// A shared HTTP client for every provider.
 #[derive(Clone, Debug)]
@@ -238,20 +238,23 @@ impl ProviderClient {
 
 /// The tokens of a 2xx answer, or the failure any other answer means.
 fn tokens(e: &Endpoint, answer: &Answer, secrets: &Secrets<'_>) -> Result<TokenSet, Failure> {
-    let error_body = serde_json::from_slice::<Value>(&answer.body)
-        .ok()
-        .filter(|v| v.get("error").is_some());
-    match error_body {
-        None if (200..300).contains(&answer.status) => {
-            parse_token_response(&answer.body, answer.content_type.as_deref(), &e.response).map_err(
-                |err| Failure {
-                    status: Some(answer.status),
-                    ..secrets.transient(err.to_string(), true)
-                },
-            )
-        }
-        _ => Err(refusal(e, answer, error_body.as_ref(), secrets)),
+    // Parsed once: for an `error` member (a refusal even with a 2xx), then
+    // for the tokens.
+    let parsed = serde_json::from_slice::<Value>(&answer.body).ok();
+    let refused = parsed.as_ref().is_some_and(|v| v.get("error").is_some());
+    if refused || !(200..300).contains(&answer.status) {
+        let error_body = parsed.as_ref().filter(|_| refused);
+        return Err(refusal(e, answer, error_body, secrets));
     }
+    let set = match parsed {
+        Some(value) => token_set_of(value, &e.response),
+        // Not JSON: the parser says so, with the content type and length.
+        None => parse_token_response(&answer.body, answer.content_type.as_deref(), &e.response),
+    };
+    set.map_err(|err| Failure {
+        status: Some(answer.status),
+        ..secrets.transient(err.to_string(), true)
+    })
 }
 
 /// `set` if it is a DPoP token; a provider that answers a DPoP request

@@ -224,3 +224,55 @@ async fn a_huge_retry_after_from_the_wire_is_capped() {
     assert_eq!(failure.kind, FailureKind::Transient);
     assert_eq!(failure.retry_after, Some(MAX_RETRY_AFTER));
 }
+
+/// A token endpoint on loopback that answers 200 with `body` and
+/// `content_type`.
+async fn answering_200(body: &'static str, content_type: &'static str) -> Endpoint {
+    use axum::routing::post;
+    let app = axum::Router::new().route(
+        "/t",
+        post(move || async move { ([("content-type", content_type)], body) }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    endpoint(&format!(
+        "[providers.d]\ntoken_url = \"http://{addr}/t\"\nclient_id = \"i\"\nclient_auth = \"none\"\n"
+    ))
+}
+
+#[tokio::test]
+async fn a_200_answer_is_tokens_unless_it_holds_an_error_or_is_not_json() {
+    let client = ProviderClient::new().unwrap();
+    let tokens = answering_200(
+        r#"{"access_token":"at-1","refresh_token":"rt-2","expires_in":60,"id_token":"idt"}"#,
+        "application/json",
+    )
+    .await;
+    let set = client.request(&tokens, &refresh("rt-1")).await.unwrap();
+    assert_eq!(set.access_token.expose(), "at-1");
+    assert_eq!(set.refresh_token.as_ref().map(Secret::expose), Some("rt-2"));
+    assert_eq!(set.expires_in, Some(60));
+    assert_eq!(set.extra["id_token"], "idt");
+
+    // An `error` member makes a 200 a refusal, classified by its code.
+    let refused = answering_200(
+        r#"{"error":"invalid_grant","error_description":"spent"}"#,
+        "application/json",
+    )
+    .await;
+    let f = client
+        .request(&refused, &refresh("rt-1"))
+        .await
+        .unwrap_err();
+    assert_eq!(f.kind, FailureKind::Reauth);
+    assert_eq!(f.error_code.as_deref(), Some("invalid_grant"));
+    assert_eq!(f.status, Some(200));
+
+    // Not JSON: transient, the provider may have rotated the token.
+    let html = answering_200("<html>maintenance</html>", "text/html").await;
+    let f = client.request(&html, &refresh("rt-1")).await.unwrap_err();
+    assert_eq!(f.kind, FailureKind::Transient);
+    assert!(f.outcome_unknown);
+    assert!(f.message.contains("text/html"), "{}", f.message);
+}

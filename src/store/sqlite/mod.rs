@@ -4,10 +4,10 @@
 //! batched statements, the group-commit queue, rekey) calls only what this
 //! module exports: [`open`] and [`open_exclusive`] (file checks, lock,
 //! inspection, pragmas, migrations), [`scan`] (the start-up read),
-//! [`begin_write`], [`close`] (which returns only once every handle on the
+//! [`begin_write`] and [`begin_write_on`], [`close`] (which returns only once every handle on the
 //! file is closed, see [`close_all`]), [`close_conn`] and [`compact`], and
-//! the connection, row and query types as [`Pool`], [`Conn`], [`Row`] and
-//! [`Query`]. Its rows are read through [`Source`], which the decoder
+//! the connection, row and query types as [`Pool`], [`Conn`], [`PoolConn`],
+//! [`Row`] and [`Query`]. Its rows are read through [`Source`], which the decoder
 //! takes.
 //!
 //! A second backend (PostgreSQL) would stand beside this one as
@@ -46,6 +46,9 @@ pub(super) type Pool = sqlx::sqlite::SqlitePool;
 
 /// One connection (rekey's, held alone).
 pub(super) type Conn = sqlx::sqlite::SqliteConnection;
+
+/// A connection taken from the [`Pool`], back in it when dropped.
+pub(super) type PoolConn = sqlx::pool::PoolConnection<sqlx::Sqlite>;
 
 /// A row as returned by a query.
 pub(super) type Row = sqlx::sqlite::SqliteRow;
@@ -162,6 +165,13 @@ async fn take_and_migrate(path: &Path, conn: &mut Conn) -> Result<(), StoreError
 /// it could not upgrade.
 pub(super) async fn begin_write(pool: &Pool) -> Result<Transaction, sqlx::Error> {
     pool.begin_with("BEGIN IMMEDIATE").await
+}
+
+/// As [`begin_write`], on a connection the caller holds.
+pub(super) async fn begin_write_on(
+    conn: &mut Conn,
+) -> Result<sqlx::Transaction<'_, sqlx::Sqlite>, sqlx::Error> {
+    sqlx::Connection::begin_with(conn, "BEGIN IMMEDIATE").await
 }
 
 /// Runs `sql` and calls `each` with every row, in order, on one of the
