@@ -9,7 +9,7 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 
 use super::batch::{RowWrite, RowWritten};
-use super::sqlite::Row;
+use super::backend::Row;
 use super::{Store, StoreError};
 use crate::credential::Credential;
 
@@ -353,7 +353,7 @@ mod tests {
             "CREATE TRIGGER poison BEFORE UPDATE ON credentials WHEN NEW.name = 'poison'
              BEGIN SELECT RAISE(ABORT, 'poisoned by the test'); END",
         )
-        .execute(&store.pool)
+        .execute(store.sqlite_pool())
         .await
         .unwrap();
         (store, poison)
@@ -364,7 +364,7 @@ mod tests {
         sqlx::query_scalar(&format!(
             "SELECT count(*) FROM credentials WHERE {condition}"
         ))
-        .fetch_one(&store.pool)
+        .fetch_one(store.sqlite_pool())
         .await
         .unwrap()
     }

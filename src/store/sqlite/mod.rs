@@ -10,10 +10,9 @@
 //! [`Query`]. Its rows are read through [`Source`], which the decoder
 //! takes.
 //!
-//! A second backend (PostgreSQL) would stand beside this one as
-//! `store/postgres/` with the same functions, its own migrations and its own
-//! `Source` rows; the choice between them would then be made once, where
-//! the store opens, not by branches through the code.
+//! The PostgreSQL backend stands beside this one as `store/postgres/` with
+//! the same functions, its own migrations and its own `Source` rows; the
+//! choice between them is made once, where the store opens (`backend`).
 //!
 //! - `file`: the directory, the lock file and the database's companions,
 //!   checked before SQLite opens anything.
@@ -298,7 +297,10 @@ fn migration_failed(path: &Path, reason: sqlx::migrate::MigrateError) -> StoreEr
 }
 
 /// Binds `values` to `query`, in order.
-pub(super) fn bind<'q, const N: usize>(mut query: Query<'q>, values: [Bound<'q>; N]) -> Query<'q> {
+pub(super) fn bind_all<'q>(
+    mut query: Query<'q>,
+    values: impl IntoIterator<Item = Bound<'q>>,
+) -> Query<'q> {
     for value in values {
         query = match value {
             Bound::Text(text) => query.bind(text),
@@ -307,6 +309,9 @@ pub(super) fn bind<'q, const N: usize>(mut query: Query<'q>, values: [Bound<'q>;
     }
     query
 }
+
+/// What the start-up scan reads `extra`'s id_token with.
+pub(super) const ID_TOKEN: &str = "json_extract(extra, '$.id_token')";
 
 /// Whether SQLite said another connection holds a lock (SQLITE_BUSY or
 /// SQLITE_LOCKED, extended codes included).
