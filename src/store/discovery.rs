@@ -3,12 +3,10 @@
 //! start-up when the issuer cannot be reached; `tokend check-config` reads
 //! them read-only ([`read_metadata_offline`]) beside a running daemon.
 
-use std::path::Path;
-
 
 use super::backend::Row;
 use super::columns::Bound;
-use super::{sqlite, Store, StoreError};
+use super::{postgres, sqlite, Location, Store, StoreError};
 
 /// A metadata document as last fetched.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -69,13 +67,25 @@ impl Store {
     }
 }
 
-/// The metadata kept for `provider` in the database at `path`, read through
-/// a read-only connection that takes no lock, so a running daemon is not
-/// disturbed. `Ok(None)` if the file or the row is absent.
+/// The metadata kept for `provider` in the database at `location`, read
+/// through a read-only connection that takes no lock, so a running daemon is
+/// not disturbed. `Ok(None)` if the file, the table or the row is absent.
 pub(crate) async fn read_metadata_offline(
-    path: &Path,
+    location: &Location,
     provider: &str,
 ) -> Result<Option<StoredMetadata>, StoreError> {
+    let path = match location {
+        Location::File(path) => path,
+        Location::Postgres(settings) => {
+            let row = postgres::read_one(settings, SELECT, provider).await;
+            return match row {
+                Ok(row) => Ok(row.map(Row::Postgres).as_ref().map(decode).transpose()?),
+                // A database from before discovery, or not yet migrated.
+                Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42P01") => Ok(None),
+                Err(e) => Err(e.into()),
+            };
+        }
+    };
     if !path.exists() {
         return Ok(None);
     }

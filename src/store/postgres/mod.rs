@@ -110,6 +110,23 @@ pub(super) async fn scan(
     Ok(())
 }
 
+/// Runs `sql` with one text parameter on a connection of its own, taking no
+/// lock: for `tokend check-config` beside a running daemon.
+pub(super) async fn read_one(
+    settings: &PgSettings,
+    sql: &str,
+    param: &str,
+) -> Result<Option<Row>, sqlx::Error> {
+    use sqlx::{ConnectOptions as _, Connection as _};
+    let mut conn = settings
+        .connect_options("tokend check-config")
+        .connect()
+        .await?;
+    let row = sqlx::query(sql).bind(param).fetch_optional(&mut conn).await;
+    let _ = conn.close().await;
+    row
+}
+
 /// Closes every connection of the pool.
 pub(super) async fn close(pool: &Pool) {
     pool.close().await;
