@@ -170,3 +170,115 @@ fn postgres(c: &mut Collector<'_>, s: &Scope, raw: &RawDaemon, text: &str) -> Op
         password_from,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::parse_config;
+    use crate::store::{Location, PgHost, PgSettings, SslMode};
+
+    fn pg(database: &str) -> PgSettings {
+        let cfg = parse_config(&format!("[daemon]\ndatabase = {database:?}\n")).unwrap();
+        match cfg.daemon.database {
+            Some(Location::Postgres(pg)) => pg,
+            other => panic!("not PostgreSQL: {other:?}"),
+        }
+    }
+
+    fn problem(text: &str) -> String {
+        let problems = parse_config(text).unwrap_err().problems;
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        format!("{}: {}", problems[0].key, problems[0].message)
+    }
+
+    #[test]
+    fn tls_is_checked_by_default_off_this_machine_only() {
+        let remote = pg("postgres://tokend@db.example.net/tokens");
+        assert_eq!(remote.host, PgHost::Tcp("db.example.net".into()));
+        assert_eq!((remote.port, remote.ssl), (5432, SslMode::VerifyFull));
+        assert_eq!((remote.user.as_str(), remote.dbname.as_str()), ("tokend", "tokens"));
+        for local in [
+            "postgres://tokend@127.0.0.1:5433/t",
+            "postgresql://tokend@localhost/t",
+            "postgres://tokend@[::1]/t",
+        ] {
+            assert_eq!(pg(local).ssl, SslMode::Disable, "{local}");
+        }
+        assert_eq!(pg("postgres://tokend@[::1]/t").host, PgHost::Tcp("::1".into()));
+        let socket = pg("postgres://tokend@localhost/t?host=/run/postgresql");
+        assert_eq!(socket.host, PgHost::Socket("/run/postgresql".into()));
+        assert_eq!(
+            pg("postgres://tokend@127.0.0.1/t?sslmode=require").ssl,
+            SslMode::Require
+        );
+        assert_eq!(
+            pg("postgres://tokend@db.example.net/t").describe(),
+            "postgres://tokend@db.example.net:5432/t (TLS verify-full, built-in web roots, no password)"
+        );
+        // A path is an SQLite file, as before.
+        let cfg = parse_config("[daemon]\ndatabase = \"/var/lib/tokend/tokend.db\"\n").unwrap();
+        assert_eq!(
+            cfg.daemon.database,
+            Some(Location::File("/var/lib/tokend/tokend.db".into()))
+        );
+    }
+
+    #[test]
+    fn a_password_in_the_url_is_refused_with_where_to_put_it() {
+        for url in [
+            "postgres://tokend:hunter2@db.example.net/t",
+            "postgres://tokend@db.example.net/t?password=hunter2",
+        ] {
+            let p = problem(&format!("[daemon]\ndatabase = {url:?}\n"));
+            assert!(p.starts_with("daemon.database: holds a password"), "{p}");
+            assert!(p.contains("database_password_file"), "{p}");
+            assert!(!p.contains("hunter2"), "{p}");
+        }
+    }
+
+    #[test]
+    fn unsafe_or_unknown_settings_are_refused() {
+        let cases = [
+            ("postgres://tokend@db.example.net/t?sslmode=disable", "in the clear"),
+            ("postgres://tokend@db.example.net/t?sslmode=prefer", "not one tokend takes"),
+            ("postgres://tokend@db.example.net/t?connect_timeout=3", "not one tokend reads"),
+            ("postgres://tokend@db.example.net/t?sslrootcert=/ca.pem", "database_ca_file"),
+            ("postgres://tokend@db.example.net/t?host=db2", "absolute directory"),
+            ("postgres://db.example.net/t", "must name the role"),
+            ("postgres://tokend@db.example.net/", "must name the database"),
+            ("postgres://tokend@db.example.net/a%20b", "must name the database"),
+        ];
+        for (url, expected) in cases {
+            let p = problem(&format!("[daemon]\ndatabase = {url:?}\n"));
+            assert!(p.contains(expected), "{url}: {p}");
+        }
+        let p = problem(
+            "[daemon]\ndatabase = \"postgres://tokend@127.0.0.1/t\"\ndatabase_ca_file = \"/etc/ssl/ca.pem\"\n",
+        );
+        assert!(p.contains("sslmode=verify-full"), "{p}");
+        let p = problem("[daemon]\ndatabase = \"/tmp/t.db\"\ndatabase_password_file = \"/x\"\n");
+        assert!(p.contains("for a PostgreSQL database only"), "{p}");
+    }
+
+    #[test]
+    fn the_password_comes_from_a_private_file() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("pw");
+        std::fs::write(&file, "s3cret-pw\n").unwrap();
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let text = format!(
+            "[daemon]\ndatabase = \"postgres://tokend@db.example.net/t\"\ndatabase_password_file = {file:?}\n"
+        );
+        let cfg = parse_config(&text).unwrap();
+        let Some(Location::Postgres(pg)) = cfg.daemon.database else {
+            panic!("not PostgreSQL")
+        };
+        assert_eq!(pg.password.as_ref().map(|p| p.expose()), Some("s3cret-pw"));
+        assert_eq!(pg.password_from.as_deref(), Some(file.as_path()));
+        assert!(!format!("{pg:?}").contains("s3cret-pw"));
+
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let p = problem(&text);
+        assert!(p.contains("readable by other users"), "{p}");
+    }
+}
