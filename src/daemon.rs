@@ -165,7 +165,7 @@ pub(crate) async fn run(opts: DaemonOptions) -> anyhow::Result<()> {
     let config = Arc::new(config);
     let database = database(opts.database.as_ref(), &config);
     if let Location::Postgres(pg) = &database {
-        tracing::info!(tokend_database = %pg.url(), "using PostgreSQL: {}", pg.describe());
+        tracing::info!("using PostgreSQL: {}", pg.describe());
     }
     // Installed before anything starts, so a signal during start-up is not
     // lost to the default action.

@@ -464,9 +464,9 @@ mod tests {
              refresh_token, access_token, token_type, scope, expires_at, lifetime_source, \
              refresh_expires_at, extra, state, last_error, refresh_started_at, last_refresh_at, \
              dpop_key, created_at, updated_at) \
-             VALUES (?1, ?2, ?3, ?4, 1, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, \
-             ?17, ?18, ?18) \
-             ON CONFLICT (name) DO UPDATE SET generation = generation + 1, \
+             VALUES ($1, $2, $3, $4, 1, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, \
+             $17, $18, $18) \
+             ON CONFLICT (name) DO UPDATE SET generation = credentials.generation + 1, \
              provider = excluded.provider, grant_type = excluded.grant_type, \
              grant_request = excluded.grant_request, refresh_token = excluded.refresh_token, \
              access_token = excluded.access_token, token_type = excluded.token_type, \

@@ -246,6 +246,7 @@ async fn a_password_in_the_url_is_refused_and_rekey_refuses_postgres() {
         .arg("rekey")
         .arg("--config")
         .arg(&d.config)
+        .arg("--decrypt")
         .stdin(Stdio::null())
         .output()
         .await
@@ -265,9 +266,19 @@ async fn tls_verify_full_accepts_the_servers_ca_and_refuses_another() {
     let db = pg.database();
     let fake = FakeProvider::start(FakeConfig::new(Flavor::Didit)).await;
     let url = pg.tcp_url(&db, "sslmode=verify-full");
-    let wrong = prepare(
+    // Copied: tokend refuses a CA file that another user could replace.
+    let ca_file = |d: &Daemon, ca: &Path| {
+        let path = d.dir.path().join("db-ca.pem");
+        std::fs::copy(ca, &path).expect("copy the CA");
+        path
+    };
+    let wrong = prepare(&url, "", "");
+    let path = ca_file(&wrong, &pg.wrong_ca);
+    write_config(
+        &wrong,
         &url,
-        &format!("database_ca_file = {:?}", pg.wrong_ca),
+        &wrong.dir.path().join("db-password"),
+        &format!("database_ca_file = {path:?}"),
         &provider_toml("p", &fake),
     );
     let run = start_refused(&wrong).await;
@@ -277,9 +288,13 @@ async fn tls_verify_full_accepts_the_servers_ca_and_refuses_another() {
         run.stderr
     );
 
-    let mut right = prepare(
+    let mut right = prepare(&url, "", "");
+    let path = ca_file(&right, &pg.ca);
+    write_config(
+        &right,
         &url,
-        &format!("database_ca_file = {:?}", pg.ca),
+        &right.dir.path().join("db-password"),
+        &format!("database_ca_file = {path:?}"),
         &provider_toml("p", &fake),
     );
     right.spawn().await;

@@ -63,12 +63,18 @@ pub(super) async fn open(settings: &PgSettings) -> Result<(Pool, PgLock), StoreE
         .connect_with(options)
         .await
         .map_err(|e| connect_failed(settings, e))?;
-    let newest: Option<i64> = sqlx::query_scalar(
-        "SELECT CASE WHEN to_regclass('_sqlx_migrations') IS NULL THEN NULL
-                ELSE (SELECT max(version) FROM _sqlx_migrations) END",
-    )
-    .fetch_one(&pool)
-    .await?;
+    let migrated: bool =
+        sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL")
+            .fetch_one(&pool)
+            .await?;
+    let newest: Option<i64> = match migrated {
+        true => {
+            sqlx::query_scalar("SELECT max(version) FROM _sqlx_migrations")
+                .fetch_one(&pool)
+                .await?
+        }
+        false => None,
+    };
     let known = MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0);
     if let Some(newest) = newest.filter(|n| *n > known) {
         pool.close().await;
@@ -151,6 +157,13 @@ fn connect_failed(settings: &PgSettings, reason: sqlx::Error) -> StoreError {
         sqlx::Error::Database(db) => db.code().map(|c| c.into_owned()),
         _ => None,
     };
+    // rustls's refusals reach sqlx as I/O errors of the handshake.
+    let text = reason.to_string().to_lowercase();
+    let tls = settings.ssl != SslMode::Disable
+        && (matches!(reason, sqlx::Error::Tls(_))
+            || ["certificate", "tls", "handshake"]
+                .iter()
+                .any(|w| text.contains(w)));
     let hint = match (code.as_deref(), &reason) {
         (Some("28P01" | "28000"), _) => {
             "check the role in the URL and the password in database_password_file (or the tokend-db-password credential), and the server's pg_hba.conf"
@@ -158,7 +171,7 @@ fn connect_failed(settings: &PgSettings, reason: sqlx::Error) -> StoreError {
         (Some("3D000"), _) => {
             "create the database first (`createdb --owner ROLE DBNAME` as the postgres user; see README, Using PostgreSQL)"
         }
-        (_, sqlx::Error::Tls(_)) => {
+        _ if tls => {
             "check sslmode and database_ca_file: the server's certificate must chain to that CA and name the host in the URL"
         }
         (_, sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut) => {

@@ -31,8 +31,6 @@ const SERVER_GID: u32 = 65534;
 
 /// The shared server.
 pub struct Postgres {
-    /// The temporary directory (data, socket, TLS files, log).
-    pub dir: PathBuf,
     /// The directory of its Unix socket.
     pub socket_dir: PathBuf,
     /// Its TCP port on 127.0.0.1.
@@ -120,7 +118,6 @@ impl Postgres {
         });
         watch(&bin, &dir, &data);
         let pg = Postgres {
-            dir,
             socket_dir,
             port,
             ca,
@@ -177,9 +174,9 @@ impl Postgres {
     /// The URL of `db` through the Unix socket directory as [`ROLE`].
     pub fn socket_url(&self, db: &str) -> String {
         format!(
-            "postgres://{ROLE}@/{db}?host={}&port={}",
-            self.socket_dir.display(),
-            self.port
+            "postgres://{ROLE}@localhost:{}/{db}?host={}",
+            self.port,
+            self.socket_dir.display()
         )
     }
 }
