@@ -40,7 +40,10 @@ pub(super) fn location(c: &mut Collector<'_>, s: &Scope, raw: &RawDaemon) -> Opt
                 "is for a PostgreSQL database only (database = \"postgres://ROLE@HOST/DBNAME\")",
             );
         }
-        return raw.database.as_ref().map(|p| Location::File(PathBuf::from(p)));
+        return raw
+            .database
+            .as_ref()
+            .map(|p| Location::File(PathBuf::from(p)));
     };
     postgres(c, s, raw, url).map(Location::Postgres)
 }
@@ -62,7 +65,10 @@ fn postgres(c: &mut Collector<'_>, s: &Scope, raw: &RawDaemon, text: &str) -> Op
     let url = match url::Url::parse(text) {
         Ok(url) => url,
         Err(e) => {
-            problem(c, format!("is not a URL ({e}): write postgres://ROLE@HOST:PORT/DBNAME"));
+            problem(
+                c,
+                format!("is not a URL ({e}): write postgres://ROLE@HOST:PORT/DBNAME"),
+            );
             return None;
         }
     };
@@ -94,22 +100,35 @@ fn postgres(c: &mut Collector<'_>, s: &Scope, raw: &RawDaemon, text: &str) -> Op
                 return None;
             }
             "password" => {
-                problem(c, format!("holds a password: remove it from the URL and {password_elsewhere}"));
+                problem(
+                    c,
+                    format!("holds a password: remove it from the URL and {password_elsewhere}"),
+                );
                 return None;
             }
             "sslrootcert" => {
-                problem(c, "sslrootcert is not read from the URL: use database_ca_file".into());
+                problem(
+                    c,
+                    "sslrootcert is not read from the URL: use database_ca_file".into(),
+                );
                 return None;
             }
             other => {
-                problem(c, format!("parameter `{other}` is not one tokend reads (only sslmode and host)"));
+                problem(
+                    c,
+                    format!("parameter `{other}` is not one tokend reads (only sslmode and host)"),
+                );
                 return None;
             }
         }
     }
     let user = url.username();
     if !plain_name(user) {
-        problem(c, "must name the role as postgres://ROLE@HOST/DBNAME (letters, digits, `_`, `-`, `.`)".into());
+        problem(
+            c,
+            "must name the role as postgres://ROLE@HOST/DBNAME (letters, digits, `_`, `-`, `.`)"
+                .into(),
+        );
         return None;
     }
     let dbname = url.path().trim_start_matches('/');
@@ -195,7 +214,10 @@ mod tests {
         let remote = pg("postgres://tokend@db.example.net/tokens");
         assert_eq!(remote.host, PgHost::Tcp("db.example.net".into()));
         assert_eq!((remote.port, remote.ssl), (5432, SslMode::VerifyFull));
-        assert_eq!((remote.user.as_str(), remote.dbname.as_str()), ("tokend", "tokens"));
+        assert_eq!(
+            (remote.user.as_str(), remote.dbname.as_str()),
+            ("tokend", "tokens")
+        );
         for local in [
             "postgres://tokend@127.0.0.1:5433/t",
             "postgresql://tokend@localhost/t",
@@ -203,7 +225,10 @@ mod tests {
         ] {
             assert_eq!(pg(local).ssl, SslMode::Disable, "{local}");
         }
-        assert_eq!(pg("postgres://tokend@[::1]/t").host, PgHost::Tcp("::1".into()));
+        assert_eq!(
+            pg("postgres://tokend@[::1]/t").host,
+            PgHost::Tcp("::1".into())
+        );
         let socket = pg("postgres://tokend@localhost/t?host=/run/postgresql");
         assert_eq!(socket.host, PgHost::Socket("/run/postgresql".into()));
         assert_eq!(
@@ -238,14 +263,35 @@ mod tests {
     #[test]
     fn unsafe_or_unknown_settings_are_refused() {
         let cases = [
-            ("postgres://tokend@db.example.net/t?sslmode=disable", "in the clear"),
-            ("postgres://tokend@db.example.net/t?sslmode=prefer", "not one tokend takes"),
-            ("postgres://tokend@db.example.net/t?connect_timeout=3", "not one tokend reads"),
-            ("postgres://tokend@db.example.net/t?sslrootcert=/ca.pem", "database_ca_file"),
-            ("postgres://tokend@db.example.net/t?host=db2", "absolute directory"),
+            (
+                "postgres://tokend@db.example.net/t?sslmode=disable",
+                "in the clear",
+            ),
+            (
+                "postgres://tokend@db.example.net/t?sslmode=prefer",
+                "not one tokend takes",
+            ),
+            (
+                "postgres://tokend@db.example.net/t?connect_timeout=3",
+                "not one tokend reads",
+            ),
+            (
+                "postgres://tokend@db.example.net/t?sslrootcert=/ca.pem",
+                "database_ca_file",
+            ),
+            (
+                "postgres://tokend@db.example.net/t?host=db2",
+                "absolute directory",
+            ),
             ("postgres://db.example.net/t", "must name the role"),
-            ("postgres://tokend@db.example.net/", "must name the database"),
-            ("postgres://tokend@db.example.net/a%20b", "must name the database"),
+            (
+                "postgres://tokend@db.example.net/",
+                "must name the database",
+            ),
+            (
+                "postgres://tokend@db.example.net/a%20b",
+                "must name the database",
+            ),
         ];
         for (url, expected) in cases {
             let p = problem(&format!("[daemon]\ndatabase = {url:?}\n"));

@@ -73,7 +73,11 @@ impl Pool {
         sql: &str,
         args: Vec<Bound<'_>>,
     ) -> Result<Vec<Row>, sqlx::Error> {
-        self.acquire().await?.conn().fetch_all(sql, args, true).await
+        self.acquire()
+            .await?
+            .conn()
+            .fetch_all(sql, args, true)
+            .await
     }
 
     /// The one row `sql` returns, if any.
@@ -86,7 +90,11 @@ impl Pool {
     }
 
     /// Runs `sql`; how many rows it changed.
-    pub(super) async fn execute(&self, sql: &str, args: Vec<Bound<'_>>) -> Result<u64, sqlx::Error> {
+    pub(super) async fn execute(
+        &self,
+        sql: &str,
+        args: Vec<Bound<'_>>,
+    ) -> Result<u64, sqlx::Error> {
         Ok(match self {
             Pool::Sqlite(p) => sqlite::bind_all(sqlx::query(sql), args)
                 .execute(p)
@@ -193,8 +201,7 @@ impl Source for Row {
     }
 }
 
-type PgQuery<'q> =
-    sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>;
+type PgQuery<'q> = sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>;
 
 /// Binds `values` to a PostgreSQL statement, in order.
 fn bind_pg<'q>(mut query: PgQuery<'q>, values: Vec<Bound<'q>>) -> PgQuery<'q> {

@@ -199,7 +199,9 @@ async fn apply_segment(
 /// parameters.
 fn values_sql(rows: usize, columns: usize) -> String {
     let row = |r: usize| {
-        let params: Vec<String> = (1..=columns).map(|c| format!("${}", r * columns + c)).collect();
+        let params: Vec<String> = (1..=columns)
+            .map(|c| format!("${}", r * columns + c))
+            .collect();
         format!("({})", params.join(", "))
     };
     (0..rows).map(row).collect::<Vec<_>>().join(", ")
@@ -231,7 +233,11 @@ async fn mark_chunk(
     );
     let mut args = Vec::with_capacity(rows * MARK_PARAMS);
     for &(_, name, generation, at) in chunk {
-        args.extend([Bound::text(name), Bound::Int(Some(generation)), Bound::Int(Some(at))]);
+        args.extend([
+            Bound::text(name),
+            Bound::Int(Some(generation)),
+            Bound::Int(Some(at)),
+        ]);
     }
     // Padding rows are NULL, which equals no name.
     for _ in chunk.len()..rows {

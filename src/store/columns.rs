@@ -118,8 +118,7 @@ pub(super) enum Shape {
 /// store builds each backend's with [`startup_list`]).
 pub(super) fn select_list(shape: Shape) -> &'static str {
     static FULL: LazyLock<String> = LazyLock::new(|| COLUMNS.join(", "));
-    static STARTUP: LazyLock<String> =
-        LazyLock::new(|| startup_list(super::sqlite::ID_TOKEN));
+    static STARTUP: LazyLock<String> = LazyLock::new(|| startup_list(super::sqlite::ID_TOKEN));
     match shape {
         Shape::Full => &FULL,
         Shape::Startup => &STARTUP,

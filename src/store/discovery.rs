@@ -3,7 +3,6 @@
 //! start-up when the issuer cannot be reached; `tokend check-config` reads
 //! them read-only ([`read_metadata_offline`]) beside a running daemon.
 
-
 use super::backend::Row;
 use super::columns::Bound;
 use super::{postgres, sqlite, Location, Store, StoreError};

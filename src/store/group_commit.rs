@@ -8,8 +8,8 @@ use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::batch::{RowWrite, RowWritten};
 use super::backend::Row;
+use super::batch::{RowWrite, RowWritten};
 use super::{Store, StoreError};
 use crate::credential::Credential;
 

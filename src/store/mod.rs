@@ -55,8 +55,8 @@ mod test_support;
 mod tests;
 
 use backend::Pool;
-use columns::Bound;
 use batch::{RowWrite, RowWritten};
+use columns::Bound;
 use columns::Shape;
 pub(crate) use discovery::read_metadata_offline;
 pub use error::StoreError;
@@ -112,7 +112,10 @@ impl Store {
     /// Opens the database at `location` (an SQLite file, or PostgreSQL,
     /// where the daemon must be the only one on the database), sealing
     /// tokens under `key` when there is one.
-    pub(crate) async fn open_at(location: &Location, key: Option<Key>) -> Result<Store, StoreError> {
+    pub(crate) async fn open_at(
+        location: &Location,
+        key: Option<Key>,
+    ) -> Result<Store, StoreError> {
         let (pool, lock, owner) = match location {
             Location::File(path) => {
                 let (pool, lock) = sqlite::open(path).await?;
@@ -192,7 +195,10 @@ impl Store {
             "SELECT {} FROM credentials WHERE name = $1",
             columns::select_list(Shape::Full)
         );
-        let row = self.pool.fetch_optional(&sql, vec![Bound::text(name)]).await?;
+        let row = self
+            .pool
+            .fetch_optional(&sql, vec![Bound::text(name)])
+            .await?;
         row.map(|row| self.decode_full(&row)).transpose()
     }
 

@@ -128,7 +128,10 @@ async fn a_credential_lives_on_postgres_sealed_across_restarts_until_removed() {
 
     daemon.spawn().await;
     daemon.add("c", "p", &fake.issue_refresh_token()).await.ok();
-    daemon.add("gone", "p", &fake.issue_refresh_token()).await.ok();
+    daemon
+        .add("gone", "p", &fake.issue_refresh_token())
+        .await
+        .ok();
     let first = daemon.cli(&["get", "c"]).await;
     first.ok();
     assert!(fake.access_token_expiry(first.stdout.trim()).is_some());
@@ -143,7 +146,10 @@ async fn a_credential_lives_on_postgres_sealed_across_restarts_until_removed() {
     let leaks = fake.find_leaks(&stored);
     assert!(leaks.is_empty(), "secrets in PostgreSQL: {leaks:?}");
     for secret in fake.issued_secrets() {
-        assert!(!stored.contains(&secret), "an issued secret is stored in clear");
+        assert!(
+            !stored.contains(&secret),
+            "an issued secret is stored in clear"
+        );
     }
     let sealed = pg.admin_sql(
         &db,

@@ -145,11 +145,7 @@ async fn describe_holder(conn: &mut PgConnection) -> Result<String, sqlx::Error>
         Some((app, addr, pid, since)) => {
             // Whoever holds it chose its application_name: shown printable
             // and short.
-            let app: String = app
-                .chars()
-                .filter(|c| !c.is_control())
-                .take(64)
-                .collect();
+            let app: String = app.chars().filter(|c| !c.is_control()).take(64).collect();
             format!("\"{app}\" (server pid {pid}, from {addr}, connected since {since})")
         }
         None => "another session".into(),

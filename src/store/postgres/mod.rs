@@ -63,10 +63,9 @@ pub(super) async fn open(settings: &PgSettings) -> Result<(Pool, PgLock), StoreE
         .connect_with(options)
         .await
         .map_err(|e| connect_failed(settings, e))?;
-    let migrated: bool =
-        sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL")
-            .fetch_one(&pool)
-            .await?;
+    let migrated: bool = sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL")
+        .fetch_one(&pool)
+        .await?;
     let newest: Option<i64> = match migrated {
         true => {
             sqlx::query_scalar("SELECT max(version) FROM _sqlx_migrations")

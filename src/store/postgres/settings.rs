@@ -99,10 +99,16 @@ impl PgSettings {
     pub(crate) fn url(&self) -> String {
         match &self.host {
             PgHost::Tcp(host) if host.contains(':') => {
-                format!("postgres://{}@[{host}]:{}/{}", self.user, self.port, self.dbname)
+                format!(
+                    "postgres://{}@[{host}]:{}/{}",
+                    self.user, self.port, self.dbname
+                )
             }
             PgHost::Tcp(host) => {
-                format!("postgres://{}@{host}:{}/{}", self.user, self.port, self.dbname)
+                format!(
+                    "postgres://{}@{host}:{}/{}",
+                    self.user, self.port, self.dbname
+                )
             }
             PgHost::Socket(dir) => format!(
                 "postgres://{}@localhost:{}/{}?host={}",
