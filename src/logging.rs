@@ -88,7 +88,10 @@ pub(crate) fn init(target: LogTarget) {
     // went missing).
     let _ = tracing_subscriber::registry()
         .with(filter())
-        .with(stderr_layer(std::io::stderr, std::io::stderr().is_terminal()))
+        .with(stderr_layer(
+            std::io::stderr,
+            std::io::stderr().is_terminal(),
+        ))
         .try_init();
     if let Some(e) = fallback {
         tracing::warn!("journald is not reachable ({e}); logging to stderr");

@@ -336,9 +336,10 @@ fn make_tls(dir: &Path) -> (PathBuf, PathBuf) {
     (tls.join("ca.crt"), tls.join("wrong-ca.crt"))
 }
 
-/// Starts a process, in its own session so it outlives nothing it should
-/// not, that waits for this test binary to end and then stops the server
-/// and removes its directory.
+/// Starts a process that waits for this test binary to end, then stops the
+/// server and removes its directory. It runs in its own session, so a
+/// Ctrl-C or a kill of the test run's process group does not take it down
+/// before it has cleaned up.
 fn watch(bin: &Path, dir: &Path, data: &Path) {
     let script = format!(
         "while kill -0 {pid} 2>/dev/null; do sleep 0.5; done; \
@@ -350,11 +351,14 @@ fn watch(bin: &Path, dir: &Path, data: &Path) {
         data = data.display(),
         dir = dir.display(),
     );
-    Command::new("setsid")
-        .args(["sh", "-c", &script])
+    // `--fork`: setsid returns at once, leaving the watcher in its own
+    // session; waiting for setsid reaps it.
+    let started = Command::new("setsid")
+        .args(["--fork", "sh", "-c", &script])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
-        .spawn()
+        .status()
         .expect("spawn the server's watcher (setsid, util-linux)");
+    assert!(started.success(), "setsid --fork failed: {started}");
 }
