@@ -115,6 +115,19 @@ pub enum StoreError {
     Shared(Arc<StoreError>),
 }
 
+impl StoreError {
+    /// Whether this daemon no longer owns its PostgreSQL database, so must
+    /// not send a refresh ([`StoreError::PgLockLost`], also inside a shared
+    /// group-commit error).
+    pub(crate) fn is_ownership_lost(&self) -> bool {
+        match self {
+            StoreError::PgLockLost => true,
+            StoreError::Shared(e) => e.is_ownership_lost(),
+            _ => false,
+        }
+    }
+}
+
 // By hand rather than `#[from]`, which would also make the cause the error's
 // `source()` and print it twice in `{:#}` chains.
 impl From<sqlx::Error> for StoreError {

@@ -317,3 +317,98 @@ async fn tls_verify_full_accepts_the_servers_ca_and_refuses_another() {
     assert_eq!(ssl.trim(), "t");
     right.finish(&[&fake]).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_session_pauses_refreshes_until_the_lock_is_taken_back() {
+    let pg = server();
+    let db = pg.database();
+    let fake = FakeProvider::start(FakeConfig::new(Flavor::Didit)).await;
+    let mut daemon = prepare(&pg.tcp_url(&db, ""), "", &provider_toml("p", &fake));
+    daemon.spawn().await;
+    daemon.add("c", "p", &fake.issue_refresh_token()).await.ok();
+    // Every session of the daemon ends, the lock's with them.
+    let ended = pg.admin_sql(
+        "postgres",
+        &format!(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+             WHERE datname = '{db}' AND application_name LIKE 'tokend %'"
+        ),
+    );
+    assert_ne!(ended.trim(), "0");
+    // Still served from memory meanwhile.
+    daemon.cli(&["get", "c"]).await.ok();
+    wait_until(Duration::from_secs(20), "the lock taken back", || async {
+        daemon
+            .logs()
+            .contains("took the ownership of the database back")
+    })
+    .await;
+    assert!(
+        daemon.logs().contains("lost the PostgreSQL session"),
+        "{}",
+        daemon.logs()
+    );
+    let held = pg.admin_sql(
+        &db,
+        "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid) \
+         WHERE l.locktype = 'advisory' AND l.granted AND a.application_name LIKE 'tokend %' \
+         AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+    );
+    assert_eq!(held.trim(), "1");
+    let before = fake.refresh_count();
+    daemon.cli(&["refresh", "c"]).await.ok();
+    assert_eq!(fake.refresh_count(), before + 1);
+
+    // Now another session takes the lock as soon as the daemon's ends, and
+    // keeps it a while: no refresh reaches the provider until it is free.
+    let taker = pg.admin_command(
+        &db,
+        &format!(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE datname = '{db}' AND application_name LIKE 'tokend %'; \
+             SELECT pg_advisory_lock({}, 1); SELECT pg_sleep(8);",
+            0x746f_6b65
+        ),
+    );
+    wait_until(Duration::from_secs(20), "the other holder seen", || async {
+        daemon.logs().contains("ownership lock is held by")
+    })
+    .await;
+    let paused = fake.refresh_count();
+    let refresh = {
+        let socket = daemon.socket.clone();
+        tokio::spawn(async move { crate::support::cli_at(&socket, &["refresh", "c"], None).await })
+    };
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        fake.refresh_count(),
+        paused,
+        "a refresh was sent without the lock: {}",
+        daemon.logs()
+    );
+    assert!(
+        daemon
+            .logs()
+            .contains("no longer holds the PostgreSQL database's ownership lock"),
+        "{}",
+        daemon.logs()
+    );
+    let out = tokio::task::spawn_blocking(move || taker.wait_with_output())
+        .await
+        .expect("join")
+        .expect("psql");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_until(
+        Duration::from_secs(30),
+        "the refresh once the lock is back",
+        || async { fake.refresh_count() > paused },
+    )
+    .await;
+    let _ = refresh.await;
+    assert_eq!(fake.reused_refresh_tokens(), 0);
+    daemon.finish(&[&fake]).await;
+}

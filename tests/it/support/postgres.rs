@@ -164,6 +164,22 @@ impl Postgres {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// Starts `psql` running `sql` as the superuser in `db`, without
+    /// waiting for it (its session lasts until it exits).
+    pub fn admin_command(&self, db: &str, sql: &str) -> std::process::Child {
+        Command::new(self.bin.join("psql"))
+            .arg("-h")
+            .arg(&self.socket_dir)
+            .args(["-p", &self.port.to_string(), "-U", ADMIN, "-d", db])
+            .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-c", sql])
+            .env("PGPASSWORD", ADMIN_PASSWORD)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run psql")
+    }
+
     /// The URL of `db` on loopback TCP as [`ROLE`], with `query` (e.g.
     /// `sslmode=disable`) when not empty.
     pub fn tcp_url(&self, db: &str, query: &str) -> String {
