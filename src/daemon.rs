@@ -23,7 +23,7 @@ use crate::provider::ProviderClient;
 use crate::refresh::{Refresher, RefresherHandle};
 use crate::seal::{self, Key};
 use crate::server;
-use crate::store::{self, GroupCommit, Rekeyed, Store};
+use crate::store::{self, GroupCommit, Location, Rekeyed, Store};
 use crate::systemd;
 
 /// Most row writes committed in one transaction (one fsync). Large enough
@@ -163,11 +163,10 @@ fn check_config_files(path: &Path, config: &Config) -> anyhow::Result<()> {
 pub(crate) async fn run(opts: DaemonOptions) -> anyhow::Result<()> {
     let (config, config_path) = load(&opts)?;
     let config = Arc::new(config);
-    let database = opts
-        .database
-        .clone()
-        .or_else(|| config.daemon.database.clone())
-        .unwrap_or_else(paths::default_database);
+    let database = database(opts.database.as_ref(), &config);
+    if let Location::Postgres(pg) = &database {
+        tracing::info!("using PostgreSQL: {}", pg.describe());
+    }
     // Installed before anything starts, so a signal during start-up is not
     // lost to the default action.
     let signals = signal_hook_tokio::Signals::new([
@@ -211,7 +210,7 @@ pub(crate) async fn run(opts: DaemonOptions) -> anyhow::Result<()> {
         info,
         Kind::Started,
         tokend_socket = %socket,
-        tokend_database = %database.display(),
+        tokend_database = %database,
         tokend_config = %config_path.as_deref().map_or("(none, defaults)".into(), |p| p.display().to_string()),
         tokend_providers = config.providers.len(),
         tokend_credentials = handle.len(),
@@ -232,11 +231,11 @@ pub(crate) async fn run(opts: DaemonOptions) -> anyhow::Result<()> {
 /// the store is closed again, so its lock and WAL are released in order.
 async fn start_store(
     config: &Arc<Config>,
-    database: &Path,
+    database: &Location,
     cancel: CancellationToken,
 ) -> anyhow::Result<(Store, Refresher, RefresherHandle, Arc<Discovery>)> {
     let key = encryption_key(config)?;
-    let store = Store::open_with(database, key).await?;
+    let store = Store::open_at(database, key).await?;
     let client = ProviderClient::new().context("cannot build the HTTP client")?;
     let (discovery, effective) =
         Discovery::start(Arc::clone(config), store.clone(), client.clone()).await;
@@ -413,6 +412,16 @@ fn encryption_key(config: &Config) -> anyhow::Result<Option<Key>> {
     }
 }
 
+/// The database: `--database FILE`, else the configuration's, else the
+/// default file for this environment.
+pub(crate) fn database(file: Option<&PathBuf>, config: &Config) -> Location {
+    match (file, &config.daemon.database) {
+        (Some(path), _) => Location::File(path.clone()),
+        (None, Some(location)) => location.clone(),
+        (None, None) => Location::File(paths::default_database()),
+    }
+}
+
 /// What `tokend rekey` works on.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct RekeyOptions {
@@ -440,11 +449,13 @@ pub(crate) async fn rekey(opts: RekeyOptions) -> anyhow::Result<String> {
     } else {
         Config::default()
     };
-    let database = opts
-        .database
-        .clone()
-        .or_else(|| config.daemon.database.clone())
-        .unwrap_or_else(paths::default_database);
+    let database = match database(opts.database.as_ref(), &config) {
+        Location::File(path) => path,
+        Location::Postgres(pg) => anyhow::bail!(
+            "tokend rekey works on an SQLite file only, and {} is a PostgreSQL database: re-sealing there is not supported yet; nothing was changed",
+            pg.url()
+        ),
+    };
     if !database.exists() {
         anyhow::bail!(
             "no database at {}: nothing to rekey (give --database FILE)",

@@ -104,15 +104,25 @@ pub(crate) fn init(target: LogTarget) {
         match journald_layer() {
             Ok(layer) => {
                 let _ = tracing_subscriber::registry()
-                    .with(layer.with_filter(filter()))
+                    .with(filter())
+                    .with(layer)
                     .try_init();
                 return;
             }
             Err(e) => fallback = Some(e),
         }
     }
+    // A global filter, not a per-layer one: sqlx asks `tracing::enabled!`
+    // before each statement without logging an event after it, and a
+    // per-layer filter then drops the next event on that thread (on
+    // PostgreSQL, whose driver runs on the caller's thread, "tokend started"
+    // went missing).
     let _ = tracing_subscriber::registry()
-        .with(stderr_layer(std::io::stderr, std::io::stderr().is_terminal()).with_filter(filter()))
+        .with(filter())
+        .with(stderr_layer(
+            std::io::stderr,
+            std::io::stderr().is_terminal(),
+        ))
         .try_init();
     if let Some(e) = fallback {
         tracing::warn!("journald is not reachable ({e}); logging to stderr");

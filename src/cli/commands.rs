@@ -19,6 +19,7 @@ use crate::client::{path_segment, Client, ClientError};
 use crate::config::{ConfigError, ProviderConfig};
 use crate::daemon::{self, DaemonOptions};
 use crate::paths;
+use crate::store;
 use crate::token::{now_ms, Secret};
 
 /// `tokend exchange`, with the body from [`exchange_body`].
@@ -440,11 +441,11 @@ pub(super) fn check_config(file: Option<PathBuf>) -> anyhow::Result<ExitCode> {
                     outln!("  provider {name}: DPoP-bound tokens (ES256, one key per credential)")?;
                 }
             }
-            let database = cfg
-                .daemon
-                .database
-                .clone()
-                .unwrap_or_else(paths::default_database);
+            let database = daemon::database(None, &cfg);
+            match &database {
+                store::Location::File(path) => outln!("  database: {} (SQLite)", path.display())?,
+                store::Location::Postgres(pg) => outln!("  database: {}", pg.describe())?,
+            }
             if cfg.providers.values().any(|p| {
                 p.endpoint.issuer.is_some()
                     || p.endpoint.revocation_url.is_some()

@@ -38,6 +38,7 @@ pub(crate) use hooks::Hook;
 mod bounds;
 mod collect;
 mod credentials;
+mod database;
 pub(crate) mod defaults;
 mod endpoint;
 mod git;
@@ -102,8 +103,9 @@ impl Config {
 pub(crate) struct DaemonConfig {
     /// Socket path; `None` means the default for this environment.
     pub(crate) socket: Option<PathBuf>,
-    /// Database path; `None` means the default for this environment.
-    pub(crate) database: Option<PathBuf>,
+    /// The database: an SQLite file or PostgreSQL; `None` means the
+    /// default file for this environment.
+    pub(crate) database: Option<crate::store::Location>,
     /// When to refresh relative to a token's lifetime.
     pub(crate) timing: RefreshTiming,
     /// Most refresh requests in flight at once, over all providers.

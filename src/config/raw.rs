@@ -46,7 +46,11 @@ pub(super) struct RawSink {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawDaemon {
     pub(super) socket: Option<PathBuf>,
-    pub(super) database: Option<PathBuf>,
+    /// An SQLite file's path, or a `postgres://` URL.
+    pub(super) database: Option<String>,
+    pub(super) database_password_file: Option<PathBuf>,
+    pub(super) database_password_credential: Option<String>,
+    pub(super) database_ca_file: Option<PathBuf>,
     pub(super) refresh_remaining: Option<f64>,
     pub(super) refresh_jitter: Option<f64>,
     pub(super) min_refresh_interval: Option<RawDuration>,

@@ -219,3 +219,58 @@ pub(super) fn encryption_key_path(
         (None, None) => None,
     }
 }
+
+/// The systemd credential the PostgreSQL password is read from when no key
+/// names one.
+pub(super) const DB_PASSWORD_CREDENTIAL: &str = "tokend-db-password";
+
+/// The PostgreSQL password and where it came from: `database_password_file`,
+/// `database_password_credential`, else the `tokend-db-password` systemd
+/// credential if there is one; `None` for none (a server that trusts the
+/// Unix socket's peer, for one). The file must be private to its owner.
+pub(super) fn database_password(
+    c: &mut Collector<'_>,
+    s: &Scope,
+    raw: &RawDaemon,
+) -> Option<(PathBuf, Secret)> {
+    let (key, path) = match (
+        &raw.database_password_file,
+        &raw.database_password_credential,
+    ) {
+        (Some(_), Some(_)) => {
+            c.problem(
+                s,
+                "database_password_credential",
+                "give the database password one way only: database_password_file or database_password_credential",
+            );
+            return None;
+        }
+        (Some(file), None) => ("database_password_file", file.clone()),
+        (None, Some(name)) => {
+            let key = "database_password_credential";
+            (key, from_credential(c, s, key, name)?)
+        }
+        (None, None) => {
+            let dir = std::env::var_os(CREDENTIALS_DIRECTORY)?;
+            let path = Path::new(&dir).join(DB_PASSWORD_CREDENTIAL);
+            if !path.exists() {
+                return None;
+            }
+            ("database", path)
+        }
+    };
+    let line = s.line(key).unwrap_or(s.line);
+    if let Some(mode) = open_to_others(&path) {
+        c.push(
+            Some(line),
+            s.key(key),
+            format!(
+                "{} is readable by other users (mode {mode:04o}); run `chmod 600 {}`",
+                path.display(),
+                path.display()
+            ),
+        );
+        return None;
+    }
+    read_secret_file(c, line, &s.key(key), &path).map(|secret| (path, secret))
+}

@@ -11,7 +11,7 @@ use toml::de::DeTable;
 
 use super::collect::{Collector, Scope};
 use super::raw::{RawCredential, RawDaemon, RawProvider, RawRequest, RawResponse, PROVIDER_TABLES};
-use super::{bounds, credentials, defaults, endpoint, hooks, secrets};
+use super::{bounds, credentials, database, defaults, endpoint, hooks, secrets};
 use super::{Config, DaemonConfig, Discovery, OnInvalidGrant, ProviderConfig};
 use crate::access::Grant;
 use crate::provider::{Endpoint, RequestTemplate};
@@ -191,7 +191,7 @@ fn validate_daemon(
         admin_gid: c.group(&s, "admin_group", raw.admin_group.as_deref()),
         socket_gid: c.group(&s, "socket_group", raw.socket_group.as_deref()),
         socket: raw.socket.clone(),
-        database: raw.database.clone(),
+        database: database::location(c, &s, &raw),
         timing,
         max_concurrent_refreshes: max_concurrent_refreshes.max(1),
         retry_initial,

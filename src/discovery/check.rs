@@ -16,7 +16,7 @@ const CHECK_TIMEOUT: Duration = Duration::from_secs(5);
 /// revocation settings: for a provider with an issuer, its metadata fetched
 /// now (within a short timeout) or else the copy stored in `database`
 /// (read-only, beside a running daemon), saying which.
-pub(crate) async fn check_lines(config: &Config, database: &std::path::Path) -> Vec<String> {
+pub(crate) async fn check_lines(config: &Config, database: &crate::store::Location) -> Vec<String> {
     let client = match ProviderClient::new() {
         Ok(c) => c,
         Err(e) => return vec![format!("  cannot build the HTTP client: {e}")],
@@ -55,7 +55,7 @@ pub(crate) async fn check_lines(config: &Config, database: &std::path::Path) -> 
                 match crate::store::read_metadata_offline(database, name).await {
                     Ok(Some(row)) if row.issuer == issuer => {
                         match Metadata::parse(row.document.as_bytes(), "the stored copy", issuer, e.allow_insecure_http) {
-                        Ok(m) => (Some(m), format!("cannot fetch it now ({err}); the copy stored in {} {}s ago", database.display(), now_ms().saturating_sub(row.fetched_at) / 1000)),
+                        Ok(m) => (Some(m), format!("cannot fetch it now ({err}); the copy stored in {} {}s ago", database, now_ms().saturating_sub(row.fetched_at) / 1000)),
                         Err(bad) => (None, format!("cannot fetch it now ({err}); the stored copy is refused ({bad})")),
                     }
                     }
@@ -63,7 +63,7 @@ pub(crate) async fn check_lines(config: &Config, database: &std::path::Path) -> 
                         None,
                         format!(
                             "cannot fetch it now ({err}); no stored copy in {}",
-                            database.display()
+                            database
                         ),
                     ),
                     Err(db) => (

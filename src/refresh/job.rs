@@ -162,6 +162,14 @@ impl Job {
             .await;
         let cred = match marked {
             Ok(cred) => cred,
+            // Another daemon may own the database now: refreshing would
+            // rotate the refresh token under it.
+            Err(e) if e.is_ownership_lost() => {
+                return Err(Outcome::Failed {
+                    cred: None,
+                    failure: failure(FailureKind::Transient, &e.to_string()),
+                })
+            }
             Err(e) => {
                 tracing::warn!(
                     tokend_credential = %self.name, tokend_error = %e,

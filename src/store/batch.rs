@@ -17,15 +17,15 @@ use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::sync::OnceLock;
 
-use sqlx::Row as _;
-
-use super::columns::{select_list, state_columns, state_values, Shape, STATE_COUNT};
-use super::sqlite::{self, Conn, Row};
+use super::backend::{Conn, Row};
+use super::columns::{
+    select_list, state_columns, state_nulls, state_values, Bound, Shape, STATE_COUNT,
+};
 use crate::credential::Credential;
 use crate::seal::Key;
 
-/// Bound parameters per statement at most. SQLite's limit is 32766; staying
-/// below it leaves room and keeps each statement's memory bounded.
+/// Bound parameters per statement at most. SQLite's limit is 32766
+/// (PostgreSQL's 65535); staying below it leaves room and keeps each statement's memory bounded.
 const MAX_PARAMS: usize = 30_000;
 
 /// Columns of one row of the mark statement: name, generation, time.
@@ -123,7 +123,7 @@ impl RowWritten {
 /// what each did, in order. A name that comes again starts a new run of
 /// statements, so two writes of one credential apply in the order given.
 pub(super) async fn apply(
-    conn: &mut Conn,
+    conn: &mut Conn<'_>,
     writes: &[RowWrite<'_>],
     key: Option<&Key>,
 ) -> Result<Vec<RowWritten>, sqlx::Error> {
@@ -165,7 +165,7 @@ fn segment_end(writes: &[RowWrite<'_>], start: usize) -> usize {
 /// Runs writes whose names are all different: their order does not matter,
 /// so all marks go in one statement per chunk, and all saves in another.
 async fn apply_segment(
-    conn: &mut Conn,
+    conn: &mut Conn<'_>,
     writes: &[RowWrite<'_>],
     written: &mut [RowWritten],
     key: Option<&Key>,
@@ -197,10 +197,16 @@ async fn apply_segment(
     Ok(())
 }
 
-/// `(VALUES (?, ?), (?, ?) ...)` text: `rows` rows of `columns` parameters.
+/// `(VALUES ($1, $2), ($3, $4) ...)` text: `rows` rows of `columns`
+/// parameters.
 fn values_sql(rows: usize, columns: usize) -> String {
-    let row = format!("({})", vec!["?"; columns].join(", "));
-    vec![row; rows].join(", ")
+    let row = |r: usize| {
+        let params: Vec<String> = (1..=columns)
+            .map(|c| format!("${}", r * columns + c))
+            .collect();
+        format!("({})", params.join(", "))
+    };
+    (0..rows).map(row).collect::<Vec<_>>().join(", ")
 }
 
 /// Rows a statement for `n` rows is padded to (see [`rows_per_statement`]).
@@ -208,7 +214,7 @@ fn padded(n: usize) -> usize {
     n.next_power_of_two()
 }
 
-/// The text of a statement for `rows` rows.
+/// The text of a mark statement for `rows` rows.
 fn mark_sql(rows: usize) -> String {
     // A mark already there is an earlier attempt whose outcome is unknown:
     // it is kept, because a provider's reuse grace runs from that attempt,
@@ -246,10 +252,10 @@ fn save_sql(rows: usize) -> String {
     )
 }
 
-/// Statement texts by padded row count, built once for the sizes sqlx
-/// keeps prepared ([`CACHED_ROWS`] rows at most): a burst runs the same
-/// few statements thousands of times, and building a 64-row text is a few
-/// kilobytes of formatting each time.
+/// Statement texts by padded row count, built once for the sizes the
+/// driver keeps prepared ([`CACHED_ROWS`] rows at most): a burst runs the
+/// same few statements thousands of times, and building a 64-row text is a
+/// few kilobytes of formatting each time.
 struct SqlCache([OnceLock<String>; CACHED_SIZES]);
 
 /// Powers of two up to [`CACHED_ROWS`].
@@ -273,53 +279,55 @@ impl SqlCache {
 /// Marks the refreshes of one chunk (distinct names) and returns the rows
 /// that matched, by name (RETURNING gives them in no particular order).
 async fn mark_chunk(
-    conn: &mut Conn,
+    conn: &mut Conn<'_>,
     chunk: &[(usize, &str, i64, i64)],
 ) -> Result<HashMap<String, Row>, sqlx::Error> {
     let rows = padded(chunk.len());
     static TEXT: SqlCache = SqlCache::new();
     let sql = TEXT.get(rows, mark_sql);
-    let mut query = sqlx::query(&sql).persistent(rows <= CACHED_ROWS);
+    let mut args = Vec::with_capacity(rows * MARK_PARAMS);
     for &(_, name, generation, at) in chunk {
-        query = query.bind(name).bind(generation).bind(at);
+        args.extend([
+            Bound::text(name),
+            Bound::Int(Some(generation)),
+            Bound::Int(Some(at)),
+        ]);
     }
     // Padding rows are NULL, which equals no name.
     for _ in chunk.len()..rows {
-        query = query
-            .bind(None::<String>)
-            .bind(None::<i64>)
-            .bind(None::<i64>);
+        args.extend([Bound::Text(None), Bound::Int(None), Bound::Int(None)]);
     }
-    let returned = query.fetch_all(&mut *conn).await?;
+    let returned = conn.fetch_all(&sql, args, rows <= CACHED_ROWS).await?;
     returned
         .into_iter()
-        .map(|row| Ok((row.try_get("name")?, row)))
+        .map(|row| Ok((row.get_text("name")?, row)))
         .collect()
 }
 
 /// Writes the outcomes of one chunk (distinct names) and returns the names
 /// whose row matched.
 async fn save_chunk(
-    conn: &mut Conn,
+    conn: &mut Conn<'_>,
     chunk: &[(usize, &Credential)],
     key: Option<&Key>,
 ) -> Result<HashSet<String>, sqlx::Error> {
     let rows = padded(chunk.len());
     static TEXT: SqlCache = SqlCache::new();
     let sql = TEXT.get(rows, save_sql);
-    let mut query = sqlx::query(&sql).persistent(rows <= CACHED_ROWS);
+    let mut args = Vec::with_capacity(rows * SAVE_PARAMS);
     for &(_, c) in chunk {
-        let keyed = query.bind(&c.name).bind(c.generation);
-        query = sqlite::bind(keyed, state_values(c, key)).bind(c.updated_at);
+        args.extend([Bound::text(&c.name), Bound::Int(Some(c.generation))]);
+        args.extend(state_values(c, key));
+        args.push(Bound::Int(Some(c.updated_at)));
     }
-    for _ in 0..(rows - chunk.len()) * SAVE_PARAMS {
-        query = query.bind(None::<String>);
+    // Padding rows are NULL, typed as the real ones.
+    for _ in chunk.len()..rows {
+        args.extend([Bound::Text(None), Bound::Int(None)]);
+        args.extend(state_nulls());
+        args.push(Bound::Int(None));
     }
-    let returned = query.fetch_all(&mut *conn).await?;
-    returned
-        .iter()
-        .map(|r| r.try_get::<String, _>("name"))
-        .collect()
+    let returned = conn.fetch_all(&sql, args, rows <= CACHED_ROWS).await?;
+    returned.iter().map(|r| r.get_text("name")).collect()
 }
 
 #[cfg(test)]
@@ -429,7 +437,7 @@ mod tests {
         let (rt_raw, at_raw, extra): (String, String, String) = sqlx::query_as(
             "SELECT refresh_token, access_token, extra FROM credentials WHERE name = 'mail'",
         )
-        .fetch_one(&store.pool)
+        .fetch_one(store.sqlite_pool())
         .await
         .unwrap();
         let key = Key::from_bytes([9; 32]);
@@ -473,7 +481,7 @@ mod tests {
         );
         let marks: Vec<Option<i64>> =
             sqlx::query_scalar("SELECT refresh_started_at FROM credentials ORDER BY name")
-                .fetch_all(&store.pool)
+                .fetch_all(store.sqlite_pool())
                 .await
                 .unwrap();
         assert_eq!(marks, [None, None], "rolled back");
@@ -522,7 +530,7 @@ mod tests {
              WHERE refresh_token = 'new-' || name AND refresh_started_at IS NULL
                 AND updated_at = 600",
         )
-        .fetch_one(&store.pool)
+        .fetch_one(store.sqlite_pool())
         .await
         .unwrap();
         assert_eq!(updated, N as i64);

@@ -114,39 +114,44 @@ pub(super) enum Shape {
 }
 
 /// The select list for `shape`, in [`COLUMNS`] order (also what
-/// `RETURNING` gives back).
+/// `RETURNING` gives back); [`Shape::Startup`]'s as SQLite reads it (the
+/// store builds each backend's with [`startup_list`]).
 pub(super) fn select_list(shape: Shape) -> &'static str {
     static FULL: LazyLock<String> = LazyLock::new(|| COLUMNS.join(", "));
-    static STARTUP: LazyLock<String> = LazyLock::new(|| {
-        let mut columns = COLUMNS;
-        columns[EXTRA] = "json_extract(extra, '$.id_token')";
-        columns.join(", ")
-    });
+    static STARTUP: LazyLock<String> = LazyLock::new(|| startup_list(super::sqlite::ID_TOKEN));
     match shape {
         Shape::Full => &FULL,
         Shape::Startup => &STARTUP,
     }
 }
 
-/// The upsert of a whole credential: parameters ?1 name, ?2 provider, ?3
-/// grant_type and ?4 grant_request ([`grant_values`]), ?5.. the state columns ([`state_values`]), then created_at, which is also
+/// The [`Shape::Startup`] select list, with `id_token` (a backend's
+/// expression for `extra`'s id_token) in place of `extra`.
+pub(super) fn startup_list(id_token: &str) -> String {
+    let mut columns = COLUMNS;
+    columns[EXTRA] = id_token;
+    columns.join(", ")
+}
+
+/// The upsert of a whole credential: parameters $1 name, $2 provider, $3
+/// grant_type and $4 grant_request ([`grant_values`]), $5.. the state columns ([`state_values`]), then created_at, which is also
 /// the first `updated_at`. A replacement bumps the generation so a refresh
 /// still in flight for the old one cannot overwrite it.
 pub(super) fn replace_sql() -> &'static str {
     static SQL: LazyLock<String> = LazyLock::new(|| {
-        let first = 5; // ?1 name, ?2 provider and ?3, ?4 the grant come first
+        let first = 5; // $1 name, $2 provider and $3, $4 the grant come first
         let created = first + STATE_COUNT;
         let values: Vec<String> = COLUMNS
             .iter()
             .enumerate()
             .map(|(i, _)| match i {
-                NAME => "?1".into(),
-                PROVIDER => "?2".into(),
-                GRANT_TYPE => "?3".into(),
-                GRANT_REQUEST => "?4".into(),
+                NAME => "$1".into(),
+                PROVIDER => "$2".into(),
+                GRANT_TYPE => "$3".into(),
+                GRANT_REQUEST => "$4".into(),
                 GENERATION => "1".into(),
-                CREATED_AT | UPDATED_AT => format!("?{created}"),
-                i => format!("?{}", i - REFRESH_TOKEN + first),
+                CREATED_AT | UPDATED_AT => format!("${created}"),
+                i => format!("${}", i - REFRESH_TOKEN + first),
             })
             .collect();
         let updates: Vec<String> = ["provider", "grant_type", "grant_request"]
@@ -157,7 +162,7 @@ pub(super) fn replace_sql() -> &'static str {
             .collect();
         format!(
             "INSERT INTO credentials ({}) VALUES ({})
-             ON CONFLICT (name) DO UPDATE SET generation = generation + 1, {}
+             ON CONFLICT (name) DO UPDATE SET generation = credentials.generation + 1, {}
              RETURNING generation",
             COLUMNS.join(", "),
             values.join(", "),
@@ -173,6 +178,28 @@ pub(super) enum Bound<'a> {
     Text(Option<std::borrow::Cow<'a, str>>),
     /// An integer column.
     Int(Option<i64>),
+}
+
+impl<'a> Bound<'a> {
+    /// A text value.
+    pub(super) fn text(s: &'a str) -> Self {
+        Bound::Text(Some(std::borrow::Cow::Borrowed(s)))
+    }
+
+    /// A NULL of the same type, for a padding row (PostgreSQL types every
+    /// row of a `VALUES` list alike).
+    pub(super) fn null(&self) -> Bound<'static> {
+        match self {
+            Bound::Text(_) => Bound::Text(None),
+            Bound::Int(_) => Bound::Int(None),
+        }
+    }
+}
+
+/// NULLs typed as [`state_values`]'s, in its order: a padding row's.
+pub(super) fn state_nulls() -> [Bound<'static>; STATE_COUNT] {
+    let blank = Credential::new("", "", None, 0);
+    state_values(&blank, None).map(|b| b.null())
 }
 
 /// The credential's state columns ([`state_columns`], in order) as stored:
@@ -436,9 +463,9 @@ mod tests {
              refresh_token, access_token, token_type, scope, expires_at, lifetime_source, \
              refresh_expires_at, extra, state, last_error, refresh_started_at, last_refresh_at, \
              dpop_key, created_at, updated_at) \
-             VALUES (?1, ?2, ?3, ?4, 1, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, \
-             ?17, ?18, ?18) \
-             ON CONFLICT (name) DO UPDATE SET generation = generation + 1, \
+             VALUES ($1, $2, $3, $4, 1, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, \
+             $17, $18, $18) \
+             ON CONFLICT (name) DO UPDATE SET generation = credentials.generation + 1, \
              provider = excluded.provider, grant_type = excluded.grant_type, \
              grant_request = excluded.grant_request, refresh_token = excluded.refresh_token, \
              access_token = excluded.access_token, token_type = excluded.token_type, \

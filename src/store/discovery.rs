@@ -3,11 +3,9 @@
 //! start-up when the issuer cannot be reached; `tokend check-config` reads
 //! them read-only ([`read_metadata_offline`]) beside a running daemon.
 
-use std::path::Path;
-
-use sqlx::Row as _;
-
-use super::{sqlite, Store, StoreError};
+use super::backend::Row;
+use super::columns::Bound;
+use super::{postgres, sqlite, Location, Store, StoreError};
 
 /// A metadata document as last fetched.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -20,13 +18,13 @@ pub(crate) struct StoredMetadata {
     pub(crate) fetched_at: i64,
 }
 
-const SELECT: &str = "SELECT issuer, document, fetched_at FROM discovery WHERE provider = ?1";
+const SELECT: &str = "SELECT issuer, document, fetched_at FROM discovery WHERE provider = $1";
 
-fn decode(row: &sqlite::Row) -> Result<StoredMetadata, sqlx::Error> {
+fn decode(row: &Row) -> Result<StoredMetadata, sqlx::Error> {
     Ok(StoredMetadata {
-        issuer: row.try_get("issuer")?,
-        document: row.try_get("document")?,
-        fetched_at: row.try_get("fetched_at")?,
+        issuer: row.get_text("issuer")?,
+        document: row.get_text("document")?,
+        fetched_at: row.get_int("fetched_at")?,
     })
 }
 
@@ -39,17 +37,19 @@ impl Store {
         document: &str,
         at: i64,
     ) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO discovery (provider, issuer, document, fetched_at) VALUES (?1, ?2, ?3, ?4) \
-             ON CONFLICT (provider) DO UPDATE SET issuer = excluded.issuer, \
-             document = excluded.document, fetched_at = excluded.fetched_at",
-        )
-        .bind(provider)
-        .bind(issuer)
-        .bind(document)
-        .bind(at)
-        .execute(&self.pool)
-        .await?;
+        self.pool
+            .execute(
+                "INSERT INTO discovery (provider, issuer, document, fetched_at) VALUES ($1, $2, $3, $4) \
+                 ON CONFLICT (provider) DO UPDATE SET issuer = excluded.issuer, \
+                 document = excluded.document, fetched_at = excluded.fetched_at",
+                vec![
+                    Bound::text(provider),
+                    Bound::text(issuer),
+                    Bound::text(document),
+                    Bound::Int(Some(at)),
+                ],
+            )
+            .await?;
         Ok(())
     }
 
@@ -58,21 +58,33 @@ impl Store {
         &self,
         provider: &str,
     ) -> Result<Option<StoredMetadata>, StoreError> {
-        let row = sqlx::query(SELECT)
-            .bind(provider)
-            .fetch_optional(&self.pool)
+        let row = self
+            .pool
+            .fetch_optional(SELECT, vec![Bound::text(provider)])
             .await?;
         Ok(row.as_ref().map(decode).transpose()?)
     }
 }
 
-/// The metadata kept for `provider` in the database at `path`, read through
-/// a read-only connection that takes no lock, so a running daemon is not
-/// disturbed. `Ok(None)` if the file or the row is absent.
+/// The metadata kept for `provider` in the database at `location`, read
+/// through a read-only connection that takes no lock, so a running daemon is
+/// not disturbed. `Ok(None)` if the file, the table or the row is absent.
 pub(crate) async fn read_metadata_offline(
-    path: &Path,
+    location: &Location,
     provider: &str,
 ) -> Result<Option<StoredMetadata>, StoreError> {
+    let path = match location {
+        Location::File(path) => path,
+        Location::Postgres(settings) => {
+            let row = postgres::read_one(settings, SELECT, provider).await;
+            return match row {
+                Ok(row) => Ok(row.map(Row::Postgres).as_ref().map(decode).transpose()?),
+                // A database from before discovery, or not yet migrated.
+                Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42P01") => Ok(None),
+                Err(e) => Err(e.into()),
+            };
+        }
+    };
     if !path.exists() {
         return Ok(None);
     }
@@ -83,7 +95,7 @@ pub(crate) async fn read_metadata_offline(
         .await;
     sqlite::close_conn(conn).await;
     match row {
-        Ok(row) => Ok(row.as_ref().map(decode).transpose()?),
+        Ok(row) => Ok(row.map(Row::Sqlite).as_ref().map(decode).transpose()?),
         // A database from before discovery has no such table.
         Err(sqlx::Error::Database(e)) if e.message().contains("no such table") => Ok(None),
         Err(e) => Err(e.into()),

@@ -75,6 +75,37 @@ pub enum StoreError {
         /// What is wrong.
         reason: UnsafeFile,
     },
+    /// The PostgreSQL server could not be reached or refused the login.
+    #[error("cannot connect to the PostgreSQL database {database}: {reason}; {hint}")]
+    PgConnect {
+        /// The database, as a URL without secrets.
+        database: String,
+        /// Why.
+        reason: sqlx::Error,
+        /// What to check.
+        hint: &'static str,
+    },
+    /// Another daemon owns the PostgreSQL database.
+    #[error("the PostgreSQL database {database} is in use by another tokend, {holder}: several instances on one database are not supported yet; stop that one, or give this one a database of its own")]
+    PgInUse {
+        /// The database, as a URL without secrets.
+        database: String,
+        /// Who holds it, from `pg_stat_activity`.
+        holder: String,
+    },
+    /// The PostgreSQL database is not one this version can use; it was left
+    /// untouched.
+    #[error("the PostgreSQL database {database} {reason}")]
+    PgUnusable {
+        /// The database, as a URL without secrets.
+        database: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// This daemon's session holding the PostgreSQL database's ownership
+    /// lock has ended; no refresh starts until it is taken back.
+    #[error("this daemon no longer holds the PostgreSQL database's ownership lock (its session ended): the refresh waits until the lock is taken back")]
+    PgLockLost,
     /// The start-up scan of the credentials failed.
     #[error("cannot read the credentials from the database: {0}; check the file with `sqlite3 FILE 'PRAGMA integrity_check'` or restore a backup")]
     Load(String),
@@ -82,6 +113,19 @@ pub enum StoreError {
     /// error, shown as it is.
     #[error(transparent)]
     Shared(Arc<StoreError>),
+}
+
+impl StoreError {
+    /// Whether this daemon no longer owns its PostgreSQL database, so must
+    /// not send a refresh ([`StoreError::PgLockLost`], also inside a shared
+    /// group-commit error).
+    pub(crate) fn is_ownership_lost(&self) -> bool {
+        match self {
+            StoreError::PgLockLost => true,
+            StoreError::Shared(e) => e.is_ownership_lost(),
+            _ => false,
+        }
+    }
 }
 
 // By hand rather than `#[from]`, which would also make the cause the error's

@@ -9,8 +9,8 @@ use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
 
+use super::backend::{PoolConn, Row};
 use super::batch::{RowWrite, RowWritten};
-use super::sqlite::{PoolConn, Row};
 use super::{Store, StoreError};
 use crate::credential::Credential;
 
@@ -375,7 +375,7 @@ mod tests {
             "CREATE TRIGGER poison BEFORE UPDATE ON credentials WHEN NEW.name = 'poison'
              BEGIN SELECT RAISE(ABORT, 'poisoned by the test'); END",
         )
-        .execute(&store.pool)
+        .execute(store.sqlite_pool())
         .await
         .unwrap();
         (store, poison)
@@ -386,7 +386,7 @@ mod tests {
         sqlx::query_scalar(&format!(
             "SELECT count(*) FROM credentials WHERE {condition}"
         ))
-        .fetch_one(&store.pool)
+        .fetch_one(store.sqlite_pool())
         .await
         .unwrap()
     }
@@ -469,8 +469,10 @@ mod tests {
         assert!(group.stats().transactions < 128, "{:?}", group.stats());
         // The queue is empty and its handles alive: every connection is back
         // in the pool (the last may still be on its way).
-        let all_idle =
-            || usize::try_from(store.pool.size()).is_ok_and(|n| store.pool.num_idle() >= n);
+        let all_idle = || {
+            usize::try_from(store.sqlite_pool().size())
+                .is_ok_and(|n| store.sqlite_pool().num_idle() >= n)
+        };
         tokio::time::timeout(Duration::from_secs(5), async {
             while !all_idle() {
                 tokio::time::sleep(Duration::from_millis(1)).await;

@@ -1,7 +1,8 @@
 //! The store: every SQL statement in tokend lives here and only here.
 //!
-//! The database runs in WAL mode with `synchronous=FULL`, so a commit has
-//! reached the disk (fsync of the WAL) before any call here returns `Ok`. That
+//! An SQLite database runs in WAL mode with `synchronous=FULL`, so a commit
+//! has reached the disk (fsync of the WAL) before any call here returns `Ok`;
+//! a PostgreSQL commit returns once the server has flushed its WAL. That
 //! is what lets the refresher promise that a rotated refresh token is durable
 //! before the access token that came with it is served. Queries are runtime
 //! `sqlx::query` calls mapped by hand, so no `.sqlx/` offline data is needed
@@ -23,26 +24,29 @@
 //!   many refreshes in one transaction; refresh writes go only through it;
 //! - `rekey`: the offline re-sealing of every row (`tokend rekey`), apart
 //!   from the runtime store;
+//! - `backend`: the seam: the pool, connection, transaction and row of
+//!   either backend, chosen once where the store opens ([`Location`]);
 //! - `sqlite`: everything SQLite-specific (file checks and lock, pragmas,
-//!   migrations, inspection, the raw start-up scan), the seam where a second
-//!   backend would stand;
+//!   migrations, inspection, the raw start-up scan);
+//! - `postgres`: everything PostgreSQL-specific (connection settings and
+//!   TLS, the one-owner lock, migrations, the streamed start-up scan);
 //! - `discovery`: the stored copies of providers' metadata documents;
 //! - `error`: [`StoreError`].
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-
-use sqlx::Row as _;
 
 use crate::credential::{Credential, Loaded};
 use crate::provider::DpopKey;
 use crate::seal::Key;
 
+mod backend;
 mod batch;
 mod columns;
 mod discovery;
 mod error;
 mod group_commit;
+mod postgres;
 mod rekey;
 mod sqlite;
 #[cfg(test)]
@@ -50,20 +54,45 @@ mod test_support;
 #[cfg(test)]
 mod tests;
 
+use backend::Pool;
 use batch::{RowWrite, RowWritten};
+use columns::Bound;
 use columns::Shape;
 pub(crate) use discovery::read_metadata_offline;
 pub use error::StoreError;
 pub use group_commit::{GroupCommit, GroupStats};
+pub(crate) use postgres::{PgHost, PgSettings, SslMode};
 pub(crate) use rekey::{rekey, Rekeyed};
+
+/// Where the credentials are kept: what `database` in the configuration
+/// names.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Location {
+    /// An SQLite file, embedded.
+    File(PathBuf),
+    /// A PostgreSQL database.
+    Postgres(PgSettings),
+}
+
+impl std::fmt::Display for Location {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Location::File(path) => write!(f, "{}", path.display()),
+            Location::Postgres(pg) => write!(f, "{}", pg.url()),
+        }
+    }
+}
 
 /// Handle on the database; cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Store {
-    pool: sqlite::Pool,
+    pool: Pool,
     key: Option<Arc<Key>>,
     /// The database's lock, held until [`Store::close`].
-    lock: Arc<Mutex<Option<sqlite::DbLock>>>,
+    lock: Arc<Mutex<Option<backend::Lock>>>,
+    /// On PostgreSQL: the check that this daemon still owns the database,
+    /// made before refreshes are marked as started.
+    owner: Option<postgres::OwnerCheck>,
 }
 
 impl Store {
@@ -77,11 +106,32 @@ impl Store {
 
     /// As [`Store::open`], sealing tokens under `key` when there is one.
     pub(crate) async fn open_with(path: &Path, key: Option<Key>) -> Result<Store, StoreError> {
-        let (pool, lock) = sqlite::open(path).await?;
+        Store::open_at(&Location::File(path.to_path_buf()), key).await
+    }
+
+    /// Opens the database at `location` (an SQLite file, or PostgreSQL,
+    /// where the daemon must be the only one on the database), sealing
+    /// tokens under `key` when there is one.
+    pub(crate) async fn open_at(
+        location: &Location,
+        key: Option<Key>,
+    ) -> Result<Store, StoreError> {
+        let (pool, lock, owner) = match location {
+            Location::File(path) => {
+                let (pool, lock) = sqlite::open(path).await?;
+                (Pool::Sqlite(pool), backend::Lock::Sqlite(lock), None)
+            }
+            Location::Postgres(settings) => {
+                let (pool, lock) = postgres::open(settings).await?;
+                let owner = Some(lock.owner_check());
+                (Pool::Postgres(pool), backend::Lock::Postgres(lock), owner)
+            }
+        };
         Ok(Store {
             pool,
             key: key.map(Arc::new),
             lock: Arc::new(Mutex::new(Some(lock))),
+            owner,
         })
     }
 
@@ -93,7 +143,7 @@ impl Store {
             "SELECT {} FROM credentials ORDER BY name",
             columns::select_list(Shape::Full)
         );
-        let rows = sqlx::query(&sql).fetch_all(&self.pool).await?;
+        let rows = self.pool.fetch_all(&sql, Vec::new()).await?;
         rows.iter().map(|row| self.decode_full(row)).collect()
     }
 
@@ -108,11 +158,7 @@ impl Store {
     ) -> Result<usize, StoreError> {
         let key = self.key.as_deref();
         let (mut count, mut plain) = (0, 0);
-        let sql = format!(
-            "SELECT {} FROM credentials",
-            columns::select_list(Shape::Startup)
-        );
-        sqlite::scan(&self.pool, &sql, |row| {
+        let mut visit = |row: &dyn columns::Source| {
             let decoded = columns::decode(row, Shape::Startup, key)?;
             plain += usize::from(decoded.stored.plain_token);
             count += 1;
@@ -121,8 +167,19 @@ impl Store {
                 has_refresh_token: decoded.has_refresh_token,
             });
             Ok(())
-        })
-        .await?;
+        };
+        let select = |id_token| {
+            format!(
+                "SELECT {} FROM credentials",
+                columns::startup_list(id_token)
+            )
+        };
+        match &self.pool {
+            Pool::Sqlite(pool) => sqlite::scan(pool, &select(sqlite::ID_TOKEN), &mut visit).await?,
+            Pool::Postgres(pool) => {
+                postgres::scan(pool, &select(postgres::ID_TOKEN), &mut visit).await?
+            }
+        }
         if key.is_some() && plain > 0 {
             tracing::warn!(
                 tokend_credentials = plain,
@@ -135,12 +192,12 @@ impl Store {
     /// One credential in full, refresh token included; `None` if absent.
     pub(crate) async fn load(&self, name: &str) -> Result<Option<Credential>, StoreError> {
         let sql = format!(
-            "SELECT {} FROM credentials WHERE name = ?1",
+            "SELECT {} FROM credentials WHERE name = $1",
             columns::select_list(Shape::Full)
         );
-        let row = sqlx::query(&sql)
-            .bind(name)
-            .fetch_optional(&self.pool)
+        let row = self
+            .pool
+            .fetch_optional(&sql, vec![Bound::text(name)])
             .await?;
         row.map(|row| self.decode_full(&row)).transpose()
     }
@@ -148,12 +205,15 @@ impl Store {
     /// The DPoP key of credential `name`, opened with this store's key;
     /// `None` if it has none or does not exist.
     pub(crate) async fn load_dpop_key(&self, name: &str) -> Result<Option<DpopKey>, StoreError> {
-        let row = sqlx::query("SELECT dpop_key FROM credentials WHERE name = ?1")
-            .bind(name)
-            .fetch_optional(&self.pool)
+        let row = self
+            .pool
+            .fetch_optional(
+                "SELECT dpop_key FROM credentials WHERE name = $1",
+                vec![Bound::text(name)],
+            )
             .await?;
         let stored: Option<String> = match row {
-            Some(row) => row.try_get("dpop_key")?,
+            Some(row) => row.get_opt_text("dpop_key")?,
             None => None,
         };
         stored
@@ -166,37 +226,51 @@ impl Store {
     /// generation.
     pub(crate) async fn replace(&self, c: &Credential) -> Result<i64, StoreError> {
         let (grant_type, grant_request) = columns::grant_values(c);
-        let query = sqlx::query(columns::replace_sql())
-            .bind(&c.name)
-            .bind(&c.provider)
-            .bind(grant_type)
-            .bind(grant_request);
-        let row = sqlite::bind(query, columns::state_values(c, self.key.as_deref()))
-            .bind(c.created_at)
-            .fetch_one(&self.pool)
-            .await?;
-        Ok(row.try_get("generation")?)
+        let mut args = vec![
+            Bound::text(&c.name),
+            Bound::text(&c.provider),
+            Bound::text(grant_type),
+            Bound::Text(grant_request.map(std::borrow::Cow::Owned)),
+        ];
+        args.extend(columns::state_values(c, self.key.as_deref()));
+        args.push(Bound::Int(Some(c.created_at)));
+        let row = self
+            .pool
+            .fetch_optional(columns::replace_sql(), args)
+            .await?
+            .ok_or(sqlx::Error::RowNotFound)?;
+        Ok(row.get_int("generation")?)
     }
 
     /// Deletes a credential. Returns whether it existed.
     pub(crate) async fn delete(&self, name: &str) -> Result<bool, StoreError> {
-        let done = sqlx::query("DELETE FROM credentials WHERE name = ?1")
-            .bind(name)
-            .execute(&self.pool)
+        let done = self
+            .pool
+            .execute(
+                "DELETE FROM credentials WHERE name = $1",
+                vec![Bound::text(name)],
+            )
             .await?;
-        Ok(done.rows_affected() == 1)
+        Ok(done == 1)
     }
 
-    /// Checkpoints the WAL, closes every connection and then, once no
-    /// SQLite handle on the file is left open, releases the lock.
+    /// On SQLite, checkpoints the WAL, closes every connection and then,
+    /// once no SQLite handle on the file is left open, releases the lock.
+    /// On PostgreSQL, closes the pool, then the lock's session.
     pub async fn close(&self) {
-        if let sqlite::Closed::Lingering(open) = sqlite::close(&self.pool).await {
-            // The lock stays held (until the last clone of this handle is
-            // dropped), so no second process comes in beside them.
-            tracing::warn!(
-                "{open} database connection(s) still open after closing the store; keeping its lock"
-            );
-            return;
+        match &self.pool {
+            Pool::Sqlite(pool) => {
+                if let sqlite::Closed::Lingering(open) = sqlite::close(pool).await {
+                    // The lock stays held (until the last clone of this
+                    // handle is dropped), so no second process comes in
+                    // beside them.
+                    tracing::warn!(
+                        "{open} database connection(s) still open after closing the store; keeping its lock"
+                    );
+                    return;
+                }
+            }
+            Pool::Postgres(pool) => postgres::close(pool).await,
         }
         if let Ok(mut lock) = self.lock.lock() {
             lock.take();
@@ -221,8 +295,8 @@ impl Store {
                 at,
             })
             .collect();
-        let mut tx = sqlite::begin_write(&self.pool).await?;
-        let written = batch::apply(&mut tx, &writes, self.key.as_deref()).await?;
+        let mut tx = self.begin_for(&writes).await?;
+        let written = batch::apply(&mut tx.conn(), &writes, self.key.as_deref()).await?;
         // Decoded before the commit, so a row that does not open rolls
         // every mark back instead of leaving marks for refreshes never sent.
         let creds = written
@@ -256,14 +330,14 @@ impl Store {
 
     /// A connection for a caller that writes again and again
     /// ([`GroupCommit`]), which keeps it between transactions.
-    async fn writer(&self) -> Result<sqlite::PoolConn, StoreError> {
+    async fn writer(&self) -> Result<backend::PoolConn, StoreError> {
         Ok(self.pool.acquire().await?)
     }
 
     /// As [`Store::apply_committed`], on `conn`.
     async fn apply_committed_on(
         &self,
-        conn: &mut sqlite::Conn,
+        conn: &mut backend::PoolConn,
         writes: &[RowWrite<'_>],
     ) -> Result<Vec<RowWritten>, StoreError> {
         // One statement is its own transaction (SQLite's autocommit: all or
@@ -271,22 +345,68 @@ impl Store {
         // COMMIT spares two trips through sqlx's worker thread, which is
         // most of what a lone request would otherwise pay over a plain
         // one-row statement.
-        if batch::single_statement(writes) {
-            return Ok(batch::apply(conn, writes, self.key.as_deref()).await?);
+        if batch::single_statement(writes) && !self.checks_owner(writes) {
+            return Ok(batch::apply(&mut conn.conn(), writes, self.key.as_deref()).await?);
         }
-        let mut tx = sqlite::begin_write_on(conn).await?;
-        let written = batch::apply(&mut tx, writes, self.key.as_deref()).await?;
+        let mut tx = conn.begin_write().await?;
+        self.check_owner(&mut tx, writes).await?;
+        let written = batch::apply(&mut tx.conn(), writes, self.key.as_deref()).await?;
         tx.commit().await?;
         Ok(written)
     }
 
+    /// Whether `writes` must first check that this daemon owns the database:
+    /// on PostgreSQL, when they mark refreshes as started. Outcomes are
+    /// always saved, since their refreshes were already sent.
+    fn checks_owner(&self, writes: &[RowWrite<'_>]) -> bool {
+        self.owner.is_some()
+            && writes
+                .iter()
+                .any(|w| matches!(w, RowWrite::MarkStarted { .. }))
+    }
+
+    /// A write transaction for `writes`, in which this daemon's ownership
+    /// of the database has been checked if they need it.
+    async fn begin_for(
+        &self,
+        writes: &[RowWrite<'_>],
+    ) -> Result<backend::Transaction<'static>, StoreError> {
+        let mut tx = self.pool.begin_write().await?;
+        self.check_owner(&mut tx, writes).await?;
+        Ok(tx)
+    }
+
+    /// In `tx`, checks that this daemon still owns the database, if
+    /// `writes` need it ([`Store::checks_owner`]).
+    async fn check_owner(
+        &self,
+        tx: &mut backend::Transaction<'_>,
+        writes: &[RowWrite<'_>],
+    ) -> Result<(), StoreError> {
+        if let (true, Some(owner), backend::Conn::Postgres(conn)) =
+            (self.checks_owner(writes), &self.owner, tx.conn())
+        {
+            owner.check(conn).await?;
+        }
+        Ok(())
+    }
+
+    /// The SQLite pool, for tests that look at the file's rows.
+    #[cfg(test)]
+    fn sqlite_pool(&self) -> &sqlite::Pool {
+        match &self.pool {
+            Pool::Sqlite(pool) => pool,
+            Pool::Postgres(_) => panic!("not an SQLite store"),
+        }
+    }
+
     /// A row read back by a mark, as a credential.
-    fn decode_marked(&self, row: Option<sqlite::Row>) -> Result<Option<Credential>, StoreError> {
+    fn decode_marked(&self, row: Option<backend::Row>) -> Result<Option<Credential>, StoreError> {
         row.map(|row| self.decode_full(&row)).transpose()
     }
 
     /// A row of [`columns::select_list`]`(Shape::Full)` as a credential.
-    fn decode_full(&self, row: &sqlite::Row) -> Result<Credential, StoreError> {
+    fn decode_full(&self, row: &backend::Row) -> Result<Credential, StoreError> {
         columns::decode(row, Shape::Full, self.key.as_deref()).map(|d| d.cred)
     }
 }

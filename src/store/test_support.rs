@@ -27,7 +27,7 @@ pub(super) async fn insert_many(store: &Store, n: usize) {
          SELECT 'c' || n, 'p', 'rt-c' || n, 100, 100 FROM i",
     )
     .bind(n as i64)
-    .execute(&store.pool)
+    .execute(store.sqlite_pool())
     .await
     .unwrap();
 }

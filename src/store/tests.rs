@@ -331,13 +331,16 @@ async fn close_gives_up_on_a_connection_still_in_use_and_says_so() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("u.db");
     let store = Store::open(&path).await.unwrap();
-    let held = store.pool.acquire().await.unwrap();
+    let held = store.sqlite_pool().acquire().await.unwrap();
     let wait = Duration::from_millis(200);
-    assert_eq!(close_within(&store.pool, wait).await, Closed::Lingering(1));
+    assert_eq!(
+        close_within(store.sqlite_pool(), wait).await,
+        Closed::Lingering(1)
+    );
     assert!(!open_handles(&path).is_empty());
     // Put back into the closed pool, it is closed; the next close sees none.
     drop(held);
-    assert_eq!(close_within(&store.pool, wait).await, Closed::All);
+    assert_eq!(close_within(store.sqlite_pool(), wait).await, Closed::All);
     assert_eq!(open_handles(&path), Vec::<String>::new());
 }
 

@@ -38,6 +38,7 @@ mod oidc_dpop;
 mod oidc_jwt;
 mod oidc_login;
 mod oidc_server;
+mod postgres;
 mod refresh_hardening;
 mod robustness;
 mod scale;

@@ -6,14 +6,13 @@
 //! inspection, pragmas, migrations), [`scan`] (the start-up read),
 //! [`begin_write`] and [`begin_write_on`], [`close`] (which returns only once every handle on the
 //! file is closed, see [`close_all`]), [`close_conn`] and [`compact`], and
-//! the connection, row and query types as [`Pool`], [`Conn`], [`PoolConn`],
-//! [`Row`] and [`Query`]. Its rows are read through [`Source`], which the decoder
+//! the connection, row and query types as [`Pool`], [`Conn`], [`Row`] and
+//! [`Query`]. Its rows are read through [`Source`], which the decoder
 //! takes.
 //!
-//! A second backend (PostgreSQL) would stand beside this one as
-//! `store/postgres/` with the same functions, its own migrations and its own
-//! `Source` rows; the choice between them would then be made once, where
-//! the store opens, not by branches through the code.
+//! The PostgreSQL backend stands beside this one as `store/postgres/` with
+//! the same functions, its own migrations and its own `Source` rows; the
+//! choice between them is made once, where the store opens (`backend`).
 //!
 //! - `file`: the directory, the lock file and the database's companions,
 //!   checked before SQLite opens anything.
@@ -46,9 +45,6 @@ pub(super) type Pool = sqlx::sqlite::SqlitePool;
 
 /// One connection (rekey's, held alone).
 pub(super) type Conn = sqlx::sqlite::SqliteConnection;
-
-/// A connection taken from the [`Pool`], back in it when dropped.
-pub(super) type PoolConn = sqlx::pool::PoolConnection<sqlx::Sqlite>;
 
 /// A row as returned by a query.
 pub(super) type Row = sqlx::sqlite::SqliteRow;
@@ -308,7 +304,10 @@ fn migration_failed(path: &Path, reason: sqlx::migrate::MigrateError) -> StoreEr
 }
 
 /// Binds `values` to `query`, in order.
-pub(super) fn bind<'q, const N: usize>(mut query: Query<'q>, values: [Bound<'q>; N]) -> Query<'q> {
+pub(super) fn bind_all<'q>(
+    mut query: Query<'q>,
+    values: impl IntoIterator<Item = Bound<'q>>,
+) -> Query<'q> {
     for value in values {
         query = match value {
             Bound::Text(text) => query.bind(text),
@@ -317,6 +316,9 @@ pub(super) fn bind<'q, const N: usize>(mut query: Query<'q>, values: [Bound<'q>;
     }
     query
 }
+
+/// What the start-up scan reads `extra`'s id_token with.
+pub(super) const ID_TOKEN: &str = "json_extract(extra, '$.id_token')";
 
 /// Whether SQLite said another connection holds a lock (SQLITE_BUSY or
 /// SQLITE_LOCKED, extended codes included).

@@ -6,6 +6,7 @@ pub mod browser;
 pub mod deb;
 pub mod fake_provider;
 pub mod oidc;
+pub mod postgres;
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;

@@ -1,0 +1,4 @@
+-- The credential's DPoP private key (RFC 9449): base64url of a P-256
+-- PKCS#8 document, sealed like the token columns. NULL for a provider that
+-- does not use DPoP.
+ALTER TABLE credentials ADD COLUMN dpop_key TEXT;
